@@ -1,0 +1,260 @@
+"""Typed containers for a ptychography experiment and for a reconstruction result.
+
+Conventions (SI units throughout):
+
+* frames are photon counts, shape (N, H, W), zero spatial frequency at the
+  centre of each frame (as a detector records it);
+* positions are sample positions in metres, shape (N, 2), columns (x, y)
+  as in CXI ``translation``;
+* images in the sample plane (object, probe) are indexed (row=y, column=x).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+PLANCK_TIMES_C = 6.62607015e-34 * 299792458.0  # J m
+ELECTRON_VOLT = 1.602176634e-19  # J
+
+
+def wavelength_from_energy(energy_joule: float) -> float:
+    """Photon wavelength in metres for a photon energy in joules."""
+    if not energy_joule > 0:
+        raise ValueError(f"photon energy must be positive, got {energy_joule!r} J")
+    return PLANCK_TIMES_C / energy_joule
+
+
+def energy_from_wavelength(wavelength: float) -> float:
+    """Photon energy in joules for a wavelength in metres."""
+    if not wavelength > 0:
+        raise ValueError(f"wavelength must be positive, got {wavelength!r} m")
+    return PLANCK_TIMES_C / wavelength
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Far-field geometry of the instrument.
+
+    Parameters
+    ----------
+    wavelength
+        Photon wavelength in metres.
+    detector_distance
+        Sample-to-detector distance in metres.
+    detector_pixel_size
+        Edge of one (square) detector pixel in metres.
+    frame_shape
+        (H, W) of the diffraction frames used for reconstruction.
+    """
+
+    wavelength: float
+    detector_distance: float
+    detector_pixel_size: float
+    frame_shape: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        for name in ("wavelength", "detector_distance", "detector_pixel_size"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"Geometry.{name} must be a positive number, got {value!r}")
+        shape = tuple(int(n) for n in self.frame_shape)
+        if len(shape) != 2 or min(shape) < 2:
+            raise ValueError(f"Geometry.frame_shape must be (H, W) >= 2, got {self.frame_shape!r}")
+        object.__setattr__(self, "frame_shape", shape)
+
+    @classmethod
+    def from_energy(
+        cls,
+        energy_joule: float,
+        detector_distance: float,
+        detector_pixel_size: float,
+        frame_shape: tuple[int, int],
+    ) -> Geometry:
+        """Build a geometry from the photon energy in joules instead of the wavelength."""
+        return cls(
+            wavelength_from_energy(energy_joule),
+            detector_distance,
+            detector_pixel_size,
+            frame_shape,
+        )
+
+    @property
+    def energy(self) -> float:
+        """Photon energy in joules."""
+        return energy_from_wavelength(self.wavelength)
+
+    @property
+    def sample_pixel_size(self) -> tuple[float, float]:
+        """(y, x) size in metres of one pixel of the reconstructed images."""
+        h, w = self.frame_shape
+        scale = self.wavelength * self.detector_distance / self.detector_pixel_size
+        return (scale / h, scale / w)
+
+
+@dataclass
+class PtychoData:
+    """One ptychographic dataset: frames, positions, geometry and optional extras.
+
+    Parameters
+    ----------
+    frames
+        Photon counts, (N, H, W), zero frequency at the frame centre.
+    positions
+        Sample positions in metres, (N, 2), columns (x, y).
+    geometry
+        The instrument geometry; its ``frame_shape`` must equal (H, W).
+    mask
+        Optional (H, W) boolean array, True where the detector pixel is good.
+    probe
+        Optional initial probe in the sample plane, (modes, H, W) complex.
+    object
+        Optional initial object, 2-D complex, with the sample pixel size.
+    probe_defocus
+        Optional distance in metres of the sample from the probe focus
+        (positive: sample downstream of the focus).
+    """
+
+    frames: np.ndarray
+    positions: np.ndarray
+    geometry: Geometry
+    mask: np.ndarray | None = None
+    probe: np.ndarray | None = None
+    object: np.ndarray | None = None
+    probe_defocus: float | None = None
+
+    def __post_init__(self) -> None:
+        self.frames, self.positions = validate_frames_and_positions(
+            self.frames, self.positions, self.geometry.frame_shape
+        )
+        if self.mask is not None:
+            self.mask = validate_mask(self.mask, self.geometry.frame_shape)
+        if self.probe is not None:
+            self.probe = validate_probe(self.probe, self.geometry.frame_shape)
+
+    def __len__(self) -> int:
+        return self.frames.shape[0]
+
+
+def validate_frames_and_positions(
+    frames: Any, positions: Any, frame_shape: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check frames and positions and return them as float32 / float64 arrays.
+
+    Raises
+    ------
+    ValueError
+        Naming the problem: wrong dimensions, different lengths, no frames,
+        a frame shape other than ``frame_shape``, non-finite or negative counts,
+        non-finite positions.
+    """
+    frames = np.asarray(frames)
+    positions = np.asarray(positions, dtype=np.float64)
+    if frames.ndim == 2:
+        frames = frames[np.newaxis]
+    if frames.ndim != 3:
+        raise ValueError(f"frames must have shape (N, H, W), got shape {frames.shape}")
+    if positions.ndim == 1 and positions.shape == (2,):
+        positions = positions[np.newaxis]
+    if positions.ndim != 2 or positions.shape[1] != 2:
+        raise ValueError(f"positions must have shape (N, 2) as (x, y) metres, got {positions.shape}")
+    if frames.shape[0] == 0:
+        raise ValueError("the dataset is empty: no frames were given")
+    if frames.shape[0] != positions.shape[0]:
+        raise ValueError(
+            f"frames and positions have different lengths: {frames.shape[0]} frames, "
+            f"{positions.shape[0]} positions"
+        )
+    if frame_shape is not None and tuple(frames.shape[1:]) != tuple(frame_shape):
+        raise ValueError(f"frames have shape {frames.shape[1:]}, the geometry expects {frame_shape}")
+    frames = frames.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(frames)):
+        bad = int(np.count_nonzero(~np.isfinite(frames)))
+        raise ValueError(f"frames contain {bad} non-finite (NaN or inf) values")
+    if np.any(frames < 0):
+        bad = int(np.count_nonzero(frames < 0))
+        raise ValueError(f"frames contain {bad} negative counts")
+    if not np.all(np.isfinite(positions)):
+        raise ValueError("positions contain non-finite (NaN or inf) values")
+    return frames, positions
+
+
+def validate_mask(mask: Any, frame_shape: tuple[int, int]) -> np.ndarray:
+    """Return ``mask`` as a boolean (H, W) array, True for good pixels."""
+    mask = np.asarray(mask)
+    if mask.shape != tuple(frame_shape):
+        raise ValueError(f"mask has shape {mask.shape}, the frames have shape {tuple(frame_shape)}")
+    mask = mask.astype(bool)
+    if not mask.any():
+        raise ValueError("mask marks every detector pixel as bad")
+    return mask
+
+
+def validate_probe(probe: Any, frame_shape: tuple[int, int]) -> np.ndarray:
+    """Return ``probe`` as a (modes, H, W) complex64 array, checking its shape."""
+    probe = np.asarray(probe)
+    if probe.ndim == 2:
+        probe = probe[np.newaxis]
+    if probe.ndim != 3:
+        raise ValueError(f"probe must have shape (modes, H, W), got {probe.shape}")
+    if probe.shape[1:] != tuple(frame_shape):
+        raise ValueError(
+            f"probe has shape {probe.shape[1:]} but the frames are {tuple(frame_shape)}: "
+            "the probe must have the frame shape"
+        )
+    if not np.all(np.isfinite(probe)):
+        raise ValueError("probe contains non-finite values")
+    return probe.astype(np.complex64)
+
+
+@dataclass
+class ReconstructionResult:
+    """A snapshot of a reconstruction.
+
+    Attributes
+    ----------
+    object
+        Complex transmission function, 2-D, pixel size ``pixel_size``.
+    probe
+        Probe modes in the sample plane, (modes, H, W), strongest first.
+    positions
+        Refined positions in metres, (N, 2), columns (x, y).
+    pixel_size
+        (y, x) size in metres of one object / probe pixel.
+    object_origin
+        (x, y) position in metres that puts the probe's top-left pixel on
+        the object's top-left pixel.
+    cost_history
+        Normalised Fourier amplitude cost after each iteration.
+    iterations
+        Total iterations done so far.
+    settings
+        The settings used, as a plain dictionary.
+    wall_time
+        Seconds spent iterating.
+    extra
+        Anything an algorithm reports beyond the above (e.g. the defocus estimate).
+    """
+
+    object: np.ndarray
+    probe: np.ndarray
+    positions: np.ndarray
+    pixel_size: tuple[float, float]
+    object_origin: tuple[float, float]
+    cost_history: list[float]
+    iterations: int
+    settings: dict[str, Any]
+    wall_time: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames the reconstruction used."""
+        return int(self.positions.shape[0])
+
+    @property
+    def final_cost(self) -> float:
+        """Cost after the last iteration (NaN before the first)."""
+        return self.cost_history[-1] if self.cost_history else float("nan")

@@ -1,0 +1,115 @@
+"""Reconstruction quality: object error, Fourier R-factor, Fourier ring correlation."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import fft2
+from .data import PtychoData, ReconstructionResult
+from .forward import exit_waves, gather_patches, model_amplitude
+from .simulate import SimulatedData
+
+
+def remove_phase_ramp_and_scale(estimate: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``estimate`` times the global complex scale and linear phase ramp that best match ``truth``.
+
+    The ramp is the weighted mean phase difference between neighbouring pixels
+    of ``truth * conj(estimate)``; the scale is then the weighted least-squares
+    complex factor.
+    """
+    ratio = weights * truth * np.conj(estimate)
+    ramp_y = np.angle(np.sum(ratio[1:] * np.conj(ratio[:-1])))
+    ramp_x = np.angle(np.sum(ratio[:, 1:] * np.conj(ratio[:, :-1])))
+    y, x = np.indices(estimate.shape)
+    corrected = estimate * np.exp(1j * (ramp_y * y + ramp_x * x))
+    scale = np.sum(weights * truth * np.conj(corrected)) / np.sum(weights * np.abs(corrected) ** 2)
+    return corrected * scale
+
+
+def object_error_arrays(estimate: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> float:
+    """Relative weighted error ``|c e^{i ramp} estimate - truth| / |truth|`` after the best scale and ramp."""
+    if estimate.shape != truth.shape or weights.shape != truth.shape:
+        raise ValueError(
+            f"shapes differ: estimate {estimate.shape}, truth {truth.shape}, weights {weights.shape}"
+        )
+    corrected = remove_phase_ramp_and_scale(estimate, truth, weights)
+    return float(
+        np.sqrt(np.sum(weights * np.abs(corrected - truth) ** 2) / np.sum(weights * np.abs(truth) ** 2))
+    )
+
+
+def object_error(result: ReconstructionResult, simulated: SimulatedData, threshold: float = 0.1) -> float:
+    """Object error of a reconstruction of simulated data, over the illuminated region.
+
+    The reconstructed object is placed on the true object's grid by the two
+    origins; pixels whose illumination is at least ``threshold`` of its
+    maximum count.
+    """
+    py, px = result.pixel_size
+    shift = (np.asarray(simulated.object_origin) - np.asarray(result.object_origin))[::-1] / (py, px)
+    row, col = (int(v) for v in np.rint(shift))
+    h, w = simulated.true_object.shape
+    if row < 0 or col < 0 or row + h > result.object.shape[0] or col + w > result.object.shape[1]:
+        padded = np.ones(
+            (h + 2 * abs(row) + result.object.shape[0], w + 2 * abs(col) + result.object.shape[1]),
+            np.complex64,
+        )
+        r0, c0 = h + abs(row), w + abs(col)
+        padded[r0 : r0 + result.object.shape[0], c0 : c0 + result.object.shape[1]] = result.object
+        estimate = padded[r0 + row : r0 + row + h, c0 + col : c0 + col + w]
+    else:
+        estimate = result.object[row : row + h, col : col + w]
+    illumination = simulated.illumination()
+    weights = (illumination >= threshold * illumination.max()).astype(float)
+    return object_error_arrays(estimate, simulated.true_object, weights)
+
+
+def fourier_r_factor(result: ReconstructionResult, data: PtychoData, batch: int = 256) -> float:
+    """Amplitude R-factor ``sum | |F psi| - sqrt(I) | / sum sqrt(I)`` over good pixels.
+
+    Uses the result's object, probe and refined positions.
+    """
+    py, px = result.pixel_size
+    pixels = (result.positions - np.asarray(result.object_origin))[:, ::-1] / (py, px)
+    corners = np.rint(pixels).astype(np.int64)
+    limit = np.array(result.object.shape) - result.probe.shape[-2:]
+    corners = np.clip(corners, 0, limit)
+    mask = np.ones(data.geometry.frame_shape, bool) if data.mask is None else data.mask
+    mask = np.fft.ifftshift(mask)
+    misfit = total = 0.0
+    for start in range(0, len(data), batch):
+        stop = min(start + batch, len(data))
+        patches = gather_patches(result.object, corners[start:stop], result.probe.shape[-2:])
+        model = model_amplitude(fft2(exit_waves(result.probe, patches)))
+        measured = np.sqrt(np.fft.ifftshift(data.frames[start:stop], axes=(-2, -1)))
+        misfit += float(np.sum(np.abs(model - measured) * mask))
+        total += float(np.sum(measured * mask))
+    return misfit / total
+
+
+def fourier_ring_correlation(
+    a: np.ndarray, b: np.ndarray, n_bins: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fourier ring correlation of two images of the same shape.
+
+    Returns
+    -------
+    frequency
+        Ring centres as a fraction of the Nyquist frequency (0..1].
+    frc
+        Correlation in each ring (1: identical up to noise).
+    """
+    if a.shape != b.shape:
+        raise ValueError(f"images must have the same shape, got {a.shape} and {b.shape}")
+    fa = np.fft.fftshift(np.fft.fft2(a))
+    fb = np.fft.fftshift(np.fft.fft2(b))
+    y, x = np.indices(a.shape)
+    radius = np.hypot((y - a.shape[0] // 2) / (a.shape[0] / 2), (x - a.shape[1] // 2) / (a.shape[1] / 2))
+    n_bins = n_bins or min(a.shape) // 2
+    ring = np.minimum((radius * n_bins).astype(int), n_bins)
+    cross = np.bincount(ring.ravel(), (fa * np.conj(fb)).real.ravel(), n_bins + 1)
+    power_a = np.bincount(ring.ravel(), (np.abs(fa) ** 2).ravel(), n_bins + 1)
+    power_b = np.bincount(ring.ravel(), (np.abs(fb) ** 2).ravel(), n_bins + 1)
+    frc = cross / np.sqrt(power_a * power_b + 1e-30)
+    frequency = (np.arange(n_bins) + 0.5) / n_bins
+    return frequency, frc[:n_bins]

@@ -1,0 +1,150 @@
+"""Probe models: initial probes from the data and geometry, mixed-state modes.
+
+Sign convention of the defocus: a positive distance means the sample sits
+downstream of the probe focus (the beam has passed its focus and diverges).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import array_module, fft2, ifft2
+from .data import Geometry
+
+
+def frequency_grid(shape: tuple[int, int], pixel_size: tuple[float, float]):
+    """Squared spatial frequency (1/m^2) of each FFT bin, zero frequency at index 0."""
+    fy = np.fft.fftfreq(shape[0], d=pixel_size[0])
+    fx = np.fft.fftfreq(shape[1], d=pixel_size[1])
+    return fy[:, None] ** 2 + fx[None, :] ** 2
+
+
+def fresnel_transfer(geometry: Geometry, distance: float) -> np.ndarray:
+    """Fresnel transfer function that propagates a sample-plane field by ``distance``.
+
+    Returned in FFT order, shape ``geometry.frame_shape``, complex64.
+    """
+    f2 = frequency_grid(geometry.frame_shape, geometry.sample_pixel_size)
+    return np.exp(-1j * np.pi * geometry.wavelength * distance * f2).astype(np.complex64)
+
+
+def propagate(field, geometry: Geometry, distance: float):
+    """Propagate sample-plane field(s) (..., H, W) by ``distance`` metres (Fresnel)."""
+    if distance == 0:
+        return field
+    xp = array_module(field)
+    transfer = xp.asarray(fresnel_transfer(geometry, distance))
+    return ifft2(fft2(field) * transfer)
+
+
+def probe_from_mean_pattern(mean_pattern: np.ndarray, geometry: Geometry, defocus: float = 0.0) -> np.ndarray:
+    """One probe mode whose far field is the square root of the mean diffraction pattern.
+
+    The focus has a flat far-field phase; the quadratic phase of ``defocus``
+    is added by Fresnel propagation to the sample plane.
+
+    Parameters
+    ----------
+    mean_pattern
+        Mean of the measured frames, (H, W), zero frequency at the centre.
+    geometry
+        The instrument geometry.
+    defocus
+        Distance in metres from the focus to the sample (positive downstream).
+
+    Returns
+    -------
+    (H, W) complex64 probe in the sample plane, centred, with
+    ``sum |probe|^2 == sum mean_pattern``.
+    """
+    amplitude = np.sqrt(np.clip(np.fft.ifftshift(mean_pattern), 0, None)).astype(np.complex64)
+    focus = np.fft.fftshift(ifft2(amplitude))
+    probe = propagate(focus, geometry, defocus)
+    return normalize_power(probe.astype(np.complex64), float(np.sum(mean_pattern)))
+
+
+def normalize_power(probe, total_power: float):
+    """Scale ``probe`` (modes, H, W) or (H, W) so that ``sum |probe|^2 == total_power``."""
+    xp = array_module(probe)
+    power = float(xp.sum(xp.abs(probe) ** 2))
+    if power <= 0:
+        raise ValueError("the probe is zero everywhere: cannot normalise its power")
+    return probe * np.float32(np.sqrt(total_power / power))
+
+
+def add_modes(probe: np.ndarray, n_modes: int, weight: float = 0.1) -> np.ndarray:
+    """Seed ``n_modes`` orthogonal incoherent modes from a single mode.
+
+    Mode ``k > 0`` is the first mode times a low-order polynomial (x, y, xy,
+    x^2 - y^2, ...), given ``weight`` of the first mode's power; the set is then
+    orthogonalised. The total power is unchanged.
+    """
+    probe = np.asarray(probe)
+    if probe.ndim == 2:
+        probe = probe[None]
+    if probe.shape[0] >= n_modes:
+        return probe[:n_modes].astype(np.complex64)
+    h, w = probe.shape[-2:]
+    y, x = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    shapes = [x, y, x * y, x**2 - y**2, x * (x**2 + y**2), y * (x**2 + y**2)]
+    total = float(np.sum(np.abs(probe) ** 2))
+    modes = list(probe)
+    first = probe[0]
+    first_power = float(np.sum(np.abs(first) ** 2))
+    for k in range(len(modes), n_modes):
+        shape = shapes[(k - 1) % len(shapes)] * (1 + (k - 1) // len(shapes))
+        mode = first * shape
+        mode *= np.sqrt(weight * first_power / max(float(np.sum(np.abs(mode) ** 2)), 1e-30))
+        modes.append(mode)
+    return normalize_power(orthogonalize_modes(np.stack(modes).astype(np.complex64)), total)
+
+
+def orthogonalize_modes(probe):
+    """Make probe modes orthogonal, strongest first, keeping the total intensity.
+
+    Diagonalises the modes' Gram matrix: the incoherent sum
+    ``sum_m |probe_m|^2`` is unchanged.
+    """
+    xp = array_module(probe)
+    n_modes = probe.shape[0]
+    if n_modes == 1:
+        return probe
+    flat = probe.reshape(n_modes, -1)
+    gram = flat.conj() @ flat.T
+    eigenvalues, eigenvectors = xp.linalg.eigh(gram)
+    order = xp.argsort(eigenvalues)[::-1]
+    rotation = eigenvectors[:, order]
+    return (rotation.T @ flat).reshape(probe.shape).astype(probe.dtype, copy=False)
+
+
+def recentre(state, tolerance: float = 2.0) -> tuple[int, int] | None:
+    """Roll probe and object together so the probe's centre of mass is central.
+
+    Object and probe can drift together without changing the data; this keeps
+    the probe centred in its frame. Nothing moves while the centre of mass is
+    within ``tolerance`` pixels of the frame centre.
+
+    Returns
+    -------
+    The integer (rows, columns) shift applied, or None.
+    """
+    xp = state.xp
+    intensity = state.illumination_weights()
+    h, w = intensity.shape
+    total = float(intensity.sum())
+    row = float((intensity.sum(axis=1) * xp.arange(h)).sum()) / total
+    col = float((intensity.sum(axis=0) * xp.arange(w)).sum()) / total
+    offset = np.array([h // 2 - row, w // 2 - col])
+    if np.all(np.abs(offset) <= tolerance):
+        return None
+    shift = tuple(int(v) for v in np.rint(offset))
+    state.probe = xp.roll(state.probe, shift, axis=(-2, -1))
+    state.object = xp.roll(state.object, shift, axis=(-2, -1))
+    return shift
+
+
+def mode_powers(probe) -> np.ndarray:
+    """Fraction of the total intensity carried by each probe mode."""
+    xp = array_module(probe)
+    powers = xp.sum(xp.abs(probe) ** 2, axis=(-2, -1))
+    return np.asarray(powers / xp.sum(powers)).ravel()

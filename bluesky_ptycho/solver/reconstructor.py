@@ -1,0 +1,265 @@
+"""The resumable reconstruction: grow the dataset, iterate, snapshot.
+
+This is the object live reconstruction during a scan drives: frames arrive in
+chunks (:meth:`Reconstructor.add_frames`), each preview continues from the
+current estimate (:meth:`Reconstructor.iterate`), and :meth:`Reconstructor.result`
+copies the current estimate to host memory at any time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from .backend import module_for_device, to_numpy
+from .data import (
+    Geometry,
+    PtychoData,
+    ReconstructionResult,
+    validate_frames_and_positions,
+    validate_mask,
+    validate_probe,
+)
+from .dm import DifferenceMap
+from .engine import Engine
+from .lsqml import LSQML
+from .probe import add_modes, normalize_power, probe_from_mean_pattern
+from .rpie import RPIE
+from .settings import ReconstructionSettings
+from .state import SolverState
+
+logger = logging.getLogger(__name__)
+
+ENGINES: dict[str, type[Engine]] = {"rpie": RPIE, "epie": RPIE, "dm": DifferenceMap, "lsqml": LSQML}
+
+ProgressCallback = Callable[[int, float], None]
+
+
+class Reconstructor:
+    """A reconstruction that can grow and continue.
+
+    Parameters
+    ----------
+    geometry
+        Wavelength, detector distance, pixel size and frame shape.
+    settings
+        Algorithm and parameters; defaults to :class:`ReconstructionSettings()`.
+    mask
+        Optional (H, W) boolean, True where the detector pixel is good.
+    probe
+        Optional initial probe (modes, H, W) in the sample plane. Default: the
+        inverse FFT of the square root of the mean diffraction pattern of the
+        first frames, with ``settings.probe_defocus`` applied.
+    object
+        Optional initial object (2-D complex); default: a flat object of ones.
+    object_origin
+        (x, y) in metres of the initial object's top-left pixel, as in
+        :attr:`ReconstructionResult.object_origin`; needed with ``object``.
+
+    Examples
+    --------
+    >>> rec = Reconstructor(geometry, ReconstructionSettings(algorithm="rpie"))
+    >>> rec.add_frames(frames[:100], positions[:100])
+    >>> rec.iterate(20)
+    >>> rec.add_frames(frames[100:], positions[100:])
+    >>> result = rec.iterate(50).result()
+    """
+
+    def __init__(
+        self,
+        geometry: Geometry,
+        settings: ReconstructionSettings | None = None,
+        *,
+        mask: np.ndarray | None = None,
+        probe: np.ndarray | None = None,
+        object: np.ndarray | None = None,
+        object_origin: tuple[float, float] | None = None,
+    ) -> None:
+        self.geometry = geometry
+        self.settings = settings or ReconstructionSettings()
+        self.xp = module_for_device(self.settings.device)
+        self.mask = None if mask is None else validate_mask(mask, geometry.frame_shape)
+        self._initial_probe = None if probe is None else validate_probe(probe, geometry.frame_shape)
+        if object is not None and object_origin is None:
+            raise ValueError("an initial object needs its object_origin (x, y) in metres")
+        self._initial_object = None if object is None else np.asarray(object, dtype=np.complex64)
+        self._origin = None if object_origin is None else np.asarray(object_origin, dtype=float)
+        self.engine = ENGINES[self.settings.algorithm](self.settings)
+        self.rng = np.random.default_rng(self.settings.seed)
+        self.state: SolverState | None = None
+        self.iteration = 0
+        self.cost_history: list[float] = []
+        self.wall_time = 0.0
+        self.extra: dict = {}
+        self._measured_power = 0.0
+        self._overlap_checked_for = 0
+
+    @classmethod
+    def from_data(cls, data: PtychoData, settings: ReconstructionSettings | None = None) -> Reconstructor:
+        """A reconstructor holding every frame of ``data``."""
+        settings = settings or ReconstructionSettings()
+        if data.probe_defocus is not None and settings.probe_defocus is None:
+            settings.probe_defocus = data.probe_defocus
+        reconstructor = cls(data.geometry, settings, mask=data.mask, probe=data.probe)
+        return reconstructor.add_frames(data.frames, data.positions)
+
+    @property
+    def n_frames(self) -> int:
+        """Frames added so far."""
+        return 0 if self.state is None else self.state.n_frames
+
+    @property
+    def pixel_size(self) -> tuple[float, float]:
+        """(y, x) size in metres of one object pixel."""
+        return self.geometry.sample_pixel_size
+
+    def add_frames(self, frames, positions) -> Reconstructor:
+        """Append frames (N, H, W) and their positions (N, 2) as (x, y) metres.
+
+        The object canvas grows when the new positions leave it.
+        """
+        frames, positions = validate_frames_and_positions(frames, positions, self.geometry.frame_shape)
+        xp = self.xp
+        if self._origin is None:
+            self._origin = positions.min(axis=0) - np.array(self._margin_m())
+        pixels = self._to_pixels(positions)
+        amplitude = np.sqrt(np.fft.ifftshift(frames, axes=(-2, -1)))
+        self._measured_power += float(np.sum(frames if self.mask is None else frames * self.mask))
+        if self.state is None:
+            self.state = self._initial_state(frames, pixels, amplitude)
+            n_before = 0
+        else:
+            pixels = self._grow_canvas(pixels)
+            n_before = self.state.n_frames
+            self.state.amplitude = xp.concatenate([self.state.amplitude, xp.asarray(amplitude)])
+            self.state.positions = np.concatenate([self.state.positions, pixels])
+            self.state.update_corners()
+        self.engine.frames_added(self.state, n_before)
+        logger.debug("added %d frames (%d in all)", len(frames), self.state.n_frames)
+        return self
+
+    def iterate(self, n: int | None = None, progress: ProgressCallback | None = None) -> Reconstructor:
+        """Do ``n`` more iterations (default ``settings.iterations``), from the current estimate.
+
+        ``progress(iteration, cost)`` is called after each iteration.
+        """
+        if self.state is None:
+            raise ValueError("the dataset is empty: add frames before iterating")
+        self._check_overlap()
+        n = self.settings.iterations if n is None else int(n)
+        start = time.perf_counter()
+        for _ in range(n):
+            cost = self.engine.iterate(self.state, self.iteration, self.rng) / self._measured_power
+            if not np.isfinite(cost):
+                raise FloatingPointError(
+                    f"the reconstruction diverged at iteration {self.iteration} (cost {cost})"
+                )
+            self.cost_history.append(cost)
+            self.iteration += 1
+            if progress is not None:
+                progress(self.iteration, cost)
+        self.wall_time += time.perf_counter() - start
+        return self
+
+    def result(self) -> ReconstructionResult:
+        """A host-memory snapshot of the current estimate."""
+        if self.state is None:
+            raise ValueError("the dataset is empty: nothing to snapshot")
+        state = self.state
+        py, px = self.pixel_size
+        positions = state.positions[:, ::-1] * (px, py) + self._origin
+        return ReconstructionResult(
+            object=to_numpy(state.object).copy(),
+            probe=to_numpy(state.probe).copy(),
+            positions=positions,
+            pixel_size=self.pixel_size,
+            object_origin=(float(self._origin[0]), float(self._origin[1])),
+            cost_history=list(self.cost_history),
+            iterations=self.iteration,
+            settings=self.settings.to_dict(),
+            wall_time=self.wall_time,
+            extra=dict(self.extra),
+        )
+
+    def _margin_m(self) -> tuple[float, float]:
+        """Canvas margin (x, y) in metres kept around the scanned area."""
+        h, w = self.geometry.frame_shape
+        py, px = self.pixel_size
+        return (max(4, w // 8) * px, max(4, h // 8) * py)
+
+    def _to_pixels(self, positions: np.ndarray) -> np.ndarray:
+        """(row, column) of each patch's top-left pixel on the canvas."""
+        py, px = self.pixel_size
+        return (positions - self._origin)[:, ::-1] / (py, px)
+
+    def _initial_state(self, frames, pixels, amplitude) -> SolverState:
+        xp = self.xp
+        h, w = self.geometry.frame_shape
+        mean_counts = self._measured_power / len(frames)
+        if self._initial_probe is not None:
+            probe = self._initial_probe
+        else:
+            defocus = self.settings.probe_defocus or 0.0
+            probe = probe_from_mean_pattern(frames.mean(axis=0), self.geometry, defocus)[None]
+            self.extra["probe_defocus"] = defocus
+        probe = normalize_power(add_modes(probe, self.settings.probe_modes), mean_counts)
+        if self._initial_object is not None:
+            obj = self._initial_object
+        else:
+            margin_rows, margin_cols = max(4, h // 8), max(4, w // 8)
+            rows = int(np.ceil(pixels[:, 0].max())) + h + margin_rows + 1
+            cols = int(np.ceil(pixels[:, 1].max())) + w + margin_cols + 1
+            obj = np.ones((rows, cols), dtype=np.complex64)
+        mask = None if self.mask is None else xp.asarray(np.fft.ifftshift(self.mask))
+        state = SolverState(
+            xp=xp,
+            object=xp.asarray(obj),
+            probe=xp.asarray(probe.astype(np.complex64)),
+            amplitude=xp.asarray(amplitude),
+            mask=mask,
+            positions=pixels,
+            corners=None,
+            workers=self.settings.fft_workers,
+        )
+        state.update_corners()
+        return state
+
+    def _grow_canvas(self, pixels: np.ndarray) -> np.ndarray:
+        """Pad the object so that patches at ``pixels`` fit; return the shifted ``pixels``."""
+        state = self.state
+        h, w = state.frame_shape
+        margin = np.array([max(4, h // 8), max(4, w // 8)])
+        low = np.minimum(np.floor(pixels.min(axis=0)), 0)
+        before = np.where(low < 0, -low + margin, 0).astype(int)
+        high = np.ceil(pixels.max(axis=0)) + (h, w) + 1 - state.object.shape
+        after = np.where(high > 0, high + margin, 0).astype(int)
+        if not (before.any() or after.any()):
+            return pixels
+        state.object = self.xp.pad(
+            state.object, ((before[0], after[0]), (before[1], after[1])), constant_values=1
+        )
+        py, px = self.pixel_size
+        self._origin = self._origin - before[::-1] * (px, py)
+        state.positions = state.positions + before
+        logger.debug("object canvas grown to %s", state.object.shape)
+        return pixels + before
+
+    def _check_overlap(self) -> None:
+        """Refuse a scan whose patches never overlap (nothing constrains the phase)."""
+        n = self.state.n_frames
+        if n == self._overlap_checked_for:
+            return
+        if n < 2:
+            raise ValueError("ptychography needs at least two overlapping frames; got one")
+        distance, _ = cKDTree(self.state.positions).query(self.state.positions, k=2, p=np.inf)
+        if np.all(distance[:, 1] >= min(self.state.frame_shape)):
+            raise ValueError(
+                "the scan positions do not overlap at all: neighbouring positions are at least "
+                f"{distance[:, 1].min():.0f} pixels apart and the frames are "
+                f"{self.state.frame_shape} pixels; check the position units (metres expected)"
+            )
+        self._overlap_checked_for = n

@@ -1,0 +1,111 @@
+"""Reconstruction settings: one validated dataclass shared by every algorithm."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+ALGORITHMS = ("rpie", "epie", "dm", "lsqml")
+NOISE_MODELS = ("gaussian", "poisson")
+
+
+@dataclass
+class ReconstructionSettings:
+    """What to reconstruct and how.
+
+    Parameters
+    ----------
+    algorithm
+        "rpie" (regularised PIE, minibatched), "epie" (rPIE with alpha=1),
+        "dm" (difference map) or "lsqml" (least-squares maximum likelihood).
+    iterations
+        Iterations done by :meth:`Reconstructor.iterate` when no count is given.
+    batch_size
+        Frames updated together by "rpie", "epie" and "lsqml" (None: 64);
+        "dm" always updates all frames together.
+    probe_modes
+        Number of incoherent probe modes (mixed states), kept orthogonal.
+    alpha
+        rPIE regularisation of the object update (0..1; 1 gives ePIE).
+    object_step, probe_step
+        Relaxation of the object and probe updates (1 = full step).
+    noise_model
+        "gaussian" (amplitude) or "poisson"; used by "lsqml".
+    dm_relaxation
+        "dm" only: 1 is the classical difference map, below 1 the RAAR
+        relaxation that keeps noisy data from driving oscillations.
+    probe_update_start
+        First iteration (0-based) in which the probe is updated.
+    position_correction
+        Refine scan positions by their cost gradient (off by default).
+    position_correction_start
+        First iteration in which positions are refined.
+    max_position_step
+        Largest position change in one iteration, in object pixels.
+    probe_defocus
+        Defocus in metres used to build the initial probe when none is given
+        (positive: sample downstream of the focus); None: in focus.
+    device
+        "cpu" (NumPy/SciPy) or "gpu" (CuPy).
+    fft_workers
+        Threads for CPU FFTs; None uses every core available.
+    seed
+        Seed of the random numbers used for initial probe modes.
+    """
+
+    algorithm: str = "rpie"
+    iterations: int = 100
+    batch_size: int | None = None
+    probe_modes: int = 1
+    alpha: float = 0.1
+    object_step: float = 1.0
+    probe_step: float = 1.0
+    noise_model: str = "gaussian"
+    dm_relaxation: float = 0.75
+    probe_update_start: int = 1
+    position_correction: bool = False
+    position_correction_start: int = 10
+    max_position_step: float = 0.5
+    probe_defocus: float | None = None
+    device: str = "cpu"
+    fft_workers: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.algorithm = str(self.algorithm).lower()
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.noise_model not in NOISE_MODELS:
+            raise ValueError(f"noise_model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
+        if self.iterations < 0:
+            raise ValueError(f"iterations must be >= 0, got {self.iterations}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+        if self.probe_modes < 1:
+            raise ValueError(f"probe_modes must be >= 1, got {self.probe_modes}")
+        if not 0.0 < self.dm_relaxation <= 1.0:
+            raise ValueError(f"dm_relaxation must be within (0, 1], got {self.dm_relaxation}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be within [0, 1], got {self.alpha}")
+        for name in ("object_step", "probe_step", "max_position_step"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def effective_batch_size(self, n_frames: int) -> int:
+        """Frames per update for ``n_frames`` frames."""
+        if self.batch_size is not None:
+            return min(self.batch_size, n_frames)
+        return min(64, n_frames)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-friendly dictionary."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ReconstructionSettings:
+        """Build settings from a dictionary, rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown reconstruction settings: {', '.join(unknown)}")
+        return cls(**values)
