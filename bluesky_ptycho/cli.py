@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .io import read_cxi, write_cxi, write_result
+from .io import CXIFormatError, read_cxi, write_cxi, write_result
 from .plotting import save_summary_png
 from .solver import (
     ALGORITHMS,
@@ -144,7 +144,10 @@ def simulate_command(
 @settings_options
 def reconstruct_command(input_file, output, png, **options):
     """Reconstruct a CXI dataset; write the result (CXI/HDF5) and a summary PNG."""
-    data = read_cxi(input_file)
+    try:
+        data = read_cxi(input_file)
+    except CXIFormatError as error:
+        raise click.ClickException(str(error)) from None
     settings = make_settings(**options)
     console.print(
         f"{len(data)} frames of {data.geometry.frame_shape}, {settings.algorithm}, {settings.device}"

@@ -57,5 +57,6 @@ def position_shifts(state: SolverState, corners, chi, max_step: float) -> np.nda
 def refine_positions(state: SolverState, batch: np.ndarray, chi, max_step: float) -> None:
     """Move the positions of the frames ``batch`` along their cost gradient, in place."""
     shifts = position_shifts(state, state.corners[state.xp.asarray(batch)], chi, max_step)
-    state.positions[batch] += shifts
-    state.update_corners()
+    positions = state.positions.copy()
+    positions[batch] += shifts
+    state.set_positions(positions)

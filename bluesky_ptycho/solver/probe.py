@@ -118,15 +118,17 @@ def orthogonalize_modes(probe):
 
 
 def recentre(state, tolerance: float = 2.0) -> tuple[int, int] | None:
-    """Roll probe and object together so the probe's centre of mass is central.
+    """Roll the probe back to the frame centre and move the positions with it.
 
-    Object and probe can drift together without changing the data; this keeps
-    the probe centred in its frame. Nothing moves while the centre of mass is
-    within ``tolerance`` pixels of the frame centre.
+    Probe and object can drift together without changing the data; rolling
+    the probe by ``s`` and moving every position by ``-s`` leaves every exit
+    wave shifted by ``s`` (the measured intensities unchanged) while the
+    object stays where it is. Nothing moves while the probe's centre of mass
+    is within ``tolerance`` pixels of the frame centre.
 
     Returns
     -------
-    The integer (rows, columns) shift applied, or None.
+    The integer (rows, columns) roll applied to the probe, or None.
     """
     xp = state.xp
     intensity = state.illumination_weights()
@@ -139,7 +141,7 @@ def recentre(state, tolerance: float = 2.0) -> tuple[int, int] | None:
         return None
     shift = tuple(int(v) for v in np.rint(offset))
     state.probe = xp.roll(state.probe, shift, axis=(-2, -1))
-    state.object = xp.roll(state.object, shift, axis=(-2, -1))
+    state.set_positions(state.positions - shift)
     return shift
 
 

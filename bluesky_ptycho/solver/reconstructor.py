@@ -124,20 +124,15 @@ class Reconstructor:
         """
         frames, positions = validate_frames_and_positions(frames, positions, self.geometry.frame_shape)
         xp = self.xp
-        if self._origin is None:
-            self._origin = positions.min(axis=0) - np.array(self._margin_m())
-        pixels = self._to_pixels(positions)
         amplitude = np.sqrt(np.fft.ifftshift(frames, axes=(-2, -1)))
         self._measured_power += float(np.sum(frames if self.mask is None else frames * self.mask))
         if self.state is None:
-            self.state = self._initial_state(frames, pixels, amplitude)
+            self.state = self._initial_state(frames, positions, amplitude)
             n_before = 0
         else:
-            pixels = self._grow_canvas(pixels)
             n_before = self.state.n_frames
             self.state.amplitude = xp.concatenate([self.state.amplitude, xp.asarray(amplitude)])
-            self.state.positions = np.concatenate([self.state.positions, pixels])
-            self.state.update_corners()
+            self.state.set_positions(np.concatenate([self.state.positions, self.state.pixels(positions)]))
         self.engine.frames_added(self.state, n_before)
         logger.debug("added %d frames (%d in all)", len(frames), self.state.n_frames)
         return self
@@ -170,14 +165,12 @@ class Reconstructor:
         if self.state is None:
             raise ValueError("the dataset is empty: nothing to snapshot")
         state = self.state
-        py, px = self.pixel_size
-        positions = state.positions[:, ::-1] * (px, py) + self._origin
         return ReconstructionResult(
             object=to_numpy(state.object).copy(),
             probe=to_numpy(state.probe).copy(),
-            positions=positions,
+            positions=state.metres(state.positions),
             pixel_size=self.pixel_size,
-            object_origin=(float(self._origin[0]), float(self._origin[1])),
+            object_origin=(float(state.origin[0]), float(state.origin[1])),
             cost_history=list(self.cost_history),
             iterations=self.iteration,
             settings=self.settings.to_dict(),
@@ -185,20 +178,14 @@ class Reconstructor:
             extra=dict(self.extra),
         )
 
-    def _margin_m(self) -> tuple[float, float]:
-        """Canvas margin (x, y) in metres kept around the scanned area."""
-        h, w = self.geometry.frame_shape
-        py, px = self.pixel_size
-        return (max(4, w // 8) * px, max(4, h // 8) * py)
-
-    def _to_pixels(self, positions: np.ndarray) -> np.ndarray:
-        """(row, column) of each patch's top-left pixel on the canvas."""
-        py, px = self.pixel_size
-        return (positions - self._origin)[:, ::-1] / (py, px)
-
-    def _initial_state(self, frames, pixels, amplitude) -> SolverState:
+    def _initial_state(self, frames, positions, amplitude) -> SolverState:
         xp = self.xp
         h, w = self.geometry.frame_shape
+        py, px = self.pixel_size
+        margin = np.array([max(4, h // 8), max(4, w // 8)])
+        if self._origin is None:
+            self._origin = positions.min(axis=0) - margin[::-1] * (px, py)
+        pixels = (positions - self._origin)[:, ::-1] / (py, px)
         mean_counts = self._measured_power / len(frames)
         if self._initial_probe is not None:
             probe = self._initial_probe
@@ -210,9 +197,8 @@ class Reconstructor:
         if self._initial_object is not None:
             obj = self._initial_object
         else:
-            margin_rows, margin_cols = max(4, h // 8), max(4, w // 8)
-            rows = int(np.ceil(pixels[:, 0].max())) + h + margin_rows + 1
-            cols = int(np.ceil(pixels[:, 1].max())) + w + margin_cols + 1
+            rows = int(np.ceil(pixels[:, 0].max())) + h + margin[0] + 1
+            cols = int(np.ceil(pixels[:, 1].max())) + w + margin[1] + 1
             obj = np.ones((rows, cols), dtype=np.complex64)
         mask = None if self.mask is None else xp.asarray(np.fft.ifftshift(self.mask))
         state = SolverState(
@@ -223,30 +209,12 @@ class Reconstructor:
             mask=mask,
             positions=pixels,
             corners=None,
+            origin=self._origin,
+            pixel_size=self.pixel_size,
             workers=self.settings.fft_workers,
         )
-        state.update_corners()
+        state.set_positions(pixels)
         return state
-
-    def _grow_canvas(self, pixels: np.ndarray) -> np.ndarray:
-        """Pad the object so that patches at ``pixels`` fit; return the shifted ``pixels``."""
-        state = self.state
-        h, w = state.frame_shape
-        margin = np.array([max(4, h // 8), max(4, w // 8)])
-        low = np.minimum(np.floor(pixels.min(axis=0)), 0)
-        before = np.where(low < 0, -low + margin, 0).astype(int)
-        high = np.ceil(pixels.max(axis=0)) + (h, w) + 1 - state.object.shape
-        after = np.where(high > 0, high + margin, 0).astype(int)
-        if not (before.any() or after.any()):
-            return pixels
-        state.object = self.xp.pad(
-            state.object, ((before[0], after[0]), (before[1], after[1])), constant_values=1
-        )
-        py, px = self.pixel_size
-        self._origin = self._origin - before[::-1] * (px, py)
-        state.positions = state.positions + before
-        logger.debug("object canvas grown to %s", state.object.shape)
-        return pixels + before
 
     def _check_overlap(self) -> None:
         """Refuse a scan whose patches never overlap (nothing constrains the phase)."""

@@ -51,7 +51,7 @@ def fermat_spiral(n: int, step: float) -> np.ndarray:
     return positions - positions.mean(axis=0)
 
 
-def aperture_probe(shape: tuple[int, int], diameter: float, curvature: float = 2.0) -> np.ndarray:
+def aperture_probe(shape: tuple[int, int], diameter: float, curvature: float = 0.5) -> np.ndarray:
     """A soft-edged circular aperture of ``diameter`` pixels with a quadratic phase of ``curvature`` rad at its edge."""
     y, x = np.indices(shape, dtype=float)
     r = np.hypot(y - shape[0] / 2, x - shape[1] / 2) / (diameter / 2)

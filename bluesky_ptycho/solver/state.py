@@ -30,6 +30,10 @@ class SolverState:
         pixel on the object canvas, fractional.
     corners
         (N, 2) integer device array: ``positions`` rounded.
+    origin
+        (x, y) in metres of canvas pixel (0, 0) as a patch corner.
+    pixel_size
+        (y, x) size in metres of one canvas pixel.
     workers
         Threads for CPU FFTs.
     """
@@ -41,6 +45,8 @@ class SolverState:
     mask: object | None
     positions: np.ndarray
     corners: object
+    origin: np.ndarray
+    pixel_size: tuple[float, float]
     workers: int | None = None
 
     @property
@@ -51,12 +57,41 @@ class SolverState:
     def frame_shape(self) -> tuple[int, int]:
         return tuple(self.probe.shape[-2:])
 
-    def update_corners(self) -> None:
-        """Round ``positions`` into ``corners``, keeping every patch inside the canvas."""
+    def canvas_margin(self) -> np.ndarray:
+        """Pixels (rows, columns) kept free around the scanned area."""
         h, w = self.frame_shape
-        limit = np.array(self.object.shape) - (h, w)
-        self.positions = np.clip(self.positions, 0, limit)
+        return np.array([max(4, h // 8), max(4, w // 8)])
+
+    def set_positions(self, positions: np.ndarray) -> None:
+        """Store new positions (pixels), growing the canvas so every patch fits.
+
+        Padding before the canvas moves ``origin`` so that the object stays
+        where it is in metres.
+        """
+        h, w = self.frame_shape
+        margin = self.canvas_margin()
+        low = np.floor(positions.min(axis=0))
+        before = np.where(low < 0, margin - low, 0).astype(int)
+        high = np.ceil(positions.max(axis=0)) + (h, w) + 1 - self.object.shape
+        after = np.where(high > 0, high + margin, 0).astype(int)
+        if before.any() or after.any():
+            # new area starts at the object's mean value, so that it joins the
+            # reconstructed area without a jump in phase
+            fill = complex(self.object.mean())
+            self.object = self.xp.pad(
+                self.object, ((before[0], after[0]), (before[1], after[1])), constant_values=fill
+            )
+        self.positions = positions + before
+        self.origin = self.origin - before[::-1] * self.pixel_size[::-1]
         self.corners = self.xp.asarray(np.rint(self.positions).astype(np.int64))
+
+    def metres(self, pixels: np.ndarray) -> np.ndarray:
+        """(x, y) metres of canvas positions (rows, columns)."""
+        return pixels[:, ::-1] * self.pixel_size[::-1] + self.origin
+
+    def pixels(self, metres: np.ndarray) -> np.ndarray:
+        """Canvas positions (rows, columns) of (x, y) metres."""
+        return (metres - self.origin)[:, ::-1] / self.pixel_size
 
     def illumination_weights(self):
         """Incoherent probe intensity ``sum_m |probe_m|^2``, (h, w)."""

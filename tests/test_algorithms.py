@@ -1,0 +1,113 @@
+"""Each algorithm reconstructs simulated data to the quality the solver promises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bluesky_ptycho.solver import (
+    ReconstructionSettings,
+    Reconstructor,
+    fourier_r_factor,
+    object_error,
+    simulate,
+)
+
+ITERATIONS = {"rpie": 100, "epie": 150, "dm": 100, "lsqml": 100}
+CASES = [*ITERATIONS.items(), ("lsqml-poisson", 100)]
+
+
+def settings_for(case: str, **extra) -> ReconstructionSettings:
+    if case == "lsqml-poisson":
+        return ReconstructionSettings(algorithm="lsqml", noise_model="poisson", **extra)
+    return ReconstructionSettings(algorithm=case, **extra)
+
+
+def reconstruct(sim, settings, probe, iterations):
+    reconstructor = Reconstructor(sim.data.geometry, settings, probe=probe)
+    reconstructor.add_frames(sim.data.frames, sim.data.positions)
+    return reconstructor.iterate(iterations).result()
+
+
+@pytest.mark.parametrize(("case", "iterations"), CASES)
+def test_noise_free_reconstruction(case, iterations, clean_sim, wrong_probe, device):
+    result = reconstruct(clean_sim, settings_for(case, device=device), wrong_probe, iterations)
+    error = object_error(result, clean_sim)
+    assert error <= 0.05, f"{case}: object error {error:.4f}"
+    assert result.cost_history[-1] < 0.05 * result.cost_history[0]
+
+
+@pytest.mark.parametrize(("case", "iterations"), CASES)
+def test_poisson_noise_reconstruction(case, iterations, noisy_sim, wrong_probe, device):
+    result = reconstruct(noisy_sim, settings_for(case, device=device), wrong_probe, iterations)
+    error = object_error(result, noisy_sim)
+    assert error <= 0.10, f"{case}: object error {error:.4f}"
+
+
+def test_mixed_state_probe_fits_mixed_data_better(wrong_probe):
+    sim = simulate(n_frames=200, frame_size=64, photons=None, probe_modes=3, seed=5)
+    r_factors = {}
+    for modes in (1, 3):
+        settings = ReconstructionSettings(algorithm="lsqml", probe_modes=modes)
+        result = reconstruct(sim, settings, wrong_probe, 80)
+        assert result.probe.shape[0] == modes
+        r_factors[modes] = fourier_r_factor(result, sim.data)
+    assert r_factors[3] < 0.7 * r_factors[1], r_factors
+
+
+def test_probe_modes_stay_orthogonal(noisy_sim, wrong_probe):
+    result = reconstruct(noisy_sim, ReconstructionSettings(probe_modes=3), wrong_probe, 10)
+    flat = result.probe.reshape(3, -1)
+    gram = np.abs(flat.conj() @ flat.T)
+    off_diagonal = gram - np.diag(np.diag(gram))
+    assert off_diagonal.max() < 1e-3 * gram.max()
+    powers = np.diag(gram)
+    assert np.all(np.diff(powers) <= 0), "modes must be sorted strongest first"
+
+
+@pytest.mark.parametrize("algorithm", ["rpie", "lsqml"])
+def test_position_correction_reduces_position_error(algorithm, wrong_probe):
+    sim = simulate(n_frames=200, frame_size=64, photons=1e6, position_error=1.0, seed=6)
+    px = sim.data.geometry.sample_pixel_size[1]
+
+    def position_error(positions):
+        offset = positions - sim.true_positions
+        offset -= offset.mean(axis=0)
+        return float(np.sqrt(np.mean(np.sum(offset**2, axis=1)))) / px
+
+    settings = ReconstructionSettings(
+        algorithm=algorithm, position_correction=True, position_correction_start=10
+    )
+    result = reconstruct(sim, settings, wrong_probe, 120)
+    before, after = position_error(sim.data.positions), position_error(result.positions)
+    assert after < 0.6 * before, f"RMS position error {before:.2f} px -> {after:.2f} px"
+
+
+def chunked_and_whole(noisy_sim, wrong_probe):
+    data = noisy_sim.data
+    whole = reconstruct(noisy_sim, ReconstructionSettings(algorithm="rpie"), wrong_probe, 100)
+    chunked = Reconstructor(data.geometry, ReconstructionSettings(algorithm="rpie"), probe=wrong_probe)
+    for chunk in np.array_split(np.arange(len(data)), 4):
+        chunked.add_frames(data.frames[chunk], data.positions[chunk])
+        chunked.iterate(25)
+    return chunked.result(), whole
+
+
+def test_adding_frames_in_chunks_grows_the_canvas_and_reconstructs(noisy_sim, wrong_probe):
+    result, whole = chunked_and_whole(noisy_sim, wrong_probe)
+    assert result.iterations == whole.iterations == 100
+    assert result.n_frames == len(noisy_sim.data)
+    assert result.object.shape[0] >= whole.object.shape[0] - 8
+    np.testing.assert_allclose(result.positions, noisy_sim.data.positions, atol=1e-12)
+    assert object_error(result, noisy_sim) <= 0.10
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap: frames added in scan order settle in a different low-order phase "
+    "solution (object error ~0.085 against ~0.022 for one batch); see issue 2 notes",
+)
+def test_adding_frames_in_chunks_matches_one_batch(noisy_sim, wrong_probe):
+    result, whole = chunked_and_whole(noisy_sim, wrong_probe)
+    whole_error, chunked_error = object_error(whole, noisy_sim), object_error(result, noisy_sim)
+    assert chunked_error <= 1.2 * whole_error, (whole_error, chunked_error)
