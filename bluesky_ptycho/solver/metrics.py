@@ -42,26 +42,26 @@ def object_error(result: ReconstructionResult, simulated: SimulatedData, thresho
     """Object error of a reconstruction of simulated data, over the illuminated region.
 
     The reconstructed object is placed on the true object's grid by the two
-    origins; pixels whose illumination is at least ``threshold`` of its
-    maximum count.
+    origins (pixels outside the reconstructed canvas count as 1); pixels whose
+    illumination is at least ``threshold`` of its maximum count.
     """
     py, px = result.pixel_size
     shift = (np.asarray(simulated.object_origin) - np.asarray(result.object_origin))[::-1] / (py, px)
-    row, col = (int(v) for v in np.rint(shift))
-    h, w = simulated.true_object.shape
-    if row < 0 or col < 0 or row + h > result.object.shape[0] or col + w > result.object.shape[1]:
-        padded = np.ones(
-            (h + 2 * abs(row) + result.object.shape[0], w + 2 * abs(col) + result.object.shape[1]),
-            np.complex64,
-        )
-        r0, c0 = h + abs(row), w + abs(col)
-        padded[r0 : r0 + result.object.shape[0], c0 : c0 + result.object.shape[1]] = result.object
-        estimate = padded[r0 + row : r0 + row + h, c0 + col : c0 + col + w]
-    else:
-        estimate = result.object[row : row + h, col : col + w]
+    estimate = crop(result.object, np.rint(shift).astype(int), simulated.true_object.shape)
     illumination = simulated.illumination()
     weights = (illumination >= threshold * illumination.max()).astype(float)
     return object_error_arrays(estimate, simulated.true_object, weights)
+
+
+def crop(image: np.ndarray, corner: np.ndarray, shape: tuple[int, int], fill: complex = 1.0) -> np.ndarray:
+    """``image[r:r + h, c:c + w]`` for ``corner = (r, c)``, filling what lies outside ``image``."""
+    out = np.full(shape, fill, dtype=image.dtype)
+    top, left = (int(v) for v in corner)
+    rows = slice(max(top, 0), min(top + shape[0], image.shape[0]))
+    cols = slice(max(left, 0), min(left + shape[1], image.shape[1]))
+    if rows.start < rows.stop and cols.start < cols.stop:
+        out[rows.start - top : rows.stop - top, cols.start - left : cols.stop - left] = image[rows, cols]
+    return out
 
 
 def fourier_r_factor(result: ReconstructionResult, data: PtychoData, batch: int = 256) -> float:
