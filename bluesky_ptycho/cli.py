@@ -21,6 +21,7 @@ from .solver import (
 )
 
 console = Console()
+DEMO_DEFOCUS = 1.5e-3
 
 
 def run_with_progress(reconstructor: Reconstructor, iterations: int, label: str) -> None:
@@ -170,12 +171,16 @@ def reconstruct_command(input_file, output, png, **options):
 )
 @settings_options
 def demo_command(output_dir, **options):
-    """Simulate a scan, reconstruct it and print its quality numbers."""
+    """Simulate a defocused scan, reconstruct it and print its quality numbers."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    sim = simulate()
+    sim = simulate(probe_kind="focused", probe_defocus=DEMO_DEFOCUS)
     settings = make_settings(**options)
-    console.print(f"simulated {len(sim.data)} frames of {sim.data.geometry.frame_shape} at 1e6 photons/frame")
+    console.print(
+        f"simulated {len(sim.data)} frames of {sim.data.geometry.frame_shape} at 1e6 photons/frame, "
+        f"zone-plate probe {DEMO_DEFOCUS * 1e3:.1f} mm out of focus"
+    )
     reconstructor = Reconstructor.from_data(sim.data, settings)
+    console.print(f"initial probe defocus {reconstructor.extra['probe_defocus'] * 1e3:.3f} mm")
     run_with_progress(reconstructor, settings.iterations, settings.algorithm)
     result = reconstructor.result()
     png = save_summary_png(result, output_dir / "demo_reconstruction.png")

@@ -30,7 +30,7 @@ def summary_figure(result: ReconstructionResult, title: str = "") -> Figure:
     probe_extent = _extent_um(result.probe.shape[-2:], result.pixel_size)
     ax.imshow(_complex_to_rgb(result.probe[0]), extent=probe_extent)
     powers = ", ".join(f"{100 * p:.0f}%" for p in mode_powers(result.probe))
-    ax.set_title(f"probe mode 1 (hue: phase) - mode powers {powers}")
+    ax.set_title(f"probe (hue: phase), mode powers {powers}")
     ax.set_xlabel("x (µm)")
     ax = axes[1, 1]
     if result.cost_history:

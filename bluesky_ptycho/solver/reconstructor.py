@@ -24,6 +24,7 @@ from .data import (
     validate_mask,
     validate_probe,
 )
+from .defocus import check_defocus_sign, estimate_defocus, looks_defocused
 from .dm import DifferenceMap
 from .engine import Engine
 from .lsqml import LSQML
@@ -53,7 +54,8 @@ class Reconstructor:
     probe
         Optional initial probe (modes, H, W) in the sample plane. Default: the
         inverse FFT of the square root of the mean diffraction pattern of the
-        first frames, with ``settings.probe_defocus`` applied.
+        first frames, with ``settings.probe_defocus`` applied (estimated from
+        those frames when it is "auto", or None and the data look defocused).
     object
         Optional initial object (2-D complex); default: a flat object of ones.
     object_origin
@@ -187,12 +189,10 @@ class Reconstructor:
             self._origin = positions.min(axis=0) - margin[::-1] * (px, py)
         pixels = (positions - self._origin)[:, ::-1] / (py, px)
         mean_counts = self._measured_power / len(frames)
-        if self._initial_probe is not None:
-            probe = self._initial_probe
-        else:
-            defocus = self.settings.probe_defocus or 0.0
+        probe = self._initial_probe
+        if probe is None:
+            defocus = self._initial_defocus(frames, positions)
             probe = probe_from_mean_pattern(frames.mean(axis=0), self.geometry, defocus)[None]
-            self.extra["probe_defocus"] = defocus
         probe = normalize_power(add_modes(probe, self.settings.probe_modes), mean_counts)
         if self._initial_object is not None:
             obj = self._initial_object
@@ -215,6 +215,21 @@ class Reconstructor:
         )
         state.set_positions(pixels)
         return state
+
+    def _initial_defocus(self, frames: np.ndarray, positions: np.ndarray) -> float:
+        """The defocus of the initial probe: given (sign checked), estimated, or 0 for focused data."""
+        defocus = self.settings.probe_defocus
+        if defocus is None:
+            defocus = "auto" if looks_defocused(frames.mean(axis=0)) else 0.0
+        if defocus == "auto":
+            estimate = estimate_defocus(frames, positions, self.geometry, self.mask, self.settings.seed)
+            self.extra.update(estimate.as_dict())
+            return estimate.defocus
+        defocus, flipped = check_defocus_sign(
+            frames, positions, self.geometry, float(defocus), self.mask, self.settings.seed
+        )
+        self.extra.update(probe_defocus=defocus, probe_defocus_sign_corrected=flipped)
+        return defocus
 
     def _check_overlap(self) -> None:
         """Refuse a scan whose patches never overlap (nothing constrains the phase)."""

@@ -43,8 +43,11 @@ class ReconstructionSettings:
     max_position_step
         Largest position change in one iteration, in object pixels.
     probe_defocus
-        Defocus in metres used to build the initial probe when none is given
-        (positive: sample downstream of the focus); None: in focus.
+        Defocus in metres of the initial probe built when none is given
+        (positive: sample downstream of the focus). A given value whose
+        opposite sign fits the data clearly better is flipped, with a warning.
+        "auto": estimated from the data. None (default): "auto" when the
+        diffraction patterns look defocused (a disc, not a peak), else 0.
     device
         "cpu" (NumPy/SciPy) or "gpu" (CuPy).
     fft_workers
@@ -66,7 +69,7 @@ class ReconstructionSettings:
     position_correction: bool = False
     position_correction_start: int = 10
     max_position_step: float = 0.5
-    probe_defocus: float | None = None
+    probe_defocus: float | str | None = None
     device: str = "cpu"
     fft_workers: int | None = None
     seed: int = 0
@@ -87,6 +90,13 @@ class ReconstructionSettings:
             raise ValueError(f"dm_relaxation must be within (0, 1], got {self.dm_relaxation}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be within [0, 1], got {self.alpha}")
+        if self.probe_defocus is not None and self.probe_defocus != "auto":
+            try:
+                self.probe_defocus = float(self.probe_defocus)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"probe_defocus must be a distance in metres, 'auto' or None, got {self.probe_defocus!r}"
+                ) from None
         for name in ("object_step", "probe_step", "max_position_step"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
