@@ -90,6 +90,20 @@ def ifft2(x, workers: int | None = None, overwrite_x: bool = False):
     return cupy_fft.ifft2(x, norm="ortho", overwrite_x=overwrite_x)  # pragma: no cover
 
 
+def rfft2(x, workers: int | None = None):
+    """2-D FFT of a real array over the last two axes (half spectrum)."""
+    if array_module(x) is np:
+        return scipy.fft.rfft2(x, workers=workers or default_workers())
+    return cupy_fft.rfft2(x)  # pragma: no cover
+
+
+def irfft2(x, shape: tuple[int, int], workers: int | None = None):
+    """Inverse of :func:`rfft2` for real output of ``shape``."""
+    if array_module(x) is np:
+        return scipy.fft.irfft2(x, s=shape, workers=workers or default_workers())
+    return cupy_fft.irfft2(x, s=shape)  # pragma: no cover
+
+
 def sliding_windows(image, window_shape: tuple[int, int]):
     """Read-only view of every ``window_shape`` window of a 2-D ``image``.
 

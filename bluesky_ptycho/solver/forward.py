@@ -9,7 +9,9 @@ Diffraction amplitudes are stored with the zero frequency at index 0 so no
 
 from __future__ import annotations
 
-from .backend import array_module, fft2, ifft2, scatter_add, sliding_windows
+import scipy.fft
+
+from .backend import array_module, fft2, ifft2, irfft2, rfft2, scatter_add, sliding_windows
 
 AMPLITUDE_FLOOR = 1e-6
 
@@ -36,6 +38,23 @@ def scatter_patches(target, corners, patches) -> None:
     """Add each patch into ``target`` at its corner, in place (adjoint of gather)."""
     index = patch_flat_index(corners, patches.shape[-2:], target.shape[1])
     scatter_add(target, index, patches)
+
+
+def stamp_patch(patch, corners, canvas_shape: tuple[int, int]):
+    """``sum_j`` of one real ``patch`` placed at every corner: a canvas-sized real array.
+
+    Computed as the FFT convolution of the corners' count image with the
+    patch, which is much cheaper than scattering B copies of it. Corners keep
+    every patch inside the canvas, so the circular convolution does not wrap.
+    """
+    xp = array_module(patch)
+    fft_shape = tuple(scipy.fft.next_fast_len(int(n), real=True) for n in canvas_shape)
+    counts = xp.zeros(fft_shape, dtype=patch.dtype)
+    scatter_add(counts, corners[:, 0] * fft_shape[1] + corners[:, 1], xp.ones(len(corners), patch.dtype))
+    kernel = xp.zeros(fft_shape, dtype=patch.dtype)
+    kernel[: patch.shape[0], : patch.shape[1]] = patch
+    stamped = irfft2(rfft2(counts) * rfft2(kernel), fft_shape)[: canvas_shape[0], : canvas_shape[1]]
+    return xp.ascontiguousarray(stamped, dtype=patch.dtype)
 
 
 def exit_waves(probe, patches):

@@ -2,10 +2,15 @@
 Guizar-Sicairos, Opt. Express 26, 3108, 2018).
 
 Per batch: the exit-wave update ``chi`` follows from the noise model
-(Gaussian: amplitude projection; Poisson: a half gradient step of the Poisson
+(Gaussian: amplitude projection; Poisson: a Newton step of the Poisson
 likelihood in Fourier space); object and probe directions are the
-preconditioned gradients; the step along each is the least-squares solution of
-a 2 x 2 system per frame, averaged over the batch.
+preconditioned gradients; the steps along them are the least-squares
+solution of a 2 x 2 system per frame, averaged over the batch.
+
+The 2 x 2 systems need inner products of the exit-wave changes
+``dO_j P_m`` and ``O_j dP_m`` with each other and with ``chi``; summing over
+the probe modes first turns every one into a (B, h, w) product, so no
+(B, modes, h, w) array is formed beyond ``chi`` itself.
 """
 
 from __future__ import annotations
@@ -13,39 +18,25 @@ from __future__ import annotations
 import numpy as np
 
 from .engine import Engine
-from .forward import exit_wave_update, exit_waves, gather_patches
+from .forward import exit_wave_update, gather_patches
 from .positions import refine_positions
 from .state import SolverState
-from .updates import object_update_terms, probe_update_terms, regularised_step
+from .updates import mode_sum, object_update_terms, probe_update_terms, regularised_step
 
 STEP_REGULARISATION = 1e-3
 
 
 def frame_inner(u, v):
-    """``sum Re(conj(u) v)`` over every axis but the first, (B,)."""
-    axes = tuple(range(1, u.ndim))
-    return (u.real * v.real).sum(axis=axes) + (u.imag * v.imag).sum(axis=axes)
+    """``sum Re(conj(u) v)`` over each frame's pixels, (B,)."""
+    return (u.real * v.real + u.imag * v.imag).sum(axis=(-2, -1))
 
 
-def optimal_steps(object_change, probe_change, chi):
-    """Per-frame least-squares steps along the object and probe directions.
-
-    Minimises ``|chi - a_o * object_change - a_p * probe_change|^2`` for each
-    frame; ``probe_change`` may be None (object step only).
-    """
-    a11 = frame_inner(object_change, object_change)
-    r1 = frame_inner(object_change, chi)
-    if probe_change is None:
-        return r1 / (a11 * (1 + STEP_REGULARISATION) + 1e-30), None
-    a22 = frame_inner(probe_change, probe_change)
-    a12 = frame_inner(object_change, probe_change)
-    r2 = frame_inner(probe_change, chi)
+def solve_steps(a11, a22, a12, r1, r2):
+    """Per-frame solution of ``[[a11, a12], [a12, a22]] @ (s_o, s_p) = (r1, r2)``, lightly regularised."""
     a11 = a11 * (1 + STEP_REGULARISATION) + 1e-30
     a22 = a22 * (1 + STEP_REGULARISATION) + 1e-30
     determinant = a11 * a22 - a12 * a12
-    step_object = (a22 * r1 - a12 * r2) / determinant
-    step_probe = (a11 * r2 - a12 * r1) / determinant
-    return step_object, step_probe
+    return (a22 * r1 - a12 * r2) / determinant, (a11 * r2 - a12 * r1) / determinant
 
 
 class LSQML(Engine):
@@ -61,25 +52,28 @@ class LSQML(Engine):
             corners = state.corners[index]
             patches = gather_patches(state.object, corners, state.frame_shape)
             chi, batch_cost = exit_wave_update(
-                state.probe,
-                patches,
-                state.amplitude[index],
-                state.mask,
-                state.workers,
-                noise_model=s.noise_model,
+                state.probe, patches, state.amplitude[index], state.mask, state.workers, s.noise_model
             )
             cost += batch_cost
-            numerator, illumination = object_update_terms(state, corners, chi)
+            per_frame = mode_sum(state.probe, chi)
+            numerator, illumination = object_update_terms(state, corners, chi, per_frame)
             object_direction = regularised_step(numerator, illumination, s.alpha)
-            object_change = exit_waves(
-                state.probe, gather_patches(object_direction, corners, state.frame_shape)
+            object_change = gather_patches(object_direction, corners, state.frame_shape)
+            a11 = ((object_change.real**2 + object_change.imag**2) * state.illumination_weights()).sum(
+                axis=(-2, -1)
             )
-            probe_direction = probe_change = None
+            r1 = frame_inner(object_change, per_frame)
             if update_probe:
                 probe_numerator, probe_weights = probe_update_terms(patches, chi)
                 probe_direction = regularised_step(probe_numerator, probe_weights, s.alpha)
-                probe_change = exit_waves(probe_direction, patches)
-            step_object, step_probe = optimal_steps(object_change, probe_change, chi)
+                direction_power = (probe_direction.real**2 + probe_direction.imag**2).sum(axis=0)
+                a22 = ((patches.real**2 + patches.imag**2) * direction_power).sum(axis=(-2, -1))
+                r2 = frame_inner(patches, mode_sum(probe_direction, chi))
+                overlap = (state.probe.conj() * probe_direction).sum(axis=0)
+                a12 = frame_inner(object_change, patches * overlap)
+                step_object, step_probe = solve_steps(a11, a22, a12, r1, r2)
+            else:
+                step_object = r1 / (a11 * (1 + STEP_REGULARISATION) + 1e-30)
             if self.refines_positions(iteration):
                 refine_positions(state, batch, chi, s.max_position_step)
             state.object += np.float32(s.object_step * mean_step(step_object)) * object_direction

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.optimize
 
 from .backend import fft2
 from .data import PtychoData, ReconstructionResult
@@ -26,20 +27,74 @@ def remove_phase_ramp_and_scale(estimate: np.ndarray, truth: np.ndarray, weights
     return corrected * scale
 
 
+MAX_REGISTRATION_SHIFT = 2.0
+
+
+def registration_shift(reference: np.ndarray, moving: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Sub-pixel (rows, columns) translation that moves ``|moving|`` onto ``|reference|``.
+
+    The peak of the amplitudes' cross-correlation within
+    ``MAX_REGISTRATION_SHIFT`` pixels, refined by a parabola along each axis.
+    """
+
+    def centred(image):
+        amplitude = np.abs(image) * weights
+        return amplitude - amplitude.sum() / weights.sum() * weights
+
+    correlation = np.fft.ifft2(np.fft.fft2(centred(reference)) * np.conj(np.fft.fft2(centred(moving)))).real
+    reach = int(np.ceil(MAX_REGISTRATION_SHIFT))
+    offsets = np.arange(-reach, reach + 1)
+    window = correlation[np.ix_(offsets % correlation.shape[0], offsets % correlation.shape[1])]
+    row, col = np.unravel_index(np.argmax(window), window.shape)
+    shift = np.array([offsets[row], offsets[col]], dtype=float)
+    for axis, (index, line) in enumerate(((row, window[:, col]), (col, window[row, :]))):
+        if 0 < index < len(line) - 1:
+            left, centre, right = line[index - 1 : index + 2]
+            curvature = left - 2 * centre + right
+            if curvature < 0:
+                shift[axis] += 0.5 * (left - right) / curvature
+    return np.clip(shift, -MAX_REGISTRATION_SHIFT, MAX_REGISTRATION_SHIFT)
+
+
+def fourier_shift(image: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """``image`` translated by ``shift`` (rows, columns) pixels, periodically."""
+    fy = np.fft.fftfreq(image.shape[0])[:, None]
+    fx = np.fft.fftfreq(image.shape[1])[None, :]
+    ramp = np.exp(-2j * np.pi * (fy * shift[0] + fx * shift[1]))
+    return np.fft.ifft2(np.fft.fft2(image) * ramp).astype(image.dtype, copy=False)
+
+
 def object_error_arrays(estimate: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> float:
-    """Relative weighted error ``|c e^{i ramp} estimate - truth| / |truth|`` after the best scale and ramp."""
+    """Relative weighted error ``|c e^{i ramp} T(estimate) - truth| / |truth|``.
+
+    ``T`` is the global sub-pixel translation (found near the amplitudes'
+    cross-correlation peak, at most ``MAX_REGISTRATION_SHIFT`` pixels away,
+    then refined to minimise the error) that registers the estimate, ``c`` the best global
+    complex scale and ``ramp`` the best linear phase ramp: object and probe
+    can drift together by a translation, and the object's scale and phase
+    ramp are not determined by the data.
+    """
     if estimate.shape != truth.shape or weights.shape != truth.shape:
         raise ValueError(
             f"shapes differ: estimate {estimate.shape}, truth {truth.shape}, weights {weights.shape}"
         )
-    corrected = remove_phase_ramp_and_scale(estimate, truth, weights)
-    return float(
-        np.sqrt(np.sum(weights * np.abs(corrected - truth) ** 2) / np.sum(weights * np.abs(truth) ** 2))
-    )
+
+    def error(shift: np.ndarray) -> float:
+        shift = np.clip(shift, -MAX_REGISTRATION_SHIFT, MAX_REGISTRATION_SHIFT)
+        corrected = remove_phase_ramp_and_scale(fourier_shift(estimate, shift), truth, weights)
+        return float(
+            np.sqrt(np.sum(weights * np.abs(corrected - truth) ** 2) / np.sum(weights * np.abs(truth) ** 2))
+        )
+
+    start = registration_shift(truth, estimate, weights)
+    best = scipy.optimize.minimize(error, start, method="Nelder-Mead", options={"xatol": 0.01, "fatol": 1e-6})
+    return min(best.fun, error(start))
 
 
 def object_error(result: ReconstructionResult, simulated: SimulatedData, threshold: float = 0.1) -> float:
     """Object error of a reconstruction of simulated data, over the illuminated region.
+
+    See :func:`object_error_arrays` for the ambiguities removed first.
 
     The reconstructed object is placed on the true object's grid by the two
     origins (pixels outside the reconstructed canvas count as 1); pixels whose

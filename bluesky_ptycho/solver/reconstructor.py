@@ -98,7 +98,7 @@ class Reconstructor:
         self.wall_time = 0.0
         self.extra: dict = {}
         self._measured_power = 0.0
-        self._overlap_checked_for = 0
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
 
     @classmethod
     def from_data(cls, data: PtychoData, settings: ReconstructionSettings | None = None) -> Reconstructor:
@@ -107,12 +107,13 @@ class Reconstructor:
         if data.probe_defocus is not None and settings.probe_defocus is None:
             settings.probe_defocus = data.probe_defocus
         reconstructor = cls(data.geometry, settings, mask=data.mask, probe=data.probe)
-        return reconstructor.add_frames(data.frames, data.positions)
+        return reconstructor.add_frames(data.frames, data.positions).prepare()
 
     @property
     def n_frames(self) -> int:
         """Frames added so far."""
-        return 0 if self.state is None else self.state.n_frames
+        pending = sum(len(frames) for frames, _ in self._pending)
+        return pending + (0 if self.state is None else self.state.n_frames)
 
     @property
     def pixel_size(self) -> tuple[float, float]:
@@ -122,21 +123,43 @@ class Reconstructor:
     def add_frames(self, frames, positions) -> Reconstructor:
         """Append frames (N, H, W) and their positions (N, 2) as (x, y) metres.
 
-        The object canvas grows when the new positions leave it.
+        Frames are checked at once and taken into the reconstruction by the
+        next :meth:`prepare` (which :meth:`iterate` and :meth:`result` call);
+        the object canvas grows when the new positions leave it.
         """
-        frames, positions = validate_frames_and_positions(frames, positions, self.geometry.frame_shape)
-        xp = self.xp
+        self._pending.append(validate_frames_and_positions(frames, positions, self.geometry.frame_shape))
+        return self
+
+    def prepare(self) -> Reconstructor:
+        """Take the added frames into the reconstruction.
+
+        The first call builds the initial probe (estimating its defocus when
+        asked to) and the object canvas from the frames added so far.
+
+        Raises
+        ------
+        ValueError
+            If no frames were added, or the positions never overlap.
+        """
+        if not self._pending:
+            if self.state is None:
+                raise ValueError("the dataset is empty: add frames before iterating")
+            return self
+        frames = np.concatenate([f for f, _ in self._pending])
+        positions = np.concatenate([p for _, p in self._pending])
+        self._pending = []
         amplitude = np.sqrt(np.fft.ifftshift(frames, axes=(-2, -1)))
         self._measured_power += float(np.sum(frames if self.mask is None else frames * self.mask))
         if self.state is None:
+            self._check_overlap(positions)
             self.state = self._initial_state(frames, positions, amplitude)
             n_before = 0
         else:
             n_before = self.state.n_frames
-            self.state.amplitude = xp.concatenate([self.state.amplitude, xp.asarray(amplitude)])
+            self.state.amplitude = self.xp.concatenate([self.state.amplitude, self.xp.asarray(amplitude)])
             self.state.set_positions(np.concatenate([self.state.positions, self.state.pixels(positions)]))
         self.engine.frames_added(self.state, n_before)
-        logger.debug("added %d frames (%d in all)", len(frames), self.state.n_frames)
+        logger.debug("took %d frames (%d in all)", len(frames), self.state.n_frames)
         return self
 
     def iterate(self, n: int | None = None, progress: ProgressCallback | None = None) -> Reconstructor:
@@ -144,9 +167,7 @@ class Reconstructor:
 
         ``progress(iteration, cost)`` is called after each iteration.
         """
-        if self.state is None:
-            raise ValueError("the dataset is empty: add frames before iterating")
-        self._check_overlap()
+        self.prepare()
         n = self.settings.iterations if n is None else int(n)
         start = time.perf_counter()
         for _ in range(n):
@@ -164,9 +185,7 @@ class Reconstructor:
 
     def result(self) -> ReconstructionResult:
         """A host-memory snapshot of the current estimate."""
-        if self.state is None:
-            raise ValueError("the dataset is empty: nothing to snapshot")
-        state = self.state
+        state = self.prepare().state
         return ReconstructionResult(
             object=to_numpy(state.object).copy(),
             probe=to_numpy(state.probe).copy(),
@@ -231,18 +250,15 @@ class Reconstructor:
         self.extra.update(probe_defocus=defocus, probe_defocus_sign_corrected=flipped)
         return defocus
 
-    def _check_overlap(self) -> None:
+    def _check_overlap(self, positions: np.ndarray) -> None:
         """Refuse a scan whose patches never overlap (nothing constrains the phase)."""
-        n = self.state.n_frames
-        if n == self._overlap_checked_for:
-            return
-        if n < 2:
+        if len(positions) < 2:
             raise ValueError("ptychography needs at least two overlapping frames; got one")
-        distance, _ = cKDTree(self.state.positions).query(self.state.positions, k=2, p=np.inf)
-        if np.all(distance[:, 1] >= min(self.state.frame_shape)):
+        pixels = positions[:, ::-1] / self.pixel_size
+        distance, _ = cKDTree(pixels).query(pixels, k=2, p=np.inf)
+        if np.all(distance[:, 1] >= min(self.geometry.frame_shape)):
             raise ValueError(
                 "the scan positions do not overlap at all: neighbouring positions are at least "
                 f"{distance[:, 1].min():.0f} pixels apart and the frames are "
-                f"{self.state.frame_shape} pixels; check the position units (metres expected)"
+                f"{self.geometry.frame_shape} pixels; check the position units (metres expected)"
             )
-        self._overlap_checked_for = n

@@ -7,27 +7,30 @@ updates; each algorithm decides how to weight and combine them.
 
 from __future__ import annotations
 
-from .forward import scatter_patches
+from .forward import scatter_patches, stamp_patch
 from .state import SolverState
 
 
-def object_update_terms(state: SolverState, corners, diff):
+def mode_sum(probe, waves):
+    """``sum_m conj(probe_m) * waves_m`` for waves (B, modes, h, w): (B, h, w)."""
+    if probe.shape[0] == 1:
+        return waves[:, 0] * probe[0].conj()
+    return (probe.conj()[None] * waves).sum(axis=1)
+
+
+def object_update_terms(state: SolverState, corners, diff, per_frame=None):
     """Object numerator ``sum_j sum_m conj(P_m) diff_jm`` and illumination ``sum_j |P|^2``.
 
     Both are full-canvas arrays (the illumination real); ``corners`` are the
-    batch's patch corners.
+    batch's patch corners. ``per_frame`` may pass ``mode_sum(probe, diff)``
+    when the caller has it already.
     """
     xp = state.xp
-    probe = state.probe
-    if probe.shape[0] == 1:
-        per_frame = diff[:, 0] * probe[0].conj()
-    else:
-        per_frame = xp.einsum("mhw,bmhw->bhw", probe.conj(), diff)
+    if per_frame is None:
+        per_frame = mode_sum(state.probe, diff)
     numerator = xp.zeros_like(state.object)
     scatter_patches(numerator, corners, per_frame)
-    weights = state.illumination_weights()
-    illumination = xp.zeros(state.object.shape, dtype=weights.dtype)
-    scatter_patches(illumination, corners, xp.broadcast_to(weights, per_frame.shape))
+    illumination = stamp_patch(state.illumination_weights(), corners, state.object.shape)
     return numerator, illumination
 
 
