@@ -9,9 +9,9 @@ oscillations that noise drives.
 The exit waves are kept in Fourier space, where ``F(2 O P - psi)`` is
 ``2 F(O P) - F(psi)``: each iteration needs one forward FFT (of the model,
 which also gives the cost) and one inverse FFT (of the updated exit waves)
-per frame. The overlap projection alternates object and probe updates
-(``OVERLAP_ITERATIONS`` times). All frames form one batch: the overlap
-projection is global.
+per frame. The overlap projection updates the object from the exit waves and
+the probe, then the probe from the exit waves and the new object. All frames
+form one batch: the overlap projection is global.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from .state import SolverState
 from .updates import object_update_terms, probe_update_terms
 
 OVERLAP_DAMPING = 1e-3
-OVERLAP_ITERATIONS = 2
 
 
 class DifferenceMap(Engine):
@@ -66,14 +65,12 @@ class DifferenceMap(Engine):
             self.farfield += (1 - beta) * model
         del reflected, model
         psi = ifft2(self.farfield, workers=state.workers)
-        for _ in range(OVERLAP_ITERATIONS):
-            numerator, illumination = object_update_terms(state, state.corners, psi)
-            state.object = damped_quotient(numerator, illumination, state.object)
-            if self.updates_probe(iteration):
-                patches = gather_patches(state.object, state.corners, shape)
-                numerator, weights = probe_update_terms(patches, psi)
-                state.probe = damped_quotient(numerator, weights, state.probe)
+        numerator, illumination = object_update_terms(state, state.corners, psi)
+        state.object = damped_quotient(numerator, illumination, state.object)
         if self.updates_probe(iteration):
+            patches = gather_patches(state.object, state.corners, shape)
+            numerator, weights = probe_update_terms(patches, psi)
+            state.probe = damped_quotient(numerator, weights, state.probe)
             self.finish_probe(state)
         if self.refines_positions(iteration):
             everything = np.arange(state.n_frames)
