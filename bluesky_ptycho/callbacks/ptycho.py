@@ -1,0 +1,312 @@
+"""The RunEngine side: collect frames and positions, trigger reconstructions.
+
+:class:`PtychoCallback` is subscribed to the RunEngine. It reads the geometry
+from ``start["ptycho"]`` (or from constructor overrides), collects frames and
+positions from events and event pages, hands reconstruction jobs to a runner
+(previews every ``preview_every`` frames, a final one after the stop
+document) and passes every result or failure to a
+:class:`~bluesky_ptycho.catalog.ReconstructionRunWriter`.
+
+It never blocks the RunEngine (the work runs on the runner) and never raises
+into it: ``RE.ignore_callback_exceptions`` is False by default, so an
+exception escaping a callback would abort the user's scan. Problems are
+logged with the run uid and recorded in the reconstruction run instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from event_model import DocumentRouter, unpack_event_page
+
+from ..catalog.documents import DocumentCallback, ReconstructionRunWriter
+from ..federation.jobs import ReconstructionJob, Runner
+from ..federation.local import LocalRunner
+from ..solver.data import ELECTRON_VOLT, Geometry, ReconstructionResult
+from ..solver.settings import ReconstructionSettings
+
+logger = logging.getLogger(__name__)
+
+UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}
+REQUIRED_KEYS = (
+    "data_key",
+    "x_key",
+    "y_key",
+    "photon_energy_ev",
+    "detector_distance_m",
+    "detector_pixel_size_m",
+)
+
+
+@dataclass
+class ScanGeometry:
+    """Where a scan's frames and positions are, and the instrument geometry (from ``start["ptycho"]``)."""
+
+    data_key: str
+    x_key: str
+    y_key: str
+    position_unit: str
+    photon_energy_ev: float
+    detector_distance_m: float
+    detector_pixel_size_m: float
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> ScanGeometry:
+        """Build from ``start["ptycho"]`` merged with overrides.
+
+        Raises
+        ------
+        ValueError
+            Naming every missing key, or an unknown position unit.
+        """
+        missing = [key for key in REQUIRED_KEYS if metadata.get(key) is None]
+        if missing:
+            raise ValueError(
+                "the start document lacks the ptycho geometry keys "
+                f"{', '.join(missing)} (put them in start['ptycho'] or pass them to PtychoCallback)"
+            )
+        unit = metadata.get("position_unit", "um")
+        if unit not in UNITS:
+            raise ValueError(f"unknown position_unit {unit!r}; use one of {', '.join(UNITS)}")
+        return cls(
+            data_key=metadata["data_key"],
+            x_key=metadata["x_key"],
+            y_key=metadata["y_key"],
+            position_unit=unit,
+            photon_energy_ev=float(metadata["photon_energy_ev"]),
+            detector_distance_m=float(metadata["detector_distance_m"]),
+            detector_pixel_size_m=float(metadata["detector_pixel_size_m"]),
+        )
+
+    def geometry(self, frame_shape: tuple[int, int]) -> Geometry:
+        """The solver's geometry for frames of ``frame_shape``."""
+        return Geometry.from_energy(
+            self.photon_energy_ev * ELECTRON_VOLT,
+            self.detector_distance_m,
+            self.detector_pixel_size_m,
+            frame_shape,
+        )
+
+
+@dataclass
+class _Run:
+    """What the callback holds for one raw scan."""
+
+    start: dict
+    writer: ReconstructionRunWriter
+    scan: ScanGeometry | None = None
+    error: str | None = None
+    descriptors: set[str] = field(default_factory=set)
+    frames: list[np.ndarray] = field(default_factory=list)
+    positions: list[tuple[float, float]] = field(default_factory=list)
+    frame_shape: tuple[int, int] | None = None
+    submitted: int = 0
+    collected: int = 0
+    in_flight: Future | None = None
+    previews: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+class PtychoCallback(DocumentRouter):
+    """Live ptychographic reconstruction of Bluesky scans.
+
+    Parameters
+    ----------
+    emit_reconstruction
+        Receives the documents of each reconstruction run (e.g. a
+        ``TiledWriter``); by default they are only logged.
+    runner
+        Where reconstructions run; default :class:`LocalRunner`.
+    settings
+        Solver settings; ``settings.iterations`` is the final iteration count.
+    preview_every
+        Frames between previews (0 or None: no previews).
+    preview_iterations
+        Iterations of each preview.
+    **geometry
+        Overrides of ``start["ptycho"]`` keys (``data_key``, ``x_key``,
+        ``y_key``, ``position_unit``, ``photon_energy_ev``,
+        ``detector_distance_m``, ``detector_pixel_size_m``) for plans that do
+        not record them.
+    """
+
+    def __init__(
+        self,
+        emit_reconstruction: DocumentCallback | None = None,
+        *,
+        runner: Runner | None = None,
+        settings: ReconstructionSettings | None = None,
+        preview_every: int | None = 50,
+        preview_iterations: int = 20,
+        on_result: Callable[[str, ReconstructionResult, bool], Any] | None = None,
+        **geometry: Any,
+    ) -> None:
+        super().__init__()
+        self.emit_reconstruction = emit_reconstruction or _log_document
+        self.runner = runner or LocalRunner()
+        self.settings = settings or ReconstructionSettings()
+        self.preview_every = preview_every or 0
+        self.preview_iterations = preview_iterations
+        self.on_result = on_result
+        self.geometry_overrides = geometry
+        self._runs: dict[str, _Run] = {}
+        self._run_of_descriptor: dict[str, str] = {}
+        self._pending: list[threading.Event] = []
+
+    def __call__(self, name: str, doc: dict, validate: bool = False):
+        try:
+            return super().__call__(name, doc, validate)
+        except Exception as error:  # never let an exception reach the RunEngine
+            logger.exception("PtychoCallback could not process a %s document", name)
+            run = self._run_for(doc)
+            if run is not None:
+                run.problems.append(f"{name}: {error}")
+            return name, doc
+
+    # --- documents ---------------------------------------------------------
+
+    def start(self, doc: dict) -> None:
+        writer = ReconstructionRunWriter(
+            self.emit_reconstruction, doc, self.settings.to_dict(), getattr(self.runner, "location", "?")
+        )
+        run = _Run(start=doc, writer=writer)
+        self._runs[doc["uid"]] = run
+        try:
+            run.scan = ScanGeometry.from_metadata({**doc.get("ptycho", {}), **self.geometry_overrides})
+        except ValueError as error:
+            run.error = str(error)
+            logger.error("scan %s: %s", doc["uid"], error)
+
+    def descriptor(self, doc: dict) -> None:
+        run = self._runs.get(doc["run_start"])
+        if run is None or run.scan is None:
+            return
+        if run.scan.data_key in doc["data_keys"]:
+            run.descriptors.add(doc["uid"])
+            self._run_of_descriptor[doc["uid"]] = doc["run_start"]
+
+    def event(self, doc: dict) -> None:
+        run_uid = self._run_of_descriptor.get(doc["descriptor"])
+        if run_uid is None:
+            return
+        run = self._runs[run_uid]
+        data = doc["data"]
+        scale = UNITS[run.scan.position_unit]
+        frame = np.asarray(data[run.scan.data_key])
+        if run.frame_shape is None:
+            run.frame_shape = frame.shape
+        if frame.shape != run.frame_shape:
+            run.problems.append(f"event {doc.get('seq_num')}: frame shape {frame.shape} != {run.frame_shape}")
+            return
+        run.frames.append(frame)
+        run.positions.append((float(data[run.scan.x_key]) * scale, float(data[run.scan.y_key]) * scale))
+        run.collected += 1
+        if self.preview_every and run.collected - run.submitted >= self.preview_every:
+            self._preview(run)
+
+    def event_page(self, doc: dict) -> None:
+        for event in unpack_event_page(doc):
+            self.event(event)
+
+    def stop(self, doc: dict) -> None:
+        run = self._runs.pop(doc["run_start"], None)
+        if run is None:
+            return
+        for uid in run.descriptors:
+            self._run_of_descriptor.pop(uid, None)
+        exit_status = doc.get("exit_status", "success")
+        partial = exit_status != "success"
+        if run.error is not None:
+            run.writer.close("fail", reason=run.error)
+            return
+        if run.collected == 0:
+            run.writer.close("fail", reason="the scan recorded no diffraction frames")
+            return
+        future = self.runner.submit(self._job(run, self.settings.iterations, final=True))
+        self._when_done(future, lambda f: self._finish(run, f, partial, exit_status))
+
+    # --- work --------------------------------------------------------------
+
+    def _job(self, run: _Run, iterations: int, final: bool) -> ReconstructionJob:
+        frames = np.asarray(run.frames[run.submitted :], dtype=np.float32).reshape(-1, *run.frame_shape)
+        positions = np.asarray(run.positions[run.submitted :], dtype=float).reshape(-1, 2)
+        run.submitted = run.collected
+        return ReconstructionJob(
+            scan_uid=run.start["uid"],
+            geometry=run.scan.geometry(run.frame_shape),
+            settings=self.settings,
+            frames=frames,
+            positions=positions,
+            iterations=iterations,
+            final=final,
+        )
+
+    def _preview(self, run: _Run) -> None:
+        if run.in_flight is not None and not run.in_flight.done():
+            return  # the worker is busy: these frames join the next job
+        future = self.runner.submit(self._job(run, self.preview_iterations, final=False))
+        run.in_flight = future
+        self._when_done(future, lambda f: self._previewed(run, f))
+
+    def _previewed(self, run: _Run, future: Future) -> None:
+        error = future.exception()
+        if error is not None:
+            logger.error("scan %s: preview failed: %s", run.start["uid"], error)
+            run.problems.append(f"preview: {error}")
+            return
+        run.previews += 1
+        run.writer.add_result(future.result(), final=False)
+        self._notify(run, future.result(), final=False)
+
+    def _finish(self, run: _Run, future: Future, partial: bool, exit_status: str) -> None:
+        error = future.exception()
+        if error is not None:
+            logger.error("scan %s: reconstruction failed: %s", run.start["uid"], error)
+            run.writer.close("fail", reason=f"reconstruction failed: {type(error).__name__}: {error}")
+            return
+        run.writer.add_result(future.result(), final=True, partial=partial)
+        reason = f"partial: the raw scan ended with exit_status {exit_status!r}" if partial else ""
+        if run.problems:
+            reason = "; ".join(filter(None, [reason, *run.problems]))
+        run.writer.close("success", reason=reason)
+        self._notify(run, future.result(), final=True)
+
+    def _notify(self, run: _Run, result: ReconstructionResult, final: bool) -> None:
+        if self.on_result is not None:
+            self.on_result(run.start["uid"], result, final)
+
+    def _when_done(self, future: Future, handle: Callable[[Future], None]) -> None:
+        """Run ``handle(future)`` when it completes; :meth:`wait` waits for the handling too."""
+        handled = threading.Event()
+
+        def done(finished: Future) -> None:
+            try:
+                handle(finished)
+            except Exception:
+                logger.exception("PtychoCallback could not record a reconstruction result")
+            finally:
+                handled.set()
+
+        self._pending = [event for event in self._pending if not event.is_set()] + [handled]
+        future.add_done_callback(done)
+
+    def _run_for(self, doc: dict) -> _Run | None:
+        uid = doc.get("run_start") or self._run_of_descriptor.get(doc.get("descriptor", ""))
+        return self._runs.get(uid) if uid else None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every submitted reconstruction is finished and recorded.
+
+        Returns False if ``timeout`` seconds passed first.
+        """
+        return all(event.wait(timeout) for event in list(self._pending))
+
+
+def _log_document(name: str, doc: dict) -> None:
+    logger.info("reconstruction %s document %s", name, doc.get("uid", ""))

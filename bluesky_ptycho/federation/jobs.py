@@ -1,0 +1,57 @@
+"""The typed interface between the RunEngine side and wherever reconstructions run."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ..solver.data import Geometry, ReconstructionResult
+from ..solver.settings import ReconstructionSettings
+
+
+@dataclass
+class ReconstructionJob:
+    """One reconstruction step of a scan.
+
+    Attributes
+    ----------
+    scan_uid
+        uid of the raw scan; jobs of one scan continue from each other.
+    geometry, settings
+        What to reconstruct and how.
+    frames, positions
+        Frames (N, H, W) and positions (N, 2, x/y metres) new since the
+        scan's previous job (may be empty).
+    iterations
+        Iterations to do in this job.
+    final
+        True for the last job of the scan; the runner then forgets the scan.
+    """
+
+    scan_uid: str
+    geometry: Geometry
+    settings: ReconstructionSettings
+    frames: np.ndarray
+    positions: np.ndarray
+    iterations: int
+    final: bool = False
+    mask: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Runner(Protocol):
+    """Where reconstructions run: takes jobs, returns futures of results."""
+
+    #: Where this runner runs work, recorded with every reconstruction.
+    location: str
+
+    def submit(self, job: ReconstructionJob) -> Future[ReconstructionResult]:
+        """Queue ``job``; jobs of one scan run in the order they were submitted."""
+        ...
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking jobs; with ``wait``, finish the queued ones first."""
+        ...

@@ -1,0 +1,73 @@
+"""The simulated specimen and beam that the simulated detector images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..solver.backend import fft2
+from ..solver.data import Geometry
+from ..solver.forward import exit_waves, gather_patches, model_amplitude
+from ..solver.probe import add_modes, normalize_power
+from ..solver.simulate import (
+    DEFAULT_DISTANCE,
+    DEFAULT_ENERGY_J,
+    DEFAULT_PIXEL,
+    aperture_probe,
+    focused_probe,
+    test_object,
+)
+
+
+@dataclass
+class SimulatedSample:
+    """A complex test object, a probe and the geometry that images them.
+
+    The object is centred on stage position (0, 0); it is ``object_extent``
+    pixels wide, and the stage may move the beam within it.
+    """
+
+    geometry: Geometry
+    object: np.ndarray
+    probe: np.ndarray
+
+    @classmethod
+    def create(
+        cls,
+        frame_size: int = 64,
+        object_size: int = 256,
+        photons: float = 1e6,
+        probe_kind: str = "focused",
+        probe_defocus: float = 1.5e-3,
+        probe_modes: int = 1,
+        energy: float = DEFAULT_ENERGY_J,
+        detector_distance: float = DEFAULT_DISTANCE,
+        detector_pixel_size: float = DEFAULT_PIXEL,
+    ) -> SimulatedSample:
+        """A sample with a Siemens-star object and a zone-plate (or aperture) probe."""
+        shape = (frame_size, frame_size)
+        geometry = Geometry.from_energy(energy, detector_distance, detector_pixel_size, shape)
+        if probe_kind == "focused":
+            probe = focused_probe(geometry, frame_size / 6, probe_defocus)
+        else:
+            probe = aperture_probe(shape, frame_size / 3)
+        probe = normalize_power(add_modes(probe, probe_modes, weight=0.5), photons)
+        return cls(geometry=geometry, object=test_object((object_size, object_size)), probe=probe)
+
+    def pixel_of(self, x: float, y: float) -> tuple[int, int]:
+        """Top-left (row, column) of the patch seen at stage position (x, y) in metres."""
+        py, px = self.geometry.sample_pixel_size
+        h, w = self.geometry.frame_shape
+        row = int(np.rint(y / py + (self.object.shape[0] - h) / 2))
+        col = int(np.rint(x / px + (self.object.shape[1] - w) / 2))
+        if not (0 <= row <= self.object.shape[0] - h and 0 <= col <= self.object.shape[1] - w):
+            raise ValueError(f"stage position ({x:.3g}, {y:.3g}) m puts the beam outside the sample")
+        return row, col
+
+    def intensity(self, x: float, y: float) -> np.ndarray:
+        """Noise-free diffraction intensity (H, W) at stage position (x, y) in metres, centred."""
+        corners = np.array([self.pixel_of(x, y)])
+        patches = gather_patches(self.object, corners, self.geometry.frame_shape)
+        amplitude = model_amplitude(fft2(exit_waves(self.probe, patches)))[0]
+        return np.fft.fftshift(amplitude**2)
