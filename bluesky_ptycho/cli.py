@@ -16,12 +16,10 @@ from .solver import (
     ReconstructionSettings,
     Reconstructor,
     fourier_r_factor,
-    object_error,
     simulate,
 )
 
 console = Console()
-DEMO_DEFOCUS = 1.5e-3
 
 
 def run_with_progress(reconstructor: Reconstructor, iterations: int, label: str) -> None:
@@ -166,26 +164,31 @@ def reconstruct_command(input_file, output, png, **options):
 
 
 @main.command("demo")
+@click.option("--points", type=int, default=200, show_default=True, help="Scan points.")
+@click.option(
+    "--preview-every", type=int, default=50, show_default=True, help="Frames between previews (0: none)."
+)
+@click.option("--catalog", default=None, help="Tiled URI or profile (default: the embedded local catalog).")
+@click.option(
+    "--catalog-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory of the embedded catalog.",
+)
 @click.option(
     "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True
 )
 @settings_options
-def demo_command(output_dir, **options):
-    """Simulate a defocused scan, reconstruct it and print its quality numbers."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    sim = simulate(probe_kind="focused", probe_defocus=DEMO_DEFOCUS)
-    settings = make_settings(**options)
-    console.print(
-        f"simulated {len(sim.data)} frames of {sim.data.geometry.frame_shape} at 1e6 photons/frame, "
-        f"zone-plate probe {DEMO_DEFOCUS * 1e3:.1f} mm out of focus"
+def demo_command(points, preview_every, catalog, catalog_dir, output_dir, **options):
+    """Scan the simulated beamline with live reconstruction into the catalog."""
+    from .demo import run_live_demo
+
+    run_live_demo(
+        make_settings(**options),
+        n_points=points,
+        preview_every=preview_every,
+        catalog=catalog,
+        catalog_directory=catalog_dir,
+        output_dir=output_dir,
+        console=console,
     )
-    reconstructor = Reconstructor.from_data(sim.data, settings)
-    console.print(f"initial probe defocus {reconstructor.extra['probe_defocus'] * 1e3:.3f} mm")
-    run_with_progress(reconstructor, settings.iterations, settings.algorithm)
-    result = reconstructor.result()
-    png = save_summary_png(result, output_dir / "demo_reconstruction.png")
-    console.print(
-        f"object error {object_error(result, sim):.4f}, R-factor {fourier_r_factor(result, sim.data):.4f}, "
-        f"{result.wall_time / max(result.iterations, 1) * 1e3:.1f} ms/iteration"
-    )
-    console.print(f"wrote {png}")

@@ -30,8 +30,19 @@ def test_reconstruct_reports_a_malformed_file(tmp_path):
     assert "Error:" in result.output and "not an HDF5" in result.output
 
 
-def test_demo_prints_quality_numbers(tmp_path):
-    result = CliRunner().invoke(main, ["demo", "-n", "3", "--output-dir", str(tmp_path)])
+def test_demo_runs_the_live_loop_into_the_catalog(tmp_path):
+    from bluesky_ptycho.catalog import connect, reconstructions_of
+    from bluesky_ptycho.catalog.server import close_embedded_servers
+
+    catalog_dir = tmp_path / "catalog"
+    args = ["demo", "--points", "60", "--preview-every", "30", "-n", "10"]
+    result = CliRunner().invoke(
+        main, [*args, "--catalog-dir", str(catalog_dir), "--output-dir", str(tmp_path)]
+    )
     assert result.exit_code == 0, result.output
-    assert "object error" in result.output and "R-factor" in result.output
+    assert "preview" in result.output and "object error" in result.output
     assert (tmp_path / "demo_reconstruction.png").exists()
+    raw_uid = result.output.split("connect(")[-1].split("'")[-2]
+    client = connect(directory=catalog_dir)
+    assert len(reconstructions_of(client, raw_uid)) == 1
+    close_embedded_servers()

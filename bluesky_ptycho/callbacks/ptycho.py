@@ -129,6 +129,14 @@ class PtychoCallback(DocumentRouter):
         Frames between previews (0 or None: no previews).
     preview_iterations
         Iterations of each preview.
+    queue_previews
+        False (default): while the runner is still busy with a preview, new
+        frames wait and join the next one, so a slow runner never falls
+        behind the scan. True: queue a preview every ``preview_every`` frames
+        regardless.
+    on_result
+        Optional ``f(raw_uid, result, final)`` called with every result (e.g.
+        a live plot).
     **geometry
         Overrides of ``start["ptycho"]`` keys (``data_key``, ``x_key``,
         ``y_key``, ``position_unit``, ``photon_energy_ev``,
@@ -144,15 +152,17 @@ class PtychoCallback(DocumentRouter):
         settings: ReconstructionSettings | None = None,
         preview_every: int | None = 50,
         preview_iterations: int = 20,
+        queue_previews: bool = False,
         on_result: Callable[[str, ReconstructionResult, bool], Any] | None = None,
         **geometry: Any,
     ) -> None:
         super().__init__()
-        self.emit_reconstruction = emit_reconstruction or _log_document
-        self.runner = runner or LocalRunner()
+        self.emit_reconstruction = _log_document if emit_reconstruction is None else emit_reconstruction
+        self.runner = LocalRunner() if runner is None else runner
         self.settings = settings or ReconstructionSettings()
         self.preview_every = preview_every or 0
         self.preview_iterations = preview_iterations
+        self.queue_previews = queue_previews
         self.on_result = on_result
         self.geometry_overrides = geometry
         self._runs: dict[str, _Run] = {}
@@ -248,8 +258,8 @@ class PtychoCallback(DocumentRouter):
         )
 
     def _preview(self, run: _Run) -> None:
-        if run.in_flight is not None and not run.in_flight.done():
-            return  # the worker is busy: these frames join the next job
+        if not self.queue_previews and run.in_flight is not None and not run.in_flight.done():
+            return  # the runner is busy: these frames join the next job
         future = self.runner.submit(self._job(run, self.preview_iterations, final=False))
         run.in_flight = future
         self._when_done(future, lambda f: self._previewed(run, f))

@@ -1,5 +1,18 @@
-"""Reconstruction results as event-model documents, for Tiled/databroker catalogs."""
+"""Reconstruction results as event-model documents in Tiled/databroker catalogs, and queries."""
 
-from .documents import PLAN_NAME, ReconstructionRunWriter, reconstruction_data_keys
+from .documents import PLAN_NAME, ReconstructionRunWriter, pairs_as_complex, reconstruction_data_keys
+from .queries import latest_final_reconstruction, reconstructions_of, result_from_run
+from .server import connect, default_catalog_directory, embedded_server
 
-__all__ = ["PLAN_NAME", "ReconstructionRunWriter", "reconstruction_data_keys"]
+__all__ = [
+    "PLAN_NAME",
+    "ReconstructionRunWriter",
+    "connect",
+    "default_catalog_directory",
+    "embedded_server",
+    "latest_final_reconstruction",
+    "pairs_as_complex",
+    "reconstruction_data_keys",
+    "reconstructions_of",
+    "result_from_run",
+]

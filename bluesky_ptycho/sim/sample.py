@@ -7,13 +7,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..solver.backend import fft2
-from ..solver.data import Geometry
+from ..solver.data import Geometry, PtychoData
 from ..solver.forward import exit_waves, gather_patches, model_amplitude
 from ..solver.probe import add_modes, normalize_power
 from ..solver.simulate import (
     DEFAULT_DISTANCE,
     DEFAULT_ENERGY_J,
     DEFAULT_PIXEL,
+    SimulatedData,
     aperture_probe,
     focused_probe,
     test_object,
@@ -64,6 +65,20 @@ class SimulatedSample:
         if not (0 <= row <= self.object.shape[0] - h and 0 <= col <= self.object.shape[1] - w):
             raise ValueError(f"stage position ({x:.3g}, {y:.3g}) m puts the beam outside the sample")
         return row, col
+
+    def truth(self, positions: np.ndarray) -> SimulatedData:
+        """The truth for a scan of ``positions`` ((N, 2) x, y metres), for quality metrics."""
+        py, px = self.geometry.sample_pixel_size
+        h, w = self.geometry.frame_shape
+        origin = (-(self.object.shape[1] - w) / 2 * px, -(self.object.shape[0] - h) / 2 * py)
+        frames = np.zeros((len(positions), h, w), np.float32)
+        return SimulatedData(
+            data=PtychoData(frames=frames, positions=positions, geometry=self.geometry),
+            true_object=self.object,
+            true_probe=self.probe,
+            true_positions=np.asarray(positions, dtype=float),
+            object_origin=origin,
+        )
 
     def intensity(self, x: float, y: float) -> np.ndarray:
         """Noise-free diffraction intensity (H, W) at stage position (x, y) in metres, centred."""

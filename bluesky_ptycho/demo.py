@@ -1,0 +1,75 @@
+"""The whole loop on the simulated beamline: scan, live reconstruction, catalog, query."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from bluesky import RunEngine
+from bluesky_tiled_plugins import TiledWriter
+from rich.console import Console
+
+from .callbacks import PtychoCallback
+from .catalog import connect, latest_final_reconstruction
+from .plotting import save_summary_png
+from .sim import fermat_spiral_ptycho_scan, simulated_beamline
+from .solver import PtychoData, ReconstructionSettings, fourier_r_factor, object_error
+
+
+def run_live_demo(
+    settings: ReconstructionSettings,
+    n_points: int = 200,
+    preview_every: int = 50,
+    catalog: str | None = None,
+    catalog_directory: str | Path | None = None,
+    output_dir: Path = Path("."),
+    console: Console | None = None,
+) -> str:
+    """Scan the simulated beamline with live reconstruction into a catalog; return the raw scan uid."""
+    console = console or Console()
+    client = connect(catalog, catalog_directory)
+    writer = TiledWriter(client, batch_size=20)
+    RE = RunEngine()
+    RE.subscribe(writer)
+    started = time.perf_counter()
+
+    def show(raw_uid, result, final):
+        label = "final  " if final else "preview"
+        console.print(
+            f"[{time.perf_counter() - started:5.1f} s] {label} {result.n_frames:4d} frames, "
+            f"{result.iterations:4d} iterations, cost {result.final_cost:.3e}"
+        )
+
+    callback = PtychoCallback(writer, settings=settings, preview_every=preview_every, on_result=show)
+    RE.subscribe(callback)
+    stage, detector = simulated_beamline()
+    console.print(f"scanning {n_points} points on a Fermat spiral, previews every {preview_every} frames")
+    (uid,) = RE(fermat_spiral_ptycho_scan(detector, stage, n_points=n_points))
+    console.print(f"[{time.perf_counter() - started:5.1f} s] scan {uid} done; final reconstruction running")
+    callback.wait()
+    result = latest_final_reconstruction(client, uid)
+    raw = client[uid]["primary"]
+    positions = np.stack([raw["stage_x"].read(), raw["stage_y"].read()], axis=1) * 1e-6
+    data = PtychoData(np.asarray(raw["det_image"].read()), positions, detector.sample.geometry)
+    console.print(
+        f"object error {object_error(result, detector.sample.truth(positions)):.4f}, "
+        f"R-factor {fourier_r_factor(result, data):.4f}, initial probe defocus "
+        f"{callback.settings.probe_defocus if callback.settings.probe_defocus is not None else 'auto'}"
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    png = save_summary_png(
+        result, output_dir / "demo_reconstruction.png", title=f"scan {uid[:8]}: live reconstruction"
+    )
+    console.print(f"wrote {png}")
+    console.print("find it again with:")
+    where = (
+        f"{catalog!r}" if catalog else (f"directory={str(catalog_directory)!r}" if catalog_directory else "")
+    )
+    console.print(
+        "  from bluesky_ptycho.catalog import connect, latest_final_reconstruction\n"
+        f"  result = latest_final_reconstruction(connect({where}), {uid!r})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return uid

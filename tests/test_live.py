@@ -1,0 +1,215 @@
+"""Live reconstruction during real RunEngine scans of the simulated beamline."""
+
+from __future__ import annotations
+
+import logging
+
+import bluesky.plan_stubs as bps
+import bluesky.plans as bp
+import bluesky.preprocessors as bpp
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from bluesky.utils import RunEngineInterrupted, single_gen
+from event_model import pack_event_page
+
+from bluesky_ptycho.callbacks import PtychoCallback
+from bluesky_ptycho.catalog import latest_final_reconstruction, pairs_as_complex, reconstructions_of
+from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, ptycho_metadata, simulated_beamline
+from bluesky_ptycho.solver import ReconstructionSettings, object_error
+
+SETTINGS = ReconstructionSettings(iterations=60)
+
+
+class Documents(list):
+    """Collects (name, doc) pairs, like a catalog would receive them."""
+
+    __hash__ = object.__hash__
+
+    def __call__(self, name, doc):
+        self.append((name, doc))
+
+    def named(self, name):
+        return [doc for n, doc in self if n == name]
+
+
+@pytest.fixture
+def beamline():
+    return simulated_beamline(seed=1)
+
+
+@pytest.fixture
+def RE():
+    return RunEngine()
+
+
+def scan_positions(raw: Documents, stage) -> np.ndarray:
+    events = raw.named("event")
+    return np.array([[e["data"]["stage_x"], e["data"]["stage_y"]] for e in events]) * 1e-6
+
+
+def test_scan_reconstructed_live_with_previews(RE, beamline):
+    stage, det = beamline
+    raw, recon = Documents(), Documents()
+    callback = PtychoCallback(recon, settings=SETTINGS, preview_every=40, queue_previews=True)
+    RE.subscribe(raw)
+    RE.subscribe(callback)
+    (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=160))
+    assert callback.wait(120)
+    assert [name for name, _ in recon][:2] == ["start", "descriptor"] and recon[-1][0] == "stop"
+    start, stop = recon.named("start")[0], recon.named("stop")[0]
+    assert start["raw_uid"] == uid and start["raw_scan_id"] == raw.named("start")[0]["scan_id"]
+    assert start["ptycho_solver"]["settings"]["iterations"] == 60 and start["ptycho_solver"]["location"]
+    assert stop["exit_status"] == "success" and stop["reason"] == ""
+    events = recon.named("event")
+    assert [e["data"]["n_frames"] for e in events] == [40, 80, 120, 160, 160]
+    assert [e["data"]["final"] for e in events] == [False] * 4 + [True]
+    final = events[-1]["data"]
+    assert final["iteration"] == 4 * 20 + 60 and not final["partial"]
+    costs = [e["data"]["cost"] for e in events]
+    assert costs[-1] < costs[0]
+    result = _result_of(final, SETTINGS)
+    truth = det.sample.truth(scan_positions(raw, stage))
+    assert object_error(result, truth) <= 0.10
+
+
+def _result_of(data, settings):
+    from bluesky_ptycho.solver import ReconstructionResult
+
+    return ReconstructionResult(
+        object=pairs_as_complex(data["object"]),
+        probe=pairs_as_complex(data["probe"]),
+        positions=data["positions"],
+        pixel_size=tuple(data["pixel_size"]),
+        object_origin=tuple(data["object_origin"]),
+        cost_history=[],
+        iterations=data["iteration"],
+        settings=settings.to_dict(),
+        wall_time=data["wall_time"],
+    )
+
+
+def test_event_pages_give_the_same_frames(RE, beamline):
+    stage, det = beamline
+    raw = Documents()
+    RE.subscribe(raw)
+    RE(fermat_spiral_ptycho_scan(det, stage, n_points=60))
+    recon = Documents()
+    callback = PtychoCallback(recon, settings=ReconstructionSettings(iterations=5), preview_every=None)
+    events = raw.named("event")
+    for name, doc in raw:
+        if name == "event":
+            continue
+        if name == "stop":
+            for chunk in (events[:25], events[25:]):
+                callback("event_page", pack_event_page(*chunk))
+        callback(name, doc)
+    assert callback.wait(60)
+    final = recon.named("event")[-1]["data"]
+    assert final["n_frames"] == 60
+    np.testing.assert_allclose(
+        np.sort(final["positions"][:, 0]), np.sort(scan_positions(raw, stage)[:, 0]), atol=1e-12
+    )
+
+
+def pause_after(plan, n_events: int):
+    """``plan``, pausing the RunEngine right after its ``n_events``-th event."""
+    saved = 0
+
+    def insert_pause(msg):
+        nonlocal saved
+        if msg.command == "save":
+            saved += 1
+            if saved == n_events:
+                return single_gen(msg), bps.pause()
+        return None, None
+
+    return bpp.plan_mutator(plan, insert_pause)
+
+
+def test_aborted_scan_gives_a_partial_reconstruction(RE, beamline):
+    stage, det = beamline
+    recon = Documents()
+    callback = PtychoCallback(recon, settings=ReconstructionSettings(iterations=10), preview_every=None)
+    RE.subscribe(callback)
+    with pytest.raises(RunEngineInterrupted):
+        RE(pause_after(fermat_spiral_ptycho_scan(det, stage, n_points=100), 40))
+    assert RE.state == "paused"
+    RE.abort(reason="beam lost")
+    assert callback.wait(60)
+    final = recon.named("event")[-1]["data"]
+    assert final["final"] and final["partial"] and final["n_frames"] == 40
+    stop = recon.named("stop")[0]
+    assert stop["exit_status"] == "success" and "partial" in stop["reason"] and "abort" in stop["reason"]
+
+
+def test_two_scans_in_a_row_are_linked_to_their_raw_scans(RE, beamline):
+    stage, det = beamline
+    recon = Documents()
+    callback = PtychoCallback(recon, settings=ReconstructionSettings(iterations=5), preview_every=None)
+    RE.subscribe(callback)
+    uids = [RE(fermat_spiral_ptycho_scan(det, stage, n_points=40))[0] for _ in range(2)]
+    assert callback.wait(60)
+    starts = recon.named("start")
+    assert [s["raw_uid"] for s in starts] == uids
+    stops = {s["run_start"]: s for s in recon.named("stop")}
+    assert all(stops[s["uid"]]["exit_status"] == "success" for s in starts)
+
+
+def test_missing_geometry_fails_the_reconstruction_not_the_scan(RE, beamline, caplog):
+    stage, det = beamline
+    raw, recon = Documents(), Documents()
+    RE.subscribe(raw)
+    RE.subscribe(PtychoCallback(recon, preview_every=10))
+    with caplog.at_level(logging.ERROR, logger="bluesky_ptycho"):
+        (uid,) = RE(bp.list_scan([det], stage.x, [0, 0.2, 0.4], stage.y, [0, 0.1, 0.2]))
+    assert raw.named("stop")[0]["exit_status"] == "success" and len(raw.named("event")) == 3
+    stop = recon.named("stop")[0]
+    assert recon.named("start")[0]["raw_uid"] == uid
+    assert stop["exit_status"] == "fail"
+    for key in ("data_key", "x_key", "photon_energy_ev", "detector_distance_m"):
+        assert key in stop["reason"]
+    assert "lacks the ptycho geometry keys" in caplog.text
+
+
+def test_constructor_overrides_supply_the_geometry(RE, beamline):
+    stage, det = beamline
+    recon = Documents()
+    callback = PtychoCallback(
+        recon,
+        settings=ReconstructionSettings(iterations=3),
+        preview_every=None,
+        **ptycho_metadata(det, stage),
+    )
+    RE.subscribe(callback)
+    RE(bp.list_scan([det], stage.x, [0, 0.2, 0.4, 0.6], stage.y, [0, 0.1, 0.2, 0.3]))
+    assert callback.wait(60)
+    assert recon.named("stop")[0]["exit_status"] == "success"
+    assert recon.named("event")[-1]["data"]["n_frames"] == 4
+
+
+def test_results_land_in_a_real_tiled_catalog(RE, beamline, tmp_path):
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
+    from tiled.server import SimpleTiledServer
+
+    server = SimpleTiledServer(tmp_path)
+    catalog = from_uri(server.uri)
+    writer = TiledWriter(catalog, batch_size=10)
+    stage, det = beamline
+    callback = PtychoCallback(
+        writer, settings=ReconstructionSettings(iterations=30), preview_every=40, queue_previews=True
+    )
+    RE.subscribe(writer)
+    RE.subscribe(callback)
+    (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=80))
+    assert callback.wait(120)
+    assert catalog[uid]["primary"]["det_image"].read().shape == (80, 64, 64)
+    (run,) = reconstructions_of(catalog, uid)
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert list(np.asarray(run["primary"]["n_frames"].read())) == [40, 80, 80]
+    result = latest_final_reconstruction(catalog, uid)
+    assert result.object.dtype == np.complex64 and result.n_frames == 80
+    assert result.iterations == 20 * 2 + 30 and result.extra["final"]
+    with pytest.raises(LookupError):
+        latest_final_reconstruction(catalog, "no-such-scan")
