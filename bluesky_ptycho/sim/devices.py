@@ -70,9 +70,9 @@ class PtychoDetector(Device):
 
 
 def simulated_beamline(
-    frame_size: int = 64, photons: float = 1e6, probe_defocus: float = 1.5e-3, seed: int = 0
+    frame_size: int = 64, photons: float = 1e6, probe_defocus: float | None = None, seed: int = 0
 ) -> tuple[SampleStage, PtychoDetector]:
-    """A connected stage and detector, named "stage" and "det"."""
+    """A connected stage and detector, named "stage" and "det" (see :meth:`SimulatedSample.create`)."""
     stage = SampleStage(name="stage")
     sample = SimulatedSample.create(frame_size=frame_size, photons=photons, probe_defocus=probe_defocus)
     detector = PtychoDetector(name="det", stage=stage, sample=sample, seed=seed)

@@ -37,17 +37,25 @@ class SimulatedSample:
     def create(
         cls,
         frame_size: int = 64,
-        object_size: int = 256,
+        object_size: int | None = None,
         photons: float = 1e6,
         probe_kind: str = "focused",
-        probe_defocus: float = 1.5e-3,
+        probe_defocus: float | None = None,
         probe_modes: int = 1,
         energy: float = DEFAULT_ENERGY_J,
         detector_distance: float = DEFAULT_DISTANCE,
         detector_pixel_size: float = DEFAULT_PIXEL,
     ) -> SimulatedSample:
-        """A sample with a Siemens-star object and a zone-plate (or aperture) probe."""
+        """A sample with a Siemens-star object and a zone-plate (or aperture) probe.
+
+        By default the object is 4 frames wide and the zone-plate probe is
+        ``1.5 mm * (64 / frame_size)**2`` out of focus, so that the probe fills
+        the same fraction of any frame size (about a third).
+        """
         shape = (frame_size, frame_size)
+        object_size = object_size or 4 * frame_size
+        if probe_defocus is None:
+            probe_defocus = 1.5e-3 * (64 / frame_size) ** 2
         geometry = Geometry.from_energy(energy, detector_distance, detector_pixel_size, shape)
         if probe_kind == "focused":
             probe = focused_probe(geometry, frame_size / 6, probe_defocus)
