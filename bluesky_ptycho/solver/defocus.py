@@ -50,12 +50,17 @@ class DefocusEstimate:
         }
 
 
+def radius_from_centre(pattern: np.ndarray) -> np.ndarray:
+    """Distance in pixels of every pixel from the pattern's centre of mass."""
+    y, x = np.indices(pattern.shape)
+    total = pattern.sum()
+    return np.hypot(y - (y * pattern).sum() / total, x - (x * pattern).sum() / total)
+
+
 def bright_field_radius(mean_pattern: np.ndarray, fraction: float = 0.9) -> float:
     """Radius in detector pixels, about the pattern's centre of mass, holding ``fraction`` of its power."""
-    y, x = np.indices(mean_pattern.shape)
     total = mean_pattern.sum()
-    cy, cx = (y * mean_pattern).sum() / total, (x * mean_pattern).sum() / total
-    radius = np.hypot(y - cy, x - cx).ravel()
+    radius = radius_from_centre(mean_pattern).ravel()
     order = np.argsort(radius)
     enclosed = np.cumsum(mean_pattern.ravel()[order]) / total
     return float(radius[order][min(np.searchsorted(enclosed, fraction), radius.size - 1)])
@@ -70,10 +75,7 @@ def looks_defocused(mean_pattern: np.ndarray) -> bool:
     bright-field radius with the total (1/16 for a flat disc).
     """
     radius = bright_field_radius(mean_pattern)
-    y, x = np.indices(mean_pattern.shape)
-    total = mean_pattern.sum()
-    cy, cx = (y * mean_pattern).sum() / total, (x * mean_pattern).sum() / total
-    central = mean_pattern[np.hypot(y - cy, x - cx) <= radius / 4].sum() / total
+    central = mean_pattern[radius_from_centre(mean_pattern) <= radius / 4].sum() / mean_pattern.sum()
     return bool(central < CENTRAL_POWER_FOR_FOCUS)
 
 
@@ -90,10 +92,11 @@ def defocus_range(mean_pattern: np.ndarray, geometry: Geometry) -> float:
     return float(field_of_view / (3 * max(numerical_aperture, 1e-12)))
 
 
-def compact_subset(positions: np.ndarray, size: int) -> np.ndarray:
-    """Indices of the ``size`` positions nearest to the scan's centre."""
+def trial_data(frames: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ``TRIAL_FRAMES`` frames nearest the scan's centre, their positions and their mean pattern."""
     distance = np.sum((positions - positions.mean(axis=0)) ** 2, axis=1)
-    return np.argsort(distance)[:size]
+    subset = np.argsort(distance)[:TRIAL_FRAMES]
+    return frames[subset], positions[subset], frames[subset].mean(axis=0)
 
 
 def trial_score(frames, positions, geometry, mask, mean_pattern, defocus: float, seed: int = 0) -> float:
@@ -133,9 +136,7 @@ def estimate_defocus(
         The value, its score (trial cost) and every candidate tried.
     """
     start = time.perf_counter()
-    subset = compact_subset(positions, TRIAL_FRAMES)
-    frames, positions = frames[subset], positions[subset]
-    mean_pattern = frames.mean(axis=0)
+    frames, positions, mean_pattern = trial_data(frames, positions)
     tried: dict[float, float] = {}
 
     def score(defocus: float) -> float:
@@ -182,9 +183,7 @@ def check_defocus_sign(
     """
     if defocus == 0:
         return defocus, False
-    subset = compact_subset(positions, TRIAL_FRAMES)
-    frames, positions = frames[subset], positions[subset]
-    mean_pattern = frames.mean(axis=0)
+    frames, positions, mean_pattern = trial_data(frames, positions)
     given = trial_score(frames, positions, geometry, mask, mean_pattern, defocus, seed)
     flipped = trial_score(frames, positions, geometry, mask, mean_pattern, -defocus, seed)
     if flipped < SIGN_MARGIN * given:

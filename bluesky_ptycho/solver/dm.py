@@ -28,6 +28,7 @@ from .forward import (
     model_amplitude,
 )
 from .positions import refine_positions
+from .probe import shift_ramp
 from .state import SolverState
 from .updates import object_update_terms, probe_update_terms
 
@@ -80,12 +81,7 @@ class DifferenceMap(Engine):
 
     def probe_shifted(self, state: SolverState, shift: tuple[int, int]) -> None:
         """Shift the stored exit waves with probe and object (a Fourier phase ramp)."""
-        xp = state.xp
-        h, w = state.frame_shape
-        ramp = xp.exp(
-            -2j * np.pi * (xp.fft.fftfreq(h)[:, None] * shift[0] + xp.fft.fftfreq(w)[None, :] * shift[1])
-        )
-        self.farfield *= ramp.astype(self.farfield.dtype)
+        self.farfield *= shift_ramp(state.frame_shape, shift, state.xp).astype(self.farfield.dtype)
 
 
 def damped_quotient(numerator, weights, previous):

@@ -8,6 +8,7 @@ import scipy.optimize
 from .backend import fft2
 from .data import PtychoData, ReconstructionResult
 from .forward import exit_waves, gather_patches, model_amplitude
+from .probe import shift_ramp
 from .simulate import SimulatedData
 
 
@@ -58,10 +59,7 @@ def registration_shift(reference: np.ndarray, moving: np.ndarray, weights: np.nd
 
 def fourier_shift(image: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """``image`` translated by ``shift`` (rows, columns) pixels, periodically."""
-    fy = np.fft.fftfreq(image.shape[0])[:, None]
-    fx = np.fft.fftfreq(image.shape[1])[None, :]
-    ramp = np.exp(-2j * np.pi * (fy * shift[0] + fx * shift[1]))
-    return np.fft.ifft2(np.fft.fft2(image) * ramp).astype(image.dtype, copy=False)
+    return np.fft.ifft2(np.fft.fft2(image) * shift_ramp(image.shape, shift)).astype(image.dtype, copy=False)
 
 
 def object_error_arrays(estimate: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> float:

@@ -19,6 +19,13 @@ def frequency_grid(shape: tuple[int, int], pixel_size: tuple[float, float]):
     return fy[:, None] ** 2 + fx[None, :] ** 2
 
 
+def shift_ramp(shape: tuple[int, int], shift, xp=np):
+    """Fourier-space phase ramp (FFT order) that translates an image by ``shift`` (rows, columns) pixels."""
+    fy = xp.fft.fftfreq(shape[0])[:, None]
+    fx = xp.fft.fftfreq(shape[1])[None, :]
+    return xp.exp(-2j * np.pi * (fy * shift[0] + fx * shift[1]))
+
+
 def fresnel_transfer(geometry: Geometry, distance: float) -> np.ndarray:
     """Fresnel transfer function that propagates a sample-plane field by ``distance``.
 

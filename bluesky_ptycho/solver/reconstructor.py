@@ -31,7 +31,7 @@ from .lsqml import LSQML
 from .probe import add_modes, normalize_power, probe_from_mean_pattern
 from .rpie import RPIE
 from .settings import ReconstructionSettings
-from .state import SolverState
+from .state import SolverState, canvas_margin
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class Reconstructor:
         xp = self.xp
         h, w = self.geometry.frame_shape
         py, px = self.pixel_size
-        margin = np.array([max(4, h // 8), max(4, w // 8)])
+        margin = canvas_margin((h, w))
         if self._origin is None:
             self._origin = positions.min(axis=0) - margin[::-1] * (px, py)
         pixels = (positions - self._origin)[:, ::-1] / (py, px)

@@ -8,6 +8,12 @@ from types import ModuleType
 import numpy as np
 
 
+def canvas_margin(frame_shape: tuple[int, int]) -> np.ndarray:
+    """Pixels (rows, columns) kept free around the scanned area of the object canvas."""
+    h, w = frame_shape
+    return np.array([max(4, h // 8), max(4, w // 8)])
+
+
 @dataclass
 class SolverState:
     """Arrays an algorithm reads and updates, all on the array module ``xp``.
@@ -57,11 +63,6 @@ class SolverState:
     def frame_shape(self) -> tuple[int, int]:
         return tuple(self.probe.shape[-2:])
 
-    def canvas_margin(self) -> np.ndarray:
-        """Pixels (rows, columns) kept free around the scanned area."""
-        h, w = self.frame_shape
-        return np.array([max(4, h // 8), max(4, w // 8)])
-
     def set_positions(self, positions: np.ndarray) -> None:
         """Store new positions (pixels), growing the canvas so every patch fits.
 
@@ -69,7 +70,7 @@ class SolverState:
         where it is in metres.
         """
         h, w = self.frame_shape
-        margin = self.canvas_margin()
+        margin = canvas_margin(self.frame_shape)
         low = np.floor(positions.min(axis=0))
         before = np.where(low < 0, margin - low, 0).astype(int)
         high = np.ceil(positions.max(axis=0)) + (h, w) + 1 - self.object.shape
