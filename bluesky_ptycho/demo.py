@@ -54,8 +54,7 @@ def run_live_demo(
     data = PtychoData(np.asarray(raw["det_image"].read()), positions, detector.sample.geometry)
     console.print(
         f"object error {object_error(result, detector.sample.truth(positions)):.4f}, "
-        f"R-factor {fourier_r_factor(result, data):.4f}, initial probe defocus "
-        f"{callback.settings.probe_defocus if callback.settings.probe_defocus is not None else 'auto'}"
+        f"R-factor {fourier_r_factor(result, data):.4f}"
     )
     output_dir.mkdir(parents=True, exist_ok=True)
     png = save_summary_png(

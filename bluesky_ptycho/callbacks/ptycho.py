@@ -103,13 +103,11 @@ class _Run:
     scan: ScanGeometry | None = None
     error: str | None = None
     descriptors: set[str] = field(default_factory=set)
-    frames: list[np.ndarray] = field(default_factory=list)
+    frames: list[np.ndarray] = field(default_factory=list)  # not yet handed to the runner
     positions: list[tuple[float, float]] = field(default_factory=list)
     frame_shape: tuple[int, int] | None = None
-    submitted: int = 0
     collected: int = 0
     in_flight: Future | None = None
-    previews: int = 0
     problems: list[str] = field(default_factory=list)
 
 
@@ -217,7 +215,7 @@ class PtychoCallback(DocumentRouter):
         run.frames.append(frame)
         run.positions.append((float(data[run.scan.x_key]) * scale, float(data[run.scan.y_key]) * scale))
         run.collected += 1
-        if self.preview_every and run.collected - run.submitted >= self.preview_every:
+        if self.preview_every and len(run.frames) >= self.preview_every:
             self._preview(run)
 
     def event_page(self, doc: dict) -> None:
@@ -244,9 +242,9 @@ class PtychoCallback(DocumentRouter):
     # --- work --------------------------------------------------------------
 
     def _job(self, run: _Run, iterations: int, final: bool) -> ReconstructionJob:
-        frames = np.asarray(run.frames[run.submitted :], dtype=np.float32).reshape(-1, *run.frame_shape)
-        positions = np.asarray(run.positions[run.submitted :], dtype=float).reshape(-1, 2)
-        run.submitted = run.collected
+        frames = np.asarray(run.frames, dtype=np.float32).reshape(-1, *run.frame_shape)
+        positions = np.asarray(run.positions, dtype=float).reshape(-1, 2)
+        run.frames, run.positions = [], []  # the runner holds them from now on
         return ReconstructionJob(
             scan_uid=run.start["uid"],
             geometry=run.scan.geometry(run.frame_shape),
@@ -270,7 +268,6 @@ class PtychoCallback(DocumentRouter):
             logger.error("scan %s: preview failed: %s", run.start["uid"], error)
             run.problems.append(f"preview: {error}")
             return
-        run.previews += 1
         run.writer.add_result(future.result(), final=False)
         self._notify(run, future.result(), final=False)
 

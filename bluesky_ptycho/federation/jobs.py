@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -39,7 +39,6 @@ class ReconstructionJob:
     iterations: int
     final: bool = False
     mask: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
 
 
 class Runner(Protocol):
