@@ -213,3 +213,61 @@ def test_results_land_in_a_real_tiled_catalog(RE, beamline, tmp_path):
     assert result.iterations == 20 * 2 + 30 and result.extra["final"]
     with pytest.raises(LookupError):
         latest_final_reconstruction(catalog, "no-such-scan")
+
+
+@pytest.mark.parametrize("asset_docs", ["stream", "resource"])
+def test_frames_from_hdf5_files_as_they_are_written(RE, tmp_path, asset_docs):
+    """The detector writes HDF5 files and emits StreamResource/StreamDatum or Resource/Datum."""
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
+    from tiled.server import SimpleTiledServer
+
+    server = SimpleTiledServer(tmp_path / "catalog", readable_storage=[tmp_path / "frames"])
+    catalog = from_uri(server.uri)
+    writer = TiledWriter(catalog, batch_size=10)
+    stage, det = simulated_beamline(seed=1, hdf5_directory=tmp_path / "frames", asset_docs=asset_docs)
+    raw = Documents()
+    callback = PtychoCallback(writer, settings=ReconstructionSettings(iterations=40), preview_every=40)
+    for subscriber in (raw, writer, callback):
+        RE.subscribe(subscriber)
+    (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=80))
+    assert callback.wait(120)
+    names = {name for name, _ in raw}
+    assert ({"stream_resource", "stream_datum"} if asset_docs == "stream" else {"resource", "datum"}) <= names
+    (path,) = (tmp_path / "frames").glob("*.h5")
+    stored = np.asarray(catalog[uid]["primary"]["det_image"].read()).reshape(80, 64, 64)
+    import h5py
+
+    with h5py.File(path, "r") as file:
+        np.testing.assert_array_equal(stored, file["/entry/data/data"][()])
+    (run,) = reconstructions_of(catalog, uid)
+    assert run.metadata["stop"]["exit_status"] == "success" and run.metadata["stop"]["reason"] == ""
+    result = latest_final_reconstruction(catalog, uid)
+    assert result.n_frames == 80
+    positions = np.array([[e["data"]["stage_x"], e["data"]["stage_y"]] for e in raw.named("event")]) * 1e-6
+    assert object_error(result, det.sample.truth(positions)) <= 0.10
+    server.close()
+
+
+def test_a_truncated_external_file_is_reported_not_raised(RE, tmp_path):
+    import h5py
+
+    stage, det = simulated_beamline(seed=1, hdf5_directory=tmp_path / "frames", asset_docs="stream")
+    raw = Documents()
+    RE.subscribe(raw)
+    RE(fermat_spiral_ptycho_scan(det, stage, n_points=30))
+    (written,) = (tmp_path / "frames").glob("*.h5")
+    truncated = tmp_path / "truncated.h5"
+    with h5py.File(written, "r") as source, h5py.File(truncated, "w") as copy:
+        copy["/entry/data/data"] = source["/entry/data/data"][:20]
+    recon = Documents()
+    callback = PtychoCallback(recon, settings=ReconstructionSettings(iterations=3), preview_every=None)
+    for name, doc in raw:
+        if name == "stream_resource":
+            doc = {**doc, "uri": truncated.as_uri()}
+        callback(name, doc)
+    assert callback.wait(60)
+    final = recon.named("event")[-1]["data"]
+    stop = recon.named("stop")[0]
+    assert final["n_frames"] == 20 and stop["exit_status"] == "success"
+    assert "holds 20 frames" in stop["reason"] and "10 positions without frames" in stop["reason"]

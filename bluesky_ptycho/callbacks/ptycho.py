@@ -2,7 +2,8 @@
 
 :class:`PtychoCallback` is subscribed to the RunEngine. It reads the geometry
 from ``start["ptycho"]`` (or from constructor overrides), collects frames and
-positions from events and event pages, hands reconstruction jobs to a runner
+positions from events and event pages (frames inline, or in HDF5 files that
+StreamResource/StreamDatum or Resource/Datum documents point to), hands reconstruction jobs to a runner
 (previews every ``preview_every`` frames, a final one after the stop
 document) and passes every result or failure to a
 :class:`~bluesky_ptycho.catalog.ReconstructionRunWriter`.
@@ -30,6 +31,7 @@ from ..federation.jobs import ReconstructionJob, Runner
 from ..federation.local import LocalRunner
 from ..solver.data import ELECTRON_VOLT, Geometry, ReconstructionResult
 from ..solver.settings import ReconstructionSettings
+from .external import ExternalFrames
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +108,9 @@ class _Run:
     frames: list[np.ndarray] = field(default_factory=list)  # not yet handed to the runner
     positions: list[tuple[float, float]] = field(default_factory=list)
     frame_shape: tuple[int, int] | None = None
+    external: ExternalFrames = field(default_factory=ExternalFrames)
+    frames_by_seq_num: dict[int, np.ndarray] = field(default_factory=dict)  # waiting for their positions
+    positions_by_seq_num: dict[int, tuple[float, float]] = field(default_factory=dict)  # and the reverse
     collected: int = 0
     in_flight: Future | None = None
     problems: list[str] = field(default_factory=list)
@@ -165,6 +170,7 @@ class PtychoCallback(DocumentRouter):
         self.geometry_overrides = geometry
         self._runs: dict[str, _Run] = {}
         self._run_of_descriptor: dict[str, str] = {}
+        self._run_of_resource: dict[str, str] = {}
         self._pending: list[threading.Event] = []
 
     def __call__(self, name: str, doc: dict, validate: bool = False):
@@ -206,21 +212,70 @@ class PtychoCallback(DocumentRouter):
         run = self._runs[run_uid]
         data = doc["data"]
         scale = UNITS[run.scan.position_unit]
-        frame = np.asarray(data[run.scan.data_key])
-        if run.frame_shape is None:
-            run.frame_shape = frame.shape
-        if frame.shape != run.frame_shape:
-            run.problems.append(f"event {doc.get('seq_num')}: frame shape {frame.shape} != {run.frame_shape}")
-            return
-        run.frames.append(frame)
-        run.positions.append((float(data[run.scan.x_key]) * scale, float(data[run.scan.y_key]) * scale))
-        run.collected += 1
-        if self.preview_every and len(run.frames) >= self.preview_every:
-            self._preview(run)
+        position = (float(data[run.scan.x_key]) * scale, float(data[run.scan.y_key]) * scale)
+        key = run.scan.data_key
+        if key not in data:  # the frame comes (or came) in a StreamDatum
+            self._pair(run, doc["seq_num"], position=position)
+        elif doc.get("filled", {}).get(key, True) is False:
+            self._accept(run, doc["seq_num"], run.external.read_datum(data[key]), position)
+        else:
+            self._accept(run, doc["seq_num"], np.asarray(data[key]), position)
 
     def event_page(self, doc: dict) -> None:
         for event in unpack_event_page(doc):
             self.event(event)
+
+    def stream_resource(self, doc: dict) -> None:
+        run = self._runs.get(doc.get("run_start", ""))
+        if run is None or run.scan is None or doc.get("data_key") != run.scan.data_key:
+            return
+        run.external.add_stream_resource(doc)
+        self._run_of_resource[doc["uid"]] = doc["run_start"]
+
+    def stream_datum(self, doc: dict) -> None:
+        run = self._runs.get(self._run_of_resource.get(doc["stream_resource"], ""))
+        if run is None:
+            return
+        frames = run.external.read_stream_datum(doc)
+        for seq_num, frame in zip(
+            range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"]), frames, strict=True
+        ):
+            self._pair(run, seq_num, frame=frame)
+
+    def resource(self, doc: dict) -> None:
+        run = self._runs.get(doc.get("run_start", ""))
+        if run is None or run.scan is None:
+            return
+        run.external.add_resource(doc)
+        self._run_of_resource[doc["uid"]] = doc["run_start"]
+
+    def datum(self, doc: dict) -> None:
+        run = self._runs.get(self._run_of_resource.get(doc["resource"], ""))
+        if run is not None:
+            run.external.add_datum(doc)
+
+    def _pair(self, run: _Run, seq_num: int, frame=None, position=None) -> None:
+        """Join a frame and a position that arrive in different documents (StreamDatum, event)."""
+        if frame is not None:
+            run.frames_by_seq_num[seq_num] = frame
+        if position is not None:
+            run.positions_by_seq_num[seq_num] = position
+        if seq_num in run.frames_by_seq_num and seq_num in run.positions_by_seq_num:
+            self._accept(
+                run, seq_num, run.frames_by_seq_num.pop(seq_num), run.positions_by_seq_num.pop(seq_num)
+            )
+
+    def _accept(self, run: _Run, seq_num: int, frame: np.ndarray, position: tuple[float, float]) -> None:
+        if run.frame_shape is None:
+            run.frame_shape = frame.shape
+        if frame.shape != run.frame_shape:
+            run.problems.append(f"event {seq_num}: frame shape {frame.shape} != {run.frame_shape}")
+            return
+        run.frames.append(frame)
+        run.positions.append(position)
+        run.collected += 1
+        if self.preview_every and len(run.frames) >= self.preview_every:
+            self._preview(run)
 
     def stop(self, doc: dict) -> None:
         run = self._runs.pop(doc["run_start"], None)
@@ -228,6 +283,15 @@ class PtychoCallback(DocumentRouter):
             return
         for uid in run.descriptors:
             self._run_of_descriptor.pop(uid, None)
+        self._run_of_resource = {
+            uid: run_uid for uid, run_uid in self._run_of_resource.items() if run_uid != doc["run_start"]
+        }
+        run.external.close()
+        if run.frames_by_seq_num or run.positions_by_seq_num:
+            run.problems.append(
+                f"{len(run.frames_by_seq_num)} frames without positions and "
+                f"{len(run.positions_by_seq_num)} positions without frames were left unused"
+            )
         exit_status = doc.get("exit_status", "success")
         partial = exit_status != "success"
         if run.error is not None:
@@ -304,7 +368,11 @@ class PtychoCallback(DocumentRouter):
         future.add_done_callback(done)
 
     def _run_for(self, doc: dict) -> _Run | None:
-        uid = doc.get("run_start") or self._run_of_descriptor.get(doc.get("descriptor", ""))
+        uid = (
+            doc.get("run_start")
+            or self._run_of_descriptor.get(doc.get("descriptor", ""))
+            or self._run_of_resource.get(doc.get("stream_resource") or doc.get("resource") or "")
+        )
         return self._runs.get(uid) if uid else None
 
     def wait(self, timeout: float | None = None) -> bool:

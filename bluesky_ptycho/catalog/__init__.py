@@ -2,13 +2,14 @@
 
 from .documents import PLAN_NAME, ReconstructionRunWriter, pairs_as_complex, reconstruction_data_keys
 from .queries import latest_final_reconstruction, reconstructions_of, result_from_run
-from .server import connect, default_catalog_directory, embedded_server
+from .server import connect, default_catalog_directory, default_frames_directory, embedded_server
 
 __all__ = [
     "PLAN_NAME",
     "ReconstructionRunWriter",
     "connect",
     "default_catalog_directory",
+    "default_frames_directory",
     "embedded_server",
     "latest_final_reconstruction",
     "pairs_as_complex",

@@ -17,8 +17,20 @@ def default_catalog_directory() -> Path:
     return Path(platformdirs.user_data_dir("bluesky-ptycho")) / "catalog"
 
 
-def embedded_server(directory: str | Path | None = None):
-    """A persistent local Tiled server on loopback, started on first use (one per directory)."""
+def default_frames_directory() -> Path:
+    """Where detectors that write HDF5 files put them by default: ``<user data dir>/bluesky-ptycho/frames``.
+
+    The embedded catalog may read external files there.
+    """
+    return Path(platformdirs.user_data_dir("bluesky-ptycho")) / "frames"
+
+
+def embedded_server(directory: str | Path | None = None, readable_storage: list[str | Path] | None = None):
+    """A persistent local Tiled server on loopback, started on first use (one per directory).
+
+    ``readable_storage``: directories of external (e.g. HDF5 detector) files
+    the catalog may read; default :func:`default_frames_directory`.
+    """
     from tiled.server import SimpleTiledServer
 
     directory = Path(directory or default_catalog_directory()).resolve()
@@ -29,7 +41,10 @@ def embedded_server(directory: str | Path | None = None):
             # exits, before Python waits for non-daemon threads (atexit runs
             # after that wait; concurrent.futures uses the same hook).
             threading._register_atexit(close_embedded_servers)
-        _servers[directory] = SimpleTiledServer(directory)
+        readable = [Path(p) for p in (readable_storage or [default_frames_directory()])]
+        for path in readable:
+            path.mkdir(parents=True, exist_ok=True)
+        _servers[directory] = SimpleTiledServer(directory, readable_storage=readable)
         logger.info("embedded Tiled catalog at %s (data in %s)", _servers[directory].web_ui_link, directory)
     return _servers[directory]
 
@@ -41,12 +56,19 @@ def close_embedded_servers() -> None:
         server.close()
 
 
-def connect(catalog: str | None = None, directory: str | Path | None = None):
-    """A Tiled client: the embedded server (``catalog`` None), a URI, or a Tiled profile name."""
+def connect(
+    catalog: str | None = None,
+    directory: str | Path | None = None,
+    readable_storage: list[str | Path] | None = None,
+):
+    """A Tiled client: the embedded server (``catalog`` None), a URI, or a Tiled profile name.
+
+    ``directory`` and ``readable_storage`` configure the embedded server (see :func:`embedded_server`).
+    """
     from tiled.client import from_profile, from_uri
 
     if catalog is None:
-        return from_uri(embedded_server(directory).uri)
+        return from_uri(embedded_server(directory, readable_storage).uri)
     if "://" in catalog:
         return from_uri(catalog)
     return from_profile(catalog)

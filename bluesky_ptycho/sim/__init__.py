@@ -1,11 +1,13 @@
 """A simulated ophyd ptychography beamline: devices, plans and the imaged sample."""
 
-from .devices import PtychoDetector, SampleStage, simulated_beamline
+from .devices import AD_HDF5_DATASET, HDF5PtychoDetector, PtychoDetector, SampleStage, simulated_beamline
 from .plans import PTYCHO_KEYS, fermat_spiral_ptycho_scan, ptycho_metadata, raster_ptycho_scan
 from .sample import SimulatedSample
 
 __all__ = [
+    "AD_HDF5_DATASET",
     "PTYCHO_KEYS",
+    "HDF5PtychoDetector",
     "PtychoDetector",
     "SampleStage",
     "SimulatedSample",

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+from collections import deque
+from pathlib import Path
+from typing import Literal
+
+import h5py
 import numpy as np
+from event_model import StreamRange, compose_resource, compose_stream_resource
 from ophyd import Component, Device, Signal
 from ophyd.sim import SynAxis
 from ophyd.status import StatusBase
@@ -11,6 +18,7 @@ from ..solver.data import ELECTRON_VOLT
 from .sample import SimulatedSample
 
 MICROMETRE = 1e-6
+AssetDocs = Literal["stream", "resource"]
 
 
 class SampleStage(Device):
@@ -64,16 +72,152 @@ class PtychoDetector(Device):
 
     def trigger(self) -> StatusBase:
         self.image.put(self.acquire_frame())
-        status = StatusBase()
-        status.set_finished()
-        return status
+        return _finished()
+
+
+#: Where an area detector's HDF5 plugin puts the frames in its files.
+AD_HDF5_DATASET = "/entry/data/data"
+
+
+class HDF5PtychoDetector(PtychoDetector):
+    """A :class:`PtychoDetector` that writes its frames to HDF5 files, as an area detector does.
+
+    Each staging opens a new file ``<directory>/<uuid>.h5`` (SWMR mode, frames
+    at ``/entry/data/data``); each trigger appends one frame and flushes it,
+    so readers see it at once. The event does not carry the frame; the
+    detector emits asset documents that point into the file instead:
+
+    - ``asset_docs="stream"``: a StreamResource (``application/x-hdf5``) per
+      file and a StreamDatum per frame (event-model >= 1.20);
+    - ``asset_docs="resource"``: the legacy Resource (spec ``AD_HDF5``) and a
+      Datum per frame, whose ``datum_id`` is the event's value.
+
+    Parameters
+    ----------
+    directory
+        Where the files go (a catalog reading them must be allowed to read it).
+    asset_docs
+        ``"stream"`` or ``"resource"``.
+    **kwargs
+        As for :class:`PtychoDetector`.
+    """
+
+    def __init__(self, *args, directory: str | Path, asset_docs: AssetDocs = "stream", **kwargs):
+        if asset_docs not in ("stream", "resource"):
+            raise ValueError(f"asset_docs must be 'stream' or 'resource', not {asset_docs!r}")
+        super().__init__(*args, **kwargs)
+        self.directory = Path(directory)
+        self.asset_docs = asset_docs
+        self._file: h5py.File | None = None
+        self._frames: h5py.Dataset | None = None
+        self._new_docs: deque[tuple[str, dict]] = deque()
+        self._compose_datum = None
+
+    @property
+    def path(self) -> Path | None:
+        """The file being written (None when not staged)."""
+        return None if self._file is None else Path(self._file.filename)
+
+    def stage(self):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{uuid.uuid4()}.h5"
+        self._file = h5py.File(path, "w", libver="latest")
+        shape = self.sample.geometry.frame_shape
+        self._frames = self._file.create_dataset(
+            AD_HDF5_DATASET, shape=(0, *shape), maxshape=(None, *shape), dtype="<u4", chunks=(1, *shape)
+        )
+        self._file.swmr_mode = True
+        if self.asset_docs == "stream":
+            stream = compose_stream_resource(
+                mimetype="application/x-hdf5",
+                uri=path.absolute().as_uri(),
+                data_key=self.image.name,
+                parameters={"dataset": AD_HDF5_DATASET, "chunk_shape": [1, *shape]},
+            )
+            self._new_docs.append(("stream_resource", stream.stream_resource_doc))
+            self._compose_datum = stream.compose_stream_datum
+        else:
+            resource = compose_resource(
+                spec="AD_HDF5",
+                root="/",
+                resource_path=str(path.absolute()).lstrip("/"),
+                resource_kwargs={"frame_per_point": 1},
+            )
+            self._new_docs.append(("resource", resource.resource_doc))
+            self._compose_datum = resource.compose_datum
+        return super().stage()
+
+    def unstage(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = self._frames = self._compose_datum = None
+        return super().unstage()
+
+    def trigger(self) -> StatusBase:
+        if self._frames is None:
+            raise RuntimeError(f"{self.name} must be staged before it is triggered")
+        index = len(self._frames)
+        self._frames.resize(index + 1, axis=0)
+        self._frames[index] = self.acquire_frame()
+        self._frames.flush()
+        if self.asset_docs == "stream":
+            datum = self._compose_datum(
+                indices=StreamRange(start=index, stop=index + 1), seq_nums=StreamRange(start=0, stop=0)
+            )
+            self._new_docs.append(("stream_datum", datum))
+        else:
+            datum = self._compose_datum(datum_kwargs={"point_number": index})
+            self._new_docs.append(("datum", datum))
+            self.image.put(datum["datum_id"])
+        return _finished()
+
+    def describe(self) -> dict:
+        description = super().describe()
+        key = self.image.name
+        description[key] = {
+            "source": f"file:{self.directory}",
+            "dtype": "array",
+            "dtype_numpy": "<u4",
+            "shape": list(self.sample.geometry.frame_shape),
+            "external": "STREAM:" if self.asset_docs == "stream" else "FILESTORE:",
+        }
+        return description
+
+    def read(self) -> dict:
+        reading = super().read()
+        if self.asset_docs == "stream":
+            reading.pop(self.image.name)
+        return reading
+
+    def collect_asset_docs(self):
+        while self._new_docs:
+            yield self._new_docs.popleft()
+
+
+def _finished() -> StatusBase:
+    status = StatusBase()
+    status.set_finished()
+    return status
 
 
 def simulated_beamline(
-    frame_size: int = 64, photons: float = 1e6, probe_defocus: float | None = None, seed: int = 0
+    frame_size: int = 64,
+    photons: float = 1e6,
+    probe_defocus: float | None = None,
+    seed: int = 0,
+    hdf5_directory: str | Path | None = None,
+    asset_docs: AssetDocs = "stream",
 ) -> tuple[SampleStage, PtychoDetector]:
-    """A connected stage and detector, named "stage" and "det" (see :meth:`SimulatedSample.create`)."""
+    """A stage and detector, named "stage" and "det" (sample: :meth:`SimulatedSample.create`).
+
+    With ``hdf5_directory`` the detector is an :class:`HDF5PtychoDetector`
+    writing there and emitting ``asset_docs``; otherwise frames are inline.
+    """
     stage = SampleStage(name="stage")
     sample = SimulatedSample.create(frame_size=frame_size, photons=photons, probe_defocus=probe_defocus)
-    detector = PtychoDetector(name="det", stage=stage, sample=sample, seed=seed)
+    if hdf5_directory is None:
+        return stage, PtychoDetector(name="det", stage=stage, sample=sample, seed=seed)
+    detector = HDF5PtychoDetector(
+        name="det", stage=stage, sample=sample, seed=seed, directory=hdf5_directory, asset_docs=asset_docs
+    )
     return stage, detector
