@@ -123,10 +123,35 @@ def simulate_command(
     console.print(f"wrote {frames} frames of {size}x{size} to [bold]{output}[/]")
 
 
+catalog_options = [
+    click.option(
+        "--catalog", default=None, help="Tiled URI or profile (default: the embedded local catalog)."
+    ),
+    click.option(
+        "--catalog-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Directory of the embedded catalog.",
+    ),
+]
+
+
+def with_catalog_options(function):
+    """Options that choose the catalog."""
+    for option in reversed(catalog_options):
+        function = option(function)
+    return function
+
+
 @main.command("reconstruct")
 @click.argument(
-    "input_file", metavar="FILE.cxi", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+    "input_file",
+    metavar="[FILE.cxi]",
+    required=False,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
 )
+@click.option("--uid", "raw_uid", default=None, help="Reconstruct this raw scan from the catalog instead.")
+@with_catalog_options
 @click.option(
     "--output",
     "-o",
@@ -138,16 +163,25 @@ def simulate_command(
     "--png",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Summary PNG (default FILE_recon.png).",
+    help="Summary PNG (default FILE_recon.png, or UID.png with --uid).",
 )
 @settings_options
-def reconstruct_command(input_file, output, png, **options):
-    """Reconstruct a CXI dataset; write the result (CXI/HDF5) and a summary PNG."""
+def reconstruct_command(input_file, raw_uid, catalog, catalog_dir, output, png, **options):
+    """Reconstruct a CXI dataset, or (--uid) a raw scan archived in the catalog.
+
+    A file gives a result file (CXI/HDF5) and a summary PNG; a catalog scan
+    gives a new reconstruction run in the same catalog, and the PNG.
+    """
+    settings = make_settings(**options)
+    if (input_file is None) == (raw_uid is None):
+        raise click.UsageError("give either FILE.cxi or --uid RAW_UID")
+    if raw_uid is not None:
+        reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings)
+        return
     try:
         data = read_cxi(input_file)
     except CXIFormatError as error:
         raise click.ClickException(str(error)) from None
-    settings = make_settings(**options)
     console.print(
         f"{len(data)} frames of {data.geometry.frame_shape}, {settings.algorithm}, {settings.device}"
     )
@@ -163,18 +197,99 @@ def reconstruct_command(input_file, output, png, **options):
     console.print(f"wrote {output} and {png}")
 
 
+def reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings) -> None:
+    from .catalog import connect, find_reconstruction, summarize
+    from .replay import reconstruct_archived_scan
+
+    client = connect(catalog, catalog_dir)
+    with console.status(
+        f"reconstructing scan {raw_uid} ({settings.algorithm}, {settings.iterations} iterations)"
+    ):
+        try:
+            reconstruct_archived_scan(client, raw_uid, settings)
+        except KeyError as error:
+            raise click.ClickException(str(error.args[0])) from None
+    run = find_reconstruction(client, raw_uid)
+    show_reconstruction(run, png or Path(f"{raw_uid[:8]}_recon.png"))
+    if summarize(run).exit_status != "success":
+        raise SystemExit(1)
+
+
+def show_reconstruction(run, png: Path | None) -> None:
+    """Print a reconstruction run's summary; write its summary PNG."""
+    from .catalog import result_from_run, summarize
+
+    summary = summarize(run)
+    console.print(
+        f"reconstruction {summary.uid} of scan {summary.raw_uid} (scan_id {summary.raw_scan_id}): "
+        f"{summary.exit_status}" + (f" ({summary.reason})" if summary.reason else "")
+    )
+    if summary.n_frames is None:
+        return
+    console.print(
+        f"{summary.algorithm} on {summary.location}: {summary.n_frames} frames, "
+        f"{summary.iterations} iterations, cost {summary.cost:.3e}"
+    )
+    if png is not None:
+        save_summary_png(result_from_run(run), png, title=f"scan {summary.raw_uid[:8]}: {summary.algorithm}")
+        console.print(f"wrote {png}")
+
+
+@main.group("catalog")
+def catalog_group() -> None:
+    """Browse the reconstructions in the catalog."""
+
+
+@catalog_group.command("ls")
+@with_catalog_options
+@click.option("--limit", type=int, default=20, show_default=True, help="How many, newest first.")
+def catalog_ls(catalog, catalog_dir, limit):
+    """List recent reconstructions."""
+    from rich.table import Table
+
+    from .catalog import connect, recent_reconstructions
+
+    headers = ("uid", "scan uid", "scan id", "solver", "frames", "iter.", "cost", "status")
+    table = Table(*headers, box=None, header_style="bold")
+    for column in table.columns:
+        column.no_wrap = True
+    for summary in recent_reconstructions(connect(catalog, catalog_dir), limit):
+        table.add_row(
+            summary.uid[:8],
+            summary.raw_uid[:8],
+            str(summary.raw_scan_id),
+            summary.algorithm,
+            "-" if summary.n_frames is None else str(summary.n_frames),
+            "-" if summary.iterations is None else str(summary.iterations),
+            "-" if summary.cost is None else f"{summary.cost:.2e}",
+            summary.exit_status + (" (partial)" if "partial" in summary.reason else ""),
+        )
+    console.print(table)
+
+
+@catalog_group.command("show")
+@click.argument("uid")
+@with_catalog_options
+@click.option(
+    "--png", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write a summary PNG."
+)
+def catalog_show(uid, catalog, catalog_dir, png):
+    """Show a reconstruction (its uid, or a raw scan uid for its newest reconstruction)."""
+    from .catalog import connect, find_reconstruction
+
+    try:
+        run = find_reconstruction(connect(catalog, catalog_dir), uid)
+    except LookupError as error:
+        raise click.ClickException(str(error.args[0])) from None
+    show_reconstruction(run, png)
+
+
 @main.command("demo")
 @click.option("--points", type=int, default=200, show_default=True, help="Scan points.")
 @click.option(
     "--preview-every", type=int, default=50, show_default=True, help="Frames between previews (0: none)."
 )
-@click.option("--catalog", default=None, help="Tiled URI or profile (default: the embedded local catalog).")
-@click.option(
-    "--catalog-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Directory of the embedded catalog.",
-)
+@with_catalog_options
 @click.option(
     "--output-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."), show_default=True
 )

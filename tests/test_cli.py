@@ -46,3 +46,44 @@ def test_demo_runs_the_live_loop_into_the_catalog(tmp_path):
     client = connect(directory=catalog_dir)
     assert len(reconstructions_of(client, raw_uid)) == 1
     close_embedded_servers()
+
+
+def test_reconstruct_an_archived_scan_then_list_and_show_it(tmp_path):
+    """`reconstruct --uid` replays a raw scan (frames in HDF5 files) from a real Tiled server."""
+    from bluesky import RunEngine
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
+    from tiled.server import SimpleTiledServer
+
+    from bluesky_ptycho.catalog import latest_final_reconstruction
+    from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
+
+    server = SimpleTiledServer(tmp_path / "catalog", readable_storage=[tmp_path / "frames"])
+    catalog = from_uri(server.uri)
+    RE = RunEngine()
+    RE.subscribe(TiledWriter(catalog, batch_size=10))
+    stage, det = simulated_beamline(hdf5_directory=tmp_path / "frames", asset_docs="resource")
+    (raw_uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=50))
+    runner = CliRunner()
+    where = ["--catalog", server.uri]
+    png = tmp_path / "recon.png"
+    result = runner.invoke(main, ["reconstruct", "--uid", raw_uid, *where, "-n", "15", "--png", str(png)])
+    assert result.exit_code == 0, result.output
+    assert "success" in result.output and "50 frames" in result.output and png.exists()
+    recon = latest_final_reconstruction(catalog, raw_uid)
+    assert recon.n_frames == 50 and recon.iterations == 15
+
+    listing = runner.invoke(main, ["catalog", "ls", *where])
+    assert listing.exit_code == 0, listing.output
+    assert raw_uid[:8] in listing.output and "success" in listing.output and "rpie" in listing.output
+
+    shown = tmp_path / "shown.png"
+    result = runner.invoke(main, ["catalog", "show", raw_uid, *where, "--png", str(shown)])
+    assert result.exit_code == 0, result.output
+    assert recon.extra["run_uid"] in result.output and shown.read_bytes()[:4] == b"\x89PNG"
+
+    result = runner.invoke(main, ["catalog", "show", "no-such-uid", *where])
+    assert result.exit_code == 1 and "neither a reconstruction run" in result.output
+    result = runner.invoke(main, ["reconstruct", "--uid", "no-such-uid", *where])
+    assert result.exit_code == 1 and "no run 'no-such-uid'" in result.output
+    server.close()

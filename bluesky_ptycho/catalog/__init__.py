@@ -1,19 +1,33 @@
 """Reconstruction results as event-model documents in Tiled/databroker catalogs, and queries."""
 
 from .documents import PLAN_NAME, ReconstructionRunWriter, pairs_as_complex, reconstruction_data_keys
-from .queries import latest_final_reconstruction, reconstructions_of, result_from_run
+from .queries import (
+    ReconstructionSummary,
+    find_reconstruction,
+    latest_final_reconstruction,
+    raw_scan_documents,
+    recent_reconstructions,
+    reconstructions_of,
+    result_from_run,
+    summarize,
+)
 from .server import connect, default_catalog_directory, default_frames_directory, embedded_server
 
 __all__ = [
     "PLAN_NAME",
     "ReconstructionRunWriter",
+    "ReconstructionSummary",
     "connect",
     "default_catalog_directory",
     "default_frames_directory",
     "embedded_server",
+    "find_reconstruction",
     "latest_final_reconstruction",
     "pairs_as_complex",
+    "raw_scan_documents",
+    "recent_reconstructions",
     "reconstruction_data_keys",
     "reconstructions_of",
     "result_from_run",
+    "summarize",
 ]

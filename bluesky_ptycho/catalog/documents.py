@@ -42,10 +42,16 @@ def reconstruction_data_keys(result: ReconstructionResult) -> dict[str, dict]:
     (real, imaginary) axis, which every array store understands.
     """
 
-    def key(dtype: str, shape: list, units: str | None = None, description: str | None = None) -> dict:
+    def key(
+        dtype: str,
+        shape: list,
+        units: str | None = None,
+        description: str | None = None,
+        dtype_numpy: str = "<f8",
+    ) -> dict:
         described = {"source": "bluesky-ptycho", "dtype": dtype, "shape": shape}
         if dtype == "array":
-            described["dtype_numpy"] = "<f4" if description else "<f8"
+            described["dtype_numpy"] = dtype_numpy
         if units:
             described["units"] = units
         if description:
@@ -54,8 +60,8 @@ def reconstruction_data_keys(result: ReconstructionResult) -> dict[str, dict]:
 
     pairs = "complex as (..., 2) real/imaginary float32"
     return {
-        "object": key("array", [None, None, 2], description=pairs),
-        "probe": key("array", [*result.probe.shape, 2], description=pairs),
+        "object": key("array", [None, None, 2], description=pairs, dtype_numpy="<f4"),
+        "probe": key("array", [*result.probe.shape, 2], description=pairs, dtype_numpy="<f4"),
         "positions": key("array", [None, 2], "m"),
         "pixel_size": key("array", [2], "m"),
         "object_origin": key("array", [2], "m"),
@@ -63,6 +69,7 @@ def reconstruction_data_keys(result: ReconstructionResult) -> dict[str, dict]:
         "n_frames": key("integer", []),
         "cost": key("number", []),
         "wall_time": key("number", [], "s"),
+        "probe_defocus": key("number", [], "m", "initial-probe defocus used (given or estimated)"),
         "final": key("boolean", []),
         "partial": key("boolean", []),
     }
@@ -131,6 +138,7 @@ class ReconstructionRunWriter:
                 "n_frames": result.n_frames,
                 "cost": result.final_cost,
                 "wall_time": result.wall_time,
+                "probe_defocus": float(result.extra.get("probe_defocus", np.nan)),
                 "final": final,
                 "partial": partial,
             }

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
+from event_model import pack_event_page
 from tiled.queries import Key
 
 from ..solver.data import ReconstructionResult
@@ -38,7 +42,12 @@ def result_from_run(run, index: int = -1) -> ReconstructionResult:
         iterations=int(row("iteration")),
         settings=start["ptycho_solver"]["settings"],
         wall_time=float(row("wall_time")),
-        extra={"final": bool(row("final")), "partial": bool(row("partial")), "run_uid": start["uid"]},
+        extra={
+            "final": bool(row("final")),
+            "partial": bool(row("partial")),
+            "probe_defocus": float(row("probe_defocus")),
+            "run_uid": start["uid"],
+        },
     )
 
 
@@ -55,3 +64,122 @@ def latest_final_reconstruction(catalog, raw_uid: str) -> ReconstructionResult:
         if stop.get("exit_status") == "success" and bool(np.asarray(run["primary"]["final"].read())[-1]):
             return result_from_run(run)
     raise LookupError(f"no successful final reconstruction of scan {raw_uid} in the catalog")
+
+
+@dataclass
+class ReconstructionSummary:
+    """One line about a reconstruction run (``bluesky-ptycho catalog ls``)."""
+
+    uid: str
+    raw_uid: str
+    raw_scan_id: int | None
+    time: float
+    algorithm: str
+    location: str
+    n_frames: int | None
+    iterations: int | None
+    cost: float | None
+    exit_status: str
+    reason: str
+
+
+def summarize(run) -> ReconstructionSummary:
+    """The :class:`ReconstructionSummary` of a reconstruction run."""
+    start, stop = run.metadata["start"], run.metadata.get("stop") or {}
+    solver = start.get("ptycho_solver", {})
+    last: dict = {"n_frames": None, "iteration": None, "cost": None}
+    if "primary" in run:
+        stream = run["primary"]
+        last = {key: np.asarray(stream[key].read())[-1].item() for key in last}
+    return ReconstructionSummary(
+        uid=start["uid"],
+        raw_uid=start.get("raw_uid", ""),
+        raw_scan_id=start.get("raw_scan_id"),
+        time=start["time"],
+        algorithm=solver.get("settings", {}).get("algorithm", "?"),
+        location=solver.get("location", "?"),
+        n_frames=last["n_frames"],
+        iterations=last["iteration"],
+        cost=last["cost"],
+        exit_status=stop.get("exit_status", "running"),
+        reason=stop.get("reason", ""),
+    )
+
+
+def recent_reconstructions(catalog, limit: int = 20) -> list[ReconstructionSummary]:
+    """The newest ``limit`` reconstruction runs, newest first."""
+    found = catalog.search(Key("start.plan_name") == PLAN_NAME).sort(("start.time", -1))
+    return [summarize(run) for run in found.values().head(limit)]
+
+
+def find_reconstruction(catalog, uid: str):
+    """The reconstruction run with uid ``uid``, or the newest one of the raw scan ``uid``.
+
+    Raises
+    ------
+    LookupError
+        If neither exists.
+    """
+    if uid in catalog and catalog[uid].metadata["start"].get("plan_name") == PLAN_NAME:
+        return catalog[uid]
+    runs = reconstructions_of(catalog, uid)
+    if not runs:
+        raise LookupError(
+            f"{uid} is neither a reconstruction run nor a reconstructed raw scan in the catalog"
+        )
+    return runs[-1]
+
+
+def raw_scan_documents(run, stream: str = "primary", page_size: int = 100) -> Iterator[tuple[str, dict]]:
+    """The documents of an archived raw scan, with external data read in, as a callback receives them.
+
+    Yields the start document, the stream's descriptor (its external data
+    keys now marked as inline), event pages of ``page_size`` events, and
+    the stop document (if the scan has one).
+    """
+    start = run.metadata["start"]
+    yield "start", start
+    events = run[stream]
+    metadata = events.metadata
+    data_keys = {
+        key: {name: value for name, value in described.items() if name != "external"}
+        for key, described in metadata["data_keys"].items()
+    }
+    descriptor = {
+        "uid": metadata["uid"],
+        "run_start": start["uid"],
+        "time": metadata["time"],
+        "name": stream,
+        "data_keys": data_keys,
+        "configuration": metadata.get("configuration", {}),
+        "hints": metadata.get("hints", {}),
+        "object_keys": {},
+    }
+    yield "descriptor", descriptor
+    scalars = {key: np.asarray(events[key].read()) for key, d in data_keys.items() if not d["shape"]}
+    times = np.asarray(events["time"].read())
+    for first in range(0, len(times), page_size):
+        last = min(first + page_size, len(times))
+        page_events = []
+        arrays = {
+            key: np.asarray(events[key][first:last]).reshape(last - first, *d["shape"])
+            for key, d in data_keys.items()
+            if d["shape"]
+        }
+        for i in range(first, last):
+            data = {key: values[i] for key, values in scalars.items()}
+            data.update({key: values[i - first] for key, values in arrays.items()})
+            page_events.append(
+                {
+                    "uid": f"{metadata['uid']}-{i + 1}",
+                    "descriptor": metadata["uid"],
+                    "seq_num": i + 1,
+                    "time": float(times[i]),
+                    "data": data,
+                    "timestamps": dict.fromkeys(data, float(times[i])),
+                    "filled": {},
+                }
+            )
+        yield "event_page", pack_event_page(*page_events)
+    if run.metadata.get("stop"):
+        yield "stop", run.metadata["stop"]

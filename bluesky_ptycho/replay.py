@@ -1,0 +1,41 @@
+"""Reconstruct a scan archived in the catalog, through the same callback as a live scan."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bluesky_tiled_plugins import TiledWriter
+
+from .callbacks import PtychoCallback
+from .catalog import raw_scan_documents
+from .solver import ReconstructionResult, ReconstructionSettings
+
+
+def reconstruct_archived_scan(
+    catalog,
+    raw_uid: str,
+    settings: ReconstructionSettings,
+    on_result: Callable[[str, ReconstructionResult, bool], Any] | None = None,
+    **geometry: Any,
+) -> PtychoCallback:
+    """Replay the raw scan ``raw_uid`` from ``catalog`` into a :class:`PtychoCallback`.
+
+    The reconstruction is written back to the same catalog as a new
+    reconstruction run linked to the scan. Returns the callback after its
+    work is recorded.
+
+    Raises
+    ------
+    KeyError
+        If the catalog has no run ``raw_uid``.
+    """
+    if raw_uid not in catalog:
+        raise KeyError(f"the catalog has no run {raw_uid!r}")
+    writer = TiledWriter(catalog, batch_size=1)
+    callback = PtychoCallback(writer, settings=settings, preview_every=None, on_result=on_result, **geometry)
+    for name, doc in raw_scan_documents(catalog[raw_uid]):
+        callback(name, doc)
+    callback.wait()
+    callback.runner.shutdown()
+    return callback
