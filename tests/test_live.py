@@ -271,3 +271,28 @@ def test_a_truncated_external_file_is_reported_not_raised(RE, tmp_path):
     stop = recon.named("stop")[0]
     assert final["n_frames"] == 20 and stop["exit_status"] == "success"
     assert "holds 20 frames" in stop["reason"] and "10 positions without frames" in stop["reason"]
+
+
+def test_live_view_shows_each_preview_and_is_silent_under_agg(RE, beamline):
+    import matplotlib.pyplot as plt
+
+    from bluesky_ptycho.callbacks import LiveReconstructionView
+
+    stage, det = beamline
+    silent, view = LiveReconstructionView(), LiveReconstructionView(enabled=True)
+    recon = Documents()
+    callback = PtychoCallback(
+        [recon, silent, view], settings=ReconstructionSettings(iterations=10), preview_every=30
+    )
+    RE.subscribe(callback)
+    before = set(plt.get_fignums())
+    RE(fermat_spiral_ptycho_scan(det, stage, n_points=60))
+    assert callback.wait(60)
+    assert not silent.enabled and silent.figure is None
+    assert set(plt.get_fignums()) - before == {view.figure.number}
+    final = recon.named("event")[-1]["data"]
+    phase = view.images["phase"].get_array()
+    np.testing.assert_allclose(phase, np.angle(pairs_as_complex(final["object"])), atol=1e-6)
+    assert view.cost_line.get_xdata()[-1] == final["iteration"]
+    assert len(view.cost_line.get_ydata()) == len(recon.named("event"))
+    plt.close(view.figure)

@@ -123,7 +123,9 @@ class PtychoCallback(DocumentRouter):
     ----------
     emit_reconstruction
         Receives the documents of each reconstruction run (e.g. a
-        ``TiledWriter``); by default they are only logged.
+        ``TiledWriter``), or a list of such callbacks (e.g. the writer and a
+        :class:`~bluesky_ptycho.callbacks.LiveReconstructionView`); by
+        default they are only logged.
     runner
         Where reconstructions run; default :class:`LocalRunner`.
     settings
@@ -149,7 +151,7 @@ class PtychoCallback(DocumentRouter):
 
     def __init__(
         self,
-        emit_reconstruction: DocumentCallback | None = None,
+        emit_reconstruction: DocumentCallback | list[DocumentCallback] | None = None,
         *,
         runner: Runner | None = None,
         settings: ReconstructionSettings | None = None,
@@ -160,7 +162,11 @@ class PtychoCallback(DocumentRouter):
         **geometry: Any,
     ) -> None:
         super().__init__()
-        self.emit_reconstruction = _log_document if emit_reconstruction is None else emit_reconstruction
+        if emit_reconstruction is None:
+            emit_reconstruction = _log_document
+        elif isinstance(emit_reconstruction, list | tuple):
+            emit_reconstruction = _Broadcast(list(emit_reconstruction))
+        self.emit_reconstruction = emit_reconstruction
         self.runner = LocalRunner() if runner is None else runner
         self.settings = settings or ReconstructionSettings()
         self.preview_every = preview_every or 0
@@ -381,6 +387,20 @@ class PtychoCallback(DocumentRouter):
         Returns False if ``timeout`` seconds passed first.
         """
         return all(event.wait(timeout) for event in list(self._pending))
+
+
+class _Broadcast:
+    """Sends each document to every callback; one that raises is logged and does not stop the others."""
+
+    def __init__(self, callbacks: list[DocumentCallback]) -> None:
+        self.callbacks = callbacks
+
+    def __call__(self, name: str, doc: dict) -> None:
+        for callback in self.callbacks:
+            try:
+                callback(name, doc)
+            except Exception:
+                logger.exception("%r could not take a reconstruction %s document", callback, name)
 
 
 def _log_document(name: str, doc: dict) -> None:

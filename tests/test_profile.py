@@ -1,0 +1,47 @@
+"""The example IPython profile (profile_collection/startup) runs a scan end to end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROFILE = Path(__file__).resolve().parents[1] / "profile_collection"
+
+
+def test_profile_scans_and_finds_the_reconstruction_in_the_catalog(tmp_path):
+    pytest.importorskip("IPython")
+    profile = tmp_path / "profile_collection"
+    shutil.copytree(PROFILE / "startup", profile / "startup")
+    env = {
+        **os.environ,
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "BLUESKY_PTYCHO_CATALOG_DIR": str(tmp_path / "catalog"),
+        "BLUESKY_PTYCHO_FRAMES_DIR": str(tmp_path / "frames"),
+        "MPLBACKEND": "Agg",
+    }
+    code = (
+        "ptycho.settings = ReconstructionSettings(iterations=10); "
+        "(uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=60)); "
+        "ptycho.wait(120); "
+        "result = latest_final_reconstruction(catalog, uid); "
+        "print('FOUND', uid, result.n_frames, len(reconstructions_of(catalog, uid)), "
+        "catalog[uid]['primary']['det_image'].read().shape)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "IPython", f"--profile-dir={profile}", "--colors=NoColor", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    found = [line for line in completed.stdout.splitlines() if line.startswith("FOUND")]
+    assert found, completed.stdout + completed.stderr
+    _, _, n_frames, n_runs, *shape = found[0].split(maxsplit=4)
+    assert int(n_frames) == 60 and int(n_runs) == 1 and "(60, 64, 64)" in shape[0]
+    assert list((tmp_path / "frames").glob("*.h5"))
