@@ -296,3 +296,27 @@ def test_live_view_shows_each_preview_and_is_silent_under_agg(RE, beamline):
     assert view.cost_line.get_xdata()[-1] == final["iteration"]
     assert len(view.cost_line.get_ydata()) == len(recon.named("event"))
     plt.close(view.figure)
+
+
+def test_a_worker_process_runner_continues_each_scan_from_its_previews(RE, beamline):
+    from bluesky_ptycho.federation import LocalRunner
+
+    stage, det = beamline
+    recon = Documents()
+    runner = LocalRunner(process=True)
+    callback = PtychoCallback(
+        recon,
+        runner=runner,
+        settings=ReconstructionSettings(iterations=20),
+        preview_every=30,
+        queue_previews=True,
+    )
+    RE.subscribe(callback)
+    RE(fermat_spiral_ptycho_scan(det, stage, n_points=60))
+    assert callback.wait(120)
+    runner.shutdown()
+    assert recon.named("stop")[0]["exit_status"] == "success", recon.named("stop")[0]["reason"]
+    events = recon.named("event")
+    assert [e["data"]["n_frames"] for e in events] == [30, 60, 60]
+    assert events[-1]["data"]["iteration"] == 2 * 20 + 20  # the final job continued the previews' estimate
+    assert recon.named("start")[0]["ptycho_solver"]["location"].endswith(":process")

@@ -164,7 +164,7 @@ class PtychoCallback(DocumentRouter):
         super().__init__()
         if emit_reconstruction is None:
             emit_reconstruction = _log_document
-        elif isinstance(emit_reconstruction, list | tuple):
+        elif isinstance(emit_reconstruction, list | tuple) and not callable(emit_reconstruction):
             emit_reconstruction = _Broadcast(list(emit_reconstruction))
         self.emit_reconstruction = emit_reconstruction
         self.runner = LocalRunner() if runner is None else runner
