@@ -71,4 +71,12 @@ def run_live_demo(
         highlight=False,
         soft_wrap=True,
     )
+    options = (
+        f" --catalog {catalog}"
+        if catalog
+        else (f" --catalog-dir {catalog_directory}" if catalog_directory else "")
+    )
+    console.print(
+        f"or: bluesky-ptycho catalog show {uid}{options} --png recon.png", highlight=False, soft_wrap=True
+    )
     return uid

@@ -271,6 +271,7 @@ def test_a_truncated_external_file_is_reported_not_raised(RE, tmp_path):
     stop = recon.named("stop")[0]
     assert final["n_frames"] == 20 and stop["exit_status"] == "success"
     assert "holds 20 frames" in stop["reason"] and "10 positions without frames" in stop["reason"]
+    assert "(and 9 more like it)" in stop["reason"] and stop["reason"].count("holds 20 frames") == 1
 
 
 def test_live_view_shows_each_preview_and_is_silent_under_agg(RE, beamline):

@@ -96,6 +96,31 @@ class ScanGeometry:
         )
 
 
+class _Problems:
+    """A scan's problems: each kind is logged once (with the scan uid) and counted."""
+
+    def __init__(self, scan_uid: str) -> None:
+        self.scan_uid = scan_uid
+        self._by_kind: dict[str, list] = {}  # kind -> [first message, count]
+
+    def add(self, kind: str, message: str, exc_info: BaseException | None = None) -> None:
+        """Record one occurrence; the first of its ``kind`` is logged (with ``exc_info``'s traceback)."""
+        if kind not in self._by_kind:
+            logger.error("scan %s: %s", self.scan_uid, message, exc_info=exc_info)
+            self._by_kind[kind] = [message, 0]
+        self._by_kind[kind][1] += 1
+
+    def __bool__(self) -> bool:
+        return bool(self._by_kind)
+
+    def summary(self) -> list[str]:
+        """One line per kind: its first message, and how many more there were."""
+        return [
+            message if count == 1 else f"{message} (and {count - 1} more like it)"
+            for message, count in self._by_kind.values()
+        ]
+
+
 @dataclass
 class _Run:
     """What the callback holds for one raw scan."""
@@ -113,7 +138,10 @@ class _Run:
     positions_by_seq_num: dict[int, tuple[float, float]] = field(default_factory=dict)  # and the reverse
     collected: int = 0
     in_flight: Future | None = None
-    problems: list[str] = field(default_factory=list)
+    problems: _Problems = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.problems = _Problems(self.start["uid"])
 
 
 class PtychoCallback(DocumentRouter):
@@ -183,10 +211,11 @@ class PtychoCallback(DocumentRouter):
         try:
             return super().__call__(name, doc, validate)
         except Exception as error:  # never let an exception reach the RunEngine
-            logger.exception("PtychoCallback could not process a %s document", name)
             run = self._run_for(doc)
-            if run is not None:
-                run.problems.append(f"{name}: {error}")
+            if run is None:
+                logger.exception("PtychoCallback could not process a %s document", name)
+            else:
+                run.problems.add(f"{name}:{type(error).__name__}", f"{name}: {error}", exc_info=error)
             return name, doc
 
     # --- documents ---------------------------------------------------------
@@ -275,7 +304,9 @@ class PtychoCallback(DocumentRouter):
         if run.frame_shape is None:
             run.frame_shape = frame.shape
         if frame.shape != run.frame_shape:
-            run.problems.append(f"event {seq_num}: frame shape {frame.shape} != {run.frame_shape}")
+            run.problems.add(
+                "frame shape", f"event {seq_num}: frame shape {frame.shape} != {run.frame_shape} (skipped)"
+            )
             return
         run.frames.append(frame)
         run.positions.append(position)
@@ -294,9 +325,10 @@ class PtychoCallback(DocumentRouter):
         }
         run.external.close()
         if run.frames_by_seq_num or run.positions_by_seq_num:
-            run.problems.append(
+            run.problems.add(
+                "unpaired",
                 f"{len(run.frames_by_seq_num)} frames without positions and "
-                f"{len(run.positions_by_seq_num)} positions without frames were left unused"
+                f"{len(run.positions_by_seq_num)} positions without frames were left unused",
             )
         exit_status = doc.get("exit_status", "success")
         partial = exit_status != "success"
@@ -335,8 +367,7 @@ class PtychoCallback(DocumentRouter):
     def _previewed(self, run: _Run, future: Future) -> None:
         error = future.exception()
         if error is not None:
-            logger.error("scan %s: preview failed: %s", run.start["uid"], error)
-            run.problems.append(f"preview: {error}")
+            run.problems.add(f"preview:{type(error).__name__}", f"preview failed: {error}")
             return
         run.writer.add_result(future.result(), final=False)
         self._notify(run, future.result(), final=False)
@@ -350,7 +381,7 @@ class PtychoCallback(DocumentRouter):
         run.writer.add_result(future.result(), final=True, partial=partial)
         reason = f"partial: the raw scan ended with exit_status {exit_status!r}" if partial else ""
         if run.problems:
-            reason = "; ".join(filter(None, [reason, *run.problems]))
+            reason = "; ".join(filter(None, [reason, *run.problems.summary()]))
         run.writer.close("success", reason=reason)
         self._notify(run, future.result(), final=True)
 
