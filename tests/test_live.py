@@ -156,20 +156,33 @@ def test_two_scans_in_a_row_are_linked_to_their_raw_scans(RE, beamline):
     assert all(stops[s["uid"]]["exit_status"] == "success" for s in starts)
 
 
-def test_missing_geometry_fails_the_reconstruction_not_the_scan(RE, beamline, caplog):
+def test_missing_geometry_fails_the_reconstruction_not_the_scan(RE, beamline, caplog, tmp_path):
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
+    from tiled.server import SimpleTiledServer
+
+    server = SimpleTiledServer(tmp_path)
+    catalog = from_uri(server.uri)
+    writer = TiledWriter(catalog, batch_size=2)
     stage, det = beamline
-    raw, recon = Documents(), Documents()
-    RE.subscribe(raw)
-    RE.subscribe(PtychoCallback(recon, preview_every=10))
+    raw = Documents()
+    callback = PtychoCallback(writer, preview_every=10)
+    for subscriber in (raw, writer, callback):
+        RE.subscribe(subscriber)
     with caplog.at_level(logging.ERROR, logger="bluesky_ptycho"):
         (uid,) = RE(bp.list_scan([det], stage.x, [0, 0.2, 0.4], stage.y, [0, 0.1, 0.2]))
-    assert raw.named("stop")[0]["exit_status"] == "success" and len(raw.named("event")) == 3
-    stop = recon.named("stop")[0]
-    assert recon.named("start")[0]["raw_uid"] == uid
+    assert callback.wait(30)
+    assert raw.named("stop")[0]["exit_status"] == "success"
+    frames = np.asarray(catalog[uid]["primary"]["det_image"].read())
+    assert frames.shape == (3, 64, 64)
+    np.testing.assert_array_equal(frames, [e["data"]["det_image"] for e in raw.named("event")])
+    (run,) = reconstructions_of(catalog, uid)
+    stop = run.metadata["stop"]
     assert stop["exit_status"] == "fail"
     for key in ("data_key", "x_key", "photon_energy_ev", "detector_distance_m"):
         assert key in stop["reason"]
     assert "lacks the ptycho geometry keys" in caplog.text
+    server.close()
 
 
 def test_constructor_overrides_supply_the_geometry(RE, beamline):
