@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
@@ -18,6 +19,9 @@ from .solver import (
     fourier_r_factor,
     simulate,
 )
+
+if TYPE_CHECKING:
+    from .catalog import ReconstructionSummary
 
 console = Console()
 
@@ -198,7 +202,7 @@ def reconstruct_command(input_file, raw_uid, catalog, catalog_dir, output, png, 
 
 
 def reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings) -> None:
-    from .catalog import connect, find_reconstruction, summarize
+    from .catalog import connect, find_reconstruction
     from .replay import reconstruct_archived_scan
 
     client = connect(catalog, catalog_dir)
@@ -209,14 +213,15 @@ def reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings) -> No
             reconstruct_archived_scan(client, raw_uid, settings)
         except KeyError as error:
             raise click.ClickException(str(error.args[0])) from None
-    run = find_reconstruction(client, raw_uid)
-    show_reconstruction(run, png or Path(f"{raw_uid[:8]}_recon.png"))
-    if summarize(run).exit_status != "success":
+    summary = show_reconstruction(
+        find_reconstruction(client, raw_uid), png or Path(f"{raw_uid[:8]}_recon.png")
+    )
+    if summary.exit_status != "success":
         raise SystemExit(1)
 
 
-def show_reconstruction(run, png: Path | None) -> None:
-    """Print a reconstruction run's summary; write its summary PNG."""
+def show_reconstruction(run, png: Path | None) -> ReconstructionSummary:
+    """Print a reconstruction run's summary and return it; write its summary PNG."""
     from .catalog import result_from_run, summarize
 
     summary = summarize(run)
@@ -225,7 +230,7 @@ def show_reconstruction(run, png: Path | None) -> None:
         f"{summary.exit_status}" + (f" ({summary.reason})" if summary.reason else "")
     )
     if summary.n_frames is None:
-        return
+        return summary
     console.print(
         f"{summary.algorithm} on {summary.location}: {summary.n_frames} frames, "
         f"{summary.iterations} iterations, cost {summary.cost:.3e}"
@@ -233,6 +238,7 @@ def show_reconstruction(run, png: Path | None) -> None:
     if png is not None:
         save_summary_png(result_from_run(run), png, title=f"scan {summary.raw_uid[:8]}: {summary.algorithm}")
         console.print(f"wrote {png}")
+    return summary
 
 
 @main.group("catalog")

@@ -16,12 +16,7 @@ import h5py
 import numpy as np
 
 #: Resource specs whose files hold frames in one HDF5 dataset, and that dataset.
-HDF5_SPECS = {
-    "AD_HDF5": "/entry/data/data",
-    "AD_HDF5_SWMR": "/entry/data/data",
-    "AD_HDF5_SINGLE": "/entry/data/data",
-    "HDF5": "/entry/data/data",
-}
+HDF5_SPECS = dict.fromkeys(("AD_HDF5", "AD_HDF5_SWMR", "AD_HDF5_SINGLE", "HDF5"), "/entry/data/data")
 HDF5_MIMETYPE = "application/x-hdf5"
 
 
@@ -91,10 +86,6 @@ class ExternalFrames:
         if doc["resource"] in self._sources:
             self._datums[doc["datum_id"]] = (doc["resource"], doc.get("datum_kwargs", {}))
 
-    def knows(self, uid: str) -> bool:
-        """Whether ``uid`` is a registered (stream) resource."""
-        return uid in self._sources
-
     def read_stream_datum(self, doc: dict) -> np.ndarray:
         """The frames (n, H, W) of a StreamDatum, one per sequence number it covers."""
         source = self._sources[doc["stream_resource"]]
@@ -126,6 +117,8 @@ class ExternalFrames:
                 f"the documents refer to frames {first} to {last - 1}"
             )
         frames = np.asarray(dataset[first:last])
+        if per_point == 1:
+            return frames
         return frames.reshape(stop - start, per_point, *frames.shape[1:]).sum(axis=1, dtype=frames.dtype)
 
     def _dataset(self, source: _Source) -> h5py.Dataset:

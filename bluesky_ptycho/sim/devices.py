@@ -113,11 +113,6 @@ class HDF5PtychoDetector(PtychoDetector):
         self._new_docs: deque[tuple[str, dict]] = deque()
         self._compose_datum = None
 
-    @property
-    def path(self) -> Path | None:
-        """The file being written (None when not staged)."""
-        return None if self._file is None else Path(self._file.filename)
-
     def stage(self):
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{uuid.uuid4()}.h5"
