@@ -12,6 +12,7 @@ import pytest
 from bluesky import RunEngine
 from bluesky.utils import RunEngineInterrupted, single_gen
 from event_model import pack_event_page
+from helpers import Documents, result_of, scan_positions
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import latest_final_reconstruction, pairs_as_complex, reconstructions_of
@@ -19,18 +20,6 @@ from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, ptycho_metadata, simul
 from bluesky_ptycho.solver import ReconstructionSettings, object_error
 
 SETTINGS = ReconstructionSettings(iterations=60)
-
-
-class Documents(list):
-    """Collects (name, doc) pairs, like a catalog would receive them."""
-
-    __hash__ = object.__hash__
-
-    def __call__(self, name, doc):
-        self.append((name, doc))
-
-    def named(self, name):
-        return [doc for n, doc in self if n == name]
 
 
 @pytest.fixture
@@ -41,11 +30,6 @@ def beamline():
 @pytest.fixture
 def RE():
     return RunEngine()
-
-
-def scan_positions(raw: Documents, stage) -> np.ndarray:
-    events = raw.named("event")
-    return np.array([[e["data"]["stage_x"], e["data"]["stage_y"]] for e in events]) * 1e-6
 
 
 def test_scan_reconstructed_live_with_previews(RE, beamline):
@@ -68,25 +52,9 @@ def test_scan_reconstructed_live_with_previews(RE, beamline):
     assert final["iteration"] == 4 * 20 + 60 and not final["partial"]
     costs = [e["data"]["cost"] for e in events]
     assert costs[-1] < costs[0]
-    result = _result_of(final, SETTINGS)
+    result = result_of(final, SETTINGS)
     truth = det.sample.truth(scan_positions(raw, stage))
     assert object_error(result, truth) <= 0.10
-
-
-def _result_of(data, settings):
-    from bluesky_ptycho.solver import ReconstructionResult
-
-    return ReconstructionResult(
-        object=pairs_as_complex(data["object"]),
-        probe=pairs_as_complex(data["probe"]),
-        positions=data["positions"],
-        pixel_size=tuple(data["pixel_size"]),
-        object_origin=tuple(data["object_origin"]),
-        cost_history=[],
-        iterations=data["iteration"],
-        settings=settings.to_dict(),
-        wall_time=data["wall_time"],
-    )
 
 
 def test_event_pages_give_the_same_frames(RE, beamline):

@@ -109,6 +109,37 @@ class Reconstructor:
         reconstructor = cls(data.geometry, settings, mask=data.mask, probe=data.probe)
         return reconstructor.add_frames(data.frames, data.positions).prepare()
 
+    @classmethod
+    def resume(
+        cls,
+        previous: ReconstructionResult,
+        geometry: Geometry,
+        settings: ReconstructionSettings | None = None,
+        *,
+        mask: np.ndarray | None = None,
+    ) -> Reconstructor:
+        """A reconstructor that continues from a snapshot taken elsewhere.
+
+        The object, probe, iteration count, cost history and extras carry on
+        from ``previous``; add the frames again (all of them, the ones
+        ``previous`` used first, with ``previous.positions`` for those), then
+        iterate. This is how a stateless worker (an executor, a Globus
+        Compute endpoint) continues a scan's reconstruction job after job.
+        """
+        reconstructor = cls(
+            geometry,
+            settings,
+            mask=mask,
+            probe=previous.probe,
+            object=previous.object,
+            object_origin=previous.object_origin,
+        )
+        reconstructor.iteration = previous.iterations
+        reconstructor.cost_history = list(previous.cost_history)
+        reconstructor.wall_time = previous.wall_time
+        reconstructor.extra = dict(previous.extra)
+        return reconstructor
+
     @property
     def n_frames(self) -> int:
         """Frames added so far."""

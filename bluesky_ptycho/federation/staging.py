@@ -1,0 +1,65 @@
+"""Staging a scan's frames as CXI chunk files, as the scan progresses.
+
+A remote worker that shares a file system with the beamline (or receives the
+files by Globus Transfer) reads frames from these files instead of having
+them pushed through the executor. Each chunk is a complete CXI file, so any
+ptychography code can read it too. Layout, under the staging directory::
+
+    <scan uid>/frames/chunk_00000.cxi, chunk_00001.cxi, ...
+    <scan uid>/results/result_00000.cxi, ...
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..io.cxi import write_cxi
+from ..solver.data import Geometry, PtychoData
+
+logger = logging.getLogger(__name__)
+
+
+class ScanStaging:
+    """The staged files of one scan.
+
+    Parameters
+    ----------
+    directory
+        The staging directory (e.g. the local path of a Globus collection).
+    scan_uid
+        uid of the raw scan; its files go under ``directory / scan_uid``.
+    """
+
+    def __init__(self, directory: str | Path, scan_uid: str) -> None:
+        self.root = Path(directory) / scan_uid
+        self.frames_directory = self.root / "frames"
+        self.results_directory = self.root / "results"
+        self.chunks: list[Path] = []
+        self.results: list[Path] = []
+
+    def add_chunk(
+        self, frames: np.ndarray, positions: np.ndarray, geometry: Geometry, mask: np.ndarray | None = None
+    ) -> Path:
+        """Write frames (N, H, W) and positions (N, 2) as the next chunk file; return its path."""
+        self.frames_directory.mkdir(parents=True, exist_ok=True)
+        path = self.frames_directory / f"chunk_{len(self.chunks):05d}.cxi"
+        partial = path.with_suffix(".cxi.part")
+        write_cxi(partial, PtychoData(frames=frames, positions=positions, geometry=geometry, mask=mask))
+        partial.replace(path)  # a reader (or a transfer) never sees a half-written chunk
+        self.chunks.append(path)
+        return path
+
+    def next_result(self) -> Path:
+        """The path for the next result file of this scan (not created)."""
+        path = self.results_directory / f"result_{len(self.results):05d}.cxi"
+        self.results.append(path)
+        return path
+
+    def remove(self) -> None:
+        """Delete the scan's staged files (after its final reconstruction succeeded)."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        logger.debug("removed staged files of %s", self.root)
