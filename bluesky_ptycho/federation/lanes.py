@@ -98,7 +98,7 @@ class LaneRunner(ABC, Generic[ScanState]):
     def run_job(self, state: ScanState, job: ReconstructionJob) -> ReconstructionResult:
         """Run one job of a scan remotely and return its result (blocking)."""
 
-    def forget_scan(self, state: ScanState, succeeded: bool) -> None:  # noqa: B027 (optional hook)
+    def forget_scan(self, state: ScanState, succeeded: bool) -> None:
         """Called after a scan's final job; ``succeeded`` says whether it gave a result."""
 
     def submit(self, job: ReconstructionJob) -> Future[ReconstructionResult]:
