@@ -21,7 +21,9 @@ distributed = pytest.importorskip("distributed")
 @pytest.fixture(scope="module")
 def dask_executor():
     with (
-        distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
         distributed.Client(cluster) as client,
     ):
         yield client.get_executor()
