@@ -19,11 +19,11 @@ from bluesky_ptycho.io import read_result
 from bluesky_ptycho.solver import ReconstructionSettings, object_error, simulate
 
 pytest.importorskip("globus_compute_endpoint")
-from globus_compute_common import messagepack  # noqa: E402
-from globus_compute_common.messagepack.message_types import Result, Task  # noqa: E402
-from globus_compute_endpoint.engines import ProcessPoolEngine  # noqa: E402
-from globus_compute_endpoint.engines.base import GCFuture  # noqa: E402
-from globus_compute_sdk.serialize import ComputeSerializer  # noqa: E402
+from globus_compute_common import messagepack
+from globus_compute_common.messagepack.message_types import Result, Task
+from globus_compute_endpoint.engines import ProcessPoolEngine
+from globus_compute_endpoint.engines.base import GCFuture
+from globus_compute_sdk.serialize import ComputeSerializer
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,7 @@ def test_the_flow_function_reads_staged_files_and_writes_the_result_file(engine,
     for part in (slice(0, 40), slice(40, 80)):
         staging.add_chunk(sim.data.frames[part], sim.data.positions[part], sim.data.geometry)
     first, second = staging.next_result(), staging.next_result()
+    assert (first.name, second.name) == ("result_00000.cxi", "result_00001.cxi")
     kwargs = {
         "frame_files": [str(p) for p in staging.chunks[:1]],
         "result_file": str(first),

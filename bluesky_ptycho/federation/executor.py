@@ -90,7 +90,9 @@ class ExecutorRunner(LaneRunner[_Scan]):
         self.location = location or f"executor:{kind.__module__}.{kind.__qualname__}"
 
     def new_scan(self, job: ReconstructionJob) -> _Scan:
-        staging = None if self.staging_directory is None else ScanStaging(self.staging_directory, job.scan_uid)
+        staging = (
+            None if self.staging_directory is None else ScanStaging(self.staging_directory, job.scan_uid)
+        )
         return _Scan(staging=staging)
 
     def _add_frames(self, scan: _Scan, job: ReconstructionJob) -> None:

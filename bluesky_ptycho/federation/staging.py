@@ -39,7 +39,8 @@ class ScanStaging:
         self.frames_directory = self.root / "frames"
         self.results_directory = self.root / "results"
         self.chunks: list[Path] = []
-        self.results: list[Path] = []
+        self.results: list[Path] = []  # results that came back, oldest first
+        self._result_count = 0
 
     def add_chunk(
         self, frames: np.ndarray, positions: np.ndarray, geometry: Geometry, mask: np.ndarray | None = None
@@ -54,9 +55,9 @@ class ScanStaging:
         return path
 
     def next_result(self) -> Path:
-        """The path for the next result file of this scan (not created)."""
-        path = self.results_directory / f"result_{len(self.results):05d}.cxi"
-        self.results.append(path)
+        """A new path for a result file of this scan (not created; add it to :attr:`results` once it exists)."""
+        path = self.results_directory / f"result_{self._result_count:05d}.cxi"
+        self._result_count += 1
         return path
 
     def remove(self) -> None:

@@ -1,0 +1,118 @@
+"""Globus Auth: a ``UserApp`` for people, a ``ClientApp`` for beamline service accounts.
+
+Tokens live in one JSON file (created 0600 by globus-sdk; refused here when
+group or others can read it). A process that runs unattended never starts an
+interactive login: missing or expired tokens raise :class:`GlobusLoginRequired`
+saying which command to run.
+"""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import globus_sdk
+from globus_sdk import ClientApp, GlobusApp, GlobusAppConfig, UserApp
+from globus_sdk.token_storage import JSONTokenStorage, TokenValidationError
+
+from .globus_settings import GlobusSettings, token_file
+
+APP_NAME = "bluesky-ptycho"
+LOGIN_HINT = "run `bluesky-ptycho globus login`"
+
+
+class GlobusLoginRequired(RuntimeError):
+    """No usable Globus tokens; the message says what to run."""
+
+
+def check_token_file(path: Path) -> None:
+    """Refuse a token file that group or others may read.
+
+    Raises
+    ------
+    PermissionError
+        Naming the file, its mode, and the ``chmod`` that fixes it.
+    """
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise PermissionError(
+                f"{path} holds Globus tokens but is readable by others (mode {mode:04o}); "
+                f"run `chmod 600 {path}`, or delete it and {LOGIN_HINT} again"
+            )
+
+
+def _login_required(app: GlobusApp, error: TokenValidationError) -> None:
+    raise GlobusLoginRequired(f"Globus login needed ({error}); {LOGIN_HINT}") from None
+
+
+def make_app(settings: GlobusSettings, *, interactive: bool = False) -> GlobusApp:
+    """The Globus app for ``settings``: a ``ClientApp`` when a client secret is set, else a ``UserApp``.
+
+    Parameters
+    ----------
+    interactive
+        True only for ``globus login``: missing tokens start the login flow.
+        Otherwise they raise :class:`GlobusLoginRequired`.
+    """
+    settings.require("client_id")
+    path = token_file()
+    check_token_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = GlobusAppConfig(
+        token_storage=JSONTokenStorage(path),
+        request_refresh_tokens=True,
+        token_validation_error_handler=None if interactive else _login_required,
+    )
+    if settings.client_secret is not None:
+        return ClientApp(
+            APP_NAME,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret.get_secret_value(),
+            config=config,
+        )
+    return UserApp(APP_NAME, client_id=settings.client_id, config=config)
+
+
+@dataclass
+class GlobusClients:
+    """The service clients a flow runner and ``globus deploy`` need, sharing one app (and its scopes)."""
+
+    flows: globus_sdk.FlowsClient
+    compute: globus_sdk.ComputeClientV3
+    flow: globus_sdk.SpecificFlowClient | None = None
+
+
+def make_clients(settings: GlobusSettings, app: GlobusApp) -> GlobusClients:
+    """Clients for Flows, Compute and (once deployed) the flow itself, with the scopes they need.
+
+    The flow's scope carries Transfer's ``data_access`` for the collections
+    marked as mapped, so a run never stops for consent.
+    """
+    flow = None
+    if settings.flow_id is not None:
+        flow = globus_sdk.SpecificFlowClient(settings.flow_id, app=app)
+        mapped = [
+            collection
+            for collection, is_mapped in (
+                (settings.beamline_collection_id, settings.beamline_collection_mapped),
+                (settings.facility_collection_id, settings.facility_collection_mapped),
+            )
+            if is_mapped and collection is not None
+        ]
+        if mapped:
+            flow.add_app_transfer_data_access_scope(mapped)
+    return GlobusClients(
+        flows=globus_sdk.FlowsClient(app=app), compute=globus_sdk.ComputeClientV3(app=app), flow=flow
+    )
+
+
+def explain(error: globus_sdk.GlobusAPIError) -> str:
+    """A message for a Globus service error that says what to do about it."""
+    what = f"{error.http_status} {error.code}: {error.message}"
+    if error.http_status == 401:
+        return f"Globus rejected the login ({what}); the tokens expired or were revoked: {LOGIN_HINT}"
+    if error.http_status == 403:
+        return f"Globus refused access ({what}); check that this identity may use the flow and collections"
+    return f"Globus error {what}"

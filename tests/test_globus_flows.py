@@ -1,0 +1,372 @@
+"""Globus Flows: the shipped definition, deploy, and live scans reconstructed through flow runs.
+
+The Globus web services cannot be reached here, so they are simulated at the
+HTTP layer (``responses`` / ``globus_sdk.testing``). The simulated Flows
+service validates each run's input against the shipped schema and, when the
+run is polled, does what the real flow does: copies the frames to the
+"facility" directory (Transfer), runs the real ``reconstruct_files`` there
+(Compute) and copies the result back (Transfer).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+import globus_sdk
+import jsonschema
+import numpy as np
+import pytest
+import responses
+from bluesky import RunEngine
+from globus_sdk.config import get_service_url
+from globus_sdk.testing import get_last_request, load_response
+from helpers import Documents, result_of, scan_positions
+
+from bluesky_ptycho.callbacks import PtychoCallback
+from bluesky_ptycho.federation import ReconstructionJob, reconstruct_files
+from bluesky_ptycho.federation.auth import GlobusClients
+from bluesky_ptycho.federation.flows import (
+    FlowRunError,
+    GlobusFlowRunner,
+    deploy,
+    flow_definition,
+    flow_input,
+    flow_input_schema,
+)
+from bluesky_ptycho.federation.globus_settings import GlobusSettings, read_deployment, write_deployment
+from bluesky_ptycho.federation.staging import ScanStaging
+from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
+from bluesky_ptycho.solver import ReconstructionSettings, object_error, simulate
+
+FLOWS = get_service_url("flows").rstrip("/")
+STATE_TYPES = {"Action", "Pass", "Choice", "Wait", "Fail", "ExpressionEval"}
+
+
+@pytest.fixture
+def globus_home(tmp_path, monkeypatch):
+    settings_file = tmp_path / "config" / "globus.toml"
+    monkeypatch.setenv("BLUESKY_PTYCHO_GLOBUS_SETTINGS", str(settings_file))
+    return settings_file
+
+
+@pytest.fixture
+def settings(globus_home, tmp_path):
+    (tmp_path / "beamline").mkdir()
+    (tmp_path / "facility").mkdir()
+    return GlobusSettings(
+        client_id=uuid.uuid4(),
+        beamline_collection_id=uuid.uuid4(),
+        beamline_collection_path="/ptycho/staging",
+        local_staging_directory=tmp_path / "beamline",
+        facility_collection_id=uuid.uuid4(),
+        facility_collection_path="/projects/ptycho",
+        facility_filesystem_path=str(tmp_path / "facility"),
+        compute_endpoint_id=uuid.uuid4(),
+        function_id=uuid.uuid4(),
+        flow_id=uuid.uuid4(),
+        poll_interval_s=0.01,
+        run_timeout_s=60,
+    )
+
+
+def clients_for(flow_id) -> GlobusClients:
+    token = globus_sdk.AccessTokenAuthorizer("test-access-token")
+    return GlobusClients(
+        flows=globus_sdk.FlowsClient(authorizer=token),
+        compute=globus_sdk.ComputeClientV3(authorizer=token),
+        flow=None if flow_id is None else globus_sdk.SpecificFlowClient(flow_id, authorizer=token),
+    )
+
+
+@pytest.fixture
+def http():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+# --- the definition ----------------------------------------------------------
+
+
+def json_path_value(document, path: str):
+    assert path.startswith("$."), path
+    value = document
+    for key in path[2:].split("."):
+        value = value[key]
+    return value
+
+
+def parameter_paths(parameters):
+    """Every (key, value) of a Parameters block, nested ones included."""
+    if isinstance(parameters, dict):
+        for key, value in parameters.items():
+            yield key, value
+            yield from parameter_paths(value)
+    elif isinstance(parameters, list):
+        for value in parameters:
+            yield from parameter_paths(value)
+
+
+def example_input(settings, tmp_path):
+    sim = simulate(n_frames=20, frame_size=32, seed=0)
+    staging = ScanStaging(settings.local_staging_directory, "scan-uid-1")
+    staging.add_chunk(sim.data.frames, sim.data.positions, sim.data.geometry)
+    job = ReconstructionJob(
+        "scan-uid-1",
+        sim.data.geometry,
+        ReconstructionSettings(),
+        sim.data.frames[:0],
+        sim.data.positions[:0],
+        5,
+    )
+    return flow_input(settings, staging, job, staging.next_result(), None)
+
+
+def test_the_flow_definition_is_a_well_formed_state_machine(settings, tmp_path):
+    definition = flow_definition()
+    states = definition["States"]
+    assert definition["StartAt"] in states
+    reachable, frontier = set(), [definition["StartAt"]]
+    while frontier:
+        name = frontier.pop()
+        reachable.add(name)
+        state = states[name]
+        assert state["Type"] in STATE_TYPES
+        assert ("Next" in state) != (state.get("End") is True), f"{name}: exactly one of Next / End: true"
+        if "Next" in state:
+            assert state["Next"] in states, f"{name}: Next names a missing state"
+            frontier += [state["Next"]] if state["Next"] not in reachable else []
+        if state["Type"] == "Action":
+            assert state["ActionUrl"].startswith("https://") and isinstance(state["Parameters"], dict)
+            assert state["ResultPath"].startswith("$.")
+    assert reachable == set(states), "every state is reachable"
+    assert [
+        states[s]["ActionUrl"].split("/")[2] for s in ("TransferFrames", "Reconstruct", "TransferResult")
+    ] == [
+        "transfer.actions.globus.org",
+        "compute.actions.globus.org",
+        "transfer.actions.globus.org",
+    ]
+    document = example_input(settings, tmp_path)
+    for state in states.values():
+        for key, value in parameter_paths(state.get("Parameters", {})):
+            if key.endswith(".$"):
+                json_path_value(document, value)  # every JSONPath resolves in a real input
+            else:
+                assert not (isinstance(value, str) and value.startswith("$.")), (
+                    f"{key} holds a path but lacks .$"
+                )
+
+
+def test_the_input_schema_accepts_a_real_input_and_names_what_is_wrong(settings, tmp_path):
+    schema = flow_input_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    document = example_input(settings, tmp_path)
+    jsonschema.validate(document, schema, format_checker=jsonschema.FormatChecker())
+    kwargs = document["compute"]["kwargs"]
+    assert kwargs["frame_files"] == [f"{settings.facility_filesystem_path}/scan-uid-1/frames/chunk_00000.cxi"]
+    assert document["transfer_in"]["source_path"] == "/ptycho/staging/scan-uid-1/frames/"
+    assert (
+        document["transfer_out"]["destination_path"] == "/ptycho/staging/scan-uid-1/results/result_00000.cxi"
+    )
+    del document["compute"]["function_id"]
+    with pytest.raises(jsonschema.ValidationError, match="'function_id' is a required property"):
+        jsonschema.validate(document, schema)
+
+
+# --- deploy --------------------------------------------------------------------
+
+
+def test_deploy_creates_then_does_nothing_then_updates(globus_home, http):
+    clients = clients_for(None)
+    function = load_response(globus_sdk.ComputeClientV3.register_function, requests_mock=http)
+    created = load_response(globus_sdk.FlowsClient.create_flow, requests_mock=http)
+    first = deploy(clients)
+    assert first.function_registered and first.flow_action == "created"
+    assert first.function_id == function.metadata["function_id"] and first.flow_id == created.json["id"]
+    sent = json.loads(get_last_request(requests_mock=http).body)
+    assert sent["definition"] == flow_definition() and sent["input_schema"] == flow_input_schema()
+
+    calls = len(http.calls)
+    again = deploy(clients)
+    assert (again.function_registered, again.flow_action) == (False, "unchanged") and len(http.calls) == calls
+
+    record = read_deployment()  # as after upgrading to a package with a new flow definition
+    write_deployment({**record, "flow_checksum": "from an older version"})
+    updated = load_response(globus_sdk.FlowsClient.update_flow, requests_mock=http)
+    assert updated.metadata["flow_id"] == first.flow_id
+    third = deploy(clients)
+    assert third.flow_action == "updated" and not third.function_registered
+    request = get_last_request(requests_mock=http)
+    assert request.method == "PUT" and request.url.endswith(f"/flows/{first.flow_id}")
+
+
+# --- runs ----------------------------------------------------------------------
+
+
+class SimulatedFlowsService:
+    """The Flows service and the flow's three actions, at the HTTP layer."""
+
+    def __init__(self, http, settings: GlobusSettings, outcome: str = "succeed") -> None:
+        self.settings = settings
+        self.outcome = outcome
+        self.runs: dict[str, dict] = {}
+        self.bodies: list[dict] = []
+        self.cancelled: list[str] = []
+        http.add_callback("POST", f"{FLOWS}/flows/{settings.flow_id}/run", callback=self.start)
+        http.add_callback("GET", re.compile(rf"{FLOWS}/runs/[-0-9a-f]+$"), callback=self.status)
+        http.add_callback("POST", re.compile(rf"{FLOWS}/runs/[-0-9a-f]+/cancel$"), callback=self.cancel)
+
+    def local(self, collection_path: str, side: str) -> Path:
+        settings = self.settings
+        if side == "beamline":
+            root, base = settings.beamline_collection_path, Path(settings.local_staging_directory)
+        else:
+            root, base = settings.facility_collection_path, Path(settings.facility_filesystem_path)
+        return base / Path(collection_path).relative_to(root)
+
+    def start(self, request):
+        payload = json.loads(request.body)
+        body = payload["body"]
+        jsonschema.validate(body, flow_input_schema())  # the service validates the input
+        run_id = str(uuid.uuid4())
+        self.runs[run_id] = {
+            "run_id": run_id,
+            "status": "ACTIVE",
+            "label": payload["label"],
+            "polls": 0,
+            "body": body,
+        }
+        self.bodies.append(body)
+        return (
+            201,
+            {},
+            json.dumps({"run_id": run_id, "status": "ACTIVE", "flow_id": str(self.settings.flow_id)}),
+        )
+
+    def status(self, request):
+        run = self.runs[request.url.rstrip("/").split("/")[-1]]
+        run["polls"] += 1
+        if run["status"] == "ACTIVE" and run["polls"] >= 2 and self.outcome != "stall":
+            self.execute(run)
+        shown = {k: v for k, v in run.items() if k not in ("polls", "body")}
+        return 200, {}, json.dumps(shown)
+
+    def execute(self, run):
+        body = run["body"]
+        if self.outcome == "fail":
+            run.update(
+                status="FAILED", details={"code": "ActionFailedException", "description": "endpoint offline"}
+            )
+            return
+        transfer_in, transfer_out = body["transfer_in"], body["transfer_out"]
+        shutil.copytree(
+            self.local(transfer_in["source_path"], "beamline"),
+            self.local(transfer_in["destination_path"], "facility"),
+            dirs_exist_ok=True,
+        )
+        reconstruct_files(**body["compute"]["kwargs"])
+        destination = self.local(transfer_out["destination_path"], "beamline")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(self.local(transfer_out["source_path"], "facility"), destination)
+        run.update(status="SUCCEEDED", details={"code": "FlowSucceeded"})
+
+    def cancel(self, request):
+        run_id = request.url.split("/")[-2]
+        self.cancelled.append(run_id)
+        self.runs[run_id]["status"] = "ENDED"
+        return 202, {}, json.dumps({"run_id": run_id, "status": "ENDED"})
+
+
+def live_scan(runner, n_points=120, preview_every=60):
+    stage, det = simulated_beamline(seed=1)
+    raw, recon = Documents(), Documents()
+    settings = ReconstructionSettings(iterations=60)
+    callback = PtychoCallback(
+        recon, runner=runner, settings=settings, preview_every=preview_every, queue_previews=True
+    )
+    RE = RunEngine()
+    RE.subscribe(raw)
+    RE.subscribe(callback)
+    RE(fermat_spiral_ptycho_scan(det, stage, n_points=n_points))
+    assert callback.wait(180)
+    runner.shutdown()
+    return raw, recon, det, stage, settings
+
+
+def test_a_live_scan_is_reconstructed_through_flow_runs(settings, http):
+    service = SimulatedFlowsService(http, settings)
+    runner = GlobusFlowRunner(settings, clients=clients_for(settings.flow_id), backoff=0.01)
+    raw, recon, det, stage, solver_settings = live_scan(runner)
+    stop = recon.named("stop")[0]
+    assert stop["exit_status"] == "success", stop["reason"]
+    assert recon.named("start")[0]["ptycho_solver"]["location"] == runner.location
+    events = recon.named("event")
+    assert [e["data"]["n_frames"] for e in events] == [60, 120, 120]
+    assert [e["data"]["iteration"] for e in events] == [20, 40, 100]
+    assert (
+        object_error(
+            result_of(events[-1]["data"], solver_settings), det.sample.truth(scan_positions(raw, stage))
+        )
+        <= 0.10
+    )
+    # each run continued from the previous result, left at the facility by the run before
+    kwargs = [body["compute"]["kwargs"] for body in service.bodies]
+    assert [len(k["frame_files"]) for k in kwargs] == [1, 2, 2]
+    assert kwargs[0]["previous_file"] is None and kwargs[2]["previous_file"] == kwargs[1]["result_file"]
+    uid = raw.named("start")[0]["uid"]
+    assert not (Path(settings.local_staging_directory) / uid).exists()  # staged files removed after success
+
+
+def test_a_failed_flow_run_is_recorded_as_failed_and_the_staged_frames_kept(settings, http):
+    SimulatedFlowsService(http, settings, outcome="fail")
+    runner = GlobusFlowRunner(settings, clients=clients_for(settings.flow_id), backoff=0.01)
+    raw, recon, *_ = live_scan(runner, n_points=40, preview_every=None)
+    stop = recon.named("stop")[0]
+    assert stop["exit_status"] == "fail"
+    assert re.search(r"flow run [-0-9a-f]{36} FAILED: endpoint offline", stop["reason"]), stop["reason"]
+    uid = raw.named("start")[0]["uid"]
+    assert list((Path(settings.local_staging_directory) / uid / "frames").glob("chunk_*.cxi"))
+
+
+def test_a_stalled_run_is_cancelled_at_the_timeout(settings, http):
+    service = SimulatedFlowsService(http, settings, outcome="stall")
+    settings.run_timeout_s = 0.2
+    runner = GlobusFlowRunner(settings, clients=clients_for(settings.flow_id), backoff=0.01)
+    sim = simulate(n_frames=20, frame_size=32, seed=0)
+    job = ReconstructionJob(
+        "stalled",
+        sim.data.geometry,
+        ReconstructionSettings(),
+        sim.data.frames,
+        sim.data.positions,
+        5,
+        final=True,
+    )
+    with pytest.raises(FlowRunError, match="TIMED OUT: no result within 0.2 s; run cancelled"):
+        runner.submit(job).result(30)
+    assert len(service.cancelled) == 1
+
+
+def test_an_expired_login_gives_an_actionable_message(settings, http):
+    http.add(
+        "POST",
+        f"{FLOWS}/flows/{settings.flow_id}/run",
+        status=401,
+        json={
+            "code": "AUTHENTICATION_ERROR",
+            "error": {"code": "AUTHENTICATION_ERROR", "detail": "token expired"},
+        },
+    )
+    runner = GlobusFlowRunner(settings, clients=clients_for(settings.flow_id), backoff=0.01)
+    sim = simulate(n_frames=20, frame_size=32, seed=0)
+    job = ReconstructionJob(
+        "s", sim.data.geometry, ReconstructionSettings(), sim.data.frames, np.asarray(sim.data.positions), 5
+    )
+    with pytest.raises(
+        FlowRunError, match=r"tokens expired or were revoked: run `bluesky-ptycho globus login`"
+    ):
+        runner.submit(job).result(30)
