@@ -346,7 +346,7 @@ def test_a_stalled_run_is_cancelled_at_the_timeout(settings, http):
         5,
         final=True,
     )
-    with pytest.raises(FlowRunError, match="TIMED OUT: no result within 0.2 s; run cancelled"):
+    with pytest.raises(FlowRunError, match=r"TIMED OUT: no result within 0\.2 s; run cancelled"):
         runner.submit(job).result(30)
     assert len(service.cancelled) == 1
 
