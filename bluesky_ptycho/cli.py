@@ -313,3 +313,12 @@ def demo_command(points, preview_every, catalog, catalog_dir, output_dir, **opti
         output_dir=output_dir,
         console=console,
     )
+
+
+def _add_globus_commands() -> None:
+    from .cli_globus import globus_group
+
+    main.add_command(globus_group)
+
+
+_add_globus_commands()

@@ -110,8 +110,10 @@ def make_clients(settings: GlobusSettings, app: GlobusApp) -> GlobusClients:
 
 def explain(error: globus_sdk.GlobusAPIError) -> str:
     """A message for a Globus service error that says what to do about it."""
-    what = f"{error.http_status} {error.code}: {error.message}"
-    if error.http_status == 401:
+    body = error.raw_json if isinstance(error.raw_json, dict) else {}
+    code = error.code if error.code not in (None, "Error") else body.get("error")
+    what = f"{error.http_status} {code}: {error.message or error.text[:300]}"
+    if error.http_status == 401 or code == "invalid_grant":
         return f"Globus rejected the login ({what}); the tokens expired or were revoked: {LOGIN_HINT}"
     if error.http_status == 403:
         return f"Globus refused access ({what}); check that this identity may use the flow and collections"

@@ -96,7 +96,12 @@ def deploy(clients: GlobusClients) -> Deployment:
     The ids and checksums are kept in the deployment record, so running this
     again without changes contacts no service.
     """
-    from globus_compute_sdk.sdk.client import FunctionRegistrationData
+    try:
+        from globus_compute_sdk.sdk.client import FunctionRegistrationData
+    except ImportError:
+        raise ImportError(
+            "deploying needs the Globus Compute SDK: pip install 'bluesky-ptycho[globus]'"
+        ) from None
 
     record = read_deployment()
     function_registered = False

@@ -1,0 +1,188 @@
+"""``bluesky-ptycho globus ...``: log in, deploy the flow, run and follow reconstructions at a facility."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from .cli import console, make_settings, settings_options
+
+
+def _globus_errors(command):
+    """Turn configuration, login and service errors into one clear line (exit status 1)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        import globus_sdk
+
+        from .federation.auth import GlobusLoginRequired, explain
+        from .federation.globus_settings import GlobusConfigError
+        from .federation.lanes import RemoteJobError
+
+        try:
+            return command(*args, **kwargs)
+        except (
+            GlobusConfigError,
+            GlobusLoginRequired,
+            PermissionError,
+            RemoteJobError,
+            ImportError,
+        ) as error:
+            raise click.ClickException(str(error)) from None
+        except globus_sdk.GlobusAPIError as error:
+            raise click.ClickException(explain(error)) from None
+        except globus_sdk.NetworkError as error:
+            raise click.ClickException(f"could not reach Globus: {error}") from None
+
+    return wrapper
+
+
+def _app_and_clients(interactive: bool = False):
+    from .federation.auth import make_app, make_clients
+    from .federation.globus_settings import load_globus_settings
+
+    settings = load_globus_settings()
+    app = make_app(settings, interactive=interactive)
+    return settings, app, make_clients(settings, app)
+
+
+@click.group("globus")
+def globus_group() -> None:
+    """Reconstruct at a computing facility through Globus (Auth, Transfer, Compute, Flows).
+
+    Settings come from globus.toml in the config directory (see `globus config`)
+    and BLUESKY_PTYCHO_GLOBUS_* environment variables.
+    """
+
+
+@globus_group.command("config")
+@_globus_errors
+def config_command() -> None:
+    """Show the settings in use and where they come from (secrets masked)."""
+    from .federation.globus_settings import deployment_file, load_globus_settings, settings_file, token_file
+
+    settings = load_globus_settings()
+    table = Table(box=None, show_header=False)
+    for name, value in settings.public_dict().items():
+        table.add_row(name, "[dim]not set[/dim]" if value is None else str(value))
+    console.print(table)
+    console.print(
+        f"settings file {settings_file()}\ndeployment    {deployment_file()}\ntokens        {token_file()}"
+    )
+
+
+@globus_group.command("login")
+@click.option("--force", is_flag=True, help="Log in again even if the stored tokens are still good.")
+@_globus_errors
+def login_command(force: bool) -> None:
+    """Log in to Globus (people: a browser login; service accounts: the client secret)."""
+    from .federation.globus_settings import token_file
+
+    _, app, _ = _app_and_clients(interactive=True)
+    app.login(force=force)
+    console.print(f"logged in; tokens kept in {token_file()} (mode 0600)")
+
+
+@globus_group.command("logout")
+@_globus_errors
+def logout_command() -> None:
+    """Revoke and forget the stored Globus tokens."""
+    _, app, _ = _app_and_clients()
+    app.logout()
+    console.print("logged out")
+
+
+@globus_group.command("whoami")
+@_globus_errors
+def whoami_command() -> None:
+    """Show the Globus identity the stored tokens belong to."""
+    import globus_sdk
+
+    _, app, _ = _app_and_clients()
+    info = globus_sdk.AuthClient(app=app).userinfo()
+    name = info.get("preferred_username") or info.get("name") or info.get("email") or "?"
+    console.print(f"{name} ({info['sub']})")
+
+
+@globus_group.command("deploy")
+@_globus_errors
+def deploy_command() -> None:
+    """Register the reconstruction function and create or update the flow (only what changed)."""
+    from .federation.flows import deploy
+    from .federation.globus_settings import deployment_file
+
+    _, _, clients = _app_and_clients()
+    done = deploy(clients)
+    function = "registered" if done.function_registered else "unchanged"
+    console.print(f"function {done.function_id} ({function})\nflow     {done.flow_id} ({done.flow_action})")
+    console.print(f"ids kept in {deployment_file()}")
+
+
+@globus_group.command("run")
+@click.argument(
+    "input_file", metavar="FILE.cxi", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Default FILE_recon.cxi.",
+)
+@settings_options
+@_globus_errors
+def run_command(input_file: Path, output: Path | None, **options) -> None:
+    """Reconstruct one CXI file at the facility through the flow, and fetch the result."""
+    from .federation import ReconstructionJob
+    from .federation.flows import GlobusFlowRunner
+    from .io import CXIFormatError, read_cxi, write_result
+
+    runner = GlobusFlowRunner()  # settings and login are checked before the file is read
+    try:
+        data = read_cxi(input_file)
+    except CXIFormatError as error:
+        raise click.ClickException(str(error)) from None
+    settings = make_settings(**options)
+    job = ReconstructionJob(
+        scan_uid=f"cli-{uuid.uuid4()}",
+        geometry=data.geometry,
+        settings=settings,
+        frames=data.frames,
+        positions=data.positions,
+        iterations=settings.iterations,
+        final=True,
+        mask=data.mask,
+    )
+    with console.status(f"{len(data)} frames: flow run in progress at {runner.location}"):
+        result = runner.submit(job).result()
+    runner.shutdown()
+    output = output or input_file.with_name(f"{input_file.stem}_recon.cxi")
+    write_result(output, result)
+    console.print(f"{result.iterations} iterations, cost {result.final_cost:.3e}; wrote {output}")
+
+
+@globus_group.command("status")
+@click.argument("run_id", required=False)
+@click.option("--limit", type=int, default=10, show_default=True, help="Runs listed without RUN_ID.")
+@_globus_errors
+def status_command(run_id: str | None, limit: int) -> None:
+    """Show one flow run, or the latest runs of the deployed flow."""
+    settings, _, clients = _app_and_clients()
+    if run_id is not None:
+        run = clients.flows.get_run(run_id)
+        console.print(f"{run['run_id']}  {run['status']}  {run.get('label', '')}")
+        details = run.get("details") or {}
+        if details.get("description"):
+            console.print(details["description"])
+        return
+    settings.require("flow_id")
+    table = Table("run", "status", "label", "started", box=None)
+    for index, run in enumerate(clients.flows.list_runs(filter_flow_id=settings.flow_id)):
+        if index == limit:
+            break
+        table.add_row(run["run_id"], run["status"], run.get("label", ""), run.get("start_time", ""))
+    console.print(table)

@@ -1,0 +1,146 @@
+"""`bluesky-ptycho globus ...` with real Globus apps and token files; the services simulated at the HTTP layer."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+import globus_sdk
+import pytest
+import responses
+from click.testing import CliRunner
+from globus_sdk.config import get_service_url
+from globus_sdk.testing import load_response
+from globus_sdk.token_storage import JSONTokenStorage, TokenStorageData
+
+from bluesky_ptycho.cli import main
+from bluesky_ptycho.federation.auth import make_app, make_clients
+from bluesky_ptycho.federation.globus_settings import load_globus_settings, token_file
+
+SECRET = "s3cr3t-client-value-never-shown"
+
+
+@pytest.fixture
+def globus_home(tmp_path, monkeypatch):
+    settings_file = tmp_path / "config" / "globus.toml"
+    settings_file.parent.mkdir()
+    flow_id = uuid.uuid4()
+    settings_file.write_text(f'client_id = "{uuid.uuid4()}"\nflow_id = "{flow_id}"\n')
+    monkeypatch.setenv("BLUESKY_PTYCHO_GLOBUS_SETTINGS", str(settings_file))
+    monkeypatch.delenv("BLUESKY_PTYCHO_GLOBUS_CLIENT_SECRET", raising=False)
+    return settings_file
+
+
+def store_tokens(expires_in: float, refresh: bool = True) -> None:
+    """Tokens for every scope the app asks for, as a login would have left them."""
+    settings = load_globus_settings()
+    app = make_app(settings)
+    make_clients(settings, app)
+    storage = JSONTokenStorage(token_file())
+    identity = str(uuid.uuid4())
+    storage.store_token_data_by_resource_server(
+        {
+            server: TokenStorageData(
+                resource_server=server,
+                identity_id=identity,
+                scope=" ".join(str(scope) for scope in scopes),
+                access_token=f"access-{server}",
+                refresh_token="refresh" if refresh else None,
+                expires_at_seconds=int(time.time() + expires_in),
+                token_type="Bearer",
+            )
+            for server, scopes in app.scope_requirements.items()
+        }
+    )
+
+
+def globus(*args: str, env: dict | None = None):
+    return CliRunner().invoke(main, ["globus", *args], env=env, catch_exceptions=False)
+
+
+@pytest.fixture
+def http():
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+def test_token_file_is_private_and_a_readable_one_is_refused(globus_home):
+    store_tokens(3600)
+    assert oct(os.stat(token_file()).st_mode & 0o777) == "0o600"
+    os.chmod(token_file(), 0o644)
+    result = globus("whoami")
+    assert result.exit_code == 1
+    assert "readable by others (mode 0644)" in result.output and f"chmod 600 {token_file()}" in result.output
+
+
+def test_status_of_a_run_with_stored_tokens(globus_home, http):
+    store_tokens(3600)
+    run = load_response(globus_sdk.FlowsClient.get_run, requests_mock=http)
+    result = globus("status", run.metadata["run_id"])
+    assert result.exit_code == 0, result.output
+    assert run.metadata["run_id"] in result.output and run.responses[0].json["status"] in result.output
+    assert http.calls[-1].request.headers["Authorization"] == "Bearer access-flows.globus.org"
+
+
+def test_expired_tokens_ask_for_a_login_instead_of_hanging(globus_home, http):
+    store_tokens(-60, refresh=False)
+    result = globus("status", str(uuid.uuid4()))
+    assert result.exit_code == 1
+    assert "run `bluesky-ptycho globus login`" in result.output
+    assert not http.calls  # nothing was sent with an expired token
+
+
+def test_a_rejected_token_gives_an_actionable_message(globus_home, http):
+    store_tokens(3600)
+    run_id = str(uuid.uuid4())
+    http.add(
+        "GET",
+        f"{get_service_url('flows')}runs/{run_id}",
+        status=401,
+        json={
+            "code": "AUTHENTICATION_ERROR",
+            "error": {"code": "AUTHENTICATION_ERROR", "detail": "bad token"},
+        },
+    )
+    # the SDK then tries its refresh token, which was revoked too
+    http.add("POST", f"{get_service_url('auth')}v2/oauth2/token", status=400, json={"error": "invalid_grant"})
+    result = globus("status", run_id)
+    assert result.exit_code == 1 and "tokens expired or were revoked" in result.output
+
+
+def test_missing_settings_are_named_with_how_to_set_them(globus_home):
+    store_tokens(3600)
+    result = globus("run", str(globus_home))  # any existing file: settings are checked first
+    assert result.exit_code == 1
+    assert (
+        "compute_endpoint_id" in result.output
+        and "BLUESKY_PTYCHO_GLOBUS_COMPUTE_ENDPOINT_ID" in result.output
+    )
+
+
+def test_the_client_secret_comes_from_the_environment_and_is_never_shown(globus_home, http):
+    result = globus("config", env={"BLUESKY_PTYCHO_GLOBUS_CLIENT_SECRET": SECRET})
+    assert result.exit_code == 0, result.output
+    assert "********" in result.output and SECRET not in result.output
+    settings = load_globus_settings(client_secret=SECRET)
+    assert isinstance(make_app(settings), globus_sdk.ClientApp)
+    assert SECRET not in repr(settings) and SECRET not in json.dumps(settings.public_dict())
+
+    globus_home.write_text(globus_home.read_text() + f'client_secret = "{SECRET}"\n')
+    result = globus("config")
+    assert result.exit_code == 1 and "secrets do not belong in files" in result.output
+    assert SECRET not in result.output
+
+
+def test_deploy_through_the_command(globus_home, http):
+    load_response(globus_sdk.ComputeClientV3.register_function, requests_mock=http)
+    created = load_response(globus_sdk.FlowsClient.create_flow, requests_mock=http)
+    globus_home.write_text(f'client_id = "{uuid.uuid4()}"\n')  # not deployed yet
+    store_tokens(3600)
+    result = globus("deploy")
+    assert result.exit_code == 0, result.output
+    assert f"flow     {created.json['id']} (created)" in result.output
+    again = globus("deploy")
+    assert "(unchanged)" in again.output and "function" in again.output
