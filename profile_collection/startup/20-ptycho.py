@@ -6,12 +6,19 @@
 #     result = latest_final_reconstruction(catalog, uid)
 #
 # Where reconstructions run is the `runner`: here this process (CPU, or the GPU with
-# ReconstructionSettings(device="gpu")). Runners for Dask clusters, Globus Compute endpoints and
-# Globus Flows are not in this release yet; any object with the `Runner` interface of
-# bluesky_ptycho.federation (`submit(job) -> Future`, `shutdown()`, `location`) plugs in here.
+# ReconstructionSettings(device="gpu")). Elsewhere (docs/federation.md):
+#
+#     from distributed import Client                       # a Dask cluster
+#     runner = ExecutorRunner(Client("tcp://scheduler:8786").get_executor())
+#
+#     from globus_compute_sdk import Executor              # a Globus Compute endpoint
+#     runner = ExecutorRunner(Executor(endpoint_id="..."), staging_directory="/shared/ptycho")
+#
+#     from bluesky_ptycho.federation.flows import GlobusFlowRunner
+#     runner = GlobusFlowRunner()                          # Transfer -> Compute -> Transfer
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import latest_final_reconstruction, reconstructions_of  # noqa: F401
-from bluesky_ptycho.federation import LocalRunner
+from bluesky_ptycho.federation import ExecutorRunner, LocalRunner  # noqa: F401
 from bluesky_ptycho.solver import ReconstructionSettings
 
 ptycho = PtychoCallback(
