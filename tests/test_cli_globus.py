@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 import uuid
 
 import globus_sdk
@@ -13,10 +12,10 @@ import responses
 from click.testing import CliRunner
 from globus_sdk.config import get_service_url
 from globus_sdk.testing import load_response
-from globus_sdk.token_storage import JSONTokenStorage, TokenStorageData
+from helpers import store_tokens
 
 from bluesky_ptycho.cli import main
-from bluesky_ptycho.federation.auth import make_app, make_clients
+from bluesky_ptycho.federation.auth import make_app
 from bluesky_ptycho.federation.globus_settings import load_globus_settings, token_file
 
 SECRET = "s3cr3t-client-value-never-shown"
@@ -31,29 +30,6 @@ def globus_home(tmp_path, monkeypatch):
     monkeypatch.setenv("BLUESKY_PTYCHO_GLOBUS_SETTINGS", str(settings_file))
     monkeypatch.delenv("BLUESKY_PTYCHO_GLOBUS_CLIENT_SECRET", raising=False)
     return settings_file
-
-
-def store_tokens(expires_in: float, refresh: bool = True) -> None:
-    """Tokens for every scope the app asks for, as a login would have left them."""
-    settings = load_globus_settings()
-    app = make_app(settings)
-    make_clients(settings, app)
-    storage = JSONTokenStorage(token_file())
-    identity = str(uuid.uuid4())
-    storage.store_token_data_by_resource_server(
-        {
-            server: TokenStorageData(
-                resource_server=server,
-                identity_id=identity,
-                scope=" ".join(str(scope) for scope in scopes),
-                access_token=f"access-{server}",
-                refresh_token="refresh" if refresh else None,
-                expires_at_seconds=int(time.time() + expires_in),
-                token_type="Bearer",
-            )
-            for server, scopes in app.scope_requirements.items()
-        }
-    )
 
 
 def globus(*args: str, env: dict | None = None):

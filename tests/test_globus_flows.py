@@ -24,7 +24,7 @@ import responses
 from bluesky import RunEngine
 from globus_sdk.config import get_service_url
 from globus_sdk.testing import get_last_request, load_response
-from helpers import Documents, result_of, scan_positions
+from helpers import Documents, result_of, scan_positions, store_tokens
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.federation import ReconstructionJob, reconstruct_files
@@ -370,3 +370,37 @@ def test_an_expired_login_gives_an_actionable_message(settings, http):
         FlowRunError, match=r"tokens expired or were revoked: run `bluesky-ptycho globus login`"
     ):
         runner.submit(job).result(30)
+
+
+def test_globus_run_sends_a_file_through_the_flow(settings, http, globus_home, tmp_path):
+    from click.testing import CliRunner
+
+    from bluesky_ptycho.cli import main
+    from bluesky_ptycho.io import read_result, write_cxi
+
+    SimulatedFlowsService(http, settings)
+    values = settings.public_dict()
+    globus_home.parent.mkdir(parents=True, exist_ok=True)
+    globus_home.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items() if v is not None))
+    store_tokens(3600)  # as `globus login` leaves them
+    sim = simulate(n_frames=80, frame_size=32, photons=None, seed=5)
+    scan = write_cxi(tmp_path / "scan.cxi", sim.data)
+    result = CliRunner().invoke(main, ["globus", "run", str(scan), "-n", "120"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    recon = read_result(tmp_path / "scan_recon.cxi")
+    assert recon.iterations == 120 and object_error(recon, sim) <= 0.10
+
+
+def test_the_app_asks_for_the_flow_transfer_data_access_and_compute_scopes(settings):
+    from bluesky_ptycho.federation.auth import make_app, make_clients
+
+    settings.facility_collection_mapped = True
+    app = make_app(settings)
+    make_clients(settings, app)
+    scopes = {server: " ".join(map(str, s)) for server, s in app.scope_requirements.items()}
+    flow_scope = scopes[str(settings.flow_id)]
+    assert f"{settings.flow_id}/flow_{str(settings.flow_id).replace('-', '_')}_user" in flow_scope
+    assert "transfer.api.globus.org:all" in flow_scope
+    assert f"{settings.facility_collection_id}/data_access" in flow_scope
+    assert f"{settings.beamline_collection_id}/data_access" not in flow_scope  # not a mapped collection
+    assert "funcx_service" in scopes and "flows.globus.org" in scopes
