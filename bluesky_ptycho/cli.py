@@ -290,6 +290,36 @@ def catalog_show(uid, catalog, catalog_dir, png):
     show_reconstruction(run, png)
 
 
+@catalog_group.command("replay")
+@with_catalog_options
+@click.option(
+    "--spool-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Spool directory (default: the user data directory's spool).",
+)
+def catalog_replay(catalog, catalog_dir, spool_dir):
+    """Write the runs the catalog could not take (kept in the spool) into it."""
+    from .catalog import connect
+    from .catalog.spool import DocumentSpool, replay_spool
+
+    spool = DocumentSpool(spool_dir)
+    waiting = spool.runs()
+    if not waiting:
+        console.print(f"nothing to replay in {spool.directory}")
+        return
+    written, failed = replay_spool(connect(catalog, catalog_dir), spool)
+    for uid in written:
+        console.print(f"wrote {uid}")
+    for uid, error in failed.items():
+        console.print(f"[red]could not write {uid}: {error}[/red]")
+    incomplete = [uid for uid in waiting if uid not in written and uid not in failed]
+    if incomplete:
+        console.print(f"{len(incomplete)} run(s) without a stop document left in {spool.directory}")
+    if failed:
+        raise SystemExit(1)
+
+
 @main.command("demo")
 @click.option("--points", type=int, default=200, show_default=True, help="Scan points.")
 @click.option(
