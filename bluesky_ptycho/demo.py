@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 from bluesky import RunEngine
-from bluesky_tiled_plugins import TiledWriter
 from rich.console import Console
 
 from .callbacks import PtychoCallback
-from .catalog import connect, latest_final_reconstruction
+from .catalog import DurableCatalogWriter, connect, latest_final_reconstruction
 from .plotting import save_summary_png
 from .sim import fermat_spiral_ptycho_scan, simulated_beamline
 from .solver import PtychoData, ReconstructionSettings, fourier_r_factor, object_error
@@ -29,7 +28,7 @@ def run_live_demo(
     """Scan the simulated beamline with live reconstruction into a catalog; return the raw scan uid."""
     console = console or Console()
     client = connect(catalog, catalog_directory)
-    writer = TiledWriter(client, batch_size=20)
+    writer = DurableCatalogWriter(client, batch_size=20)  # never blocks the scan; spools if the catalog fails
     RE = RunEngine()
     RE.subscribe(writer)
     started = time.perf_counter()
@@ -48,6 +47,7 @@ def run_live_demo(
     (uid,) = RE(fermat_spiral_ptycho_scan(detector, stage, n_points=n_points))
     console.print(f"[{time.perf_counter() - started:5.1f} s] scan {uid} done; final reconstruction running")
     callback.wait()
+    writer.flush()
     result = latest_final_reconstruction(client, uid)
     raw = client[uid]["primary"]
     positions = np.stack([raw["stage_x"].read(), raw["stage_y"].read()], axis=1) * 1e-6

@@ -22,12 +22,13 @@ def test_profile_scans_and_finds_the_reconstruction_in_the_catalog(tmp_path):
         "IPYTHONDIR": str(tmp_path / "ipython"),
         "BLUESKY_PTYCHO_CATALOG_DIR": str(tmp_path / "catalog"),
         "BLUESKY_PTYCHO_FRAMES_DIR": str(tmp_path / "frames"),
+        "BLUESKY_PTYCHO_SPOOL_DIR": str(tmp_path / "spool"),
         "MPLBACKEND": "Agg",
     }
     code = (
         "ptycho.settings = ReconstructionSettings(iterations=10); "
         "(uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=60)); "
-        "ptycho.wait(120); "
+        "ptycho.wait(120); tiled_writer.flush(120); "
         "result = latest_final_reconstruction(catalog, uid); "
         "print('FOUND', uid, result.n_frames, len(reconstructions_of(catalog, uid)), "
         "catalog[uid]['primary']['det_image'].read().shape)"

@@ -12,14 +12,18 @@ from .queries import (
     summarize,
 )
 from .server import connect, default_catalog_directory, default_frames_directory, embedded_server
+from .spool import DocumentSpool, DurableCatalogWriter, default_spool_directory, replay_spool
 
 __all__ = [
     "PLAN_NAME",
+    "DocumentSpool",
+    "DurableCatalogWriter",
     "ReconstructionRunWriter",
     "ReconstructionSummary",
     "connect",
     "default_catalog_directory",
     "default_frames_directory",
+    "default_spool_directory",
     "embedded_server",
     "find_reconstruction",
     "latest_final_reconstruction",
@@ -28,6 +32,7 @@ __all__ = [
     "recent_reconstructions",
     "reconstruction_data_keys",
     "reconstructions_of",
+    "replay_spool",
     "result_from_run",
     "summarize",
 ]

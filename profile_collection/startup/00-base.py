@@ -4,13 +4,13 @@
 # deployment); unset, the embedded local catalog under the user data directory is used
 # (BLUESKY_PTYCHO_CATALOG_DIR moves it). Detectors write their HDF5 files under
 # BLUESKY_PTYCHO_FRAMES_DIR (default: the user data directory), which the embedded catalog may read.
+# BLUESKY_PTYCHO_SPOOL_DIR: where runs wait while the catalog is unreachable.
 import os
 
 from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
-from bluesky_tiled_plugins import TiledWriter
 
-from bluesky_ptycho.catalog import connect, default_frames_directory
+from bluesky_ptycho.catalog import DurableCatalogWriter, connect, default_frames_directory
 
 frames_directory = os.environ.get("BLUESKY_PTYCHO_FRAMES_DIR") or default_frames_directory()
 catalog = connect(
@@ -18,7 +18,10 @@ catalog = connect(
     os.environ.get("BLUESKY_PTYCHO_CATALOG_DIR"),
     readable_storage=[frames_directory],
 )
-tiled_writer = TiledWriter(catalog, batch_size=10)  # small batches: a running scan is visible live
+# Writes go to the catalog from a background thread (small batches: a running scan is visible
+# live). If the catalog fails, runs are kept on disk (BLUESKY_PTYCHO_SPOOL_DIR) and written when
+# it answers again, or with `bluesky-ptycho catalog replay`. tiled_writer.flush() waits for it.
+tiled_writer = DurableCatalogWriter(catalog, os.environ.get("BLUESKY_PTYCHO_SPOOL_DIR"), batch_size=10)
 
 RE = RunEngine()
 RE.subscribe(tiled_writer)

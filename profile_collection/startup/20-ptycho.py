@@ -2,7 +2,7 @@
 # previews every 50 frames, a final reconstruction after the scan, all into the catalog.
 #
 #     (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=200))
-#     ptycho.wait()
+#     ptycho.wait(); tiled_writer.flush()
 #     result = latest_final_reconstruction(catalog, uid)
 #
 # Where reconstructions run is the `runner`: here this process (CPU, or the GPU with
