@@ -141,6 +141,10 @@ def recentre(state, tolerance: float = 2.0) -> tuple[int, int] | None:
     intensity = state.illumination_weights()
     h, w = intensity.shape
     total = float(intensity.sum())
+    if not np.isfinite(total) or total <= 0:
+        raise FloatingPointError(
+            f"the reconstruction diverged: the probe intensity is {total} (try smaller object_step/probe_step)"
+        )
     row = float((intensity.sum(axis=1) * xp.arange(h)).sum()) / total
     col = float((intensity.sum(axis=0) * xp.arange(w)).sum()) / total
     offset = np.array([h // 2 - row, w // 2 - col])
