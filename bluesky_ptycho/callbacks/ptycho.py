@@ -121,6 +121,31 @@ class _Problems:
         ]
 
 
+def _as_image(frame) -> np.ndarray:
+    """A frame as a 2-D array (leading axes of length 1, as area detectors give, dropped)."""
+    frame = np.asarray(frame)
+    while frame.ndim > 2 and frame.shape[0] == 1:
+        frame = frame[0]
+    return frame
+
+
+def _frame_problem(
+    frame: np.ndarray, position: tuple[float, float], frame_shape: tuple[int, int] | None
+) -> tuple[str, str] | None:
+    """(kind, message) of what makes a frame unusable, or None."""
+    if frame.ndim != 2 or frame.size == 0:
+        return "frame shape", f"a frame of shape {frame.shape} is not an image"
+    if frame_shape is not None and frame.shape != frame_shape:
+        return "frame shape", f"frame shape {frame.shape} != {frame_shape}"
+    if not np.issubdtype(frame.dtype, np.number) or np.issubdtype(frame.dtype, np.complexfloating):
+        return "frame type", f"frame of type {frame.dtype} is not photon counts"
+    if not np.all(np.isfinite(frame)):
+        return "non-finite frame", "frame holds NaN or infinite counts"
+    if not all(np.isfinite(position)):
+        return "non-finite position", f"position {position} is not finite"
+    return None
+
+
 @dataclass
 class _Run:
     """What the callback holds for one raw scan."""
@@ -137,6 +162,7 @@ class _Run:
     frames_by_seq_num: dict[int, np.ndarray] = field(default_factory=dict)  # waiting for their positions
     positions_by_seq_num: dict[int, tuple[float, float]] = field(default_factory=dict)  # and the reverse
     collected: int = 0
+    seq_nums: set[int] = field(default_factory=set)  # of the frames taken
     in_flight: Future | None = None
     problems: _Problems = field(init=False)
 
@@ -203,7 +229,9 @@ class PtychoCallback(DocumentRouter):
         self.on_result = on_result
         self.geometry_overrides = geometry
         self._runs: dict[str, _Run] = {}
-        self._run_of_descriptor: dict[str, str] = {}
+        self._run_of_descriptor: dict[str, str] = {}  # descriptors of the frames' streams
+        self._other_descriptors: dict[str, str] = {}  # of the runs' other streams (ignored)
+        self._unattributed = _Problems("(unknown run)")  # documents of no open run
         self._run_of_resource: dict[str, str] = {}
         self._pending: list[threading.Event] = []
 
@@ -234,15 +262,25 @@ class PtychoCallback(DocumentRouter):
 
     def descriptor(self, doc: dict) -> None:
         run = self._runs.get(doc["run_start"])
-        if run is None or run.scan is None:
+        if run is None:
+            self._unattributed.add(
+                "descriptor", f"descriptor {doc['uid']} of run {doc['run_start']}, not open"
+            )
             return
-        if run.scan.data_key in doc["data_keys"]:
-            run.descriptors.add(doc["uid"])
+        run.descriptors.add(doc["uid"])
+        if run.scan is not None and run.scan.data_key in doc["data_keys"]:
             self._run_of_descriptor[doc["uid"]] = doc["run_start"]
+            shape = [n for n in doc["data_keys"][run.scan.data_key].get("shape") or [] if n != 1]
+            if run.frame_shape is None and len(shape) == 2 and min(shape) > 1:
+                run.frame_shape = (int(shape[0]), int(shape[1]))  # as the detector declares it
+        else:
+            self._other_descriptors[doc["uid"]] = doc["run_start"]
 
     def event(self, doc: dict) -> None:
         run_uid = self._run_of_descriptor.get(doc["descriptor"])
         if run_uid is None:
+            if doc["descriptor"] not in self._other_descriptors:
+                self._unknown_descriptor(doc)
             return
         run = self._runs[run_uid]
         data = doc["data"]
@@ -255,6 +293,15 @@ class PtychoCallback(DocumentRouter):
             self._accept(run, doc["seq_num"], run.external.read_datum(data[key]), position)
         else:
             self._accept(run, doc["seq_num"], np.asarray(data[key]), position)
+
+    def _unknown_descriptor(self, doc: dict) -> None:
+        """An event before (or without) its descriptor: counted against the open run, if only one is."""
+        message = (
+            f"event {doc.get('seq_num')} of descriptor {doc['descriptor']}, which was never seen (ignored)"
+        )
+        (self._runs[next(iter(self._runs))].problems if len(self._runs) == 1 else self._unattributed).add(
+            "unknown descriptor", message
+        )
 
     def event_page(self, doc: dict) -> None:
         for event in unpack_event_page(doc):
@@ -301,13 +348,19 @@ class PtychoCallback(DocumentRouter):
             )
 
     def _accept(self, run: _Run, seq_num: int, frame: np.ndarray, position: tuple[float, float]) -> None:
-        if run.frame_shape is None:
-            run.frame_shape = frame.shape
-        if frame.shape != run.frame_shape:
-            run.problems.add(
-                "frame shape", f"event {seq_num}: frame shape {frame.shape} != {run.frame_shape} (skipped)"
-            )
+        frame = _as_image(frame)
+        problem = _frame_problem(frame, position, run.frame_shape)
+        if problem is None and seq_num in run.seq_nums:
+            problem = ("duplicate seq_num", "a second frame with this seq_num")
+        if problem is not None:
+            kind, message = problem
+            run.problems.add(kind, f"event {seq_num}: {message} (skipped)")
             return
+        if frame.min() < 0:
+            run.problems.add("negative counts", f"event {seq_num}: negative counts, set to 0")
+            frame = np.clip(frame, 0, None)
+        run.frame_shape = frame.shape
+        run.seq_nums.add(seq_num)
         run.frames.append(frame)
         run.positions.append(position)
         run.collected += 1
@@ -317,9 +370,13 @@ class PtychoCallback(DocumentRouter):
     def stop(self, doc: dict) -> None:
         run = self._runs.pop(doc["run_start"], None)
         if run is None:
+            self._unattributed.add(
+                "stop", f"stop document of run {doc['run_start']}, which was never started"
+            )
             return
         for uid in run.descriptors:
             self._run_of_descriptor.pop(uid, None)
+            self._other_descriptors.pop(uid, None)
         self._run_of_resource = {
             uid: run_uid for uid, run_uid in self._run_of_resource.items() if run_uid != doc["run_start"]
         }
