@@ -11,6 +11,7 @@ from rich.console import Console
 
 from .callbacks import PtychoCallback
 from .catalog import DurableCatalogWriter, connect, latest_final_reconstruction
+from .catalog.server import redact
 from .plotting import save_summary_png
 from .sim import fermat_spiral_ptycho_scan, simulated_beamline
 from .solver import PtychoData, ReconstructionSettings, fourier_r_factor, object_error
@@ -63,7 +64,9 @@ def run_live_demo(
     console.print(f"wrote {png}")
     console.print("find it again with:")
     where = (
-        f"{catalog!r}" if catalog else (f"directory={str(catalog_directory)!r}" if catalog_directory else "")
+        f"{redact(catalog)!r}"
+        if catalog
+        else (f"directory={str(catalog_directory)!r}" if catalog_directory else "")
     )
     console.print(
         "  from bluesky_ptycho.catalog import connect, latest_final_reconstruction\n"
@@ -72,7 +75,7 @@ def run_live_demo(
         soft_wrap=True,
     )
     options = (
-        f" --catalog {catalog}"
+        f" --catalog {redact(catalog)}"
         if catalog
         else (f" --catalog-dir {catalog_directory}" if catalog_directory else "")
     )

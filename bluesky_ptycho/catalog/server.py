@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import platformdirs
 
@@ -64,11 +65,30 @@ def connect(
     """A Tiled client: the embedded server (``catalog`` None), a URI, or a Tiled profile name.
 
     ``directory`` and ``readable_storage`` configure the embedded server (see :func:`embedded_server`).
+    An API key in the URI is sent as a header, never in request URLs (which
+    HTTP libraries log); better still, give it in ``TILED_API_KEY``.
     """
     from tiled.client import from_profile, from_uri
 
     if catalog is None:
-        return from_uri(embedded_server(directory, readable_storage).uri)
-    if "://" in catalog:
-        return from_uri(catalog)
-    return from_profile(catalog)
+        catalog = embedded_server(directory, readable_storage).uri
+    if "://" not in catalog:
+        return from_profile(catalog)
+    uri, api_key = _split_api_key(catalog)
+    return from_uri(uri, api_key=api_key) if api_key else from_uri(uri)
+
+
+def _split_api_key(uri: str) -> tuple[str, str | None]:
+    parts = urlsplit(uri)
+    query = parse_qsl(parts.query)
+    keys = [value for key, value in query if key == "api_key"]
+    rest = urlencode([(key, value) for key, value in query if key != "api_key"])
+    return urlunsplit(parts._replace(query=rest)), (keys[0] if keys else None)
+
+
+def redact(uri: str) -> str:
+    """``uri`` with any ``api_key`` query value masked, for printing and logging."""
+    bare, api_key = _split_api_key(uri)
+    if api_key is None:
+        return uri
+    return f"{bare}{'&' if urlsplit(bare).query else '?'}api_key=****"
