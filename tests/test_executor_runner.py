@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import numpy as np
@@ -19,14 +22,19 @@ distributed = pytest.importorskip("distributed")
 
 
 @pytest.fixture(scope="module")
-def dask_executor():
+def dask_client():
     with (
         distributed.LocalCluster(
             n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
-        yield client.get_executor()
+        yield client
+
+
+@pytest.fixture(scope="module")
+def dask_executor(dask_client):
+    return dask_client.get_executor()
 
 
 def test_a_live_scan_is_reconstructed_on_a_dask_cluster(dask_executor, tmp_path):
@@ -145,3 +153,30 @@ def test_a_lost_worker_is_retried_and_a_bad_job_is_not(small_scan):
     with pytest.raises(ValueError, match="do not overlap"):
         ExecutorRunner(executor, retries=3, backoff=0.01).submit(bad).result(60)
     assert executor.submitted == 1
+
+
+def test_a_dask_worker_killed_mid_job_does_not_lose_the_reconstruction(dask_client):
+    sim = simulate(n_frames=150, frame_size=64, overlap=0.7, photons=None, seed=6)
+    runner = ExecutorRunner(dask_client.get_executor(), backoff=0.1)
+    job = ReconstructionJob(
+        "killed-worker",
+        sim.data.geometry,
+        ReconstructionSettings(),
+        sim.data.frames,
+        sim.data.positions,
+        150,
+        True,
+    )
+    future = runner.submit(job)
+    deadline = time.monotonic() + 60
+    while not any(dask_client.processing().values()):  # wait until a worker runs it
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (busy,) = [address for address, tasks in dask_client.processing().items() if tasks]
+    pid = dask_client.run(os.getpid, workers=[busy])[busy]
+    os.kill(pid, signal.SIGKILL)
+    result = future.result(300)
+    runner.shutdown()
+    assert (result.n_frames, result.iterations) == (150, 150)
+    assert object_error(result, sim) <= 0.10
+    assert pid not in dask_client.run(os.getpid).values()  # the worker really died (and was replaced)
