@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -45,3 +54,70 @@ def noisy_sim():
 def wrong_probe() -> np.ndarray:
     """A reasonable but wrong starting probe: a flat-phase aperture 15 % too wide."""
     return aperture_probe((64, 64), 64 / 3 * 1.15, curvature=0.0)
+
+
+def _start_postgresql(directory: Path) -> str:
+    """A throw-away PostgreSQL cluster on loopback; returns its DSN."""
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if run_as:
+        shutil.chown(directory, "postgres")
+    data = directory / "data"
+    subprocess.run(
+        [*run_as, "initdb", "-D", str(data), "-U", "postgres", "--auth=trust"],
+        check=True,
+        capture_output=True,
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1"
+    subprocess.run(
+        [*run_as, "pg_ctl", "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*run_as, "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "tiled"], check=True
+    )
+    return f"postgresql://postgres@127.0.0.1:{port}/tiled"
+
+
+@pytest.fixture(scope="session")
+def postgresql():
+    """A PostgreSQL server started for the tests (skipped when PostgreSQL is not installed)."""
+    if not (shutil.which("initdb") and shutil.which("pg_ctl")):
+        pytest.skip("PostgreSQL is not installed (Debian: apt install postgresql; initdb and pg_ctl on PATH)")
+    # not under pytest's temporary directory: the postgres user must be able to reach it
+    directory = Path(tempfile.mkdtemp(prefix="ptycho-postgresql-"))
+    dsn = _start_postgresql(directory)
+    yield dsn
+    run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run(
+        [*run_as, "pg_ctl", "-D", str(directory / "data"), "-m", "fast", "stop"], capture_output=True
+    )
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def tiled_server_factory(request, tmp_path):
+    """Makes real Tiled servers with the catalog in SQLite (embedded) or PostgreSQL (production-like)."""
+    dsn = request.getfixturevalue("postgresql") if request.param == "postgresql" else None
+    servers = []
+
+    def make(directory=None, readable_storage=None):
+        from helpers import TiledTestServer
+
+        directory = directory or tmp_path / f"catalog{len(servers)}"
+        if dsn is not None:  # one database per server
+            name = f"tiled{uuid.uuid4().hex[:8]}"
+            subprocess.run(["psql", dsn, "-c", f"CREATE DATABASE {name}"], check=True, capture_output=True)
+            server = TiledTestServer(directory, dsn.rsplit("/", 1)[0] + f"/{name}", readable_storage)
+        else:
+            server = TiledTestServer(directory, None, readable_storage)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.stop()

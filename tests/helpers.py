@@ -66,3 +66,57 @@ def store_tokens(expires_in: float, refresh: bool = True) -> None:
             for server, scopes in app.scope_requirements.items()
         }
     )
+
+
+class TiledTestServer:
+    """A real Tiled server on loopback, stoppable and restartable on the same port and storage.
+
+    ``postgresql`` (a DSN) puts the catalog and its tables in PostgreSQL, as a
+    production deployment does; otherwise SQLite, as the embedded server.
+    """
+
+    def __init__(self, directory, postgresql: str | None = None, readable_storage=None) -> None:
+        from pathlib import Path
+
+        self.directory = Path(directory)
+        (self.directory / "data").mkdir(parents=True, exist_ok=True)
+        self.postgresql = postgresql
+        self.readable_storage = [str(p) for p in readable_storage or []]
+        self.api_key = "testkey" + uuid.uuid4().hex[:12]
+        self.port = 0
+        self.start()
+
+    def start(self) -> None:
+        import httpx
+        import uvicorn
+        from tiled.catalog import from_uri as catalog_from_uri
+        from tiled.config import Authentication
+        from tiled.server.app import build_app
+        from tiled.server.simple import ThreadedServer
+
+        database = self.postgresql or f"sqlite:///{self.directory / 'catalog.db'}"
+        tables = self.postgresql or f"duckdb:///{self.directory / 'storage.duckdb'}"
+        catalog = catalog_from_uri(
+            database,
+            writable_storage=[self.directory / "data", tables],
+            readable_storage=self.readable_storage,
+            init_if_not_exists=True,
+        )
+        app = build_app(catalog, authentication=Authentication(single_user_api_key=self.api_key))
+        self._server = ThreadedServer(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, loop="asyncio", log_level="warning")
+        )
+        self._running = self._server.run_in_thread()
+        base = self._running.__enter__()
+        self.port = int(base.rsplit(":", 1)[1])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/healthz", trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        self.uri = f"{base}/api/v1?api_key={self.api_key}"
+
+    def stop(self) -> None:
+        self._running.__exit__(None, None, None)

@@ -12,7 +12,6 @@ from bluesky import RunEngine
 from bluesky.utils import single_gen
 from click.testing import CliRunner
 from tiled.client import from_uri
-from tiled.server import SimpleTiledServer
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import latest_final_reconstruction, reconstructions_of
@@ -20,8 +19,6 @@ from bluesky_ptycho.catalog.spool import DocumentSpool, DurableCatalogWriter
 from bluesky_ptycho.cli import main
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings
-
-API_KEY = "outagetestkey"
 
 
 @pytest.fixture(autouse=True)
@@ -32,31 +29,12 @@ def few_client_retries(monkeypatch):
     monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_ATTEMPTS", 1)
 
 
-class Server:
-    """A real Tiled server that can be stopped and started again on the same port and directory."""
-
-    def __init__(self, directory):
-        self.directory = directory
-        self.port = 0
-        self.start()
-
-    def start(self):
-        self.server = SimpleTiledServer(self.directory, api_key=API_KEY, port=self.port)
-        self.port = self.server.port
-        self.uri = self.server.uri
-
-    def stop(self):
-        self.server.close()
-
-
 @pytest.fixture
-def server(tmp_path):
-    server = Server(tmp_path / "catalog")
-    yield server
-    server.stop()
+def server(tiled_server_factory):
+    return tiled_server_factory()
 
 
-def stop_server_after(plan, n_events: int, server: Server):
+def stop_server_after(plan, n_events: int, server):
     """``plan``, with the catalog server shut down right after its ``n_events``-th event."""
     saved = 0
 
@@ -75,7 +53,7 @@ def stop_server_after(plan, n_events: int, server: Server):
     return bpp.plan_mutator(plan, insert_outage)
 
 
-def scan_through_an_outage(server: Server, tmp_path, retry_interval: float):
+def scan_through_an_outage(server, tmp_path, retry_interval: float):
     catalog = from_uri(server.uri)
     writer = DurableCatalogWriter(catalog, tmp_path / "spool", retry_interval=retry_interval, batch_size=1)
     callback = PtychoCallback(writer, settings=ReconstructionSettings(iterations=20), preview_every=20)
@@ -126,5 +104,16 @@ def test_catalog_replay_writes_the_spooled_runs(server, tmp_path):
     assert latest_final_reconstruction(catalog, uid).n_frames == 60
 
 
-def test_the_embedded_server_listens_on_loopback_only(server):
+def test_the_embedded_server_listens_on_loopback_only(tmp_path):
+    import psutil
+
+    from bluesky_ptycho.catalog import embedded_server
+
+    server = embedded_server(tmp_path / "embedded")
     assert urllib.parse.urlparse(server.uri).hostname == "127.0.0.1"
+    listening = [
+        c.laddr.ip
+        for c in psutil.Process().net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port
+    ]
+    assert listening == ["127.0.0.1"]

@@ -48,17 +48,16 @@ def test_demo_runs_the_live_loop_into_the_catalog(tmp_path):
     close_embedded_servers()
 
 
-def test_reconstruct_an_archived_scan_then_list_and_show_it(tmp_path):
+def test_reconstruct_an_archived_scan_then_list_and_show_it(tmp_path, tiled_server_factory):
     """`reconstruct --uid` replays a raw scan (frames in HDF5 files) from a real Tiled server."""
     from bluesky import RunEngine
     from bluesky_tiled_plugins import TiledWriter
     from tiled.client import from_uri
-    from tiled.server import SimpleTiledServer
 
     from bluesky_ptycho.catalog import latest_final_reconstruction
     from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 
-    server = SimpleTiledServer(tmp_path / "catalog", readable_storage=[tmp_path / "frames"])
+    server = tiled_server_factory(readable_storage=[tmp_path / "frames"])
     catalog = from_uri(server.uri)
     RE = RunEngine()
     RE.subscribe(TiledWriter(catalog, batch_size=10))
@@ -86,4 +85,4 @@ def test_reconstruct_an_archived_scan_then_list_and_show_it(tmp_path):
     assert result.exit_code == 1 and "neither a reconstruction run" in result.output
     result = runner.invoke(main, ["reconstruct", "--uid", "no-such-uid", *where])
     assert result.exit_code == 1 and "no run 'no-such-uid'" in result.output
-    server.close()
+    server.stop()

@@ -169,12 +169,11 @@ def test_constructor_overrides_supply_the_geometry(RE, beamline):
     assert recon.named("event")[-1]["data"]["n_frames"] == 4
 
 
-def test_results_land_in_a_real_tiled_catalog(RE, beamline, tmp_path):
+def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory):
     from bluesky_tiled_plugins import TiledWriter
     from tiled.client import from_uri
-    from tiled.server import SimpleTiledServer
 
-    server = SimpleTiledServer(tmp_path)
+    server = tiled_server_factory()
     catalog = from_uri(server.uri)
     writer = TiledWriter(catalog, batch_size=10)
     stage, det = beamline
