@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 import uuid
 
+import bluesky.preprocessors as bpp
 import numpy as np
+from bluesky.utils import single_gen
 from globus_sdk.token_storage import JSONTokenStorage, TokenStorageData
 
 from bluesky_ptycho.catalog import pairs_as_complex
@@ -120,3 +122,18 @@ class TiledTestServer:
 
     def stop(self) -> None:
         self._running.__exit__(None, None, None)
+
+
+def after_event(plan, n_events: int, then):
+    """``plan``, with the plan ``then()`` run right after its ``n_events``-th event."""
+    saved = 0
+
+    def insert(msg):
+        nonlocal saved
+        if msg.command == "save":
+            saved += 1
+            if saved == n_events:
+                return single_gen(msg), then()
+        return None, None
+
+    return bpp.plan_mutator(plan, insert)

@@ -6,11 +6,10 @@ import time
 import urllib.parse
 
 import bluesky.plan_stubs as bps
-import bluesky.preprocessors as bpp
 import pytest
 from bluesky import RunEngine
-from bluesky.utils import single_gen
 from click.testing import CliRunner
+from helpers import after_event
 from tiled.client import from_uri
 
 from bluesky_ptycho.callbacks import PtychoCallback
@@ -34,23 +33,10 @@ def server(tiled_server_factory):
     return tiled_server_factory()
 
 
-def stop_server_after(plan, n_events: int, server):
-    """``plan``, with the catalog server shut down right after its ``n_events``-th event."""
-    saved = 0
-
-    def insert_outage(msg):
-        nonlocal saved
-        if msg.command == "save":
-            saved += 1
-            if saved == n_events:
-                return single_gen(msg), outage()
-        return None, None
-
-    def outage():
-        server.stop()
-        yield from bps.null()
-
-    return bpp.plan_mutator(plan, insert_outage)
+def outage(server):
+    """A plan step that shuts the catalog server down."""
+    server.stop()
+    yield from bps.null()
 
 
 def scan_through_an_outage(server, tmp_path, retry_interval: float):
@@ -62,7 +48,7 @@ def scan_through_an_outage(server, tmp_path, retry_interval: float):
     RE.subscribe(callback)
     stage, det = simulated_beamline(seed=1)
     started = time.perf_counter()
-    (uid,) = RE(stop_server_after(fermat_spiral_ptycho_scan(det, stage, n_points=60), 30, server))
+    (uid,) = RE(after_event(fermat_spiral_ptycho_scan(det, stage, n_points=60), 30, lambda: outage(server)))
     scan_seconds = time.perf_counter() - started
     assert callback.wait(120)
     assert writer.flush(120)

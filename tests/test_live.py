@@ -6,13 +6,12 @@ import logging
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
-import bluesky.preprocessors as bpp
 import numpy as np
 import pytest
 from bluesky import RunEngine
-from bluesky.utils import RunEngineInterrupted, single_gen
+from bluesky.utils import RunEngineInterrupted
 from event_model import pack_event_page
-from helpers import Documents, result_of, scan_positions
+from helpers import Documents, after_event, result_of, scan_positions
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import latest_final_reconstruction, pairs_as_complex, reconstructions_of
@@ -80,28 +79,13 @@ def test_event_pages_give_the_same_frames(RE, beamline):
     )
 
 
-def pause_after(plan, n_events: int):
-    """``plan``, pausing the RunEngine right after its ``n_events``-th event."""
-    saved = 0
-
-    def insert_pause(msg):
-        nonlocal saved
-        if msg.command == "save":
-            saved += 1
-            if saved == n_events:
-                return single_gen(msg), bps.pause()
-        return None, None
-
-    return bpp.plan_mutator(plan, insert_pause)
-
-
 def test_aborted_scan_gives_a_partial_reconstruction(RE, beamline):
     stage, det = beamline
     recon = Documents()
     callback = PtychoCallback(recon, settings=ReconstructionSettings(iterations=10), preview_every=None)
     RE.subscribe(callback)
     with pytest.raises(RunEngineInterrupted):
-        RE(pause_after(fermat_spiral_ptycho_scan(det, stage, n_points=100), 40))
+        RE(after_event(fermat_spiral_ptycho_scan(det, stage, n_points=100), 40, bps.pause))
     assert RE.state == "paused"
     RE.abort(reason="beam lost")
     assert callback.wait(60)

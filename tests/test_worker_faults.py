@@ -6,12 +6,10 @@ import os
 import signal
 
 import bluesky.plan_stubs as bps
-import bluesky.preprocessors as bpp
 import psutil
 import pytest
 from bluesky import RunEngine
-from bluesky.utils import single_gen
-from helpers import Documents
+from helpers import Documents, after_event
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.federation import LocalRunner
@@ -28,25 +26,12 @@ def worker_processes() -> list[psutil.Process]:
     ]
 
 
-def kill_worker_after(plan, n_events: int):
-    """``plan``, with the reconstruction worker process killed (SIGKILL) after its ``n_events``-th event."""
-    saved = 0
-
-    def kill():
-        (worker,) = worker_processes()
-        os.kill(worker.pid, signal.SIGKILL)
-        worker.wait(10)
-        yield from bps.null()
-
-    def insert_kill(msg):
-        nonlocal saved
-        if msg.command == "save":
-            saved += 1
-            if saved == n_events:
-                return single_gen(msg), kill()
-        return None, None
-
-    return bpp.plan_mutator(plan, insert_kill)
+def kill_worker():
+    """A plan step that kills the reconstruction worker process (SIGKILL)."""
+    (worker,) = worker_processes()
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait(10)
+    yield from bps.null()
 
 
 def test_a_killed_worker_fails_its_scan_and_the_next_scan_is_reconstructed():
@@ -62,7 +47,7 @@ def test_a_killed_worker_fails_its_scan_and_the_next_scan_is_reconstructed():
     )
     RE = RunEngine()
     RE.subscribe(callback)
-    RE(kill_worker_after(fermat_spiral_ptycho_scan(det, stage, n_points=60), 30))
+    RE(after_event(fermat_spiral_ptycho_scan(det, stage, n_points=60), 30, kill_worker))
     assert callback.wait(120)
     RE(fermat_spiral_ptycho_scan(det, stage, n_points=60))
     assert callback.wait(120)
