@@ -70,6 +70,39 @@ def test_a_live_scan_is_reconstructed_on_a_dask_cluster(dask_executor, tmp_path)
     assert not (staging / raw.named("start")[0]["uid"]).exists()  # staged chunks removed after success
 
 
+def test_four_scans_are_reconstructed_concurrently_each_linked_to_its_raw_scan(dask_executor):
+    stage, det = simulated_beamline(seed=2)
+    runner = ExecutorRunner(dask_executor, max_in_flight=4)
+    recon = Documents()
+    callback = PtychoCallback(
+        recon,
+        runner=runner,
+        settings=ReconstructionSettings(iterations=30),
+        preview_every=20,
+        queue_previews=True,
+    )
+    RE = RunEngine()
+    RE.subscribe(callback)
+    sizes = (40, 50, 60, 70)
+    raw_uids = [RE(fermat_spiral_ptycho_scan(det, stage, n_points=n))[0] for n in sizes]
+    assert callback.wait(300)
+    runner.shutdown()
+    starts = {doc["uid"]: doc["raw_uid"] for doc in recon.named("start")}
+    finals = {starts[e["descriptor_run"]]: e["data"] for e in _final_events(recon)}
+    assert {doc["exit_status"] for doc in recon.named("stop")} == {"success"}
+    assert [finals[uid]["n_frames"] for uid in raw_uids] == list(sizes)  # each result is its own scan's
+
+
+def _final_events(recon: Documents):
+    """Final events, each tagged with the uid of the reconstruction run it belongs to."""
+    run_of_descriptor = {doc["uid"]: doc["run_start"] for doc in recon.named("descriptor")}
+    return [
+        {**event, "descriptor_run": run_of_descriptor[event["descriptor"]]}
+        for event in recon.named("event")
+        if event["data"]["final"]
+    ]
+
+
 class CountingExecutor(Executor):
     """A thread pool that records how many tasks run at once and which fail on purpose."""
 

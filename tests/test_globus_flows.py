@@ -281,14 +281,20 @@ class SimulatedFlowsService:
         return 202, {}, json.dumps({"run_id": run_id, "status": "ENDED"})
 
 
-def live_scan(runner, n_points=120, preview_every=60):
+def live_scan(runner, n_points=120, preview_every=60, catalog_writer=None):
     stage, det = simulated_beamline(seed=1)
     raw, recon = Documents(), Documents()
     settings = ReconstructionSettings(iterations=60)
     callback = PtychoCallback(
-        recon, runner=runner, settings=settings, preview_every=preview_every, queue_previews=True
+        [recon] + ([catalog_writer] if catalog_writer else []),
+        runner=runner,
+        settings=settings,
+        preview_every=preview_every,
+        queue_previews=True,
     )
     RE = RunEngine()
+    if catalog_writer is not None:
+        RE.subscribe(catalog_writer)
     RE.subscribe(raw)
     RE.subscribe(callback)
     RE(fermat_spiral_ptycho_scan(det, stage, n_points=n_points))
@@ -297,10 +303,23 @@ def live_scan(runner, n_points=120, preview_every=60):
     return raw, recon, det, stage, settings
 
 
-def test_a_live_scan_is_reconstructed_through_flow_runs(settings, http):
+def test_a_live_scan_is_reconstructed_through_flow_runs_into_the_catalog(settings, http, tmp_path):
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
+    from tiled.server import SimpleTiledServer
+
+    from bluesky_ptycho.catalog import latest_final_reconstruction
+
     service = SimulatedFlowsService(http, settings)
     runner = GlobusFlowRunner(settings, clients=clients_for(settings.flow_id), backoff=0.01)
-    raw, recon, det, stage, solver_settings = live_scan(runner)
+    server = SimpleTiledServer(tmp_path / "catalog")
+    catalog = from_uri(server.uri)
+    raw, recon, det, stage, solver_settings = live_scan(
+        runner, catalog_writer=TiledWriter(catalog, batch_size=10)
+    )
+    stored = latest_final_reconstruction(catalog, raw.named("start")[0]["uid"])
+    assert (stored.n_frames, stored.iterations) == (120, 100)
+    server.close()
     stop = recon.named("stop")[0]
     assert stop["exit_status"] == "success", stop["reason"]
     assert recon.named("start")[0]["ptycho_solver"]["location"] == runner.location
