@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import uuid
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from globus_sdk.testing import get_last_request, load_response
 from helpers import Documents, result_of, scan_positions, store_tokens
 
 from bluesky_ptycho.callbacks import PtychoCallback
-from bluesky_ptycho.federation import ReconstructionJob, reconstruct_files
+from bluesky_ptycho.federation import ReconstructionJob
 from bluesky_ptycho.federation.auth import GlobusClients
 from bluesky_ptycho.federation.flows import (
     FlowRunError,
@@ -39,6 +38,7 @@ from bluesky_ptycho.federation.flows import (
 )
 from bluesky_ptycho.federation.globus_settings import GlobusSettings, read_deployment, write_deployment
 from bluesky_ptycho.federation.staging import ScanStaging
+from bluesky_ptycho.federation.testing import LocalFlowsService
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings, object_error, simulate
 
@@ -207,80 +207,6 @@ def test_deploy_creates_then_does_nothing_then_updates(globus_home, http):
 # --- runs ----------------------------------------------------------------------
 
 
-class SimulatedFlowsService:
-    """The Flows service and the flow's three actions, at the HTTP layer."""
-
-    def __init__(self, http, settings: GlobusSettings, outcome: str = "succeed") -> None:
-        self.settings = settings
-        self.outcome = outcome
-        self.runs: dict[str, dict] = {}
-        self.bodies: list[dict] = []
-        self.cancelled: list[str] = []
-        http.add_callback("POST", f"{FLOWS}/flows/{settings.flow_id}/run", callback=self.start)
-        http.add_callback("GET", re.compile(rf"{FLOWS}/runs/[-0-9a-f]+$"), callback=self.status)
-        http.add_callback("POST", re.compile(rf"{FLOWS}/runs/[-0-9a-f]+/cancel$"), callback=self.cancel)
-
-    def local(self, collection_path: str, side: str) -> Path:
-        settings = self.settings
-        if side == "beamline":
-            root, base = settings.beamline_collection_path, Path(settings.local_staging_directory)
-        else:
-            root, base = settings.facility_collection_path, Path(settings.facility_filesystem_path)
-        return base / Path(collection_path).relative_to(root)
-
-    def start(self, request):
-        payload = json.loads(request.body)
-        body = payload["body"]
-        jsonschema.validate(body, flow_input_schema())  # the service validates the input
-        run_id = str(uuid.uuid4())
-        self.runs[run_id] = {
-            "run_id": run_id,
-            "status": "ACTIVE",
-            "label": payload["label"],
-            "polls": 0,
-            "body": body,
-        }
-        self.bodies.append(body)
-        return (
-            201,
-            {},
-            json.dumps({"run_id": run_id, "status": "ACTIVE", "flow_id": str(self.settings.flow_id)}),
-        )
-
-    def status(self, request):
-        run = self.runs[request.url.rstrip("/").split("/")[-1]]
-        run["polls"] += 1
-        if run["status"] == "ACTIVE" and run["polls"] >= 2 and self.outcome != "stall":
-            self.execute(run)
-        shown = {k: v for k, v in run.items() if k not in ("polls", "body")}
-        return 200, {}, json.dumps(shown)
-
-    def execute(self, run):
-        body = run["body"]
-        if self.outcome == "fail":
-            run.update(
-                status="FAILED", details={"code": "ActionFailedException", "description": "endpoint offline"}
-            )
-            return
-        transfer_in, transfer_out = body["transfer_in"], body["transfer_out"]
-        shutil.copytree(
-            self.local(transfer_in["source_path"], "beamline"),
-            self.local(transfer_in["destination_path"], "facility"),
-            dirs_exist_ok=True,
-        )
-        reconstruct_files(**body["compute"]["kwargs"])
-        destination = self.local(transfer_out["destination_path"], "beamline")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.local(transfer_out["source_path"], "facility"), destination)
-        run.update(status="SUCCEEDED", details={"code": "FlowSucceeded"})
-
-    def cancel(self, request):
-        run_id = request.url.split("/")[-2]
-        self.cancelled.append(run_id)
-        self.runs[run_id]["status"] = "ENDED"
-        return 202, {}, json.dumps({"run_id": run_id, "status": "ENDED"})
-
-
 def live_scan(runner, n_points=120, preview_every=60, catalog_writer=None):
     stage, det = simulated_beamline(seed=1)
     raw, recon = Documents(), Documents()
@@ -310,7 +236,7 @@ def test_a_live_scan_is_reconstructed_through_flow_runs_into_the_catalog(setting
 
     from bluesky_ptycho.catalog import latest_final_reconstruction
 
-    service = SimulatedFlowsService(http, settings)
+    service = LocalFlowsService(http, settings)
     runner = GlobusFlowRunner(settings, clients=clients_for(settings.flow_id), backoff=0.01)
     server = SimpleTiledServer(tmp_path / "catalog")
     catalog = from_uri(server.uri)
@@ -341,7 +267,7 @@ def test_a_live_scan_is_reconstructed_through_flow_runs_into_the_catalog(setting
 
 
 def test_a_failed_flow_run_is_recorded_as_failed_and_the_staged_frames_kept(settings, http):
-    SimulatedFlowsService(http, settings, outcome="fail")
+    LocalFlowsService(http, settings, outcome="fail")
     runner = GlobusFlowRunner(settings, clients=clients_for(settings.flow_id), backoff=0.01)
     raw, recon, *_ = live_scan(runner, n_points=40, preview_every=None)
     stop = recon.named("stop")[0]
@@ -352,7 +278,7 @@ def test_a_failed_flow_run_is_recorded_as_failed_and_the_staged_frames_kept(sett
 
 
 def test_a_stalled_run_is_cancelled_at_the_timeout(settings, http):
-    service = SimulatedFlowsService(http, settings, outcome="stall")
+    service = LocalFlowsService(http, settings, outcome="stall")
     settings.run_timeout_s = 0.2
     runner = GlobusFlowRunner(settings, clients=clients_for(settings.flow_id), backoff=0.01)
     sim = simulate(n_frames=20, frame_size=32, seed=0)
@@ -397,7 +323,7 @@ def test_globus_run_sends_a_file_through_the_flow(settings, http, globus_home, t
     from bluesky_ptycho.cli import main
     from bluesky_ptycho.io import read_result, write_cxi
 
-    SimulatedFlowsService(http, settings)
+    LocalFlowsService(http, settings)
     values = settings.public_dict()
     globus_home.parent.mkdir(parents=True, exist_ok=True)
     globus_home.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items() if v is not None))

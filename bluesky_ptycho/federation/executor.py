@@ -9,13 +9,14 @@ that result to continue from (:func:`~bluesky_ptycho.federation.remote.reconstru
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..solver.data import ReconstructionResult
 from .jobs import ReconstructionJob
-from .lanes import LaneRunner, with_retries
+from .lanes import LaneRunner, job_timings, with_retries
 from .remote import FrameChunk, RemoteRequest, reconstruct_remote
 from .staging import ScanStaging
 
@@ -106,7 +107,9 @@ class ExecutorRunner(LaneRunner[_Scan]):
             scan.inline_bytes += job.frames.nbytes
 
     def run_job(self, scan: _Scan, job: ReconstructionJob) -> ReconstructionResult:
+        started = time.perf_counter()
         self._add_frames(scan, job)
+        staged = time.perf_counter()
         request = RemoteRequest(
             scan_uid=job.scan_uid,
             geometry=job.geometry,
@@ -134,6 +137,9 @@ class ExecutorRunner(LaneRunner[_Scan]):
             attempt, retries=self.retries, backoff=self.backoff, what=f"scan {job.scan_uid}: remote job"
         )
         scan.previous = result
+        result.extra["timings"] = job_timings(
+            started, staged, time.perf_counter(), result.extra.get("compute_s")
+        )
         return result
 
     def forget_scan(self, scan: _Scan, succeeded: bool) -> None:

@@ -30,7 +30,7 @@ from . import remote
 from .auth import GlobusClients, explain, make_app, make_clients
 from .globus_settings import GlobusSettings, load_globus_settings, read_deployment, write_deployment
 from .jobs import ReconstructionJob
-from .lanes import LaneRunner, RemoteJobError, with_retries
+from .lanes import LaneRunner, RemoteJobError, job_timings, with_retries
 from .staging import ScanStaging
 
 logger = logging.getLogger(__name__)
@@ -242,8 +242,10 @@ class GlobusFlowRunner(LaneRunner[ScanStaging]):
             raise FlowRunError(f"{what}: {explain(error)}") from error
 
     def run_job(self, staging: ScanStaging, job: ReconstructionJob) -> ReconstructionResult:
+        started = time.perf_counter()
         if len(job.frames):
             staging.add_chunk(job.frames, job.positions, job.geometry, job.mask)
+        staged = time.perf_counter()
         if not staging.chunks:
             raise ValueError(f"scan {job.scan_uid}: no frames to reconstruct")
         previous = staging.results[-1] if staging.results else None
@@ -270,6 +272,9 @@ class GlobusFlowRunner(LaneRunner[ScanStaging]):
             )
         result = read_result(result_file)
         staging.results.append(result_file)
+        result.extra["timings"] = job_timings(
+            started, staged, time.perf_counter(), result.extra.get("compute_s")
+        )
         return result
 
     def wait(self, run_id: str) -> dict[str, Any]:

@@ -61,6 +61,13 @@ def with_retries(
     raise AssertionError("unreachable")
 
 
+def job_timings(started: float, staged: float, done: float, compute_s: float | None) -> dict[str, float]:
+    """Where a remote job's time went: staging frames here, moving data (and waiting), computing there."""
+    remote = done - staged
+    compute = remote if compute_s is None else min(float(compute_s), remote)
+    return {"staging_s": staged - started, "transfer_s": remote - compute, "compute_s": compute}
+
+
 @dataclass
 class _Lane(Generic[ScanState]):
     state: ScanState
