@@ -247,6 +247,8 @@ class DurableCatalogWriter:
             logger.warning("a %r document of no known run was dropped", name)
             return
         self.spool.append(run, name, doc)
+        if name == "stop":  # its descriptors and resources will not be referred to again
+            self._runs_of = {uid: owner for uid, owner in self._runs_of.items() if owner != run}
         if run in self._failed_runs:
             if name == "stop":
                 self._failed_runs.discard(run)

@@ -150,9 +150,13 @@ def flow_input(
     uid = job.scan_uid
     beamline_root, facility_root = settings.beamline_collection_path, settings.facility_collection_path
     relative_result = result.relative_to(staging.root.parent).as_posix()
-    facility_file = lambda path: _collection_path(  # noqa: E731
-        settings.facility_filesystem_path, path.relative_to(staging.root.parent).as_posix()
-    )
+
+    def facility_file(path: Path) -> str:
+        """Where the compute endpoint sees a staged file."""
+        return _collection_path(
+            settings.facility_filesystem_path, path.relative_to(staging.root.parent).as_posix()
+        )
+
     return {
         "scan_uid": uid,
         "transfer_in": {
