@@ -153,6 +153,35 @@ def test_constructor_overrides_supply_the_geometry(RE, beamline):
     assert recon.named("event")[-1]["data"]["n_frames"] == 4
 
 
+def test_positions_outside_the_planned_scan_area_are_skipped_and_reported(RE, beamline):
+    stage, det = beamline
+    recon = Documents()
+    metadata = {**ptycho_metadata(det, stage), "scan_area": [0, 0.6, 0, 0.3]}  # um
+    callback = PtychoCallback(
+        recon, settings=ReconstructionSettings(iterations=3), preview_every=None, **metadata
+    )
+    RE.subscribe(callback)
+    RE(bp.list_scan([det], stage.x, [0, 0.2, 0.4, 0.6, 5.0], stage.y, [0, 0.1, 0.2, 0.3, 0.3]))
+    assert callback.wait(60)
+    (stop,) = recon.named("stop")
+    assert stop["exit_status"] == "success"
+    assert "outside the planned scan_area" in stop["reason"]
+    assert recon.named("event")[-1]["data"]["n_frames"] == 4
+
+
+def test_a_malformed_scan_area_fails_the_reconstruction_not_the_scan(RE, beamline):
+    stage, det = beamline
+    recon = Documents()
+    callback = PtychoCallback(recon, preview_every=None, **ptycho_metadata(det, stage), scan_area=[0, 1])
+    RE.subscribe(callback)
+    RE(bp.count([det]))
+    (stop,) = recon.named("stop")
+    assert (
+        stop["exit_status"] == "fail"
+        and "scan_area [0, 1] is not [x_min, x_max, y_min, y_max]" in stop["reason"]
+    )
+
+
 def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory):
     from bluesky_tiled_plugins import TiledWriter
     from tiled.client import from_uri
@@ -161,8 +190,13 @@ def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory
     catalog = from_uri(server.uri)
     writer = TiledWriter(catalog, batch_size=10)
     stage, det = beamline
+    results = []
     callback = PtychoCallback(
-        writer, settings=ReconstructionSettings(iterations=30), preview_every=40, queue_previews=True
+        writer,
+        settings=ReconstructionSettings(iterations=30),
+        preview_every=40,
+        queue_previews=True,
+        on_result=lambda raw_uid, result, final: results.append(result),
     )
     RE.subscribe(writer)
     RE.subscribe(callback)
@@ -172,8 +206,18 @@ def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory
     (run,) = reconstructions_of(catalog, uid)
     assert run.metadata["stop"]["exit_status"] == "success"
     assert list(np.asarray(run["primary"]["n_frames"].read())) == [40, 80, 80]
+    # the plan records its scan area, so every object sits on one canvas: a regular array, not a ragged one
+    objects = run["primary"]["object"]
+    assert type(objects).__name__ == "ArrayClient" and objects.shape[0] == 3
     result = latest_final_reconstruction(catalog, uid)
     assert result.object.dtype == np.complex64 and result.n_frames == 80
+    assert result.object.shape == objects.shape[1:3]
+    py, px = result.pixel_size
+    column, row = np.rint((np.asarray(results[-1].object_origin) - result.object_origin) / (px, py)).astype(
+        int
+    )
+    rows, cols = results[-1].object.shape
+    np.testing.assert_array_equal(result.object[row : row + rows, column : column + cols], results[-1].object)
     assert result.iterations == 20 * 2 + 30 and result.extra["final"]
     with pytest.raises(LookupError):
         latest_final_reconstruction(catalog, "no-such-scan")

@@ -30,6 +30,7 @@ from ..catalog.documents import DocumentCallback, ReconstructionRunWriter
 from ..federation.jobs import ReconstructionJob, Runner
 from ..federation.local import LocalRunner
 from ..solver.data import ELECTRON_VOLT, Geometry, ReconstructionResult
+from ..solver.scan_area import ScanArea
 from ..solver.settings import ReconstructionSettings
 from .external import ExternalFrames
 
@@ -57,6 +58,7 @@ class ScanGeometry:
     photon_energy_ev: float
     detector_distance_m: float
     detector_pixel_size_m: float
+    scan_area: ScanArea | None = None
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> ScanGeometry:
@@ -65,7 +67,7 @@ class ScanGeometry:
         Raises
         ------
         ValueError
-            Naming every missing key, or an unknown position unit.
+            Naming every missing key, an unknown position unit or a bad scan area.
         """
         missing = [key for key in REQUIRED_KEYS if metadata.get(key) is None]
         if missing:
@@ -76,6 +78,14 @@ class ScanGeometry:
         unit = metadata.get("position_unit", "um")
         if unit not in UNITS:
             raise ValueError(f"unknown position_unit {unit!r}; use one of {', '.join(UNITS)}")
+        area = metadata.get("scan_area")
+        if area is not None:
+            try:
+                area = ScanArea(*(float(value) * UNITS[unit] for value in area))
+            except (TypeError, ValueError) as error:
+                raise ValueError(
+                    f"scan_area {area!r} is not [x_min, x_max, y_min, y_max] in {unit}: {error}"
+                ) from None
         return cls(
             data_key=metadata["data_key"],
             x_key=metadata["x_key"],
@@ -84,6 +94,7 @@ class ScanGeometry:
             photon_energy_ev=float(metadata["photon_energy_ev"]),
             detector_distance_m=float(metadata["detector_distance_m"]),
             detector_pixel_size_m=float(metadata["detector_pixel_size_m"]),
+            scan_area=area,
         )
 
     def geometry(self, frame_shape: tuple[int, int]) -> Geometry:
@@ -199,8 +210,8 @@ class PtychoCallback(DocumentRouter):
     **geometry
         Overrides of ``start["ptycho"]`` keys (``data_key``, ``x_key``,
         ``y_key``, ``position_unit``, ``photon_energy_ev``,
-        ``detector_distance_m``, ``detector_pixel_size_m``) for plans that do
-        not record them.
+        ``detector_distance_m``, ``detector_pixel_size_m`` and the optional
+        ``scan_area``) for plans that do not record them.
     """
 
     def __init__(
@@ -249,16 +260,20 @@ class PtychoCallback(DocumentRouter):
     # --- documents ---------------------------------------------------------
 
     def start(self, doc: dict) -> None:
-        writer = ReconstructionRunWriter(
-            self.emit_reconstruction, doc, self.settings.to_dict(), getattr(self.runner, "location", "?")
-        )
-        run = _Run(start=doc, writer=writer)
-        self._runs[doc["uid"]] = run
+        scan, error = None, None
         try:
-            run.scan = ScanGeometry.from_metadata({**doc.get("ptycho", {}), **self.geometry_overrides})
-        except ValueError as error:
-            run.error = str(error)
+            scan = ScanGeometry.from_metadata({**doc.get("ptycho", {}), **self.geometry_overrides})
+        except ValueError as invalid:
+            error = str(invalid)
             logger.error("scan %s: %s", doc["uid"], error)
+        writer = ReconstructionRunWriter(
+            self.emit_reconstruction,
+            doc,
+            self.settings.to_dict(),
+            getattr(self.runner, "location", "?"),
+            scan_area=scan.scan_area if scan else None,
+        )
+        self._runs[doc["uid"]] = _Run(start=doc, writer=writer, scan=scan, error=error)
 
     def descriptor(self, doc: dict) -> None:
         run = self._runs.get(doc["run_start"])
@@ -352,6 +367,8 @@ class PtychoCallback(DocumentRouter):
         problem = _frame_problem(frame, position, run.frame_shape)
         if problem is None and seq_num in run.seq_nums:
             problem = ("duplicate seq_num", "a second frame with this seq_num")
+        if problem is None and not self._in_scan_area(run, position, frame.shape):
+            problem = ("outside scan area", f"position {position} m is outside the planned scan_area")
         if problem is not None:
             kind, message = problem
             run.problems.add(kind, f"event {seq_num}: {message} (skipped)")
@@ -366,6 +383,15 @@ class PtychoCallback(DocumentRouter):
         run.collected += 1
         if self.preview_every and len(run.frames) >= self.preview_every:
             self._preview(run)
+
+    @staticmethod
+    def _in_scan_area(run: _Run, position: tuple[float, float], frame_shape: tuple[int, int]) -> bool:
+        """Whether a position lies in the planned scan area, give or take one frame's field of view."""
+        area = run.scan.scan_area
+        if area is None:
+            return True
+        pixel_y, pixel_x = run.scan.geometry(frame_shape).sample_pixel_size
+        return area.admits(position, max(frame_shape[0] * pixel_y, frame_shape[1] * pixel_x))
 
     def stop(self, doc: dict) -> None:
         run = self._runs.pop(doc["run_start"], None)
@@ -435,7 +461,11 @@ class PtychoCallback(DocumentRouter):
             logger.error("scan %s: reconstruction failed: %s", run.start["uid"], error)
             run.writer.close("fail", reason=f"reconstruction failed: {type(error).__name__}: {error}")
             return
-        run.writer.add_result(future.result(), final=True, partial=partial)
+        try:
+            run.writer.add_result(future.result(), final=True, partial=partial)
+        except ValueError as error:
+            run.writer.close("fail", reason=f"the result could not be recorded: {error}")
+            return
         reason = f"partial: the raw scan ended with exit_status {exit_status!r}" if partial else ""
         if run.problems:
             reason = "; ".join(filter(None, [reason, *run.problems.summary()]))

@@ -18,6 +18,7 @@ from event_model import compose_run
 
 from .. import __version__
 from ..solver.data import ReconstructionResult
+from ..solver.scan_area import ObjectCanvas, ScanArea
 
 DocumentCallback = Callable[[str, dict], Any]
 PLAN_NAME = "ptycho_reconstruction"
@@ -35,11 +36,15 @@ def pairs_as_complex(array: np.ndarray) -> np.ndarray:
     return array.view(np.complex64)[..., 0]
 
 
-def reconstruction_data_keys(result: ReconstructionResult) -> dict[str, dict]:
+def reconstruction_data_keys(
+    result: ReconstructionResult, object_shape: tuple[int, int] | None = None
+) -> dict[str, dict]:
     """Descriptor data keys of a reconstruction event (shapes that grow are None).
 
     Complex arrays (object, probe) are stored as float32 with a trailing
-    (real, imaginary) axis, which every array store understands.
+    (real, imaginary) axis, which every array store understands. The object
+    has ``object_shape`` when every result is placed on one canvas; otherwise
+    its shape grows with the scan (a ragged array, far slower to store).
     """
 
     def key(
@@ -60,7 +65,7 @@ def reconstruction_data_keys(result: ReconstructionResult) -> dict[str, dict]:
 
     pairs = "complex as (..., 2) real/imaginary float32"
     return {
-        "object": key("array", [None, None, 2], description=pairs, dtype_numpy="<f4"),
+        "object": key("array", [*(object_shape or (None, None)), 2], description=pairs, dtype_numpy="<f4"),
         "probe": key("array", [*result.probe.shape, 2], description=pairs, dtype_numpy="<f4"),
         "positions": key("array", [None, 2], "m"),
         "pixel_size": key("array", [2], "m"),
@@ -88,10 +93,23 @@ class ReconstructionRunWriter:
         The solver settings (a plain dictionary).
     location
         Where the work runs (the runner's ``location``).
+    scan_area
+        The area the raw scan is planned to cover, when known: every object
+        is then stored on one canvas that covers it (``object_origin`` is that
+        canvas's), so the catalog holds the objects as one regular array.
     """
 
-    def __init__(self, emit: DocumentCallback, raw_start: dict, settings: dict, location: str) -> None:
+    def __init__(
+        self,
+        emit: DocumentCallback,
+        raw_start: dict,
+        settings: dict,
+        location: str,
+        scan_area: ScanArea | None = None,
+    ) -> None:
         self._emit = emit
+        self._scan_area = scan_area
+        self._canvas: ObjectCanvas | None = None
         self._lock = threading.Lock()
         self._bundle = compose_run(
             metadata={
@@ -120,20 +138,32 @@ class ReconstructionRunWriter:
 
         ``partial`` marks a result of a scan that ended before all its frames
         were taken (aborted or failed).
+
+        Raises
+        ------
+        ValueError
+            If the object does not fit the planned scan area's canvas.
         """
         with self._lock:
+            if self._scan_area is not None and self._canvas is None:
+                self._canvas = self._scan_area.canvas_for(result)
+            if self._canvas is None:
+                obj, origin = result.object, result.object_origin
+            else:
+                obj, origin = self._canvas.place(result), self._canvas.origin
             self._start()
             if self._descriptor is None:
                 self._descriptor = self._bundle.compose_descriptor(
-                    name="primary", data_keys=reconstruction_data_keys(result)
+                    name="primary",
+                    data_keys=reconstruction_data_keys(result, obj.shape if self._canvas else None),
                 )
                 self._emit("descriptor", self._descriptor.descriptor_doc)
             data = {
-                "object": complex_as_pairs(result.object),
+                "object": complex_as_pairs(obj),
                 "probe": complex_as_pairs(result.probe),
                 "positions": result.positions,
                 "pixel_size": np.asarray(result.pixel_size),
-                "object_origin": np.asarray(result.object_origin),
+                "object_origin": np.asarray(origin),
                 "iteration": result.iterations,
                 "n_frames": result.n_frames,
                 "cost": result.final_cost,

@@ -25,11 +25,9 @@ def result_from_run(run, index: int = -1) -> ReconstructionResult:
     stream = run["primary"]
 
     def row(key: str) -> np.ndarray:
-        return np.asarray(
-            stream[key].read()[index].tolist()
-            if key in {"object", "positions"}
-            else stream[key].read()[index]
-        )
+        value = stream[key][index]  # only this event's array leaves the server
+        # a ragged array (object and positions of runs without a planned scan area) converts fast only via lists
+        return np.asarray(value if isinstance(value, np.ndarray) else value.tolist())
 
     start = run.metadata["start"]
     return ReconstructionResult(

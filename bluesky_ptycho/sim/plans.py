@@ -22,11 +22,21 @@ PTYCHO_KEYS = {
     "photon_energy_ev": "photon energy in eV",
     "detector_distance_m": "sample-detector distance in m",
     "detector_pixel_size_m": "detector pixel edge in m",
+    "scan_area": "optional [x_min, x_max, y_min, y_max] the positions are planned to cover, in position_unit",
 }
 
 
-def ptycho_metadata(detector: PtychoDetector, stage: SampleStage) -> dict:
-    """The ``start["ptycho"]`` dictionary for a scan of ``stage`` imaged by ``detector``."""
+def ptycho_metadata(
+    detector: PtychoDetector, stage: SampleStage, positions: np.ndarray | None = None
+) -> dict:
+    """The ``start["ptycho"]`` dictionary for a scan of ``stage`` imaged by ``detector``.
+
+    ``positions`` (N, 2) x, y in micrometres, when given, set ``scan_area``.
+    """
+    area = {}
+    if positions is not None:
+        (x_min, y_min), (x_max, y_max) = np.min(positions, axis=0), np.max(positions, axis=0)
+        area["scan_area"] = [float(x_min), float(x_max), float(y_min), float(y_max)]
     return {
         "detector": detector.name,
         "data_key": detector.image.name,
@@ -36,6 +46,7 @@ def ptycho_metadata(detector: PtychoDetector, stage: SampleStage) -> dict:
         "photon_energy_ev": float(detector.photon_energy.get()),
         "detector_distance_m": float(detector.detector_distance.get()),
         "detector_pixel_size_m": float(detector.pixel_size.get()),
+        **area,
     }
 
 
@@ -48,7 +59,11 @@ def fermat_spiral_ptycho_scan(
 ) -> Generator:
     """Scan ``n_points`` positions on a Fermat spiral (mean neighbour distance ``step_um``)."""
     positions = fermat_spiral(n_points, step_um)
-    md = {"plan_name": "fermat_spiral_ptycho_scan", "ptycho": ptycho_metadata(detector, stage), **(md or {})}
+    md = {
+        "plan_name": "fermat_spiral_ptycho_scan",
+        "ptycho": ptycho_metadata(detector, stage, positions),
+        **(md or {}),
+    }
     return (
         yield from bp.list_scan(
             [detector], stage.x, list(positions[:, 0]), stage.y, list(positions[:, 1]), md=md
@@ -70,5 +85,10 @@ def raster_ptycho_scan(
         (np.arange(cols) - (cols - 1) / 2) * step_um,
         indexing="ij",
     )
-    md = {"plan_name": "raster_ptycho_scan", "ptycho": ptycho_metadata(detector, stage), **(md or {})}
+    positions = np.column_stack([xs.ravel(), ys.ravel()])
+    md = {
+        "plan_name": "raster_ptycho_scan",
+        "ptycho": ptycho_metadata(detector, stage, positions),
+        **(md or {}),
+    }
     return (yield from bp.list_scan([detector], stage.x, list(xs.ravel()), stage.y, list(ys.ravel()), md=md))
