@@ -18,10 +18,8 @@ import argparse
 import contextlib
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import globus_sdk
 import responses
 from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
@@ -31,10 +29,8 @@ from tiled.server import SimpleTiledServer
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.federation import ExecutorRunner
-from bluesky_ptycho.federation.auth import GlobusClients
 from bluesky_ptycho.federation.flows import GlobusFlowRunner
-from bluesky_ptycho.federation.globus_settings import GlobusSettings
-from bluesky_ptycho.federation.testing import LocalFlowsService
+from bluesky_ptycho.federation.testing import LocalFlowsService, local_flow_settings, token_clients
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings
 
@@ -109,30 +105,10 @@ def dask_runner(workdir: Path):
 
 @contextlib.contextmanager
 def flow_runner(workdir: Path):
-    for side in ("beamline", "facility"):
-        (workdir / side).mkdir(parents=True, exist_ok=True)
-    settings = GlobusSettings(
-        client_id=uuid.uuid4(),
-        beamline_collection_id=uuid.uuid4(),
-        beamline_collection_path="/staging",
-        local_staging_directory=workdir / "beamline",
-        facility_collection_id=uuid.uuid4(),
-        facility_collection_path="/ptycho",
-        facility_filesystem_path=str(workdir / "facility"),
-        compute_endpoint_id=uuid.uuid4(),
-        function_id=uuid.uuid4(),
-        flow_id=uuid.uuid4(),
-        poll_interval_s=0.05,
-    )
-    token = globus_sdk.AccessTokenAuthorizer("benchmark")
-    clients = GlobusClients(
-        flows=globus_sdk.FlowsClient(authorizer=token),
-        compute=globus_sdk.ComputeClientV3(authorizer=token),
-        flow=globus_sdk.SpecificFlowClient(settings.flow_id, authorizer=token),
-    )
+    settings = local_flow_settings(workdir)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as http:
         LocalFlowsService(http, settings)
-        yield GlobusFlowRunner(settings, clients=clients)
+        yield GlobusFlowRunner(settings, clients=token_clients(settings.flow_id))
 
 
 def main() -> None:

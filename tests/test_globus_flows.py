@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from pathlib import Path
 
 import globus_sdk
@@ -27,7 +26,6 @@ from helpers import Documents, result_of, scan_positions, store_tokens
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.federation import ReconstructionJob
-from bluesky_ptycho.federation.auth import GlobusClients
 from bluesky_ptycho.federation.flows import (
     FlowRunError,
     GlobusFlowRunner,
@@ -36,9 +34,9 @@ from bluesky_ptycho.federation.flows import (
     flow_input,
     flow_input_schema,
 )
-from bluesky_ptycho.federation.globus_settings import GlobusSettings, read_deployment, write_deployment
+from bluesky_ptycho.federation.globus_settings import read_deployment, write_deployment
 from bluesky_ptycho.federation.staging import ScanStaging
-from bluesky_ptycho.federation.testing import LocalFlowsService
+from bluesky_ptycho.federation.testing import LocalFlowsService, local_flow_settings, token_clients
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings, object_error, simulate
 
@@ -55,31 +53,7 @@ def globus_home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def settings(globus_home, tmp_path):
-    (tmp_path / "beamline").mkdir()
-    (tmp_path / "facility").mkdir()
-    return GlobusSettings(
-        client_id=uuid.uuid4(),
-        beamline_collection_id=uuid.uuid4(),
-        beamline_collection_path="/ptycho/staging",
-        local_staging_directory=tmp_path / "beamline",
-        facility_collection_id=uuid.uuid4(),
-        facility_collection_path="/projects/ptycho",
-        facility_filesystem_path=str(tmp_path / "facility"),
-        compute_endpoint_id=uuid.uuid4(),
-        function_id=uuid.uuid4(),
-        flow_id=uuid.uuid4(),
-        poll_interval_s=0.01,
-        run_timeout_s=60,
-    )
-
-
-def clients_for(flow_id) -> GlobusClients:
-    token = globus_sdk.AccessTokenAuthorizer("test-access-token")
-    return GlobusClients(
-        flows=globus_sdk.FlowsClient(authorizer=token),
-        compute=globus_sdk.ComputeClientV3(authorizer=token),
-        flow=None if flow_id is None else globus_sdk.SpecificFlowClient(flow_id, authorizer=token),
-    )
+    return local_flow_settings(tmp_path, poll_interval_s=0.01, run_timeout_s=60)
 
 
 @pytest.fixture
@@ -181,7 +155,7 @@ def test_the_input_schema_accepts_a_real_input_and_names_what_is_wrong(settings,
 
 
 def test_deploy_creates_then_does_nothing_then_updates(globus_home, http):
-    clients = clients_for(None)
+    clients = token_clients(None)
     function = load_response(globus_sdk.ComputeClientV3.register_function, requests_mock=http)
     created = load_response(globus_sdk.FlowsClient.create_flow, requests_mock=http)
     first = deploy(clients)
@@ -237,7 +211,7 @@ def test_a_live_scan_is_reconstructed_through_flow_runs_into_the_catalog(setting
     from bluesky_ptycho.catalog import latest_final_reconstruction
 
     service = LocalFlowsService(http, settings)
-    runner = GlobusFlowRunner(settings, clients=clients_for(settings.flow_id), backoff=0.01)
+    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     server = SimpleTiledServer(tmp_path / "catalog")
     catalog = from_uri(server.uri)
     raw, recon, det, stage, solver_settings = live_scan(
@@ -268,7 +242,7 @@ def test_a_live_scan_is_reconstructed_through_flow_runs_into_the_catalog(setting
 
 def test_a_failed_flow_run_is_recorded_as_failed_and_the_staged_frames_kept(settings, http):
     LocalFlowsService(http, settings, outcome="fail")
-    runner = GlobusFlowRunner(settings, clients=clients_for(settings.flow_id), backoff=0.01)
+    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     raw, recon, *_ = live_scan(runner, n_points=40, preview_every=None)
     stop = recon.named("stop")[0]
     assert stop["exit_status"] == "fail"
@@ -280,7 +254,7 @@ def test_a_failed_flow_run_is_recorded_as_failed_and_the_staged_frames_kept(sett
 def test_a_stalled_run_is_cancelled_at_the_timeout(settings, http):
     service = LocalFlowsService(http, settings, outcome="stall")
     settings.run_timeout_s = 0.2
-    runner = GlobusFlowRunner(settings, clients=clients_for(settings.flow_id), backoff=0.01)
+    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     sim = simulate(n_frames=20, frame_size=32, seed=0)
     job = ReconstructionJob(
         "stalled",
@@ -306,7 +280,7 @@ def test_an_expired_login_gives_an_actionable_message(settings, http):
             "error": {"code": "AUTHENTICATION_ERROR", "detail": "token expired"},
         },
     )
-    runner = GlobusFlowRunner(settings, clients=clients_for(settings.flow_id), backoff=0.01)
+    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     sim = simulate(n_frames=20, frame_size=32, seed=0)
     job = ReconstructionJob(
         "s", sim.data.geometry, ReconstructionSettings(), sim.data.frames, np.asarray(sim.data.positions), 5

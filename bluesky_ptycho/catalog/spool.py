@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import shutil
 import threading
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 ARRAY_KEY = "__ndarray__"
 DOCUMENTS = "documents.jsonl"
+STOP_TAIL_BYTES = 65536  # more than any stop document
 
 
 def default_spool_directory() -> Path:
@@ -93,9 +95,12 @@ class DocumentSpool:
                     yield record["name"], self._decode(run, record["doc"])
 
     def is_complete(self, run_uid: str) -> bool:
-        """True when the spool holds the run's stop document."""
-        with open(self.directory / run_uid / DOCUMENTS) as file:
-            return any(line.startswith('{"name": "stop"') for line in file)
+        """True when the spool holds the run's stop document (its last line; only the file's tail is read)."""
+        with open(self.directory / run_uid / DOCUMENTS, "rb") as file:
+            size = file.seek(0, os.SEEK_END)
+            file.seek(max(0, size - STOP_TAIL_BYTES))
+            lines = file.read().splitlines()
+        return bool(lines) and lines[-1].startswith(b'{"name": "stop"')
 
     def remove(self, run_uid: str) -> None:
         """Forget a run (once the catalog holds it)."""

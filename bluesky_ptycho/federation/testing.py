@@ -8,12 +8,45 @@ import shutil
 import uuid
 from pathlib import Path
 
+import globus_sdk
 import jsonschema
 from globus_sdk.config import get_service_url
 
+from .auth import GlobusClients
 from .flows import flow_input_schema
 from .globus_settings import GlobusSettings
 from .remote import reconstruct_files
+
+
+def local_flow_settings(workdir: Path, **overrides) -> GlobusSettings:
+    """Settings of a made-up deployment whose two collections are ``workdir``/beamline and ``workdir``/facility."""
+    workdir = Path(workdir)
+    for side in ("beamline", "facility"):
+        (workdir / side).mkdir(parents=True, exist_ok=True)
+    values = {
+        "client_id": uuid.uuid4(),
+        "beamline_collection_id": uuid.uuid4(),
+        "beamline_collection_path": "/ptycho/staging",
+        "local_staging_directory": workdir / "beamline",
+        "facility_collection_id": uuid.uuid4(),
+        "facility_collection_path": "/projects/ptycho",
+        "facility_filesystem_path": str(workdir / "facility"),
+        "compute_endpoint_id": uuid.uuid4(),
+        "function_id": uuid.uuid4(),
+        "flow_id": uuid.uuid4(),
+        "poll_interval_s": 0.05,
+    }
+    return GlobusSettings(**{**values, **overrides})
+
+
+def token_clients(flow_id: uuid.UUID | str | None) -> GlobusClients:
+    """Globus clients with a fixed access token (no Globus Auth), for a mocked service."""
+    token = globus_sdk.AccessTokenAuthorizer("test-access-token")
+    return GlobusClients(
+        flows=globus_sdk.FlowsClient(authorizer=token),
+        compute=globus_sdk.ComputeClientV3(authorizer=token),
+        flow=None if flow_id is None else globus_sdk.SpecificFlowClient(flow_id, authorizer=token),
+    )
 
 
 class LocalFlowsService:
