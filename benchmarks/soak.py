@@ -17,13 +17,15 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 from bluesky import RunEngine
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import DurableCatalogWriter, connect, recent_reconstructions
-from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
+from bluesky_ptycho.sim import SimulatedSample, fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings
+from bluesky_ptycho.solver.simulate import fermat_spiral
 
 MiB = 2**20
 
@@ -51,8 +53,10 @@ class PeakMemory:
 
 
 def scan_seconds(RE: RunEngine, points: int, size: int) -> float:
-    stage, detector = simulated_beamline(frame_size=size)
     step = 0.3 * 64 / size  # the probe is a fixed fraction of the frame
+    span_m = np.ptp(fermat_spiral(points, step), axis=0).max() * 1e-6
+    pixel_m = SimulatedSample.create(frame_size=size).geometry.sample_pixel_size[0]
+    stage, detector = simulated_beamline(frame_size=size, object_size=int(span_m / pixel_m) + 3 * size)
     start = time.perf_counter()
     RE(fermat_spiral_ptycho_scan(detector, stage, n_points=points, step_um=step))
     return time.perf_counter() - start

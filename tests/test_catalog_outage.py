@@ -99,7 +99,7 @@ def test_the_embedded_server_listens_on_loopback_only(tmp_path):
     assert urllib.parse.urlparse(server.uri).hostname == "127.0.0.1"
     listening = [
         c.laddr.ip
-        for c in psutil.Process().net_connections(kind="inet")
+        for c in psutil.Process(server.pid).net_connections(kind="inet")
         if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port
     ]
     assert listening == ["127.0.0.1"]

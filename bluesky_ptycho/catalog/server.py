@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
-import threading
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import platformdirs
 
+from .embedded import EmbeddedServer
+
 logger = logging.getLogger(__name__)
-_servers: dict[Path, object] = {}
+_servers: dict[Path, EmbeddedServer] = {}
 
 
 def default_catalog_directory() -> Path:
@@ -26,27 +28,28 @@ def default_frames_directory() -> Path:
     return Path(platformdirs.user_data_dir("bluesky-ptycho")) / "frames"
 
 
-def embedded_server(directory: str | Path | None = None, readable_storage: list[str | Path] | None = None):
+def embedded_server(
+    directory: str | Path | None = None, readable_storage: list[str | Path] | None = None
+) -> EmbeddedServer:
     """A persistent local Tiled server on loopback, started on first use (one per directory).
 
-    ``readable_storage``: directories of external (e.g. HDF5 detector) files
-    the catalog may read; default :func:`default_frames_directory`.
+    It runs in a child process (see :mod:`bluesky_ptycho.catalog.embedded`)
+    and stops when this process exits. ``readable_storage``: directories of
+    external (e.g. HDF5 detector) files the catalog may read; default
+    :func:`default_frames_directory`.
     """
-    from tiled.server import SimpleTiledServer
-
     directory = Path(directory or default_catalog_directory()).resolve()
     if directory not in _servers:
         directory.mkdir(parents=True, exist_ok=True)
         if not _servers:
-            # The server's thread is not a daemon: stop it when the interpreter
-            # exits, before Python waits for non-daemon threads (atexit runs
-            # after that wait; concurrent.futures uses the same hook).
-            threading._register_atexit(close_embedded_servers)
+            atexit.register(close_embedded_servers)
         readable = [Path(p) for p in (readable_storage or [default_frames_directory()])]
         for path in readable:
             path.mkdir(parents=True, exist_ok=True)
-        _servers[directory] = SimpleTiledServer(directory, readable_storage=readable)
-        logger.info("embedded Tiled catalog at %s (data in %s)", _servers[directory].web_ui_link, directory)
+        _servers[directory] = EmbeddedServer(directory, readable)
+        logger.info(
+            "embedded Tiled catalog at %s (data in %s)", redact(_servers[directory].web_ui_link), directory
+        )
     return _servers[directory]
 
 

@@ -202,14 +202,19 @@ def simulated_beamline(
     seed: int = 0,
     hdf5_directory: str | Path | None = None,
     asset_docs: AssetDocs = "stream",
+    object_size: int | None = None,
 ) -> tuple[SampleStage, PtychoDetector]:
     """A stage and detector, named "stage" and "det" (sample: :meth:`SimulatedSample.create`).
+
+    ``object_size`` (pixels; default 4 frames) sets how far the stage may move.
 
     With ``hdf5_directory`` the detector is an :class:`HDF5PtychoDetector`
     writing there and emitting ``asset_docs``; otherwise frames are inline.
     """
     stage = SampleStage(name="stage")
-    sample = SimulatedSample.create(frame_size=frame_size, photons=photons, probe_defocus=probe_defocus)
+    sample = SimulatedSample.create(
+        frame_size=frame_size, object_size=object_size, photons=photons, probe_defocus=probe_defocus
+    )
     if hdf5_directory is None:
         return stage, PtychoDetector(name="det", stage=stage, sample=sample, seed=seed)
     detector = HDF5PtychoDetector(
