@@ -298,7 +298,13 @@ def catalog_show(uid, catalog, catalog_dir, png):
     default=None,
     help="Spool directory (default: the user data directory's spool).",
 )
-def catalog_replay(catalog, catalog_dir, spool_dir):
+@click.option(
+    "--incomplete",
+    is_flag=True,
+    help="Also write runs without a stop document (a session that ended mid-run), closed as failed. "
+    "Only when no running session uses the spool.",
+)
+def catalog_replay(catalog, catalog_dir, spool_dir, incomplete):
     """Write the runs the catalog could not take (kept in the spool) into it."""
     from .catalog import connect
     from .catalog.spool import DocumentSpool, replay_spool
@@ -308,14 +314,17 @@ def catalog_replay(catalog, catalog_dir, spool_dir):
     if not waiting:
         console.print(f"nothing to replay in {spool.directory}")
         return
-    written, failed = replay_spool(connect(catalog, catalog_dir), spool)
+    written, failed = replay_spool(connect(catalog, catalog_dir), spool, incomplete=incomplete)
     for uid in written:
         console.print(f"wrote {uid}")
     for uid, error in failed.items():
         console.print(f"[red]could not write {uid}: {error}[/red]")
-    incomplete = [uid for uid in waiting if uid not in written and uid not in failed]
-    if incomplete:
-        console.print(f"{len(incomplete)} run(s) without a stop document left in {spool.directory}")
+    left = [uid for uid in waiting if uid not in written and uid not in failed]
+    if left:
+        console.print(
+            f"{len(left)} run(s) without a stop document left in {spool.directory} "
+            "(--incomplete writes them, closed as failed)"
+        )
     if failed:
         raise SystemExit(1)
 

@@ -103,3 +103,29 @@ def test_the_embedded_server_listens_on_loopback_only(tmp_path):
         if c.status == psutil.CONN_LISTEN and c.laddr.port == server.port
     ]
     assert listening == ["127.0.0.1"]
+
+
+def test_replay_recovers_a_run_whose_session_ended_mid_scan(server, tmp_path):
+    """A crashed session leaves a run without its stop document in the spool; --incomplete writes it, as failed."""
+    spool = DocumentSpool(tmp_path / "spool")
+    documents = []
+    RE = RunEngine()
+    RE.subscribe(lambda name, doc: documents.append((name, doc)))
+    stage, det = simulated_beamline(seed=1)
+    (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=12))
+    for name, doc in documents:
+        if name != "stop":  # the session died before the stop document
+            spool.append(uid, name, doc)
+    replay = ["catalog", "replay", "--catalog", server.uri, "--spool-dir", str(spool.directory)]
+    result = CliRunner().invoke(main, replay)
+    assert result.exit_code == 0, result.output
+    assert "1 run(s) without a stop document" in result.output and "--incomplete" in result.output
+    assert spool.runs() == [uid]
+    result = CliRunner().invoke(main, [*replay, "--incomplete"])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {uid}" in result.output and spool.runs() == []
+    run = from_uri(server.uri)[uid]
+    assert run.metadata["stop"]["exit_status"] == "fail"
+    assert "session ended before the run's stop document" in run.metadata["stop"]["reason"]
+    assert run.metadata["stop"]["num_events"] == {"primary": 12}
+    assert run["primary"]["det_image"].read().shape[0] == 12

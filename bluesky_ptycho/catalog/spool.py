@@ -19,6 +19,8 @@ import os
 import queue
 import shutil
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,26 @@ class DocumentSpool:
             lines = file.read().splitlines()
         return bool(lines) and lines[-1].startswith(b'{"name": "stop"')
 
+    def close_run(self, run_uid: str, reason: str) -> None:
+        """Append a stop document (exit_status "fail", ``reason``) to a run that never got one."""
+        counts: dict[str, int] = {}
+        streams: dict[str, str] = {}
+        for name, doc in self.documents(run_uid):
+            if name == "descriptor":
+                streams[doc["uid"]] = doc.get("name", "primary")
+            elif name in ("event", "event_page"):
+                stream = streams.get(doc["descriptor"], "primary")
+                counts[stream] = counts.get(stream, 0) + (len(doc["seq_num"]) if name == "event_page" else 1)
+        stop = {
+            "uid": str(uuid.uuid4()),
+            "time": time.time(),
+            "run_start": run_uid,
+            "exit_status": "fail",
+            "reason": reason,
+            "num_events": counts,
+        }
+        self.append(run_uid, "stop", stop)
+
     def remove(self, run_uid: str) -> None:
         """Forget a run (once the catalog holds it)."""
         shutil.rmtree(self.directory / run_uid, ignore_errors=True)
@@ -140,10 +162,20 @@ def replay_run(
     logger.info("run %s written to the catalog from the spool", run_uid)
 
 
+INCOMPLETE_REASON = "the session ended before the run's stop document; recovered from the spool"
+
+
 def replay_spool(
-    catalog, spool: DocumentSpool, writer_factory: Callable[[Any], Callable] | None = None
+    catalog,
+    spool: DocumentSpool,
+    writer_factory: Callable[[Any], Callable] | None = None,
+    incomplete: bool = False,
 ) -> tuple[list[str], dict[str, str]]:
     """Write every complete spooled run into ``catalog``.
+
+    With ``incomplete``, runs without a stop document (their session ended,
+    or crashed, in the middle) are written too, closed as failed with
+    :data:`INCOMPLETE_REASON`; only for a spool no running session uses.
 
     Returns
     -------
@@ -154,7 +186,9 @@ def replay_spool(
     written, failed = [], {}
     for run_uid in spool.runs():
         if not spool.is_complete(run_uid):
-            continue
+            if not incomplete:
+                continue
+            spool.close_run(run_uid, INCOMPLETE_REASON)
         try:
             replay_run(catalog, spool, run_uid, writer_factory)
             written.append(run_uid)
