@@ -110,18 +110,20 @@ class LocalRunner:
     def _check_worker(self, future: Future, executor: Executor, job: ReconstructionJob) -> None:
         error = future.exception()
         with self._lock:
-            if job.final:
+            died = isinstance(error, BrokenProcessPool) and executor is self._executor
+            if died:
+                reason = f"the reconstruction worker process died ({error}); the scan's earlier work is lost"
+                logger.error(
+                    "%s; %d scan(s) affected, starting a new worker", reason, len(self._scans_in_worker)
+                )
+                self._lost_scans.update(dict.fromkeys(self._scans_in_worker, reason))
+                self._scans_in_worker = set()
+                self._executor = self._new_executor()
+            if job.final:  # the scan is over: nothing more to remember of it
                 self._scans_in_worker.discard(job.scan_uid)
-            if not isinstance(error, BrokenProcessPool) or executor is not self._executor:
-                return
-            reason = f"the reconstruction worker process died ({error}); the scan's earlier work is lost"
-            logger.error("%s; %d scan(s) affected, starting a new worker", reason, len(self._scans_in_worker))
-            self._lost_scans.update(dict.fromkeys(self._scans_in_worker, reason))
-            if job.final:
                 self._lost_scans.pop(job.scan_uid, None)
-            self._scans_in_worker = set()
-            self._executor = self._new_executor()
-        executor.shutdown(wait=False)
+        if died:
+            executor.shutdown(wait=False)
 
     def shutdown(self, wait: bool = True) -> None:
         self._executor.shutdown(wait=wait)
