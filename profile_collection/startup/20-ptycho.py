@@ -5,7 +5,7 @@
 #     ptycho.wait(); tiled_writer.flush()
 #     result = latest_final_reconstruction(catalog, uid)
 #
-# Where reconstructions run is the `runner`: here this process (CPU, or the GPU with
+# Where reconstructions run is the `runner`: here a worker process on this machine (CPU, or the GPU with
 # ReconstructionSettings(device="gpu")). Elsewhere (docs/federation.md):
 #
 #     from distributed import Client                       # a Dask cluster
@@ -23,7 +23,7 @@ from bluesky_ptycho.solver import ReconstructionSettings
 
 ptycho = PtychoCallback(
     tiled_writer,  # noqa: F821 (00-base.py)
-    runner=LocalRunner(),
+    runner=LocalRunner(process=True),  # the solver in a worker process at lower priority
     settings=ReconstructionSettings(algorithm="rpie", iterations=100),
     preview_every=50,
 )
