@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,12 @@ class ScanGeometry:
             detector_pixel_size_m=float(metadata["detector_pixel_size_m"]),
             scan_area=area,
         )
+
+    @cached_property
+    def field_of_view_m(self) -> float:
+        """Edge in metres of the sample area one frame sees (wavelength x distance / detector pixel, any frame size)."""
+        geometry = self.geometry((2, 2))  # any frame shape: only the wavelength matters here
+        return geometry.wavelength * geometry.detector_distance / geometry.detector_pixel_size
 
     def geometry(self, frame_shape: tuple[int, int]) -> Geometry:
         """The solver's geometry for frames of ``frame_shape``."""
@@ -367,7 +374,8 @@ class PtychoCallback(DocumentRouter):
         problem = _frame_problem(frame, position, run.frame_shape)
         if problem is None and seq_num in run.seq_nums:
             problem = ("duplicate seq_num", "a second frame with this seq_num")
-        if problem is None and not self._in_scan_area(run, position, frame.shape):
+        area = run.scan.scan_area
+        if problem is None and area is not None and not area.admits(position, run.scan.field_of_view_m):
             problem = ("outside scan area", f"position {position} m is outside the planned scan_area")
         if problem is not None:
             kind, message = problem
@@ -383,15 +391,6 @@ class PtychoCallback(DocumentRouter):
         run.collected += 1
         if self.preview_every and len(run.frames) >= self.preview_every:
             self._preview(run)
-
-    @staticmethod
-    def _in_scan_area(run: _Run, position: tuple[float, float], frame_shape: tuple[int, int]) -> bool:
-        """Whether a position lies in the planned scan area, give or take one frame's field of view."""
-        area = run.scan.scan_area
-        if area is None:
-            return True
-        pixel_y, pixel_x = run.scan.geometry(frame_shape).sample_pixel_size
-        return area.admits(position, max(frame_shape[0] * pixel_y, frame_shape[1] * pixel_x))
 
     def stop(self, doc: dict) -> None:
         run = self._runs.pop(doc["run_start"], None)

@@ -87,14 +87,19 @@ class DocumentSpool:
         found = [path for path in self.directory.iterdir() if (path / DOCUMENTS).exists()]
         return [path.name for path in sorted(found, key=lambda path: (path / DOCUMENTS).stat().st_mtime)]
 
-    def documents(self, run_uid: str) -> Iterator[tuple[str, dict]]:
-        """The documents of a spooled run, in order, arrays restored."""
-        run = self.directory / run_uid
-        with open(run / DOCUMENTS) as file:
+    def _records(self, run_uid: str) -> Iterator[tuple[str, dict]]:
+        """The documents of a spooled run as stored (arrays as references to their files)."""
+        with open(self.directory / run_uid / DOCUMENTS) as file:
             for line in file:
                 if line.strip():
                     record = json.loads(line)
-                    yield record["name"], self._decode(run, record["doc"])
+                    yield record["name"], record["doc"]
+
+    def documents(self, run_uid: str) -> Iterator[tuple[str, dict]]:
+        """The documents of a spooled run, in order, arrays restored."""
+        run = self.directory / run_uid
+        for name, doc in self._records(run_uid):
+            yield name, self._decode(run, doc)
 
     def is_complete(self, run_uid: str) -> bool:
         """True when the spool holds the run's stop document (its last line; only the file's tail is read)."""
@@ -108,12 +113,14 @@ class DocumentSpool:
         """Append a stop document (exit_status "fail", ``reason``) to a run that never got one."""
         counts: dict[str, int] = {}
         streams: dict[str, str] = {}
-        for name, doc in self.documents(run_uid):
+        run = self.directory / run_uid
+        for name, doc in self._records(run_uid):  # counting loads no frames, only a page's seq_nums
             if name == "descriptor":
                 streams[doc["uid"]] = doc.get("name", "primary")
             elif name in ("event", "event_page"):
                 stream = streams.get(doc["descriptor"], "primary")
-                counts[stream] = counts.get(stream, 0) + (len(doc["seq_num"]) if name == "event_page" else 1)
+                events = len(self._decode(run, doc["seq_num"])) if name == "event_page" else 1
+                counts[stream] = counts.get(stream, 0) + events
         stop = {
             "uid": str(uuid.uuid4()),
             "time": time.time(),
