@@ -1,9 +1,10 @@
 """Solver speed and quality: seconds per iteration, object error and the FFT floor.
 
-Run ``python benchmarks/solver.py`` (``--quick`` for the small case only).
-Prints one row per case, algorithm and device; the FFT floor is one forward
-and one inverse FFT of the whole frame stack, so "x floor" shows how close an
-iteration comes to the unavoidable work.
+Run ``python benchmarks/solver.py`` (``--quick`` for the small case only,
+``--fft scipy`` to use scipy.fft where pyFFTW is installed). Prints one row
+per case, algorithm and device; the FFT floor is one forward and one inverse
+in-place FFT of the whole frame stack, for each CPU FFT library available,
+and "x floor" divides an iteration by the floor of the library it used.
 """
 
 from __future__ import annotations
@@ -14,20 +15,29 @@ import time
 import numpy as np
 
 from bluesky_ptycho.solver import ALGORITHMS, ReconstructionSettings, Reconstructor, object_error, simulate
-from bluesky_ptycho.solver.backend import fft2, gpu_available, ifft2, module_for_device
+from bluesky_ptycho.solver.backend import (
+    FFT_LIBRARIES,
+    fft2,
+    fft_library,
+    gpu_available,
+    ifft2,
+    module_for_device,
+    pyfftw,
+    use_fft_library,
+)
 from bluesky_ptycho.solver.simulate import aperture_probe
 
 CASES = [(200, 64, 100), (516, 128, 20), (1000, 256, 4)]
 
 
 def fft_floor(xp, n_frames: int, size: int, repeats: int = 5) -> float:
-    """Seconds for one forward and one inverse FFT of an (n, size, size) complex64 stack."""
+    """Seconds for one forward and one inverse in-place FFT of an (n, size, size) complex64 stack."""
     stack = xp.ones((n_frames, 1, size, size), dtype=np.complex64)
-    ifft2(fft2(stack))
+    stack = ifft2(fft2(stack, overwrite_x=True), overwrite_x=True)
     synchronize(xp)
     start = time.perf_counter()
     for _ in range(repeats):
-        ifft2(fft2(stack))
+        stack = ifft2(fft2(stack, overwrite_x=True), overwrite_x=True)
     synchronize(xp)
     return (time.perf_counter() - start) / repeats
 
@@ -40,11 +50,22 @@ def synchronize(xp) -> None:
 def run_case(n_frames: int, size: int, iterations: int, device: str) -> None:
     xp = module_for_device(device)
     sim = simulate(n_frames=n_frames, frame_size=size, photons=1e6, seed=0)
-    floor = fft_floor(xp, n_frames, size)
     probe = aperture_probe((size, size), size / 3 * 1.15, curvature=0.0)
-    print(
-        f"\n{n_frames} frames of {size}x{size}, {device}, {iterations} iterations, FFT floor {floor * 1e3:.2f} ms"
-    )
+    if device == "cpu":
+        libraries = [name for name in FFT_LIBRARIES if name == "scipy" or pyfftw is not None]
+        floors = {}
+        for name in libraries:
+            with use_fft_library(name):
+                floors[name] = fft_floor(xp, n_frames, size)
+        floor = floors[fft_library()]
+        floor_text = ", ".join(f"{name} {seconds * 1e3:.2f} ms" for name, seconds in floors.items())
+        used = f"FFTs by {fft_library()}"
+    else:
+        floor = fft_floor(xp, n_frames, size)
+        floor_text = f"{floor * 1e3:.2f} ms"
+        used = "CuPy"
+    print(f"\n{n_frames} frames of {size}x{size}, {device} ({used}), {iterations} iterations")
+    print(f"FFT floor: {floor_text}")
     print(f"{'algorithm':>10} {'s/iteration':>12} {'x floor':>8} {'object error':>13}")
     for algorithm in ALGORITHMS:
         settings = ReconstructionSettings(algorithm=algorithm, device=device)
@@ -63,11 +84,13 @@ def run_case(n_frames: int, size: int, iterations: int, device: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the 200 x 64x64 case")
+    parser.add_argument("--fft", choices=FFT_LIBRARIES, default=fft_library(), help="CPU FFT library")
     args = parser.parse_args()
     devices = ["cpu"] + (["gpu"] if gpu_available() else [])
-    for device in devices:
-        for n_frames, size, iterations in CASES[:1] if args.quick else CASES:
-            run_case(n_frames, size, iterations, device)
+    with use_fft_library(args.fft):
+        for device in devices:
+            for n_frames, size, iterations in CASES[:1] if args.quick else CASES:
+                run_case(n_frames, size, iterations, device)
 
 
 if __name__ == "__main__":

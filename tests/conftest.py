@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bluesky_ptycho.solver import simulate
-from bluesky_ptycho.solver.backend import gpu_available
+from bluesky_ptycho.solver.backend import gpu_available, pyfftw
 from bluesky_ptycho.solver.simulate import aperture_probe
 
 DEVICES = [
@@ -27,6 +27,14 @@ DEVICES = [
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
     """Every test that takes ``device`` runs on NumPy, and on CuPy where a GPU is present."""
+    return request.param
+
+
+@pytest.fixture(
+    params=["scipy", pytest.param("fftw", marks=pytest.mark.skipif(pyfftw is None, reason="needs pyFFTW"))]
+)
+def fft_library(request) -> str:
+    """Each CPU FFT library: scipy.fft always, FFTW where pyFFTW is installed."""
     return request.param
 
 

@@ -2,17 +2,28 @@
 
 Every numerical routine of the solver asks :func:`array_module` for the module
 of its inputs and calls the few operations that differ between NumPy and CuPy
-(FFTs, scatter-add, sliding windows) through this module.
+(FFTs, scatter-add, sliding windows) through this module. On NumPy arrays the
+hot loops run as compiled kernels (:mod:`.kernels`, see :func:`compiled_kernels`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 import scipy.fft
+
+try:
+    import pyfftw
+except ImportError:  # the optional "fftw" extra
+    pyfftw = None
 
 try:  # pragma: no cover - exercised only where CuPy and a GPU are present
     import cupy
@@ -22,6 +33,17 @@ except Exception:  # ImportError, or CUDA libraries missing at import time
     cupy = None
 
 DEVICES = ("cpu", "gpu")
+
+FFT_LIBRARIES = ("scipy", "fftw")
+# FFTW plans kept per thread; a plan holds its last array, so only small ones
+_FFTW_PLANS_KEPT = 8
+_FFTW_PLAN_BYTES_KEPT = 16 * 2**20
+
+logger = logging.getLogger(__name__)
+_use_compiled_kernels = True
+_fft_library = "fftw" if pyfftw is not None else "scipy"
+_fftw_plans = threading.local()
+_fftw_threads_used = False
 
 
 def gpu_available() -> bool:
@@ -76,18 +98,110 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+def fft_library() -> str:
+    """The library that computes CPU FFTs: "fftw" where pyFFTW is installed, else "scipy"."""
+    return _fft_library
+
+
+@contextlib.contextmanager
+def use_fft_library(name: str) -> Iterator[None]:
+    """Compute CPU FFTs with ``name`` ("scipy" or "fftw") inside the block.
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is unknown, or "fftw" is asked for without pyFFTW.
+    """
+    global _fft_library
+    if name not in FFT_LIBRARIES:
+        raise ValueError(f"FFT library must be one of {FFT_LIBRARIES}, got {name!r}")
+    if name == "fftw" and pyfftw is None:
+        raise ValueError("the 'fftw' FFT library needs pyFFTW: pip install 'bluesky-ptycho[fftw]'")
+    previous, _fft_library = _fft_library, name
+    try:
+        yield
+    finally:
+        _fft_library = previous
+
+
+def _fftw_plan(array, forward: bool, threads: int):
+    """A planned in-place 2-D FFT of ``array``'s last two axes, reused for arrays like it.
+
+    Plans use FFTW_ESTIMATE, which never touches the data, so they are made on
+    the array itself. Each thread keeps its own (executing a plan on new
+    arrays changes it); large plans are not kept, as a plan holds its last array.
+    """
+    key = (array.shape, array.dtype, forward, threads, array.ctypes.data % pyfftw.simd_alignment)
+    kept = getattr(_fftw_plans, "plans", None)
+    if kept is None:
+        kept = _fftw_plans.plans = OrderedDict()
+    plan = kept.get(key)
+    if plan is None:
+        plan = pyfftw.FFTW(
+            array,
+            array,
+            axes=(-2, -1),
+            direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD",
+            flags=("FFTW_ESTIMATE",),
+            threads=threads,
+        )
+        if array.nbytes <= _FFTW_PLAN_BYTES_KEPT:
+            kept[key] = plan
+            while len(kept) > _FFTW_PLANS_KEPT:
+                kept.popitem(last=False)
+        return plan
+    kept.move_to_end(key)
+    plan.update_arrays(array, array)
+    return plan
+
+
+def _after_fork_in_child() -> None:
+    """FFTW's thread pool does not survive a fork: a child forked after it ran uses scipy.fft."""
+    global _fft_library, _fftw_plans
+    _fftw_plans = threading.local()
+    if _fftw_threads_used and _fft_library == "fftw":
+        _fft_library = "scipy"
+
+
+if pyfftw is not None:
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _fftw_transform(x, forward: bool, workers: int, overwrite_x: bool):
+    """Orthonormal 2-D FFT of ``x``'s last two axes with FFTW; in place when allowed."""
+    dtype = np.result_type(x.dtype, np.complex64)
+    if overwrite_x and x.dtype == dtype and x.flags.c_contiguous and x.flags.writeable:
+        out = x
+    else:
+        out = pyfftw.empty_aligned(x.shape, dtype)
+        out[...] = x
+    global _fftw_threads_used
+    _fftw_threads_used = _fftw_threads_used or workers > 1
+    _fftw_plan(out, forward, workers).execute()
+    out *= out.real.dtype.type(1 / np.sqrt(x.shape[-1] * x.shape[-2]))
+    return out
+
+
 def fft2(x, workers: int | None = None, overwrite_x: bool = False):
-    """Orthonormal 2-D FFT over the last two axes, zero frequency at index 0."""
-    if array_module(x) is np:
-        return scipy.fft.fft2(x, norm="ortho", workers=workers or default_workers(), overwrite_x=overwrite_x)
-    return cupy_fft.fft2(x, norm="ortho", overwrite_x=overwrite_x)  # pragma: no cover
+    """Orthonormal 2-D FFT over the last two axes, zero frequency at index 0.
+
+    ``overwrite_x`` lets the transform reuse ``x``'s memory (in place);
+    always use the returned array.
+    """
+    if array_module(x) is not np:
+        return cupy_fft.fft2(x, norm="ortho", overwrite_x=overwrite_x)  # pragma: no cover
+    if _fft_library == "fftw":
+        return _fftw_transform(x, True, workers or default_workers(), overwrite_x)
+    return scipy.fft.fft2(x, norm="ortho", workers=workers or default_workers(), overwrite_x=overwrite_x)
 
 
 def ifft2(x, workers: int | None = None, overwrite_x: bool = False):
-    """Orthonormal inverse 2-D FFT over the last two axes."""
-    if array_module(x) is np:
-        return scipy.fft.ifft2(x, norm="ortho", workers=workers or default_workers(), overwrite_x=overwrite_x)
-    return cupy_fft.ifft2(x, norm="ortho", overwrite_x=overwrite_x)  # pragma: no cover
+    """Orthonormal inverse 2-D FFT over the last two axes (see :func:`fft2`)."""
+    if array_module(x) is not np:
+        return cupy_fft.ifft2(x, norm="ortho", overwrite_x=overwrite_x)  # pragma: no cover
+    if _fft_library == "fftw":
+        return _fftw_transform(x, False, workers or default_workers(), overwrite_x)
+    return scipy.fft.ifft2(x, norm="ortho", workers=workers or default_workers(), overwrite_x=overwrite_x)
 
 
 def rfft2(x, workers: int | None = None):
@@ -137,3 +251,35 @@ def scatter_add(target, flat_index, values) -> None:
         cupyx.scatter_add(pairs, doubled, values.ravel().view(pairs.dtype))
     else:  # pragma: no cover
         cupyx.scatter_add(flat_target, flat_index, values.ravel())
+
+
+def compiled_kernels(x: Any) -> ModuleType | None:
+    """The compiled CPU kernels (:mod:`.kernels`) to use on ``x``, or None.
+
+    None for CuPy arrays, inside :func:`array_kernels`, and where numba cannot
+    be imported (then the array expressions run, with one warning).
+    """
+    global _use_compiled_kernels
+    if not _use_compiled_kernels or array_module(x) is not np:
+        return None
+    try:
+        from . import kernels
+    except ImportError as error:  # pragma: no cover - numba is a dependency
+        logger.warning("compiled kernels unavailable (%s); using NumPy array expressions", error)
+        _use_compiled_kernels = False
+        return None
+    return kernels
+
+
+@contextlib.contextmanager
+def array_kernels() -> Iterator[None]:
+    """Run the solver on NumPy through its array expressions, the code CuPy runs.
+
+    For comparing the two paths; the compiled kernels are faster.
+    """
+    global _use_compiled_kernels
+    previous, _use_compiled_kernels = _use_compiled_kernels, False
+    try:
+        yield
+    finally:
+        _use_compiled_kernels = previous

@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import fft2, ifft2
+from .backend import compiled_kernels, fft2, ifft2
 from .engine import Engine
 from .forward import (
     amplitude_misfit,
-    apply_measured_amplitude,
-    exit_waves,
-    gather_patches,
+    exit_waves_at,
+    kernel_mask,
+    measured_amplitude_factor,
     model_amplitude,
 )
 from .positions import refine_positions
 from .probe import shift_ramp
 from .state import SolverState
-from .updates import object_update_terms, probe_update_terms
+from .updates import update_terms
 
 OVERLAP_DAMPING = 1e-3
 
@@ -41,47 +41,60 @@ class DifferenceMap(Engine):
     def __init__(self, settings) -> None:
         super().__init__(settings)
         self.farfield = None
+        self.workspace = None
 
     def frames_added(self, state: SolverState, n_before: int) -> None:
         xp = state.xp
         index = xp.arange(n_before, state.n_frames)
-        patches = gather_patches(state.object, state.corners[index], state.frame_shape)
-        new = fft2(exit_waves(state.probe, patches), workers=state.workers)
+        new = fft2(exit_waves_at(state.object, state.corners[index], state.probe), workers=state.workers)
         self.farfield = new if self.farfield is None else xp.concatenate([self.farfield, new])
+        self.workspace = xp.empty_like(self.farfield)
 
     def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
-        shape = state.frame_shape
-        patches = gather_patches(state.object, state.corners, shape)
-        model = fft2(exit_waves(state.probe, patches), workers=state.workers)
-        model_amp = model_amplitude(model)
-        cost = amplitude_misfit(model_amp, state.amplitude, state.mask)
-        beta = self.settings.dm_relaxation
-        reflected = 2 * model - self.farfield
-        apply_measured_amplitude(reflected, model_amplitude(reflected), state.amplitude, state.mask)
-        self.farfield += reflected
-        self.farfield -= model
-        if beta < 1:
-            apply_measured_amplitude(model, model_amp, state.amplitude, state.mask)
-            self.farfield *= beta
-            self.farfield += (1 - beta) * model
-        del reflected, model
-        psi = ifft2(self.farfield, workers=state.workers)
-        numerator, illumination = object_update_terms(state, state.corners, psi)
-        state.object = damped_quotient(numerator, illumination, state.object)
+        model = exit_waves_at(state.object, state.corners, state.probe, out=self.workspace)
+        model = fft2(model, workers=state.workers, overwrite_x=True)
+        cost = fourier_update(model, self.farfield, state.amplitude, state.mask, self.settings.dm_relaxation)
+        model[...] = self.farfield
+        psi = ifft2(model, workers=state.workers, overwrite_x=True)
+        terms = update_terms(state, state.corners, psi, for_probe=False)
+        state.object = damped_quotient(terms.object_numerator, terms.illumination, state.object)
         if self.updates_probe(iteration):
-            patches = gather_patches(state.object, state.corners, shape)
-            numerator, weights = probe_update_terms(patches, psi)
-            state.probe = damped_quotient(numerator, weights, state.probe)
+            terms = update_terms(state, state.corners, psi, for_object=False)
+            state.probe = damped_quotient(terms.probe_numerator, terms.probe_weights, state.probe)
             self.finish_probe(state)
         if self.refines_positions(iteration):
             everything = np.arange(state.n_frames)
-            chi = psi - exit_waves(state.probe, gather_patches(state.object, state.corners, shape))
+            chi = psi - exit_waves_at(state.object, state.corners, state.probe)
             refine_positions(state, everything, chi, self.settings.max_position_step)
         return cost
 
     def probe_shifted(self, state: SolverState, shift: tuple[int, int]) -> None:
         """Shift the stored exit waves with probe and object (a Fourier phase ramp)."""
         self.farfield *= shift_ramp(state.frame_shape, shift, state.xp).astype(self.farfield.dtype)
+
+
+def fourier_update(model, farfield, amplitude, mask, beta: float) -> float:
+    """Replace the stored far fields by their difference-map (RAAR) update, in place.
+
+    ``model`` (N, modes, h, w) is ``F(P O)``, ``farfield`` the stored far
+    fields ``F(psi)``; see the module docstring for the update. Returns the
+    amplitude misfit of ``model``.
+    """
+    kernels = compiled_kernels(model)
+    if kernels is not None:
+        mask = kernel_mask(mask, model.shape[-2:], amplitude.dtype)
+        return kernels.difference_map_fourier(model, farfield, amplitude, mask, beta)
+    model_amp = model_amplitude(model)
+    cost = amplitude_misfit(model_amp, amplitude, mask)
+    reflected = 2 * model - farfield
+    reflected *= measured_amplitude_factor(model_amplitude(reflected), amplitude, mask)[:, None]
+    farfield += reflected
+    farfield -= model
+    if beta < 1:
+        model *= measured_amplitude_factor(model_amp, amplitude, mask)[:, None]
+        farfield *= beta
+        farfield += (1 - beta) * model
+    return cost
 
 
 def damped_quotient(numerator, weights, previous):

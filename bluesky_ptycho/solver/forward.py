@@ -9,9 +9,19 @@ Diffraction amplitudes are stored with the zero frequency at index 0 so no
 
 from __future__ import annotations
 
+import numpy as np
 import scipy.fft
 
-from .backend import array_module, fft2, ifft2, irfft2, rfft2, scatter_add, sliding_windows
+from .backend import (
+    array_module,
+    compiled_kernels,
+    fft2,
+    ifft2,
+    irfft2,
+    rfft2,
+    scatter_add,
+    sliding_windows,
+)
 
 AMPLITUDE_FLOOR = 1e-6
 
@@ -62,6 +72,25 @@ def exit_waves(probe, patches):
     return probe[None, :, :, :] * patches[:, None, :, :]
 
 
+def exit_waves_at(obj, corners, probe, out=None):
+    """Exit waves (B, modes, h, w) of every probe mode on the object patches at ``corners``.
+
+    ``out``, if given, is a C-contiguous array of that shape and the probe's
+    dtype to write them into (saves allocating it again each iteration).
+    """
+    kernels = compiled_kernels(obj)
+    if kernels is not None:
+        if out is None:
+            out = np.empty((len(corners), *probe.shape), probe.dtype)
+        kernels.exit_waves(obj, corners, probe, out)
+        return out
+    waves = exit_waves(probe, gather_patches(obj, corners, probe.shape[-2:]))
+    if out is None:
+        return waves
+    out[...] = waves
+    return out
+
+
 def model_amplitude(farfield):
     """Modelled detector amplitude ``sqrt(sum_m |farfield_m|^2)``, (B, h, w)."""
     xp = array_module(farfield)
@@ -80,19 +109,17 @@ def amplitude_misfit(model_amp, amplitude, mask=None) -> float:
     return float(xp.vdot(residual.ravel(), residual.ravel()).real)
 
 
-def apply_measured_amplitude(
-    farfield, model_amp, amplitude, mask=None, noise_model: str = "gaussian"
-) -> None:
-    """Move far fields (B, modes, h, w) in place towards the measured amplitudes.
+def measured_amplitude_factor(model_amp, amplitude, mask=None, noise_model: str = "gaussian"):
+    """Factor (B, h, w) that moves modelled far-field amplitudes towards the measured ones.
 
-    "gaussian": replace the modelled amplitude ``a`` by the measured one
-    ``sqrt(I)`` (the amplitude projection). "poisson": one Newton step of the
-    Poisson negative log-likelihood ``sum a^2 - I log a^2`` in ``a``, i.e. a
-    factor ``2 I / (I + a^2)``, which equals the projection to first order
-    near convergence and never more than doubles an amplitude. Bad pixels
-    (``mask`` False) keep the modelled far field.
+    "gaussian": ``sqrt(I) / a``, replacing the modelled amplitude ``a`` by the
+    measured one (the amplitude projection). "poisson": one Newton step of the
+    Poisson negative log-likelihood ``sum a^2 - I log a^2`` in ``a``, i.e.
+    ``2 I / (I + a^2)``, which equals the projection to first order near
+    convergence and never more than doubles an amplitude. Bad pixels (``mask``
+    False) get 1: they keep the modelled far field.
     """
-    xp = array_module(farfield)
+    xp = array_module(model_amp)
     if noise_model == "poisson":
         measured = amplitude**2
         factor = 2 * measured / (measured + model_amp**2 + AMPLITUDE_FLOOR)
@@ -100,35 +127,55 @@ def apply_measured_amplitude(
         factor = amplitude / (model_amp + AMPLITUDE_FLOOR)
     if mask is not None:
         factor = xp.where(mask, factor, xp.float32(1.0))
-    farfield *= factor[:, None]
+    return factor
 
 
-def modulus_projection(farfield, amplitude, mask=None, noise_model: str = "gaussian") -> float:
-    """Replace the far-field amplitudes by the measured ones, in place.
+def kernel_mask(mask, shape: tuple[int, int], dtype):
+    """The mask as the compiled kernels take it: real, 1 for good pixels, 0 for bad."""
+    return np.ones(shape, dtype) if mask is None else mask.astype(dtype)
+
+
+def fourier_change(farfield, amplitude, frames=None, mask=None, noise_model: str = "gaussian") -> float:
+    """Replace far fields by the change the measured amplitudes ask for, in place.
 
     Parameters
     ----------
     farfield
-        (B, modes, h, w) complex far fields, modified in place.
+        (B, modes, h, w) complex far fields ``F``, replaced by
+        ``(factor - 1) * F`` with the factor of
+        :func:`measured_amplitude_factor`: the projected minus the modelled far field.
     amplitude
-        (B, h, w) square roots of the measured counts, FFT order.
+        (N, h, w) square roots of the measured counts, FFT order.
+    frames
+        Indices into ``amplitude`` of the B frames (None: all N, N == B).
     mask
         Optional (h, w) boolean in FFT order, True where the pixel is good.
     noise_model
-        "gaussian" or "poisson", see :func:`apply_measured_amplitude`.
+        "gaussian" or "poisson".
 
     Returns
     -------
-    The amplitude misfit of the far fields before the projection.
+    The amplitude misfit of the far fields before the change.
     """
+    kernels = compiled_kernels(farfield)
+    if kernels is not None:
+        frames = np.arange(len(farfield)) if frames is None else frames
+        mask = kernel_mask(mask, farfield.shape[-2:], amplitude.dtype)
+        return kernels.fourier_change(farfield, amplitude, frames, mask, noise_model == "poisson")
+    measured = amplitude if frames is None else amplitude[frames]
     model_amp = model_amplitude(farfield)
-    cost = amplitude_misfit(model_amp, amplitude, mask)
-    apply_measured_amplitude(farfield, model_amp, amplitude, mask, noise_model)
+    cost = amplitude_misfit(model_amp, measured, mask)
+    farfield *= (measured_amplitude_factor(model_amp, measured, mask, noise_model) - 1)[:, None]
     return cost
 
 
-def exit_wave_update(probe, patches, amplitude, mask=None, workers=None, noise_model: str = "gaussian"):
+def exit_wave_update(
+    probe, obj, corners, amplitude, frames=None, mask=None, workers=None, noise_model: str = "gaussian"
+):
     """Propagate, apply the measured moduli and back-propagate.
+
+    ``frames`` index the rows of ``amplitude`` that the patches at ``corners``
+    gave (None: all); see :func:`fourier_change` for the other parameters.
 
     Returns
     -------
@@ -136,19 +183,14 @@ def exit_wave_update(probe, patches, amplitude, mask=None, workers=None, noise_m
         (B, modes, h, w) change of the exit waves that the data ask for
         (projected minus modelled exit wave).
     cost
-        The modulus misfit of the modelled exit waves (see
-        :func:`modulus_projection`).
+        The amplitude misfit of the modelled exit waves.
     """
-    psi = exit_waves(probe, patches)
-    farfield = fft2(psi, workers=workers)
-    cost = modulus_projection(farfield, amplitude, mask, noise_model)
-    projected = ifft2(farfield, workers=workers, overwrite_x=True)
-    projected -= psi
-    return projected, cost
+    farfield = fft2(exit_waves_at(obj, corners, probe), workers=workers, overwrite_x=True)
+    cost = fourier_change(farfield, amplitude, frames, mask, noise_model)
+    return ifft2(farfield, workers=workers, overwrite_x=True), cost
 
 
 def gaussian_cost(obj, probe, corners, amplitude, mask=None, workers=None) -> float:
     """Amplitude (Gaussian-noise) cost ``sum (|F psi| - sqrt(I))^2`` of a model."""
-    patches = gather_patches(obj, corners, probe.shape[-2:])
-    farfield = fft2(exit_waves(probe, patches), workers=workers)
+    farfield = fft2(exit_waves_at(obj, corners, probe), workers=workers, overwrite_x=True)
     return amplitude_misfit(model_amplitude(farfield), amplitude, mask)

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .backend import compiled_kernels
 from .engine import Engine
 from .forward import exit_wave_update, gather_patches
 from .positions import refine_positions
 from .state import SolverState
-from .updates import mode_sum, object_update_terms, probe_update_terms, regularised_step
+from .updates import mode_sum, regularised_step, update_terms
 
 STEP_REGULARISATION = 1e-3
 
@@ -29,6 +30,42 @@ STEP_REGULARISATION = 1e-3
 def frame_inner(u, v):
     """``sum Re(conj(u) v)`` over each frame's pixels, (B,)."""
     return (u.real * v.real + u.imag * v.imag).sum(axis=(-2, -1))
+
+
+def step_products(obj, object_direction, probe, probe_direction, corners, chi):
+    """The per-frame inner products of the LSQ-ML step equations.
+
+    With ``O_j``, ``dO_j`` the patches of ``obj`` and ``object_direction`` at
+    ``corners`` and ``P``, ``dP`` the probe and its direction (summed over
+    modes where two appear): ``a11 = |dO P|^2``, ``r1 = Re<dO P, chi>``,
+    ``a22 = |O dP|^2``, ``r2 = Re<O dP, chi>``, ``a12 = Re<dO P, O dP>``.
+
+    Returns
+    -------
+    (a11, r1, a22, r2, a12), each (B,); the last three are None when
+    ``probe_direction`` is None.
+    """
+    kernels = compiled_kernels(chi)
+    if kernels is not None:
+        with_probe = probe_direction is not None
+        products = kernels.lsqml_step_products(
+            obj, object_direction, probe, probe if probe_direction is None else probe_direction, corners, chi
+        )
+        return tuple(products[:2]) + (tuple(products[2:]) if with_probe else (None, None, None))
+    shape = probe.shape[-2:]
+    object_change = gather_patches(object_direction, corners, shape)
+    power = (probe.real**2 + probe.imag**2).sum(axis=0)
+    a11 = ((object_change.real**2 + object_change.imag**2) * power).sum(axis=(-2, -1))
+    r1 = frame_inner(object_change, mode_sum(probe, chi))
+    if probe_direction is None:
+        return a11, r1, None, None, None
+    patches = gather_patches(obj, corners, shape)
+    direction_power = (probe_direction.real**2 + probe_direction.imag**2).sum(axis=0)
+    a22 = ((patches.real**2 + patches.imag**2) * direction_power).sum(axis=(-2, -1))
+    r2 = frame_inner(patches, mode_sum(probe_direction, chi))
+    overlap = (probe.conj() * probe_direction).sum(axis=0)
+    a12 = frame_inner(object_change, patches * overlap)
+    return a11, r1, a22, r2, a12
 
 
 def solve_steps(a11, a22, a12, r1, r2):
@@ -50,27 +87,26 @@ class LSQML(Engine):
         for batch in self.batches(state.n_frames, rng):
             index = xp.asarray(batch)
             corners = state.corners[index]
-            patches = gather_patches(state.object, corners, state.frame_shape)
             chi, batch_cost = exit_wave_update(
-                state.probe, patches, state.amplitude[index], state.mask, state.workers, s.noise_model
+                state.probe,
+                state.object,
+                corners,
+                state.amplitude,
+                index,
+                state.mask,
+                state.workers,
+                s.noise_model,
             )
             cost += batch_cost
-            per_frame = mode_sum(state.probe, chi)
-            numerator, illumination = object_update_terms(state, corners, chi, per_frame)
-            object_direction = regularised_step(numerator, illumination, s.alpha)
-            object_change = gather_patches(object_direction, corners, state.frame_shape)
-            a11 = ((object_change.real**2 + object_change.imag**2) * state.illumination_weights()).sum(
-                axis=(-2, -1)
-            )
-            r1 = frame_inner(object_change, per_frame)
+            terms = update_terms(state, corners, chi, for_probe=update_probe)
+            object_direction = regularised_step(terms.object_numerator, terms.illumination, s.alpha)
+            probe_direction = None
             if update_probe:
-                probe_numerator, probe_weights = probe_update_terms(patches, chi)
-                probe_direction = regularised_step(probe_numerator, probe_weights, s.alpha)
-                direction_power = (probe_direction.real**2 + probe_direction.imag**2).sum(axis=0)
-                a22 = ((patches.real**2 + patches.imag**2) * direction_power).sum(axis=(-2, -1))
-                r2 = frame_inner(patches, mode_sum(probe_direction, chi))
-                overlap = (state.probe.conj() * probe_direction).sum(axis=0)
-                a12 = frame_inner(object_change, patches * overlap)
+                probe_direction = regularised_step(terms.probe_numerator, terms.probe_weights, s.alpha)
+            a11, r1, a22, r2, a12 = step_products(
+                state.object, object_direction, state.probe, probe_direction, corners, chi
+            )
+            if update_probe:
                 step_object, step_probe = solve_steps(a11, a22, a12, r1, r2)
             else:
                 step_object = r1 / (a11 * (1 + STEP_REGULARISATION) + 1e-30)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from .engine import Engine
-from .forward import exit_wave_update, gather_patches
+from .forward import exit_wave_update
 from .positions import refine_positions
 from .state import SolverState
-from .updates import object_update_terms, probe_update_terms, regularised_step
+from .updates import add_regularised_step, update_terms
 
 
 class RPIE(Engine):
@@ -27,16 +27,18 @@ class RPIE(Engine):
         for batch in self.batches(state.n_frames, rng):
             index = state.xp.asarray(batch)
             corners = state.corners[index]
-            patches = gather_patches(state.object, corners, state.frame_shape)
             diff, batch_cost = exit_wave_update(
-                state.probe, patches, state.amplitude[index], state.mask, state.workers
+                state.probe, state.object, corners, state.amplitude, index, state.mask, state.workers
             )
             cost += batch_cost
-            numerator, illumination = object_update_terms(state, corners, diff)
+            terms = update_terms(state, corners, diff, for_probe=update_probe)
             if update_probe:
-                probe_numerator, probe_weights = probe_update_terms(patches, diff)
-                state.probe += s.probe_step * regularised_step(probe_numerator, probe_weights, alpha)
-            state.object += s.object_step * regularised_step(numerator, illumination, alpha)
+                add_regularised_step(
+                    state.probe, terms.probe_numerator, terms.probe_weights, alpha, s.probe_step
+                )
+            add_regularised_step(
+                state.object, terms.object_numerator, terms.illumination, alpha, s.object_step
+            )
             if self.refines_positions(iteration):
                 refine_positions(state, batch, diff, s.max_position_step)
         if update_probe:

@@ -7,8 +7,34 @@ updates; each algorithm decides how to weight and combine them.
 
 from __future__ import annotations
 
-from .forward import scatter_patches, stamp_patch
+from dataclasses import dataclass
+from typing import Any
+
+from .backend import compiled_kernels
+from .forward import gather_patches, scatter_patches, stamp_patch
 from .state import SolverState
+
+
+@dataclass
+class UpdateTerms:
+    """A batch's update terms; those not asked for are None.
+
+    Attributes
+    ----------
+    object_numerator
+        ``sum_j sum_m conj(P_m) diff_jm`` placed at each patch, canvas-sized.
+    illumination
+        ``sum_j sum_m |P_m|^2`` placed at each patch, canvas-sized, real.
+    probe_numerator
+        ``sum_j conj(O_j) diff_jm``, (modes, h, w).
+    probe_weights
+        ``sum_j |O_j|^2``, (h, w), real.
+    """
+
+    object_numerator: Any = None
+    illumination: Any = None
+    probe_numerator: Any = None
+    probe_weights: Any = None
 
 
 def mode_sum(probe, waves):
@@ -18,30 +44,60 @@ def mode_sum(probe, waves):
     return (probe.conj()[None] * waves).sum(axis=1)
 
 
-def object_update_terms(state: SolverState, corners, diff, per_frame=None):
-    """Object numerator ``sum_j sum_m conj(P_m) diff_jm`` and illumination ``sum_j |P|^2``.
+def update_terms(state: SolverState, corners, diff, for_object: bool = True, for_probe: bool = True):
+    """Object and/or probe update terms of exit-wave changes ``diff`` at ``corners``.
 
-    Both are full-canvas arrays (the illumination real); ``corners`` are the
-    batch's patch corners. ``per_frame`` may pass ``mode_sum(probe, diff)``
-    when the caller has it already.
+    The probe terms use the object patches of ``state.object`` as it is now.
+
+    Returns
+    -------
+    UpdateTerms
     """
     xp = state.xp
-    if per_frame is None:
-        per_frame = mode_sum(state.probe, diff)
-    numerator = xp.zeros_like(state.object)
-    scatter_patches(numerator, corners, per_frame)
-    illumination = stamp_patch(state.illumination_weights(), corners, state.object.shape)
-    return numerator, illumination
-
-
-def probe_update_terms(patches, diff):
-    """Probe numerator ``sum_j conj(O_j) diff_j`` (modes, h, w) and ``sum_j |O_j|^2`` (h, w)."""
-    numerator = (patches.conj()[:, None] * diff).sum(axis=0)
-    weights = (patches.real**2 + patches.imag**2).sum(axis=0)
-    return numerator, weights
+    real = diff.real.dtype
+    terms = UpdateTerms()
+    kernels = compiled_kernels(diff)
+    if for_object:
+        terms.object_numerator = xp.zeros_like(state.object)
+        if kernels is not None:
+            terms.illumination = xp.zeros(state.object.shape, real)
+            kernels.accumulate_object_terms(
+                diff, corners, state.probe, terms.object_numerator, terms.illumination
+            )
+        else:
+            scatter_patches(terms.object_numerator, corners, mode_sum(state.probe, diff))
+            terms.illumination = stamp_patch(state.illumination_weights(), corners, state.object.shape)
+    if for_probe:
+        if kernels is not None:
+            terms.probe_numerator = xp.zeros_like(state.probe)
+            terms.probe_weights = xp.zeros(state.frame_shape, real)
+            kernels.accumulate_probe_terms(
+                diff, corners, state.object, terms.probe_numerator, terms.probe_weights
+            )
+        else:
+            patches = gather_patches(state.object, corners, state.frame_shape)
+            terms.probe_numerator = (patches.conj()[:, None] * diff).sum(axis=0)
+            terms.probe_weights = (patches.real**2 + patches.imag**2).sum(axis=0)
+    return terms
 
 
 def regularised_step(numerator, weights, alpha: float):
     """``numerator / ((1 - alpha) * weights + alpha * max(weights))`` (rPIE's preconditioner)."""
     largest = weights.max()
     return numerator / ((1 - alpha) * weights + (alpha + 1e-6) * largest + 1e-30)
+
+
+def add_regularised_step(target, numerator, weights, alpha: float, step: float) -> None:
+    """``target += step * regularised_step(numerator, weights, alpha)``, in place.
+
+    ``target`` and ``numerator`` have the shape of ``weights`` or one more
+    leading axis (probe modes).
+    """
+    kernels = compiled_kernels(target)
+    if kernels is not None and target.flags.c_contiguous:
+        rows = target.size // weights.size
+        kernels.add_regularised_step(
+            target.reshape(rows, -1), numerator.reshape(rows, -1), weights.reshape(-1), alpha, step
+        )
+        return
+    target += step * regularised_step(numerator, weights, alpha)

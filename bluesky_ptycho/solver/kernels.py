@@ -1,0 +1,241 @@
+"""Compiled CPU kernels: the solver's element-wise and patch work fused into single passes.
+
+Each function here does, for NumPy arrays, in one pass over memory what the
+array expressions beside it (in :mod:`.forward`, :mod:`.updates`, :mod:`.dm`
+and :mod:`.lsqml`) do in several; those expressions stay the definition, run
+on CuPy, and the tests hold the two to the same numbers. Compiled with numba
+on first use and cached on disk; they release the GIL.
+
+Shapes: ``B`` frames of a batch, ``M`` probe modes, ``h x w`` frames.
+``corners`` are (B, 2) integer (row, column) of each patch's top-left pixel;
+``mask`` is an (h, w) real array, 1 for good pixels and 0 for bad ones.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from .forward import AMPLITUDE_FLOOR
+
+# reassociation lets sums vectorise; no "nnan"/"ninf", so a diverging
+# reconstruction still shows up as NaN in the cost
+_FAST = {"reassoc", "contract", "nsz", "arcp"}
+_compile = numba.njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy")
+# single-precision constants keep single-precision data in single precision
+# (a Python literal would promote it to double); double data stays double
+_ONE = np.float32(1)
+_TWO = np.float32(2)
+_FLOOR = np.float32(AMPLITUDE_FLOOR)
+
+
+@_compile
+def exit_waves(obj, corners, probe, out):
+    """``out[j, m] = probe[m] * obj[patch_j]``: exit waves, (B, M, h, w)."""
+    n_modes, h, w = probe.shape
+    for j in range(corners.shape[0]):
+        r, c = corners[j, 0], corners[j, 1]
+        for m in range(n_modes):
+            for y in range(h):
+                patch_row = obj[r + y, c : c + w]
+                probe_row = probe[m, y]
+                out_row = out[j, m, y]
+                for x in range(w):
+                    out_row[x] = probe_row[x] * patch_row[x]
+
+
+@_compile
+def fourier_change(farfield, amplitude, frames, mask, poisson):
+    """Turn far fields into the change the measured amplitudes ask for, in place.
+
+    ``farfield`` (B, M, h, w) becomes ``(factor - 1) * farfield`` with the
+    factor of the noise model (see :func:`.forward.fourier_change`);
+    ``amplitude[frames[j]]`` is frame j's measured amplitude. Returns the
+    amplitude misfit ``sum mask * (|farfield| - amplitude)^2`` before the change.
+    """
+    n_frames, n_modes, h, w = farfield.shape
+    power = np.empty(w, dtype=amplitude.dtype)
+    change = np.empty(w, dtype=amplitude.dtype)
+    cost = 0.0
+    for j in range(n_frames):
+        measured = amplitude[frames[j]]
+        for y in range(h):
+            power[:] = 0
+            for m in range(n_modes):
+                row = farfield[j, m, y]
+                for x in range(w):
+                    power[x] += row[x].real * row[x].real + row[x].imag * row[x].imag
+            row_cost = _ONE - _ONE
+            for x in range(w):
+                residual = np.sqrt(power[x]) - measured[y, x]
+                row_cost += mask[y, x] * residual * residual
+            if poisson:
+                for x in range(w):
+                    intensity = measured[y, x] * measured[y, x]
+                    change[x] = mask[y, x] * (_TWO * intensity / (intensity + power[x] + _FLOOR) - _ONE)
+            else:
+                for x in range(w):
+                    change[x] = mask[y, x] * (measured[y, x] / (np.sqrt(power[x]) + _FLOOR) - _ONE)
+            cost += row_cost
+            for m in range(n_modes):
+                row = farfield[j, m, y]
+                for x in range(w):
+                    row[x] *= change[x]
+    return cost
+
+
+@_compile
+def accumulate_object_terms(diff, corners, probe, numerator, illumination):
+    """Add ``sum_m conj(probe_m) diff_jm`` and ``sum_m |probe_m|^2`` at every patch, in place."""
+    n_frames, n_modes, h, w = diff.shape
+    power = np.zeros((h, w), dtype=illumination.dtype)
+    for m in range(n_modes):
+        for y in range(h):
+            for x in range(w):
+                power[y, x] += probe[m, y, x].real ** 2 + probe[m, y, x].imag ** 2
+    conj_probe = np.conj(probe)
+    for j in range(n_frames):
+        r, c = corners[j, 0], corners[j, 1]
+        for y in range(h):
+            numerator_row = numerator[r + y, c : c + w]
+            illumination_row = illumination[r + y, c : c + w]
+            power_row = power[y]
+            for x in range(w):
+                illumination_row[x] += power_row[x]
+            for m in range(n_modes):
+                diff_row = diff[j, m, y]
+                probe_row = conj_probe[m, y]
+                for x in range(w):
+                    numerator_row[x] += probe_row[x] * diff_row[x]
+
+
+@_compile
+def accumulate_probe_terms(diff, corners, obj, numerator, weights):
+    """Add ``sum_j conj(obj[patch_j]) diff_jm`` and ``sum_j |obj[patch_j]|^2``, in place."""
+    n_frames, n_modes, h, w = diff.shape
+    for j in range(n_frames):
+        r, c = corners[j, 0], corners[j, 1]
+        for y in range(h):
+            patch_row = obj[r + y, c : c + w]
+            weights_row = weights[y]
+            for x in range(w):
+                weights_row[x] += patch_row[x].real ** 2 + patch_row[x].imag ** 2
+            for m in range(n_modes):
+                diff_row = diff[j, m, y]
+                numerator_row = numerator[m, y]
+                for x in range(w):
+                    numerator_row[x] += np.conj(patch_row[x]) * diff_row[x]
+
+
+@_compile
+def add_regularised_step(target, numerator, weights, alpha, step):
+    """``target += step * numerator / ((1 - alpha) * weights + alpha * max(weights))``, in place.
+
+    ``target`` and ``numerator`` are (K, n) and ``weights`` (n,): every row
+    shares the weights (the probe modes), or K = 1 (the object).
+    """
+    largest = weights.max()
+    spread = weights.dtype.type(1 - alpha)
+    floor = weights.dtype.type((alpha + 1e-6) * largest + 1e-30)
+    scale = weights.dtype.type(step)
+    for k in range(target.shape[0]):
+        for i in range(target.shape[1]):
+            target[k, i] += numerator[k, i] * (scale / (spread * weights[i] + floor))
+
+
+@_compile
+def difference_map_fourier(model, farfield, amplitude, mask, beta):
+    """The difference map's Fourier-space update of the stored far fields, in place.
+
+    ``model`` (N, M, h, w) is ``F(P O)``; ``farfield`` the stored far fields,
+    replaced by ``beta (farfield + P_F(2 model - farfield) - model) + (1 - beta) P_F(model)``.
+    Returns the amplitude misfit of ``model``.
+    """
+    n_frames, n_modes, h, w = model.shape
+    model_power = np.empty(w, dtype=amplitude.dtype)
+    reflected_power = np.empty(w, dtype=amplitude.dtype)
+    reflected_factor = np.empty(w, dtype=amplitude.dtype)
+    model_factor = np.empty(w, dtype=amplitude.dtype)
+    keep = amplitude.dtype.type(1 - beta)
+    relaxation = amplitude.dtype.type(beta)
+    cost = 0.0
+    for j in range(n_frames):
+        measured = amplitude[j]
+        for y in range(h):
+            model_power[:] = 0
+            reflected_power[:] = 0
+            for m in range(n_modes):
+                model_row = model[j, m, y]
+                stored_row = farfield[j, m, y]
+                for x in range(w):
+                    f = model_row[x]
+                    r = _TWO * f - stored_row[x]
+                    model_power[x] += f.real * f.real + f.imag * f.imag
+                    reflected_power[x] += r.real * r.real + r.imag * r.imag
+            row_cost = _ONE - _ONE
+            for x in range(w):
+                model_amplitude = np.sqrt(model_power[x])
+                target = measured[y, x]
+                good = mask[y, x]
+                row_cost += good * (model_amplitude - target) * (model_amplitude - target)
+                reflected_factor[x] = _ONE + good * (target / (np.sqrt(reflected_power[x]) + _FLOOR) - _ONE)
+                model_factor[x] = keep * (_ONE + good * (target / (model_amplitude + _FLOOR) - _ONE))
+            cost += row_cost
+            for m in range(n_modes):
+                model_row = model[j, m, y]
+                stored_row = farfield[j, m, y]
+                for x in range(w):
+                    f = model_row[x]
+                    g = stored_row[x]
+                    stored_row[x] = (
+                        relaxation * (g + (_TWO * f - g) * reflected_factor[x] - f) + model_factor[x] * f
+                    )
+    return cost
+
+
+@_compile
+def lsqml_step_products(obj, object_direction, probe, probe_direction, corners, chi):
+    """Rows a11, r1, a22, r2, a12 (5, B) of the LSQ-ML step equations (see :func:`.lsqml.step_products`)."""
+    n_frames, n_modes, h, w = chi.shape
+    real = chi.real.dtype
+    power = np.zeros((h, w), dtype=real)
+    direction_power = np.zeros((h, w), dtype=real)
+    overlap = np.zeros((h, w), dtype=chi.dtype)
+    for m in range(n_modes):
+        for y in range(h):
+            for x in range(w):
+                p, d = probe[m, y, x], probe_direction[m, y, x]
+                power[y, x] += p.real * p.real + p.imag * p.imag
+                direction_power[y, x] += d.real * d.real + d.imag * d.imag
+                overlap[y, x] += np.conj(p) * d
+    by_probe = np.empty(w, dtype=chi.dtype)
+    by_direction = np.empty(w, dtype=chi.dtype)
+    products = np.zeros((5, n_frames))
+    for j in range(n_frames):
+        r, c = corners[j, 0], corners[j, 1]
+        for y in range(h):
+            by_probe[:] = 0
+            by_direction[:] = 0
+            for m in range(n_modes):
+                chi_row = chi[j, m, y]
+                probe_row = probe[m, y]
+                direction_row = probe_direction[m, y]
+                for x in range(w):
+                    by_probe[x] += np.conj(probe_row[x]) * chi_row[x]
+                    by_direction[x] += np.conj(direction_row[x]) * chi_row[x]
+            patch_row = obj[r + y, c : c + w]
+            change_row = object_direction[r + y, c : c + w]
+            a11 = r1 = a22 = r2 = a12 = _ONE - _ONE
+            for x in range(w):
+                patch, change = patch_row[x], change_row[x]
+                a11 += (change.real * change.real + change.imag * change.imag) * power[y, x]
+                r1 += change.real * by_probe[x].real + change.imag * by_probe[x].imag
+                a22 += (patch.real * patch.real + patch.imag * patch.imag) * direction_power[y, x]
+                r2 += patch.real * by_direction[x].real + patch.imag * by_direction[x].imag
+                a12 += (np.conj(change) * patch * overlap[y, x]).real
+            products[0, j] += a11
+            products[1, j] += r1
+            products[2, j] += a22
+            products[3, j] += r2
+            products[4, j] += a12
+    return products

@@ -1,0 +1,233 @@
+"""The compiled CPU kernels give the numbers of the array expressions (the code CuPy runs),
+and both FFT libraries give the same transforms."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+
+import numpy as np
+import pytest
+import scipy.fft
+
+from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, object_error
+from bluesky_ptycho.solver.backend import array_kernels, fft2, ifft2, pyfftw, use_fft_library
+from bluesky_ptycho.solver.dm import fourier_update
+from bluesky_ptycho.solver.forward import exit_waves_at, fourier_change
+from bluesky_ptycho.solver.lsqml import step_products
+from bluesky_ptycho.solver.state import SolverState
+from bluesky_ptycho.solver.updates import add_regularised_step, update_terms
+
+SHAPE = (16, 12)
+
+
+def random_complex(rng, shape, dtype=np.complex64):
+    return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+
+
+def both_ways(function, *args):
+    """``function(*copies of args)`` through the compiled kernels and through the array expressions.
+
+    Returns both results and both sets of (possibly modified in place) arguments.
+    """
+    compiled_args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    array_args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    compiled = function(*compiled_args)
+    with array_kernels():
+        arrays = function(*array_args)
+    return (compiled, compiled_args), (arrays, array_args)
+
+
+def assert_close(a, b, rtol=2e-5):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert np.abs(a - b).max() <= rtol * np.abs(b).max()
+
+
+@pytest.fixture
+def problem():
+    """A small problem: 9 patches on a 30 x 28 object, 3 probe modes, measured amplitudes."""
+    rng = np.random.default_rng(7)
+    obj = random_complex(rng, (30, 28))
+    probe = random_complex(rng, (3, *SHAPE))
+    corners = rng.integers(0, 14, size=(9, 2))
+    amplitude = np.abs(rng.standard_normal((12, *SHAPE))).astype(np.float32)
+    mask = rng.random(SHAPE) > 0.1
+    return rng, obj, probe, corners, amplitude, mask
+
+
+@pytest.mark.parametrize("modes", [1, 3])
+def test_exit_waves(problem, modes):
+    _, obj, probe, corners, _, _ = problem
+    (compiled, _), (arrays, _) = both_ways(exit_waves_at, obj, corners, probe[:modes])
+    assert_close(compiled, arrays)
+    out = np.zeros_like(arrays)
+    assert exit_waves_at(obj, corners, probe[:modes], out=out) is out
+    assert_close(out, arrays)
+
+
+@pytest.mark.parametrize("modes", [1, 3])
+@pytest.mark.parametrize("noise_model", ["gaussian", "poisson"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_fourier_change(problem, modes, noise_model, masked):
+    rng, _, _, _, amplitude, mask = problem
+    farfield = random_complex(rng, (9, modes, *SHAPE))
+    frames = rng.permutation(12)[:9]
+    (cost, (changed, *_)), (array_cost, (array_changed, *_)) = both_ways(
+        fourier_change, farfield, amplitude, frames, mask if masked else None, noise_model
+    )
+    assert cost == pytest.approx(array_cost, rel=1e-5)
+    assert_close(changed, array_changed)
+    if masked:
+        assert np.all(changed[:, :, ~mask] == 0), "bad pixels keep the modelled far field"
+
+
+@pytest.mark.parametrize("modes", [1, 3])
+def test_update_terms(problem, modes):
+    rng, obj, probe, corners, _, _ = problem
+    state = SolverState(
+        np, obj, probe[:modes], None, None, corners.astype(float), corners, np.zeros(2), (1, 1)
+    )
+    diff = random_complex(rng, (9, modes, *SHAPE))
+    for for_object, for_probe in [(True, True), (True, False), (False, True)]:
+        (compiled, _), (arrays, _) = both_ways(update_terms, state, corners, diff, for_object, for_probe)
+        for name in ("object_numerator", "illumination", "probe_numerator", "probe_weights"):
+            expected = getattr(arrays, name)
+            if expected is None:
+                assert getattr(compiled, name) is None
+            else:
+                assert_close(getattr(compiled, name), expected)
+
+
+def test_add_regularised_step(problem):
+    rng, obj, probe, _, _, _ = problem
+    weights = np.abs(rng.standard_normal(obj.shape)).astype(np.float32)
+    (_, (target, *_)), (_, (array_target, *_)) = both_ways(
+        add_regularised_step, obj, random_complex(rng, obj.shape), weights, 0.1, 0.7
+    )
+    assert_close(target, array_target)
+    assert not np.allclose(target, obj)
+    probe_weights = np.abs(rng.standard_normal(SHAPE)).astype(np.float32)
+    (_, (target, *_)), (_, (array_target, *_)) = both_ways(
+        add_regularised_step, probe, random_complex(rng, probe.shape), probe_weights, 0.5, 1.0
+    )
+    assert_close(target, array_target)
+    strided = obj.copy()[:, ::2]
+    expected = strided.copy()
+    with array_kernels():
+        add_regularised_step(expected, strided, weights[:, ::2], 0.1, 1.0)
+    add_regularised_step(strided, strided.copy(), weights[:, ::2], 0.1, 1.0)
+    assert_close(strided, expected)
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.75])
+@pytest.mark.parametrize("modes", [1, 3])
+def test_difference_map_fourier_update(problem, beta, modes):
+    rng, _, _, _, amplitude, mask = problem
+    model = random_complex(rng, (12, modes, *SHAPE))
+    farfield = random_complex(rng, (12, modes, *SHAPE))
+    (cost, (_, updated, *_)), (array_cost, (_, array_updated, *_)) = both_ways(
+        fourier_update, model, farfield, amplitude, mask, beta
+    )
+    assert cost == pytest.approx(array_cost, rel=1e-5)
+    assert_close(updated, array_updated)
+
+
+@pytest.mark.parametrize("modes", [1, 3])
+@pytest.mark.parametrize("with_probe", [True, False])
+def test_lsqml_step_products(problem, modes, with_probe):
+    rng, obj, probe, corners, _, _ = problem
+    direction = random_complex(rng, obj.shape)
+    probe_direction = random_complex(rng, (modes, *SHAPE)) if with_probe else None
+    chi = random_complex(rng, (9, modes, *SHAPE))
+    (compiled, _), (arrays, _) = both_ways(
+        step_products, obj, direction, probe[:modes], probe_direction, corners, chi
+    )
+    for ours, theirs in zip(compiled, arrays, strict=True):
+        if theirs is None:
+            assert ours is None
+        else:
+            np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+
+
+@pytest.mark.skipif(pyfftw is None, reason="needs pyFFTW")
+@pytest.mark.parametrize("dtype", [np.complex64, np.complex128, np.float32])
+def test_fftw_matches_scipy(dtype):
+    rng = np.random.default_rng(3)
+    x = random_complex(rng, (5, 2, *SHAPE), np.complex128)
+    x = (x if np.issubdtype(dtype, np.complexfloating) else x.real).astype(dtype)
+    expected = scipy.fft.fft2(x, norm="ortho")
+    rtol = 1e-5 if np.finfo(dtype).bits == 32 else 1e-12
+    with use_fft_library("fftw"):
+        assert_close(fft2(x), expected.astype(np.result_type(dtype, np.complex64)), rtol)
+        unaligned = np.empty(x.size + 1, x.dtype)[1:].reshape(x.shape)  # offset by one element
+        unaligned[...] = x
+        assert_close(fft2(unaligned), fft2(x), rtol)
+        in_place = x.astype(np.result_type(dtype, np.complex64))
+        assert_close(ifft2(fft2(in_place, overwrite_x=True), overwrite_x=True), in_place.copy(), rtol)
+        assert_close(ifft2(fft2(x)), x.astype(np.result_type(dtype, np.complex64)), rtol)
+
+
+@pytest.mark.skipif(pyfftw is None, reason="needs pyFFTW")
+def test_fftw_plans_are_safe_across_threads():
+    """Threads reusing plans of the same shape on their own arrays all get their own transforms."""
+    rng = np.random.default_rng(4)
+    stacks = [random_complex(rng, (8, 1, *SHAPE)) for _ in range(4)]
+    expected = [scipy.fft.fft2(s, norm="ortho") for s in stacks]
+    errors = []
+
+    def transform(index):
+        for _ in range(200):
+            result = fft2(stacks[index])
+            if not np.allclose(result, expected[index], atol=1e-4):
+                errors.append(index)
+                return
+
+    with use_fft_library("fftw"):
+        threads = [threading.Thread(target=transform, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
+
+
+def _transform_in_child(queue, stack):
+    queue.put(fft2(stack, workers=2))
+
+
+@pytest.mark.skipif(pyfftw is None, reason="needs pyFFTW")
+def test_a_child_forked_after_threaded_fftw_still_transforms():
+    """FFTW's thread pool does not survive fork(); a forked child must not hang in it."""
+    stack = random_complex(np.random.default_rng(5), (8, 1, *SHAPE))
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with use_fft_library("fftw"):
+        fft2(stack, workers=2)
+        child = context.Process(target=_transform_in_child, args=(queue, stack))
+        child.start()
+        result = queue.get(timeout=60)
+        child.join(10)
+    assert_close(result, scipy.fft.fft2(stack, norm="ortho"))
+
+
+def test_unknown_fft_library_is_refused():
+    with pytest.raises(ValueError, match="FFT library must be one of"), use_fft_library("mkl"):
+        pass
+
+
+@pytest.mark.parametrize("algorithm", ["rpie", "dm", "lsqml"])
+@pytest.mark.parametrize("kernels", ["compiled", "arrays"])
+def test_every_path_reconstructs(algorithm, kernels, clean_sim, wrong_probe):
+    """Compiled kernels and array expressions, with scipy.fft, reconstruct equally well."""
+    reconstructor = Reconstructor(
+        clean_sim.data.geometry, ReconstructionSettings(algorithm=algorithm), probe=wrong_probe
+    )
+    reconstructor.add_frames(clean_sim.data.frames, clean_sim.data.positions)
+    with use_fft_library("scipy"):
+        if kernels == "arrays":
+            with array_kernels():
+                reconstructor.iterate(100)
+        else:
+            reconstructor.iterate(100)
+    assert object_error(reconstructor.result(), clean_sim) <= 0.05
