@@ -14,7 +14,7 @@ from .catalog import DurableCatalogWriter, connect, latest_final_reconstruction
 from .catalog.server import redact
 from .plotting import save_summary_png
 from .sim import fermat_spiral_ptycho_scan, simulated_beamline
-from .solver import PtychoData, ReconstructionSettings, fourier_r_factor, object_error
+from .solver import PtychoData, ReconstructionSettings, fourier_r_factor, object_error, warm_up
 
 
 def run_live_demo(
@@ -28,6 +28,8 @@ def run_live_demo(
 ) -> str:
     """Scan the simulated beamline with live reconstruction into a catalog; return the raw scan uid."""
     console = console or Console()
+    with console.status("preparing the solver (the first run after installing compiles its CPU kernels)"):
+        warm_up()
     client = connect(catalog, catalog_directory)
     writer = DurableCatalogWriter(client, batch_size=20)  # never blocks the scan; spools if the catalog fails
     RE = RunEngine()

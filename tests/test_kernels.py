@@ -169,6 +169,16 @@ def test_fftw_matches_scipy(dtype):
 
 
 @pytest.mark.skipif(pyfftw is None, reason="needs pyFFTW")
+@pytest.mark.parametrize("shape", [(3, 4, 256, 256), (5, 15, 15)])
+def test_fftw_runs_large_stacks_in_chunks_and_odd_frames(shape):
+    """12 frames of 256 x 256 take two chunks with measured plans; 15 x 15 frames go to scipy.fft."""
+    x = random_complex(np.random.default_rng(6), shape)
+    with use_fft_library("fftw"):
+        assert_close(fft2(x), scipy.fft.fft2(x, norm="ortho"), 1e-5)
+        assert_close(ifft2(x.copy(), overwrite_x=True), scipy.fft.ifft2(x, norm="ortho"), 1e-5)
+
+
+@pytest.mark.skipif(pyfftw is None, reason="needs pyFFTW")
 def test_fftw_plans_are_safe_across_threads():
     """Threads reusing plans of the same shape on their own arrays all get their own transforms."""
     rng = np.random.default_rng(4)

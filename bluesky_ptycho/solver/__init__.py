@@ -19,6 +19,21 @@ def reconstruct(
     return reconstructor.iterate(progress=progress).result()
 
 
+def warm_up() -> None:
+    """Compile the CPU kernels, or load them from the disk cache, by running every algorithm on a tiny dataset.
+
+    The first reconstruction of a process otherwise waits for this: about
+    10 s once after installation (the compiled kernels are cached on disk for
+    every later process), then about 1 s. ``bluesky-ptycho demo`` calls it
+    before its scan.
+    """
+    sim = simulate(n_frames=8, frame_size=16, photons=None, seed=0)
+    for algorithm in ALGORITHMS:
+        reconstructor = Reconstructor(sim.data.geometry, ReconstructionSettings(algorithm=algorithm))
+        reconstructor.add_frames(sim.data.frames, sim.data.positions)
+        reconstructor.iterate(2)
+
+
 __all__ = [
     "ALGORITHMS",
     "Geometry",
@@ -32,4 +47,5 @@ __all__ = [
     "object_error",
     "reconstruct",
     "simulate",
+    "warm_up",
 ]

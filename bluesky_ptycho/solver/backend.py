@@ -35,9 +35,11 @@ except Exception:  # ImportError, or CUDA libraries missing at import time
 DEVICES = ("cpu", "gpu")
 
 FFT_LIBRARIES = ("scipy", "fftw")
-# FFTW plans kept per thread; a plan holds its last array, so only small ones
-_FFTW_PLANS_KEPT = 8
-_FFTW_PLAN_BYTES_KEPT = 16 * 2**20
+# FFTW transforms a stack of frames in chunks of about this size, with plans
+# kept per thread; frames this large or larger get measured plans
+_FFTW_CHUNK_BYTES = 4 * 2**20
+_FFTW_PLANS_KEPT = 16
+_FFTW_MEASURED_PIXELS = 256 * 256
 
 logger = logging.getLogger(__name__)
 _use_compiled_kernels = True
@@ -124,35 +126,47 @@ def use_fft_library(name: str) -> Iterator[None]:
         _fft_library = previous
 
 
-def _fftw_plan(array, forward: bool, threads: int):
-    """A planned in-place 2-D FFT of ``array``'s last two axes, reused for arrays like it.
+def _fftw_plan(shape: tuple[int, ...], dtype, forward: bool, threads: int):
+    """A planned in-place 2-D FFT of aligned (n, h, w) arrays, and the scratch array it was planned on.
 
-    Plans use FFTW_ESTIMATE, which never touches the data, so they are made on
-    the array itself. Each thread keeps its own (executing a plan on new
-    arrays changes it); large plans are not kept, as a plan holds its last array.
+    Plans are made once per thread (executing a plan on new arrays changes
+    it) on a scratch array, since measuring overwrites the data: frames of
+    256 x 256 pixels and more are measured (FFTW_MEASURE), smaller ones
+    estimated, which plans them as well.
     """
-    key = (array.shape, array.dtype, forward, threads, array.ctypes.data % pyfftw.simd_alignment)
+    key = (shape, dtype, forward, threads)
     kept = getattr(_fftw_plans, "plans", None)
     if kept is None:
         kept = _fftw_plans.plans = OrderedDict()
-    plan = kept.get(key)
-    if plan is None:
-        plan = pyfftw.FFTW(
-            array,
-            array,
-            axes=(-2, -1),
-            direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD",
-            flags=("FFTW_ESTIMATE",),
-            threads=threads,
-        )
-        if array.nbytes <= _FFTW_PLAN_BYTES_KEPT:
-            kept[key] = plan
-            while len(kept) > _FFTW_PLANS_KEPT:
-                kept.popitem(last=False)
-        return plan
-    kept.move_to_end(key)
-    plan.update_arrays(array, array)
-    return plan
+    if key in kept:
+        kept.move_to_end(key)
+        return kept[key]
+    scratch = pyfftw.empty_aligned(shape, dtype)
+    effort = "FFTW_MEASURE" if shape[-1] * shape[-2] >= _FFTW_MEASURED_PIXELS else "FFTW_ESTIMATE"
+    plan = pyfftw.FFTW(
+        scratch,
+        scratch,
+        axes=(-2, -1),
+        direction="FFTW_FORWARD" if forward else "FFTW_BACKWARD",
+        flags=(effort,),
+        threads=threads,
+    )
+    kept[key] = plan, scratch
+    while len(kept) > _FFTW_PLANS_KEPT:
+        kept.popitem(last=False)
+    return plan, scratch
+
+
+def is_aligned(x) -> bool:
+    """Whether ``x`` starts where FFTW's SIMD code wants it (always True without pyFFTW)."""
+    return pyfftw is None or x.ctypes.data % pyfftw.simd_alignment == 0
+
+
+def empty_aligned(shape: tuple[int, ...], dtype, xp: ModuleType = np):
+    """An uninitialised array on ``xp``, SIMD-aligned for FFTW on NumPy."""
+    if xp is np and pyfftw is not None:
+        return pyfftw.empty_aligned(shape, dtype)
+    return xp.empty(shape, dtype)
 
 
 def _after_fork_in_child() -> None:
@@ -168,18 +182,31 @@ if pyfftw is not None:
 
 
 def _fftw_transform(x, forward: bool, workers: int, overwrite_x: bool):
-    """Orthonormal 2-D FFT of ``x``'s last two axes with FFTW; in place when allowed."""
-    dtype = np.result_type(x.dtype, np.complex64)
-    if overwrite_x and x.dtype == dtype and x.flags.c_contiguous and x.flags.writeable:
+    """Orthonormal 2-D FFT of ``x``'s last two axes with FFTW, in chunks of frames; in place when allowed."""
+    global _fftw_threads_used
+    dtype = np.dtype(np.result_type(x.dtype, np.complex64))
+    if overwrite_x and x.dtype == dtype and x.flags.c_contiguous and x.flags.writeable and is_aligned(x):
         out = x
     else:
-        out = pyfftw.empty_aligned(x.shape, dtype)
+        out = empty_aligned(x.shape, dtype)
         out[...] = x
-    global _fftw_threads_used
+    frames = out.reshape(-1, *out.shape[-2:])
+    chunk = max(1, _FFTW_CHUNK_BYTES // frames[0].nbytes)
     _fftw_threads_used = _fftw_threads_used or workers > 1
-    _fftw_plan(out, forward, workers).execute()
+    for start in range(0, len(frames), chunk):
+        part = frames[start : start + chunk]
+        plan, scratch = _fftw_plan(part.shape, dtype, forward, workers)
+        plan.update_arrays(part, part)
+        plan.execute()
+        plan.update_arrays(scratch, scratch)  # so the plan does not keep ``out`` alive
     out *= out.real.dtype.type(1 / np.sqrt(x.shape[-1] * x.shape[-2]))
     return out
+
+
+def _fftw_serves(x) -> bool:
+    """FFTW runs the frames of ``x`` in aligned chunks: every frame must keep the alignment."""
+    frame_bytes = x.shape[-1] * x.shape[-2] * np.dtype(np.result_type(x.dtype, np.complex64)).itemsize
+    return _fft_library == "fftw" and frame_bytes % pyfftw.simd_alignment == 0
 
 
 def fft2(x, workers: int | None = None, overwrite_x: bool = False):
@@ -190,7 +217,7 @@ def fft2(x, workers: int | None = None, overwrite_x: bool = False):
     """
     if array_module(x) is not np:
         return cupy_fft.fft2(x, norm="ortho", overwrite_x=overwrite_x)  # pragma: no cover
-    if _fft_library == "fftw":
+    if _fftw_serves(x):
         return _fftw_transform(x, True, workers or default_workers(), overwrite_x)
     return scipy.fft.fft2(x, norm="ortho", workers=workers or default_workers(), overwrite_x=overwrite_x)
 
@@ -199,7 +226,7 @@ def ifft2(x, workers: int | None = None, overwrite_x: bool = False):
     """Orthonormal inverse 2-D FFT over the last two axes (see :func:`fft2`)."""
     if array_module(x) is not np:
         return cupy_fft.ifft2(x, norm="ortho", overwrite_x=overwrite_x)  # pragma: no cover
-    if _fft_library == "fftw":
+    if _fftw_serves(x):
         return _fftw_transform(x, False, workers or default_workers(), overwrite_x)
     return scipy.fft.ifft2(x, norm="ortho", workers=workers or default_workers(), overwrite_x=overwrite_x)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import compiled_kernels, fft2, ifft2
+from .backend import compiled_kernels, empty_aligned, fft2, ifft2
 from .engine import Engine
 from .forward import (
     amplitude_misfit,
@@ -48,7 +48,7 @@ class DifferenceMap(Engine):
         index = xp.arange(n_before, state.n_frames)
         new = fft2(exit_waves_at(state.object, state.corners[index], state.probe), workers=state.workers)
         self.farfield = new if self.farfield is None else xp.concatenate([self.farfield, new])
-        self.workspace = xp.empty_like(self.farfield)
+        self.workspace = empty_aligned(self.farfield.shape, self.farfield.dtype, xp)
 
     def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
         model = exit_waves_at(state.object, state.corners, state.probe, out=self.workspace)

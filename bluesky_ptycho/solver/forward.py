@@ -15,6 +15,7 @@ import scipy.fft
 from .backend import (
     array_module,
     compiled_kernels,
+    empty_aligned,
     fft2,
     ifft2,
     irfft2,
@@ -81,7 +82,7 @@ def exit_waves_at(obj, corners, probe, out=None):
     kernels = compiled_kernels(obj)
     if kernels is not None:
         if out is None:
-            out = np.empty((len(corners), *probe.shape), probe.dtype)
+            out = empty_aligned((len(corners), *probe.shape), probe.dtype)
         kernels.exit_waves(obj, corners, probe, out)
         return out
     waves = exit_waves(probe, gather_patches(obj, corners, probe.shape[-2:]))
