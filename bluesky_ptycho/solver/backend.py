@@ -209,26 +209,30 @@ def _fftw_serves(x) -> bool:
     return _fft_library == "fftw" and frame_bytes % pyfftw.simd_alignment == 0
 
 
+def _transform2(x, forward: bool, workers: int | None, overwrite_x: bool):
+    """Orthonormal 2-D FFT (``forward``) or inverse over the last two axes, on x's device."""
+    if array_module(x) is not np:
+        transform = cupy_fft.fft2 if forward else cupy_fft.ifft2  # pragma: no cover
+        return transform(x, norm="ortho", overwrite_x=overwrite_x)  # pragma: no cover
+    workers = workers or default_workers()
+    if _fftw_serves(x):
+        return _fftw_transform(x, forward, workers, overwrite_x)
+    transform = scipy.fft.fft2 if forward else scipy.fft.ifft2
+    return transform(x, norm="ortho", workers=workers, overwrite_x=overwrite_x)
+
+
 def fft2(x, workers: int | None = None, overwrite_x: bool = False):
     """Orthonormal 2-D FFT over the last two axes, zero frequency at index 0.
 
     ``overwrite_x`` lets the transform reuse ``x``'s memory (in place);
     always use the returned array.
     """
-    if array_module(x) is not np:
-        return cupy_fft.fft2(x, norm="ortho", overwrite_x=overwrite_x)  # pragma: no cover
-    if _fftw_serves(x):
-        return _fftw_transform(x, True, workers or default_workers(), overwrite_x)
-    return scipy.fft.fft2(x, norm="ortho", workers=workers or default_workers(), overwrite_x=overwrite_x)
+    return _transform2(x, True, workers, overwrite_x)
 
 
 def ifft2(x, workers: int | None = None, overwrite_x: bool = False):
     """Orthonormal inverse 2-D FFT over the last two axes (see :func:`fft2`)."""
-    if array_module(x) is not np:
-        return cupy_fft.ifft2(x, norm="ortho", overwrite_x=overwrite_x)  # pragma: no cover
-    if _fftw_serves(x):
-        return _fftw_transform(x, False, workers or default_workers(), overwrite_x)
-    return scipy.fft.ifft2(x, norm="ortho", workers=workers or default_workers(), overwrite_x=overwrite_x)
+    return _transform2(x, False, workers, overwrite_x)
 
 
 def rfft2(x, workers: int | None = None):

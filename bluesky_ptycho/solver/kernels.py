@@ -30,6 +30,18 @@ _FLOOR = np.float32(AMPLITUDE_FLOOR)
 
 
 @_compile
+def _mode_power(modes, dtype):
+    """``sum_m |modes_m|^2`` of (M, h, w) complex modes, (h, w) of ``dtype``."""
+    n_modes, h, w = modes.shape
+    power = np.zeros((h, w), dtype=dtype)
+    for m in range(n_modes):
+        for y in range(h):
+            for x in range(w):
+                power[y, x] += modes[m, y, x].real ** 2 + modes[m, y, x].imag ** 2
+    return power
+
+
+@_compile
 def exit_waves(obj, corners, probe, out):
     """``out[j, m] = probe[m] * obj[patch_j]``: exit waves, (B, M, h, w)."""
     n_modes, h, w = probe.shape
@@ -88,11 +100,7 @@ def fourier_change(farfield, amplitude, frames, mask, poisson):
 def accumulate_object_terms(diff, corners, probe, numerator, illumination):
     """Add ``sum_m conj(probe_m) diff_jm`` and ``sum_m |probe_m|^2`` at every patch, in place."""
     n_frames, n_modes, h, w = diff.shape
-    power = np.zeros((h, w), dtype=illumination.dtype)
-    for m in range(n_modes):
-        for y in range(h):
-            for x in range(w):
-                power[y, x] += probe[m, y, x].real ** 2 + probe[m, y, x].imag ** 2
+    power = _mode_power(probe, illumination.dtype)
     conj_probe = np.conj(probe)
     for j in range(n_frames):
         r, c = corners[j, 0], corners[j, 1]
@@ -197,17 +205,13 @@ def difference_map_fourier(model, farfield, amplitude, mask, beta):
 def lsqml_step_products(obj, object_direction, probe, probe_direction, corners, chi):
     """Rows a11, r1, a22, r2, a12 (5, B) of the LSQ-ML step equations (see :func:`.lsqml.step_products`)."""
     n_frames, n_modes, h, w = chi.shape
-    real = chi.real.dtype
-    power = np.zeros((h, w), dtype=real)
-    direction_power = np.zeros((h, w), dtype=real)
+    power = _mode_power(probe, chi.real.dtype)
+    direction_power = _mode_power(probe_direction, chi.real.dtype)
     overlap = np.zeros((h, w), dtype=chi.dtype)
     for m in range(n_modes):
         for y in range(h):
             for x in range(w):
-                p, d = probe[m, y, x], probe_direction[m, y, x]
-                power[y, x] += p.real * p.real + p.imag * p.imag
-                direction_power[y, x] += d.real * d.real + d.imag * d.imag
-                overlap[y, x] += np.conj(p) * d
+                overlap[y, x] += np.conj(probe[m, y, x]) * probe_direction[m, y, x]
     by_probe = np.empty(w, dtype=chi.dtype)
     by_direction = np.empty(w, dtype=chi.dtype)
     products = np.zeros((5, n_frames))

@@ -21,7 +21,7 @@ from .backend import compiled_kernels
 from .engine import Engine
 from .forward import exit_wave_update, gather_patches
 from .positions import refine_positions
-from .state import SolverState
+from .state import SolverState, mode_power
 from .updates import mode_sum, regularised_step, update_terms
 
 STEP_REGULARISATION = 1e-3
@@ -54,14 +54,12 @@ def step_products(obj, object_direction, probe, probe_direction, corners, chi):
         return tuple(products[:2]) + (tuple(products[2:]) if with_probe else (None, None, None))
     shape = probe.shape[-2:]
     object_change = gather_patches(object_direction, corners, shape)
-    power = (probe.real**2 + probe.imag**2).sum(axis=0)
-    a11 = ((object_change.real**2 + object_change.imag**2) * power).sum(axis=(-2, -1))
+    a11 = ((object_change.real**2 + object_change.imag**2) * mode_power(probe)).sum(axis=(-2, -1))
     r1 = frame_inner(object_change, mode_sum(probe, chi))
     if probe_direction is None:
         return a11, r1, None, None, None
     patches = gather_patches(obj, corners, shape)
-    direction_power = (probe_direction.real**2 + probe_direction.imag**2).sum(axis=0)
-    a22 = ((patches.real**2 + patches.imag**2) * direction_power).sum(axis=(-2, -1))
+    a22 = ((patches.real**2 + patches.imag**2) * mode_power(probe_direction)).sum(axis=(-2, -1))
     r2 = frame_inner(patches, mode_sum(probe_direction, chi))
     overlap = (probe.conj() * probe_direction).sum(axis=0)
     a12 = frame_inner(object_change, patches * overlap)

@@ -14,6 +14,11 @@ def canvas_margin(frame_shape: tuple[int, int]) -> np.ndarray:
     return np.array([max(4, h // 8), max(4, w // 8)])
 
 
+def mode_power(modes):
+    """``sum_m |modes_m|^2`` of (modes, h, w) complex modes: a real (h, w) array."""
+    return (modes.real**2 + modes.imag**2).sum(axis=0)
+
+
 @dataclass
 class SolverState:
     """Arrays an algorithm reads and updates, all on the array module ``xp``.
@@ -96,5 +101,4 @@ class SolverState:
 
     def illumination_weights(self):
         """Incoherent probe intensity ``sum_m |probe_m|^2``, (h, w)."""
-        xp = self.xp
-        return xp.sum(self.probe.real**2 + self.probe.imag**2, axis=0)
+        return mode_power(self.probe)

@@ -12,7 +12,7 @@ from typing import Any
 
 from .backend import compiled_kernels
 from .forward import gather_patches, scatter_patches, stamp_patch
-from .state import SolverState
+from .state import SolverState, mode_power
 
 
 @dataclass
@@ -77,7 +77,7 @@ def update_terms(state: SolverState, corners, diff, for_object: bool = True, for
         else:
             patches = gather_patches(state.object, corners, state.frame_shape)
             terms.probe_numerator = (patches.conj()[:, None] * diff).sum(axis=0)
-            terms.probe_weights = (patches.real**2 + patches.imag**2).sum(axis=0)
+            terms.probe_weights = mode_power(patches)
     return terms
 
 
