@@ -1,12 +1,24 @@
-"""The defocus of the initial probe: from the user, or estimated from the data.
+"""The defocus of the initial probe: from the user, or measured from the data.
 
 Beamline ptychography is usually recorded with the sample out of the probe
-focus. An initial probe without the right defocus leaves the algorithms stuck,
-so when none is given we estimate it: every candidate defocus builds an
-initial probe (:func:`~bluesky_ptycho.solver.probe.probe_from_mean_pattern`)
-and is scored by the cost after a few cheap rPIE iterations on a compact
-subset of frames; a coarse scan over both signs is refined around its best
-value and a parabola through the three best points gives the estimate.
+focus, and an initial probe without the right defocus leaves every algorithm
+stuck. The defocus is measured from the frames themselves, with no trial
+reconstruction (whose scores are nearly flat on measured data):
+
+A probe ``d`` metres from its focus is a spherical wave, and the far field of
+a spherical wave through the sample is a magnified (Fresnel-blurred) shadow
+image of the sample inside the bright-field disc (the Fresnel scaling
+theorem). When the sample moves by ``s`` sample pixels between two frames,
+that shadow moves by ``M s`` detector pixels with
+
+    M = wavelength * distance**2 / (N * detector_pixel**2 * d)
+
+(N: frame edge in pixels), the same direction as the sample for ``d > 0``
+(downstream of the focus) and the opposite one for ``d < 0``. Every pair of
+neighbouring frames gives the cross-correlation of their shadows; the
+magnification whose predicted shifts collect the most correlation, over all
+pairs at once, gives the defocus with its sign. A focused probe casts no
+shadow: its data correlate only where nothing moved, and the estimate is 0.
 """
 
 from __future__ import annotations
@@ -16,36 +28,42 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.fft
+from scipy.spatial import cKDTree
 
 from .data import Geometry
-from .probe import probe_from_mean_pattern
 
 logger = logging.getLogger(__name__)
 
-COARSE_CANDIDATES = 9
-FINE_CANDIDATES = 4
-TRIAL_FRAMES = 32
-TRIAL_ITERATIONS = 4
-CENTRAL_POWER_FOR_FOCUS = 0.2
-SIGN_MARGIN = 0.9
+MAX_PAIRS = 256
+CANDIDATES = 120
+BRIGHT_FIELD_LEVEL = 0.25
+SIGN_MARGIN = 1.2
 
 
 @dataclass
 class DefocusEstimate:
-    """The chosen defocus (m, + = sample downstream of the focus) and how it was found."""
+    """The measured defocus (m, + = sample downstream of the focus) and how it was found.
+
+    ``magnifications`` and ``scores`` are the candidate shadow magnifications
+    (detector pixels per sample pixel, signed as the defocus) and the mean
+    correlation each collected; ``magnification`` is the best one, 0 where
+    no shadow was found (then the defocus is 0: a focused probe).
+    """
 
     defocus: float
+    magnification: float
     score: float
-    candidates: list[float] = field(default_factory=list)
+    magnifications: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return {
             "probe_defocus": self.defocus,
+            "probe_defocus_source": "estimate",
+            "probe_defocus_magnification": self.magnification,
             "probe_defocus_score": self.score,
-            "probe_defocus_candidates": self.candidates,
-            "probe_defocus_scores": self.scores,
             "probe_defocus_seconds": self.seconds,
         }
 
@@ -66,49 +84,92 @@ def bright_field_radius(mean_pattern: np.ndarray, fraction: float = 0.9) -> floa
     return float(radius[order][min(np.searchsorted(enclosed, fraction), radius.size - 1)])
 
 
-def looks_defocused(mean_pattern: np.ndarray) -> bool:
-    """True when the mean diffraction pattern is a flat disc or ring rather than a central peak.
-
-    A focused probe scatters most of its power into a bright central peak; a
-    defocused one (or a filled zone-plate pupil) spreads it evenly over the
-    bright-field disc. The test compares the power inside a quarter of the
-    bright-field radius with the total (1/16 for a flat disc).
-    """
-    radius = bright_field_radius(mean_pattern)
-    central = mean_pattern[radius_from_centre(mean_pattern) <= radius / 4].sum() / mean_pattern.sum()
-    return bool(central < CENTRAL_POWER_FOR_FOCUS)
-
-
-def defocus_range(mean_pattern: np.ndarray, geometry: Geometry) -> float:
-    """Largest defocus worth trying (m): the probe then spans a third of the field of view.
-
-    The beam's numerical aperture follows from the bright-field radius on the
-    detector; a defocus ``d`` widens the probe to about ``2 d NA``.
-    """
-    numerical_aperture = (
-        bright_field_radius(mean_pattern) * geometry.detector_pixel_size / geometry.detector_distance
+def magnification_scale(geometry: Geometry) -> float:
+    """``M * d``: the shadow magnification times the defocus (m), from the geometry alone."""
+    return (
+        geometry.wavelength
+        * geometry.detector_distance**2
+        / (geometry.frame_shape[0] * geometry.detector_pixel_size**2)
     )
-    field_of_view = min(np.multiply(geometry.frame_shape, geometry.sample_pixel_size))
-    return float(field_of_view / (3 * max(numerical_aperture, 1e-12)))
 
 
-def trial_data(frames: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The ``TRIAL_FRAMES`` frames nearest the scan's centre, their positions and their mean pattern."""
-    distance = np.sum((positions - positions.mean(axis=0)) ** 2, axis=1)
-    subset = np.argsort(distance)[:TRIAL_FRAMES]
-    return frames[subset], positions[subset], frames[subset].mean(axis=0)
+@dataclass
+class ShadowCorrelations:
+    """Normalised cross-correlations of the bright-field shadows of neighbouring frames.
 
+    ``correlations[p]`` (P, H', W') is ``sum_k a(k + tau) b(k)`` of pair p's
+    contrasts ``a`` (first frame) and ``b``, divided by the bright-field area
+    both share at ``tau`` (so a large shift is not penalised for overlapping
+    less); ``shifts[p]`` the sample's move (rows, columns) in sample pixels
+    from the first frame to the second.
+    """
 
-def trial_score(frames, positions, geometry, mask, mean_pattern, defocus: float, seed: int = 0) -> float:
-    """Cost after ``TRIAL_ITERATIONS`` rPIE iterations started from a probe of ``defocus``."""
-    from .reconstructor import Reconstructor
-    from .settings import ReconstructionSettings
+    correlations: np.ndarray
+    shifts: np.ndarray
+    bright_field_radius: float
+    frame_shape: tuple[int, int]
 
-    settings = ReconstructionSettings(algorithm="rpie", batch_size=len(frames), seed=seed)
-    probe = probe_from_mean_pattern(mean_pattern, geometry, defocus)
-    reconstructor = Reconstructor(geometry, settings, mask=mask, probe=probe)
-    reconstructor.add_frames(frames, positions).iterate(TRIAL_ITERATIONS)
-    return reconstructor.cost_history[-1]
+    @classmethod
+    def measure(
+        cls, frames: np.ndarray, positions: np.ndarray, geometry: Geometry, mask: np.ndarray | None = None
+    ) -> ShadowCorrelations:
+        h, w = geometry.frame_shape
+        good = np.ones((h, w), bool) if mask is None else mask
+        mean = frames.mean(axis=0) * good
+        radius = bright_field_radius(mean)
+        bright = good & (mean > BRIGHT_FIELD_LEVEL * np.percentile(mean[good], 99))
+        pixels = positions[:, ::-1] / geometry.sample_pixel_size
+        _, neighbour = cKDTree(pixels).query(pixels, k=2)
+        pairs = np.array(sorted({tuple(sorted((i, int(j)))) for i, j in enumerate(neighbour[:, 1])}))
+        if len(pairs) > MAX_PAIRS:
+            pairs = pairs[np.random.default_rng(0).choice(len(pairs), MAX_PAIRS, replace=False)]
+        # padded so that shifts up to the disc's diameter do not wrap around
+        size = tuple(scipy.fft.next_fast_len(int(n + 2 * radius + 2), real=True) for n in (h, w))
+        safe_mean = np.where(bright, mean, 1)
+
+        def contrast_spectrum(index):
+            contrast = np.where(bright, frames[index] / safe_mean - 1, 0)
+            contrast -= (contrast.sum(axis=(1, 2)) / bright.sum())[:, None, None] * bright
+            contrast /= np.sqrt((contrast**2).sum(axis=(1, 2)))[:, None, None] + 1e-30
+            return scipy.fft.rfft2(contrast, s=size)
+
+        first, second = contrast_spectrum(pairs[:, 0]), contrast_spectrum(pairs[:, 1])
+        correlations = scipy.fft.irfft2(first * second.conj(), s=size)
+        window = scipy.fft.rfft2(bright.astype(np.float64), s=size)
+        overlap = scipy.fft.irfft2(window * window.conj(), s=size)
+        correlations *= bright.sum() / np.maximum(overlap, 0.25 * bright.sum())
+        return cls(correlations, pixels[pairs[:, 1]] - pixels[pairs[:, 0]], radius, (h, w))
+
+    def score(self, magnification: float) -> float:
+        """Mean correlation found where ``magnification`` puts each pair's shadow (bilinear)."""
+        tau = magnification * self.shifts
+        low = np.floor(tau).astype(int)
+        frac = tau - low
+        rows, cols = self.correlations.shape[1:]
+        r0, c0 = low[:, 0] % rows, low[:, 1] % cols
+        r1, c1 = (r0 + 1) % rows, (c0 + 1) % cols
+        pair = np.arange(len(tau))
+        value = (
+            self.correlations[pair, r0, c0] * (1 - frac[:, 0]) * (1 - frac[:, 1])
+            + self.correlations[pair, r1, c0] * frac[:, 0] * (1 - frac[:, 1])
+            + self.correlations[pair, r0, c1] * (1 - frac[:, 0]) * frac[:, 1]
+            + self.correlations[pair, r1, c1] * frac[:, 0] * frac[:, 1]
+        )
+        return float(value.mean())
+
+    def candidates(self) -> np.ndarray:
+        """Magnifications worth trying, both signs, log-spaced.
+
+        From the weakest at which the probe (about ``2 R / |M|`` sample pixels
+        wide for a bright-field radius ``R``) still fits the frame, or moves
+        the shadow half a pixel, to the strongest that moves it by the disc's
+        diameter.
+        """
+        step = float(np.median(np.hypot(*self.shifts.T)))
+        low = max(2 * self.bright_field_radius / min(self.frame_shape), 0.5 / step)
+        high = max(2 * self.bright_field_radius / step, 2 * low)
+        magnitudes = np.geomspace(low, high, CANDIDATES // 2)
+        return np.concatenate([-magnitudes[::-1], magnitudes])
 
 
 def estimate_defocus(
@@ -116,15 +177,13 @@ def estimate_defocus(
     positions: np.ndarray,
     geometry: Geometry,
     mask: np.ndarray | None = None,
-    seed: int = 0,
 ) -> DefocusEstimate:
-    """Estimate the probe defocus from the data (both signs are tried).
+    """Measure the probe defocus from the shadow's magnification between neighbouring frames.
 
     Parameters
     ----------
     frames, positions
-        Photon counts (N, H, W) and (x, y) positions in metres; the frames
-        nearest the scan centre are used.
+        Photon counts (N, H, W) and (x, y) positions in metres.
     geometry
         The instrument geometry.
     mask
@@ -133,39 +192,46 @@ def estimate_defocus(
     Returns
     -------
     DefocusEstimate
-        The value, its score (trial cost) and every candidate tried.
+        The defocus (0 where no shadow moves with the sample: a focused
+        probe), the magnification and every candidate's score.
     """
     start = time.perf_counter()
-    frames, positions, mean_pattern = trial_data(frames, positions)
-    tried: dict[float, float] = {}
-
-    def score(defocus: float) -> float:
-        if defocus not in tried:
-            tried[defocus] = trial_score(frames, positions, geometry, mask, mean_pattern, defocus, seed)
-        return tried[defocus]
-
-    limit = defocus_range(mean_pattern, geometry)
-    coarse = np.linspace(-limit, limit, COARSE_CANDIDATES)
-    best = min(coarse, key=score)
-    step = coarse[1] - coarse[0]
-    for offset in np.linspace(-step, step, FINE_CANDIDATES + 2)[1:-1]:
-        score(float(best + offset))
-    defocus = refine_minimum(tried)
+    shadows = ShadowCorrelations.measure(frames, positions, geometry, mask)
+    candidates = shadows.candidates()
+    scores = np.array([shadows.score(m) for m in candidates])
+    best = int(np.argmax(scores))
+    magnification = refine_maximum(candidates, scores, best)
+    weakest = len(candidates) // 2
+    # a best score at the weakest magnification of either sign is the peak of
+    # what does not move with the sample: there is no shadow to measure
+    focused = best in (weakest - 1, weakest)
     estimate = DefocusEstimate(
-        defocus=defocus,
-        score=score(defocus),
-        candidates=sorted(tried),
-        scores=[tried[d] for d in sorted(tried)],
+        defocus=0.0 if focused else magnification_scale(geometry) / magnification,
+        magnification=0.0 if focused else magnification,
+        score=float(scores[best]),
+        magnifications=candidates.tolist(),
+        scores=scores.tolist(),
         seconds=time.perf_counter() - start,
     )
     logger.info(
-        "estimated probe defocus %.3g m (score %.4g, %d trials, %.2f s)",
+        "measured probe defocus %.3g m (shadow magnification %.3g, score %.3g, %.2f s)",
         estimate.defocus,
+        estimate.magnification,
         estimate.score,
-        len(tried),
         estimate.seconds,
     )
     return estimate
+
+
+def refine_maximum(candidates: np.ndarray, scores: np.ndarray, best: int) -> float:
+    """The vertex of the parabola through the best candidate and its neighbours, on a log scale."""
+    if best in (0, len(candidates) - 1) or np.sign(candidates[best - 1]) != np.sign(candidates[best + 1]):
+        return float(candidates[best])
+    x = np.log(np.abs(candidates[best - 1 : best + 2]))
+    a, b, _ = np.polyfit(x, scores[best - 1 : best + 2], 2)
+    if a >= 0:
+        return float(candidates[best])
+    return float(np.sign(candidates[best]) * np.exp(np.clip(-b / (2 * a), x.min(), x.max())))
 
 
 def check_defocus_sign(
@@ -174,21 +240,20 @@ def check_defocus_sign(
     geometry: Geometry,
     defocus: float,
     mask: np.ndarray | None = None,
-    seed: int = 0,
 ) -> tuple[float, bool]:
-    """Return ``(defocus, False)``, or ``(-defocus, True)`` when the opposite sign fits the data clearly better.
+    """Return ``(defocus, False)``, or ``(-defocus, True)`` when the data's shadow clearly moves the other way.
 
     Sign conventions differ between instruments and codes; a defocus given
-    with the wrong sign is a common mistake and costs only two trials to catch.
+    with the wrong sign is a common mistake, and the shadow tells it at once.
     """
     if defocus == 0:
         return defocus, False
-    frames, positions, mean_pattern = trial_data(frames, positions)
-    given = trial_score(frames, positions, geometry, mask, mean_pattern, defocus, seed)
-    flipped = trial_score(frames, positions, geometry, mask, mean_pattern, -defocus, seed)
-    if flipped < SIGN_MARGIN * given:
+    shadows = ShadowCorrelations.measure(frames, positions, geometry, mask)
+    magnification = magnification_scale(geometry) / defocus
+    given, flipped = shadows.score(magnification), shadows.score(-magnification)
+    if flipped > 0 and flipped > SIGN_MARGIN * max(given, 0):
         logger.warning(
-            "probe defocus %.3g m fits the data worse than %.3g m (cost %.4g against %.4g): "
+            "probe defocus %.3g m does not fit the data's shadow, %.3g m does (correlation %.3g against %.3g): "
             "using %.3g m; check the sign convention (+ = sample downstream of the focus)",
             defocus,
             -defocus,
@@ -198,18 +263,3 @@ def check_defocus_sign(
         )
         return -defocus, True
     return defocus, False
-
-
-def refine_minimum(scores: dict[float, float]) -> float:
-    """Vertex of the parabola through the best sampled point and its two neighbours."""
-    points = sorted(scores)
-    values = [scores[p] for p in points]
-    best = int(np.argmin(values))
-    if best == 0 or best == len(points) - 1:
-        return points[best]
-    x = np.array(points[best - 1 : best + 2])
-    y = np.array(values[best - 1 : best + 2])
-    a, b, _ = np.polyfit(x, y, 2)
-    if a <= 0:
-        return points[best]
-    return float(np.clip(-b / (2 * a), x[0], x[2]))

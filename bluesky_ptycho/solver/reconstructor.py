@@ -24,7 +24,7 @@ from .data import (
     validate_mask,
     validate_probe,
 )
-from .defocus import check_defocus_sign, estimate_defocus, looks_defocused
+from .defocus import check_defocus_sign, estimate_defocus
 from .dm import DifferenceMap
 from .engine import Engine
 from .lsqml import LSQML
@@ -54,8 +54,8 @@ class Reconstructor:
     probe
         Optional initial probe (modes, H, W) in the sample plane. Default: the
         inverse FFT of the square root of the mean diffraction pattern of the
-        first frames, with ``settings.probe_defocus`` applied (estimated from
-        those frames when it is "auto", or None and the data look defocused).
+        first frames, with ``settings.probe_defocus`` applied (measured from
+        those frames when it is "auto" or None).
     object
         Optional initial object (2-D complex); default: a flat object of ones.
     object_origin
@@ -267,18 +267,16 @@ class Reconstructor:
         return state
 
     def _initial_defocus(self, frames: np.ndarray, positions: np.ndarray) -> float:
-        """The defocus of the initial probe: given (sign checked), estimated, or 0 for focused data."""
+        """The defocus of the initial probe: given (sign checked) or measured from the data."""
         defocus = self.settings.probe_defocus
-        if defocus is None:
-            defocus = "auto" if looks_defocused(frames.mean(axis=0)) else 0.0
-        if defocus == "auto":
-            estimate = estimate_defocus(frames, positions, self.geometry, self.mask, self.settings.seed)
+        if defocus is None or defocus == "auto":
+            estimate = estimate_defocus(frames, positions, self.geometry, self.mask)
             self.extra.update(estimate.as_dict())
             return estimate.defocus
-        defocus, flipped = check_defocus_sign(
-            frames, positions, self.geometry, float(defocus), self.mask, self.settings.seed
+        defocus, flipped = check_defocus_sign(frames, positions, self.geometry, float(defocus), self.mask)
+        self.extra.update(
+            probe_defocus=defocus, probe_defocus_source="given", probe_defocus_sign_corrected=flipped
         )
-        self.extra.update(probe_defocus=defocus, probe_defocus_sign_corrected=flipped)
         return defocus
 
     def _check_overlap(self, positions: np.ndarray) -> None:

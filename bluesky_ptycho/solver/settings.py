@@ -7,6 +7,8 @@ from typing import Any
 
 ALGORITHMS = ("rpie", "epie", "dm", "lsqml")
 NOISE_MODELS = ("gaussian", "poisson")
+# a zone plate's focal length is millimetres to a metre: a larger defocus is a unit mistake
+MAX_DEFOCUS = 1.0
 
 
 @dataclass
@@ -46,8 +48,9 @@ class ReconstructionSettings:
         Defocus in metres of the initial probe built when none is given
         (positive: sample downstream of the focus). A given value whose
         opposite sign fits the data clearly better is flipped, with a warning.
-        "auto": estimated from the data. None (default): "auto" when the
-        diffraction patterns look defocused (a disc, not a peak), else 0.
+        "auto": measured from the data (0 when the probe is focused; see
+        :mod:`.defocus`). "none": 0, in focus. None (default): the data's own
+        value where they carry one (a CXI file), else "auto".
     device
         "cpu" (NumPy/SciPy) or "gpu" (CuPy).
     fft_workers
@@ -90,13 +93,19 @@ class ReconstructionSettings:
             raise ValueError(f"dm_relaxation must be within (0, 1], got {self.dm_relaxation}")
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be within [0, 1], got {self.alpha}")
-        if self.probe_defocus is not None and self.probe_defocus != "auto":
+        if isinstance(self.probe_defocus, str) and self.probe_defocus.lower() in ("auto", "none"):
+            self.probe_defocus = {"auto": "auto", "none": 0.0}[self.probe_defocus.lower()]
+        elif self.probe_defocus is not None:
+            given = self.probe_defocus
             try:
-                self.probe_defocus = float(self.probe_defocus)
+                self.probe_defocus = float(given)
             except (TypeError, ValueError):
+                self.probe_defocus = float("nan")
+            if not abs(self.probe_defocus) < MAX_DEFOCUS:
                 raise ValueError(
-                    f"probe_defocus must be a distance in metres, 'auto' or None, got {self.probe_defocus!r}"
-                ) from None
+                    "probe_defocus must be 'auto', 'none' or a distance in metres within "
+                    f"+-{MAX_DEFOCUS:g} m, got {given!r}"
+                )
         for name in ("object_step", "probe_step", "max_position_step"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")

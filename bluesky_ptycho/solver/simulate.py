@@ -9,11 +9,12 @@ import numpy as np
 from .backend import fft2
 from .data import Geometry, PtychoData
 from .forward import exit_waves, gather_patches, model_amplitude
-from .probe import add_modes, normalize_power, propagate
+from .probe import add_modes, normalize_power, orthogonalize_modes, propagate, shift_ramp
 
 DEFAULT_ENERGY_J = 8000 * 1.602176634e-19
 DEFAULT_DISTANCE = 2.0
 DEFAULT_PIXEL = 75e-6
+OBJECT_KINDS = ("star", "weak_phase")
 
 
 def siemens_star(shape: tuple[int, int], spokes: int = 24, low: float = 0.3) -> np.ndarray:
@@ -29,6 +30,16 @@ def siemens_star(shape: tuple[int, int], spokes: int = 24, low: float = 0.3) -> 
     kernel = np.fft.fft2(np.exp(-(y**2 + x**2) / 0.5), s=shape)
     smooth = np.real(np.fft.ifft2(np.fft.fft2(star.astype(float)) * np.abs(kernel) / np.abs(kernel).max()))
     return (low + (1 - low) * np.clip(smooth, 0, 1)).astype(np.float32)
+
+
+def weak_phase_object(shape: tuple[int, int], max_phase: float = 0.4, absorption: float = 0.03) -> np.ndarray:
+    """A thin Siemens star as a hard X-ray beam sees it: a weak phase object.
+
+    Where the star's material is, the phase is ``max_phase`` and the amplitude
+    ``1 - absorption``; elsewhere the object is 1 (little amplitude contrast).
+    """
+    thickness = (siemens_star(shape, low=0.0)).astype(np.float64)
+    return ((1 - absorption * thickness) * np.exp(1j * max_phase * thickness)).astype(np.complex64)
 
 
 def test_object(shape: tuple[int, int], max_phase: float = 1.0) -> np.ndarray:
@@ -59,13 +70,71 @@ def aperture_probe(shape: tuple[int, int], diameter: float, curvature: float = 0
     return (amplitude * np.exp(1j * curvature * r**2)).astype(np.complex64)
 
 
-def focused_probe(geometry: Geometry, pupil_radius: float, defocus: float) -> np.ndarray:
-    """A zone-plate-like probe: a filled pupil of ``pupil_radius`` detector pixels, ``defocus`` metres from the focus."""
-    h, w = geometry.frame_shape
+def pupil(shape: tuple[int, int], radius: float, central_stop: float = 0.0) -> np.ndarray:
+    """A soft-edged annular pupil in FFT order: ``radius`` detector pixels, inner edge ``central_stop * radius``."""
+    h, w = shape
     fy, fx = np.meshgrid(np.fft.fftfreq(h) * h, np.fft.fftfreq(w) * w, indexing="ij")
-    pupil = 0.5 * (1 - np.tanh((np.hypot(fy, fx) - pupil_radius) * 2)).astype(np.complex64)
-    focus = np.fft.fftshift(np.fft.ifft2(pupil))
+    r = np.hypot(fy, fx)
+    outer = 0.5 * (1 - np.tanh((r - radius) * 2))
+    inner = 0.5 * (1 + np.tanh((r - central_stop * radius) * 2)) if central_stop > 0 else 1.0
+    return (outer * inner).astype(np.complex64)
+
+
+def focused_probe(
+    geometry: Geometry,
+    pupil_radius: float,
+    defocus: float,
+    central_stop: float = 0.0,
+    order_sorting_aperture: float | None = None,
+) -> np.ndarray:
+    """A zone-plate probe ``defocus`` metres from its focus.
+
+    Parameters
+    ----------
+    geometry
+        The instrument geometry (the probe has its frame shape).
+    pupil_radius
+        Radius of the zone plate's bright-field disc on the detector, pixels.
+    defocus
+        Distance of the sample from the focus, m (+ = downstream).
+    central_stop
+        Diameter of the zone plate's central stop as a fraction of its own.
+    order_sorting_aperture
+        Diameter in sample pixels of the order-sorting aperture in the focal
+        plane (None: none); it cuts the focus's outer rings.
+    """
+    focus = np.fft.fftshift(np.fft.ifft2(pupil(geometry.frame_shape, pupil_radius, central_stop)))
+    if order_sorting_aperture is not None:
+        focus *= aperture_probe(geometry.frame_shape, order_sorting_aperture, curvature=0.0).real
     return propagate(focus.astype(np.complex64), geometry, defocus).astype(np.complex64)
+
+
+def partially_coherent_probe(
+    focus_probe: np.ndarray, geometry: Geometry, defocus: float, source_size: float, n_modes: int
+) -> np.ndarray:
+    """The ``n_modes`` strongest coherent modes of a beam from a source of finite size.
+
+    Each point of the source puts the focus ``focus_probe`` (H, W) at another
+    place: the beam is the incoherent sum of the focus displaced over a
+    Gaussian of RMS ``source_size`` focal-plane pixels, propagated ``defocus``
+    metres. Its coherent modes (the eigenvectors of that ensemble) carry
+    unequal power, strongest first, as a measured beam's do; the modes kept
+    carry the total power.
+    """
+    if n_modes == 1 and source_size == 0:
+        return propagate(focus_probe, geometry, defocus)[None].astype(np.complex64)
+    steps = np.arange(-2, 3) * max(source_size, 1e-9)
+    shifts = [(dy, dx) for dy in steps for dx in steps]
+    weights = np.array([np.exp(-(dy**2 + dx**2) / (2 * max(source_size, 1e-9) ** 2)) for dy, dx in shifts])
+    spectrum = np.fft.fft2(focus_probe)
+    ensemble = np.stack(
+        [
+            np.sqrt(weight) * np.fft.ifft2(spectrum * shift_ramp(focus_probe.shape, shift))
+            for weight, shift in zip(weights / weights.sum(), shifts, strict=True)
+        ]
+    )
+    modes = orthogonalize_modes(ensemble.astype(np.complex64))[:n_modes]
+    return propagate(modes, geometry, defocus).astype(np.complex64)
 
 
 def probe_diameter(probe: np.ndarray, fraction: float = 0.9) -> float:
@@ -78,6 +147,51 @@ def probe_diameter(probe: np.ndarray, fraction: float = 0.9) -> float:
     order = np.argsort(r)
     enclosed = np.cumsum(intensity.ravel()[order]) / intensity.sum()
     return 2 * float(r[order][np.searchsorted(enclosed, fraction)])
+
+
+@dataclass(frozen=True)
+class DetectorModel:
+    """What a photon-counting or integrating detector adds to the diffracted intensity.
+
+    Parameters
+    ----------
+    background
+        Mean photons per pixel from air and stray scatter (Poisson), spread
+        smoothly over the detector and stronger towards its centre.
+    readout_noise
+        RMS of Gaussian read noise in counts (0 for a counting detector).
+    dead_fraction, hot_fraction
+        Fractions of pixels that read 0 and that read a large constant.
+    beamstop_radius
+        Radius in pixels of the central beamstop (reads nothing); 0 for none.
+
+    Every pixel the detector spoils (dead, hot, behind the beamstop) is
+    False in the mask that :meth:`record` returns.
+    """
+
+    background: float = 0.0
+    readout_noise: float = 0.0
+    dead_fraction: float = 0.0
+    hot_fraction: float = 0.0
+    beamstop_radius: float = 0.0
+
+    def record(self, intensity: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Counts (N, H, W) float32 from expected photons ``intensity`` (centred), and the good-pixel mask."""
+        h, w = intensity.shape[-2:]
+        y, x = np.indices((h, w))
+        radius = np.hypot(y - h / 2, x - w / 2)
+        scatter = np.exp(-radius / (0.3 * min(h, w)))
+        expected = intensity + self.background * scatter / scatter.mean()
+        counts = rng.poisson(expected).astype(np.float32)
+        if self.readout_noise > 0:
+            counts += rng.normal(scale=self.readout_noise, size=counts.shape).astype(np.float32)
+            counts = np.clip(np.rint(counts), 0, None)
+        mask = radius >= self.beamstop_radius if self.beamstop_radius > 0 else np.ones((h, w), bool)
+        dead = rng.random((h, w)) < self.dead_fraction
+        hot = rng.random((h, w)) < self.hot_fraction
+        counts[:, dead | ~mask] = 0
+        counts[:, hot] = np.float32(10 * max(float(intensity.max()), 1.0))
+        return counts, mask & ~dead & ~hot
 
 
 @dataclass
@@ -126,6 +240,13 @@ def simulate(
     detector_distance: float = DEFAULT_DISTANCE,
     detector_pixel_size: float = DEFAULT_PIXEL,
     seed: int = 0,
+    *,
+    pupil_radius: float | None = None,
+    central_stop: float = 0.0,
+    order_sorting_aperture: float | None = None,
+    source_size: float = 0.0,
+    object_kind: str = "star",
+    detector: DetectorModel | None = None,
 ) -> SimulatedData:
     """Simulate a far-field ptychography scan on a Fermat spiral.
 
@@ -137,14 +258,16 @@ def simulate(
         Linear overlap of neighbouring probe footprints (0.7: neighbours are
         30 % of the probe diameter apart).
     photons
-        Mean photons per frame (through a flat object); Poisson noise is
-        applied. None: noise-free intensities scaled to 1e6 photons.
+        Mean photons per frame (through a flat object). None: noise-free
+        intensities scaled to 1e6 photons.
     probe_modes
         Incoherent probe modes (mixed state) of the simulated beam.
     probe_kind
         "aperture": a soft circular aperture of a third of the frame with a
-        curved phase front. "focused": a zone-plate focus (pupil a sixth of the
-        detector) seen ``probe_defocus`` metres downstream of the focus.
+        curved phase front. "focused": a zone-plate focus seen
+        ``probe_defocus`` metres downstream of the focus (see
+        ``pupil_radius``, ``central_stop``, ``order_sorting_aperture``,
+        ``source_size``).
     probe_defocus
         Sample distance from the focus in metres, for ``probe_kind="focused"``.
     position_error
@@ -154,6 +277,22 @@ def simulate(
         Geometry in SI units (joules, metres).
     seed
         Seed for the noise and position errors.
+    pupil_radius
+        Radius of the zone plate's bright-field disc in detector pixels
+        (default: a sixth of the frame).
+    central_stop, order_sorting_aperture
+        The zone plate's central stop (fraction of its diameter) and the
+        order-sorting aperture's diameter in sample pixels; see :func:`focused_probe`.
+    source_size
+        RMS size of the source's image in the focal plane, pixels: above 0
+        the beam is partially coherent and ``probe_modes`` are its strongest
+        coherent modes (see :func:`partially_coherent_probe`).
+    object_kind
+        "star": a Siemens-star amplitude with a strong smooth phase;
+        "weak_phase": a thin star with little amplitude contrast (:func:`weak_phase_object`).
+    detector
+        Detector effects (background, read noise, dead and hot pixels,
+        beamstop) with the mask of the pixels they spoil; None: Poisson noise only.
 
     Returns
     -------
@@ -163,31 +302,43 @@ def simulate(
     """
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be within [0, 1), got {overlap}")
+    if object_kind not in OBJECT_KINDS:
+        raise ValueError(f"object_kind must be one of {OBJECT_KINDS}, got {object_kind!r}")
     rng = np.random.default_rng(seed)
     shape = (frame_size, frame_size)
     geometry = Geometry.from_energy(energy, detector_distance, detector_pixel_size, shape)
     py, px = geometry.sample_pixel_size
     if probe_kind == "aperture":
-        probe = aperture_probe(shape, frame_size / 3)
+        probe = add_modes(aperture_probe(shape, frame_size / 3), probe_modes, weight=0.5)
     elif probe_kind == "focused":
-        probe = focused_probe(geometry, frame_size / 6, probe_defocus)
+        radius = frame_size / 6 if pupil_radius is None else pupil_radius
+        focus = focused_probe(geometry, radius, 0.0, central_stop, order_sorting_aperture)
+        if source_size > 0:
+            probe = partially_coherent_probe(focus, geometry, probe_defocus, source_size, probe_modes)
+        else:
+            probe = add_modes(propagate(focus, geometry, probe_defocus), probe_modes, weight=0.5)
     else:
         raise ValueError(f"probe_kind must be 'aperture' or 'focused', got {probe_kind!r}")
-    probe = add_modes(probe, probe_modes, weight=0.5)
     step = probe_diameter(probe) * (1 - overlap) * px
     positions = fermat_spiral(n_frames, step)
     positions = np.round(positions / (px, py)) * (px, py)
     margin = 4
     origin = positions.min(axis=0) - margin * np.array([px, py])
     corners = np.rint((positions - origin)[:, ::-1] / (py, px)).astype(np.int64)
-    extent = corners.max(axis=0) + shape + margin
-    obj = test_object(tuple(int(e) for e in extent))
+    extent = tuple(int(e) for e in corners.max(axis=0) + shape + margin)
+    obj = test_object(extent) if object_kind == "star" else weak_phase_object(extent)
     probe = normalize_power(probe, 1e6 if photons is None else photons)
     amplitude = model_amplitude(fft2(exit_waves(probe, gather_patches(obj, corners, shape))))
     intensity = np.fft.fftshift(amplitude**2, axes=(-2, -1))
-    frames = intensity if photons is None else rng.poisson(intensity).astype(np.float32)
+    mask = None
+    if photons is None:
+        frames = intensity
+    elif detector is None:
+        frames = rng.poisson(intensity).astype(np.float32)
+    else:
+        frames, mask = detector.record(intensity, rng)
     nominal = positions + rng.normal(scale=position_error, size=positions.shape) * (px, py)
-    data = PtychoData(frames=frames, positions=nominal, geometry=geometry)
+    data = PtychoData(frames=frames, positions=nominal, geometry=geometry, mask=mask)
     return SimulatedData(
         data=data,
         true_object=obj,
@@ -195,3 +346,63 @@ def simulate(
         true_positions=positions,
         object_origin=(float(origin[0]), float(origin[1])),
     )
+
+
+def realistic(
+    defocus: float,
+    photons: float = 1e6,
+    n_frames: int = 300,
+    frame_size: int = 128,
+    seed: int = 0,
+    **geometry,
+) -> SimulatedData:
+    """A scan as hard as measured data: what the robustness benchmark and the tests judge defaults on.
+
+    A zone plate with a central stop and an order-sorting aperture, ``defocus``
+    metres out of focus, whose bright-field disc is sized so that the probe
+    spans about 40 % of the frame (as an experimenter would choose); a
+    partially coherent beam (three modes, the first carrying about 70-80 %);
+    a weak-phase Siemens star; Poisson noise with background, dead and hot
+    pixels and a beamstop (masked); position errors of 3 % of the step.
+    ``geometry`` takes ``energy``, ``detector_distance`` and
+    ``detector_pixel_size`` (default: those of :func:`simulate`).
+    """
+    energy = geometry.get("energy", DEFAULT_ENERGY_J)
+    distance = geometry.get("detector_distance", DEFAULT_DISTANCE)
+    pixel = geometry.get("detector_pixel_size", DEFAULT_PIXEL)
+    wavelength = Geometry.from_energy(energy, distance, pixel, (frame_size, frame_size)).wavelength
+    # far-field magnification of the defocused beam's shadow, detector pixels per sample pixel
+    magnification = wavelength * distance**2 / (frame_size * pixel**2 * abs(defocus))
+    pupil_radius = float(np.clip(0.2 * frame_size * magnification, 5, 0.35 * frame_size))
+    overlap = 0.7
+    detector = DetectorModel(
+        background=0.005 * photons / frame_size**2,
+        dead_fraction=0.002,
+        hot_fraction=0.0005,
+        beamstop_radius=2.5,
+    )
+    sim = simulate(
+        n_frames=n_frames,
+        frame_size=frame_size,
+        overlap=overlap,
+        photons=photons,
+        probe_modes=3,
+        probe_kind="focused",
+        probe_defocus=defocus,
+        energy=energy,
+        detector_distance=distance,
+        detector_pixel_size=pixel,
+        seed=seed,
+        pupil_radius=pupil_radius,
+        central_stop=0.4,
+        order_sorting_aperture=0.5 * frame_size,
+        source_size=frame_size / (8 * pupil_radius),
+        object_kind="weak_phase",
+        detector=detector,
+    )
+    step = probe_diameter(sim.true_probe) * (1 - overlap)
+    nominal = sim.true_positions + np.random.default_rng(seed + 1).normal(
+        scale=0.03 * step, size=sim.true_positions.shape
+    ) * np.asarray(sim.data.geometry.sample_pixel_size[::-1])
+    sim.data.positions = nominal
+    return sim
