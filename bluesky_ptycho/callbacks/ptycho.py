@@ -466,8 +466,7 @@ class PtychoCallback(DocumentRouter):
             run.writer.close("fail", reason=f"the result could not be recorded: {error}")
             return
         reason = f"partial: the raw scan ended with exit_status {exit_status!r}" if partial else ""
-        if run.problems:
-            reason = "; ".join(filter(None, [reason, *run.problems.summary()]))
+        reason = "; ".join(filter(None, [reason, *run.problems.summary(), *future.result().warnings]))
         run.writer.close("success", reason=reason)
         self._notify(run, future.result(), final=True)
 

@@ -94,6 +94,34 @@ class Geometry:
         return (scale / h, scale / w)
 
 
+# what far-field X-ray ptychography uses; a value outside is most likely a unit mistake
+PLAUSIBLE_GEOMETRY = {
+    "photon energy": (100 * ELECTRON_VOLT, 100e3 * ELECTRON_VOLT, ELECTRON_VOLT, "eV"),
+    "detector distance": (0.05, 50.0, 1.0, "m"),
+    "detector pixel size": (1e-6, 2e-3, 1e-6, "um"),
+    "object pixel size": (0.3e-9, 5e-6, 1e-9, "nm"),
+}
+
+
+def geometry_warnings(geometry: Geometry) -> list[str]:
+    """Warnings naming each geometry value outside what X-ray ptychography uses (likely a unit mistake)."""
+    values = {
+        "photon energy": geometry.energy,
+        "detector distance": geometry.detector_distance,
+        "detector pixel size": geometry.detector_pixel_size,
+        "object pixel size": max(geometry.sample_pixel_size),
+    }
+    warnings = []
+    for name, value in values.items():
+        low, high, unit, unit_name = PLAUSIBLE_GEOMETRY[name]
+        if not low <= value <= high:
+            warnings.append(
+                f"suspicious geometry: {name} {value / unit:.4g} {unit_name} is outside "
+                f"{low / unit:g}-{high / unit:g} {unit_name}; check its unit"
+            )
+    return warnings
+
+
 @dataclass
 class PtychoData:
     """One ptychographic dataset: frames, positions, geometry and optional extras.
@@ -253,6 +281,19 @@ class ReconstructionResult:
     def n_frames(self) -> int:
         """Number of frames the reconstruction used."""
         return int(self.positions.shape[0])
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the reconstruction warned about: suspicious geometry, a flipped defocus, recovered divergence."""
+        warnings = list(self.extra.get("warnings", []))
+        if self.extra.get("probe_defocus_sign_corrected"):
+            warnings.append(f"probe defocus sign corrected to {self.extra['probe_defocus']:.4g} m")
+        for event in self.extra.get("divergence", []):
+            warnings.append(
+                f"diverged at iteration {event['iteration']} (cost {event['cost']:.3g}, best "
+                f"{event['best']:.3g}): best state restored, {event['action']}"
+            )
+        return warnings
 
     @property
     def final_cost(self) -> float:

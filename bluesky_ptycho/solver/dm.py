@@ -28,7 +28,7 @@ from .forward import (
     model_amplitude,
 )
 from .positions import refine_positions
-from .probe import shift_ramp
+from .probe import rotate_modes, shift_ramp
 from .state import SolverState
 from .updates import update_terms
 
@@ -68,9 +68,23 @@ class DifferenceMap(Engine):
             refine_positions(state, everything, chi, self.settings.max_position_step)
         return cost
 
+    def calm_down(self) -> str:
+        """Relax further towards the plain projection (RAAR's smaller beta damps more)."""
+        self.settings.dm_relaxation /= 2
+        return f"dm_relaxation halved to {self.settings.dm_relaxation:g}"
+
+    def restored(self, state: SolverState) -> None:
+        """Start the stored exit waves again from the restored object and probe."""
+        self.farfield = None
+        self.frames_added(state, 0)
+
     def probe_shifted(self, state: SolverState, shift: tuple[int, int]) -> None:
         """Shift the stored exit waves with probe and object (a Fourier phase ramp)."""
         self.farfield *= shift_ramp(state.frame_shape, shift, state.xp).astype(self.farfield.dtype)
+
+    def modes_rotated(self, state: SolverState, rotation) -> None:
+        """Mix the stored exit waves' modes as the probe's were: each must stay its mode's."""
+        self.farfield = rotate_modes(self.farfield, rotation, axis=1)
 
 
 def fourier_update(model, farfield, amplitude, mask, beta: float) -> float:

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from .probe import orthogonalize_modes, recentre
+from .probe import mode_rotation, recentre, rotate_modes
 from .settings import ReconstructionSettings
 from .state import SolverState
 
@@ -42,10 +42,24 @@ class Engine(ABC):
     def finish_probe(self, state: SolverState) -> None:
         """After a probe update: keep modes orthogonal and the probe centred."""
         if state.probe.shape[0] > 1:
-            state.probe = orthogonalize_modes(state.probe)
+            rotation = mode_rotation(state.probe)
+            state.probe = rotate_modes(state.probe, rotation)
+            self.modes_rotated(state, rotation)
         shift = recentre(state)
         if shift is not None:
             self.probe_shifted(state, shift)
 
     def probe_shifted(self, state: SolverState, shift: tuple[int, int]) -> None:  # noqa: B027
         """Called after probe and object were rolled by ``shift`` (rows, columns)."""
+
+    def calm_down(self) -> str:
+        """Lower the step after a divergence; return what was done, for the record."""
+        s = self.settings
+        s.object_step, s.probe_step = s.object_step / 2, s.probe_step / 2
+        return f"object_step and probe_step halved to {s.object_step:g} and {s.probe_step:g}"
+
+    def restored(self, state: SolverState) -> None:  # noqa: B027
+        """Called after object, probe and positions were restored from an earlier iteration."""
+
+    def modes_rotated(self, state: SolverState, rotation) -> None:  # noqa: B027
+        """Called after the probe modes were mixed into ``sum_m rotation[m, k] probe_m`` (orthogonalised)."""

@@ -110,18 +110,33 @@ def orthogonalize_modes(probe):
     """Make probe modes orthogonal, strongest first, keeping the total intensity.
 
     Diagonalises the modes' Gram matrix: the incoherent sum
-    ``sum_m |probe_m|^2`` is unchanged.
+    ``sum_m |probe_m|^2`` is unchanged. See :func:`mode_rotation`.
+    """
+    if probe.shape[0] == 1:
+        return probe
+    return rotate_modes(probe, mode_rotation(probe))
+
+
+def mode_rotation(probe):
+    """The unitary (modes, modes) matrix ``U`` whose new modes ``sum_m U[m, k] probe_m`` are orthogonal, strongest first.
+
+    The products run as ``einsum`` loops, not BLAS: a few modes make a
+    matrix this small that BLAS's worker threads would only wake up and take
+    the core that the FFTs need.
     """
     xp = array_module(probe)
-    n_modes = probe.shape[0]
-    if n_modes == 1:
-        return probe
-    flat = probe.reshape(n_modes, -1)
-    gram = flat.conj() @ flat.T
+    flat = probe.reshape(probe.shape[0], -1)
+    gram = xp.einsum("mi,ni->mn", flat.conj(), flat)
     eigenvalues, eigenvectors = xp.linalg.eigh(gram)
-    order = xp.argsort(eigenvalues)[::-1]
-    rotation = eigenvectors[:, order]
-    return (rotation.T @ flat).reshape(probe.shape).astype(probe.dtype, copy=False)
+    return eigenvectors[:, xp.argsort(eigenvalues)[::-1]]
+
+
+def rotate_modes(waves, rotation, axis: int = 0):
+    """``sum_m rotation[m, k] waves_m`` along the modes ``axis`` of ``waves``: the modes in the rotated basis."""
+    xp = array_module(waves)
+    moved = xp.moveaxis(waves, axis, -1)
+    rotated = xp.einsum("...m,mk->...k", moved, rotation.astype(waves.dtype, copy=False))
+    return xp.ascontiguousarray(xp.moveaxis(rotated, -1, axis))
 
 
 def recentre(state, tolerance: float = 2.0) -> tuple[int, int] | None:

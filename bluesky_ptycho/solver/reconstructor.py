@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -20,6 +21,7 @@ from .data import (
     Geometry,
     PtychoData,
     ReconstructionResult,
+    geometry_warnings,
     validate_frames_and_positions,
     validate_mask,
     validate_probe,
@@ -38,6 +40,11 @@ logger = logging.getLogger(__name__)
 ENGINES: dict[str, type[Engine]] = {"rpie": RPIE, "epie": RPIE, "dm": DifferenceMap, "lsqml": LSQML}
 
 ProgressCallback = Callable[[int, float], None]
+
+# a cost this many times its best since the frames last changed is divergence
+DIVERGENCE_FACTOR = 10.0
+# recoveries (best state restored, step lowered) before a diverging run fails
+MAX_RECOVERIES = 3
 
 
 class Reconstructor:
@@ -82,7 +89,8 @@ class Reconstructor:
         object_origin: tuple[float, float] | None = None,
     ) -> None:
         self.geometry = geometry
-        self.settings = settings or ReconstructionSettings()
+        # a copy: recovering from divergence lowers its steps
+        self.settings = replace(settings or ReconstructionSettings())
         self.xp = module_for_device(self.settings.device)
         self.mask = None if mask is None else validate_mask(mask, geometry.frame_shape)
         self._initial_probe = None if probe is None else validate_probe(probe, geometry.frame_shape)
@@ -99,6 +107,10 @@ class Reconstructor:
         self.extra: dict = {}
         self._measured_power = 0.0
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._best: tuple[float, object, object, np.ndarray] | None = None
+        for warning in geometry_warnings(geometry):
+            logger.warning(warning)
+            self.extra.setdefault("warnings", []).append(warning)
 
     @classmethod
     def from_data(cls, data: PtychoData, settings: ReconstructionSettings | None = None) -> Reconstructor:
@@ -190,6 +202,7 @@ class Reconstructor:
             self.state.amplitude = self.xp.concatenate([self.state.amplitude, self.xp.asarray(amplitude)])
             self.state.set_positions(np.concatenate([self.state.positions, self.state.pixels(positions)]))
         self.engine.frames_added(self.state, n_before)
+        self._best = None
         logger.debug("took %d frames (%d in all)", len(frames), self.state.n_frames)
         return self
 
@@ -197,22 +210,67 @@ class Reconstructor:
         """Do ``n`` more iterations (default ``settings.iterations``), from the current estimate.
 
         ``progress(iteration, cost)`` is called after each iteration.
+
+        A cost that turns non-finite or rises ``DIVERGENCE_FACTOR`` times over
+        its best is divergence: the best state is restored and the engine's
+        step lowered, with a warning logged and kept in ``extra["divergence"]``.
+
+        Raises
+        ------
+        FloatingPointError
+            Naming the algorithm, iteration and cost, when the run diverges
+            again after ``MAX_RECOVERIES`` recoveries.
         """
         self.prepare()
         n = self.settings.iterations if n is None else int(n)
         start = time.perf_counter()
-        for _ in range(n):
-            cost = self.engine.iterate(self.state, self.iteration, self.rng) / self._measured_power
-            if not np.isfinite(cost):
-                raise FloatingPointError(
-                    f"the reconstruction diverged at iteration {self.iteration} (cost {cost})"
-                )
-            self.cost_history.append(cost)
-            self.iteration += 1
-            if progress is not None:
-                progress(self.iteration, cost)
-        self.wall_time += time.perf_counter() - start
+        try:
+            for _ in range(n):
+                cost = self.engine.iterate(self.state, self.iteration, self.rng) / self._measured_power
+                if self._diverged(cost):
+                    self._recover(cost)
+                else:
+                    self.cost_history.append(cost)
+                    self._keep_if_best(cost)
+                self.iteration += 1
+                if progress is not None:
+                    progress(self.iteration, cost)
+        finally:
+            self.wall_time += time.perf_counter() - start
         return self
+
+    def _diverged(self, cost: float) -> bool:
+        return not np.isfinite(cost) or (self._best is not None and cost > DIVERGENCE_FACTOR * self._best[0])
+
+    def _keep_if_best(self, cost: float) -> None:
+        if self._best is None or cost < self._best[0]:
+            state = self.state
+            self._best = (cost, state.object.copy(), state.probe.copy(), state.positions.copy())
+
+    def _recover(self, cost: float) -> None:
+        """Restore the best state and lower the step, or fail after ``MAX_RECOVERIES``."""
+        recoveries = self.extra.setdefault("divergence", [])
+        best = self._best[0] if self._best is not None else float("nan")
+        if self._best is None or len(recoveries) >= MAX_RECOVERIES:
+            raise FloatingPointError(
+                f"{self.settings.algorithm} diverged at iteration {self.iteration}: cost {cost:.3g} "
+                f"against its best {best:.3g}, after {len(recoveries)} recoveries "
+                "(each restored the best state and lowered the step)"
+            )
+        _, obj, probe, positions = self._best
+        self.state.object, self.state.probe = obj.copy(), probe.copy()
+        self.state.set_positions(positions.copy())
+        action = self.engine.calm_down()
+        self.engine.restored(self.state)
+        recoveries.append({"iteration": self.iteration, "cost": float(cost), "best": best, "action": action})
+        logger.warning(
+            "%s diverged at iteration %d (cost %.3g, best %.3g): restored the best state, %s",
+            self.settings.algorithm,
+            self.iteration,
+            cost,
+            best,
+            action,
+        )
 
     def result(self) -> ReconstructionResult:
         """A host-memory snapshot of the current estimate."""
