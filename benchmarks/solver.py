@@ -3,8 +3,12 @@
 Run ``python benchmarks/solver.py`` (``--quick`` for the small case only,
 ``--fft scipy`` to use scipy.fft where pyFFTW is installed). Prints one row
 per case, algorithm and device; the FFT floor is one forward and one inverse
-in-place FFT of the whole frame stack, for each CPU FFT library available,
+in-place FFT of the whole frame stack, for each CPU FFT library available
+(the fastest of several repeats: a shared machine only ever slows it down),
 and "x floor" divides an iteration by the floor of the library it used.
+Then, per algorithm, the cost of 2, 3 and 5 probe modes relative to one
+(target: at most 1.1 x K for K modes); every time is the fastest of three
+measurements taken in the same run.
 """
 
 from __future__ import annotations
@@ -30,16 +34,34 @@ from bluesky_ptycho.solver.simulate import aperture_probe
 CASES = [(200, 64, 100), (516, 128, 20), (1000, 256, 4)]
 
 
-def fft_floor(xp, n_frames: int, size: int, repeats: int = 5) -> float:
-    """Seconds for one forward and one inverse in-place FFT of an (n, size, size) complex64 stack."""
+MODES = (1, 2, 3, 5)
+
+
+def fft_floor(xp, n_frames: int, size: int, repeats: int = 15) -> float:
+    """Seconds for one forward and one inverse in-place FFT of an (n, size, size) complex64 stack (fastest repeat)."""
     stack = xp.ones((n_frames, 1, size, size), dtype=np.complex64)
     stack = ifft2(fft2(stack, overwrite_x=True), overwrite_x=True)
-    synchronize(xp)
-    start = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        synchronize(xp)
+        start = time.perf_counter()
         stack = ifft2(fft2(stack, overwrite_x=True), overwrite_x=True)
-    synchronize(xp)
-    return (time.perf_counter() - start) / repeats
+        synchronize(xp)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def seconds_per_iteration(reconstructor: Reconstructor, iterations: int, xp, rounds: int = 3) -> float:
+    """Fastest of ``rounds`` timings of ``iterations`` iterations, per iteration (after one warm-up)."""
+    reconstructor.iterate(1)  # warm-up: plans, caches
+    times = []
+    for _ in range(rounds):
+        synchronize(xp)
+        start = time.perf_counter()
+        reconstructor.iterate(iterations)
+        synchronize(xp)
+        times.append((time.perf_counter() - start) / iterations)
+    return min(times)
 
 
 def synchronize(xp) -> None:
@@ -67,18 +89,29 @@ def run_case(n_frames: int, size: int, iterations: int, device: str) -> None:
     print(f"\n{n_frames} frames of {size}x{size}, {device} ({used}), {iterations} iterations")
     print(f"FFT floor: {floor_text}")
     print(f"{'algorithm':>10} {'s/iteration':>12} {'x floor':>8} {'object error':>13}")
+    one_mode = {}
     for algorithm in ALGORITHMS:
         settings = ReconstructionSettings(algorithm=algorithm, device=device)
         reconstructor = Reconstructor(sim.data.geometry, settings, probe=probe)
         reconstructor.add_frames(sim.data.frames, sim.data.positions)
-        reconstructor.iterate(1)  # warm-up: plans, caches
-        synchronize(xp)
-        start = time.perf_counter()
-        reconstructor.iterate(iterations - 1)
-        synchronize(xp)
-        per_iteration = (time.perf_counter() - start) / max(iterations - 1, 1)
+        per_iteration = seconds_per_iteration(reconstructor, max(iterations // 3, 1), xp)
+        reconstructor.iterate(max(iterations - reconstructor.iteration, 0))
         error = object_error(reconstructor.result(), sim)
+        one_mode[algorithm] = per_iteration
         print(f"{algorithm:>10} {per_iteration:12.4f} {per_iteration / floor:8.1f} {error:13.4f}")
+    print("probe modes: s/iteration and its ratio to one mode (target <= 1.1 x modes)")
+    print(f"{'algorithm':>10} " + " ".join(f"{f'{k} modes':>16}" for k in MODES))
+    for algorithm in ALGORITHMS:
+        cells = []
+        for modes in MODES:
+            settings = ReconstructionSettings(algorithm=algorithm, device=device, probe_modes=modes)
+            reconstructor = Reconstructor(sim.data.geometry, settings, probe=probe)
+            reconstructor.add_frames(sim.data.frames, sim.data.positions)
+            seconds = seconds_per_iteration(reconstructor, max(iterations // 10, 1), xp)
+            if modes == 1:
+                one_mode[algorithm] = seconds
+            cells.append(f"{seconds:8.4f} ({seconds / one_mode[algorithm]:4.2f}x)")
+        print(f"{algorithm:>10} " + " ".join(f"{cell:>16}" for cell in cells))
 
 
 def main() -> None:

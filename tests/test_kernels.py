@@ -241,3 +241,21 @@ def test_every_path_reconstructs(algorithm, kernels, clean_sim, wrong_probe):
         else:
             reconstructor.iterate(100)
     assert object_error(reconstructor.result(), clean_sim) <= 0.05
+
+
+@pytest.mark.parametrize("modes", [1, 3])
+def test_rotate_modes(problem, modes):
+    from bluesky_ptycho.solver.probe import mode_rotation, rotate_modes
+
+    rng, _, probe, *_ = problem
+    waves = random_complex(rng, (5, modes, *SHAPE))
+    rotation = mode_rotation(probe[:modes])
+    (compiled, _), (arrays, _) = both_ways(rotate_modes, waves, rotation)
+    assert_close(compiled, arrays)
+    expected = np.einsum("jmyx,mk->jkyx", waves, rotation)
+    assert_close(compiled, expected.astype(np.complex64), rtol=1e-5)
+    rotated_probe = rotate_modes(probe[:modes], rotation)
+    flat = rotated_probe.reshape(modes, -1)
+    gram = flat.conj() @ flat.T
+    assert np.abs(gram - np.diag(np.diag(gram))).max() <= 1e-4 * np.abs(gram).max()
+    assert np.all(np.diff(np.diag(gram).real) <= 0), "strongest mode first"

@@ -33,6 +33,9 @@ from .state import SolverState
 from .updates import update_terms
 
 OVERLAP_DAMPING = 1e-3
+# mixing the modes is a pass over every stored exit wave, and DM's fixed point
+# does not depend on the modes' basis: results are orthogonalised anyway
+ORTHOGONALIZE_EVERY = 10
 
 
 class DifferenceMap(Engine):
@@ -51,22 +54,37 @@ class DifferenceMap(Engine):
         self.workspace = empty_aligned(self.farfield.shape, self.farfield.dtype, xp)
 
     def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
-        model = exit_waves_at(state.object, state.corners, state.probe, out=self.workspace)
-        model = fft2(model, workers=state.workers, overwrite_x=True)
-        cost = fourier_update(model, self.farfield, state.amplitude, state.mask, self.settings.dm_relaxation)
-        model[...] = self.farfield
-        psi = ifft2(model, workers=state.workers, overwrite_x=True)
-        terms = update_terms(state, state.corners, psi, for_probe=False)
+        cost, terms = 0.0, None
+        # the Fourier side and the object sums run chunk by chunk, in cache;
+        # the updated exit waves psi are kept whole for the probe's sums
+        for chunk in self.chunks(np.arange(state.n_frames), state):
+            part = slice(int(chunk[0]), int(chunk[-1]) + 1)
+            corners = state.corners[part]
+            model = exit_waves_at(state.object, corners, state.probe, out=self.workspace[part])
+            model = fft2(model, workers=state.workers, overwrite_x=True)
+            cost += fourier_update(
+                model, self.farfield[part], state.amplitude[part], state.mask, self.settings.dm_relaxation
+            )
+            model[...] = self.farfield[part]
+            psi = ifft2(model, workers=state.workers, overwrite_x=True)
+            if not state.xp.may_share_memory(psi, self.workspace):  # not transformed in place
+                self.workspace[part] = psi
+            terms = update_terms(state, corners, psi, for_probe=False, terms=terms)
+        psi = self.workspace
         state.object = damped_quotient(terms.object_numerator, terms.illumination, state.object)
         if self.updates_probe(iteration):
             terms = update_terms(state, state.corners, psi, for_object=False)
             state.probe = damped_quotient(terms.probe_numerator, terms.probe_weights, state.probe)
-            self.finish_probe(state)
+            self.finish_probe(state, iteration)
         if self.refines_positions(iteration):
             everything = np.arange(state.n_frames)
             chi = psi - exit_waves_at(state.object, state.corners, state.probe)
             refine_positions(state, everything, chi, self.settings.max_position_step)
         return cost
+
+    def orthogonalizes(self, iteration: int) -> bool:
+        """Every ``ORTHOGONALIZE_EVERY`` iterations: each time the stored exit waves are rotated too."""
+        return iteration % ORTHOGONALIZE_EVERY == 0
 
     def calm_down(self) -> str:
         """Relax further towards the plain projection (RAAR's smaller beta damps more)."""
@@ -84,7 +102,7 @@ class DifferenceMap(Engine):
 
     def modes_rotated(self, state: SolverState, rotation) -> None:
         """Mix the stored exit waves' modes as the probe's were: each must stay its mode's."""
-        self.farfield = rotate_modes(self.farfield, rotation, axis=1)
+        rotate_modes(self.farfield, rotation)
 
 
 def fourier_update(model, farfield, amplitude, mask, beta: float) -> float:

@@ -11,6 +11,8 @@ from .probe import mode_rotation, recentre, rotate_modes
 from .settings import ReconstructionSettings
 from .state import SolverState
 
+CHUNK_BYTES = 2 * 2**20
+
 
 class Engine(ABC):
     """One reconstruction algorithm: iterates a :class:`SolverState` in place."""
@@ -39,9 +41,24 @@ class Engine(ABC):
         size = self.settings.effective_batch_size(n_frames)
         return np.array_split(rng.permutation(n_frames), math.ceil(n_frames / size))
 
-    def finish_probe(self, state: SolverState) -> None:
+    def chunks(self, batch: np.ndarray, state: SolverState) -> list[np.ndarray]:
+        """``batch`` split so that each part's exit waves (frames x modes) take about ``CHUNK_BYTES``.
+
+        A batch's per-frame work (exit waves, FFTs, Fourier change, update
+        sums) then runs part by part in cache: with K probe modes the waves of
+        a whole batch are K times larger and would stream from memory.
+        """
+        frame_bytes = state.probe.nbytes
+        size = max(1, CHUNK_BYTES // frame_bytes)
+        return np.array_split(batch, math.ceil(len(batch) / size))
+
+    def orthogonalizes(self, iteration: int) -> bool:
+        """Whether the probe modes are orthogonalised after ``iteration``'s probe update."""
+        return True
+
+    def finish_probe(self, state: SolverState, iteration: int) -> None:
         """After a probe update: keep modes orthogonal and the probe centred."""
-        if state.probe.shape[0] > 1:
+        if state.probe.shape[0] > 1 and self.orthogonalizes(iteration):
             rotation = mode_rotation(state.probe)
             state.probe = rotate_modes(state.probe, rotation)
             self.modes_rotated(state, rotation)

@@ -57,6 +57,24 @@ def exit_waves(obj, corners, probe, out):
 
 
 @_compile
+def rotate_modes(waves, rotation):
+    """``waves[:, k] = sum_m rotation[m, k] waves[:, m]`` for (B, M, h, w) waves, in place."""
+    n_frames, n_modes, h, w = waves.shape
+    mixed = np.empty((n_modes, h, w), dtype=waves.dtype)
+    for j in range(n_frames):
+        mixed[:] = 0
+        for k in range(n_modes):
+            for m in range(n_modes):
+                weight = rotation[m, k]
+                for y in range(h):
+                    source = waves[j, m, y]
+                    target = mixed[k, y]
+                    for x in range(w):
+                        target[x] += weight * source[x]
+        waves[j] = mixed
+
+
+@_compile
 def fourier_change(farfield, amplitude, frames, mask, poisson):
     """Turn far fields into the change the measured amplitudes ask for, in place.
 

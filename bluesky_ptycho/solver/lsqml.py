@@ -83,38 +83,47 @@ class LSQML(Engine):
         update_probe = self.updates_probe(iteration)
         cost = 0.0
         for batch in self.batches(state.n_frames, rng):
-            index = xp.asarray(batch)
-            corners = state.corners[index]
-            chi, batch_cost = exit_wave_update(
-                state.probe,
-                state.object,
-                corners,
-                state.amplitude,
-                index,
-                state.mask,
-                state.workers,
-                s.noise_model,
-            )
-            cost += batch_cost
-            terms = update_terms(state, corners, chi, for_probe=update_probe)
+            terms, parts = None, []
+            for chunk in self.chunks(batch, state):
+                index = xp.asarray(chunk)
+                corners = state.corners[index]
+                chi, chunk_cost = exit_wave_update(
+                    state.probe,
+                    state.object,
+                    corners,
+                    state.amplitude,
+                    index,
+                    state.mask,
+                    state.workers,
+                    s.noise_model,
+                )
+                cost += chunk_cost
+                terms = update_terms(state, corners, chi, for_probe=update_probe, terms=terms)
+                parts.append((chunk, corners, chi))
             object_direction = regularised_step(terms.object_numerator, terms.illumination, s.alpha)
             probe_direction = None
             if update_probe:
                 probe_direction = regularised_step(terms.probe_numerator, terms.probe_weights, s.alpha)
-            a11, r1, a22, r2, a12 = step_products(
-                state.object, object_direction, state.probe, probe_direction, corners, chi
+            products = [
+                step_products(state.object, object_direction, state.probe, probe_direction, corners, chi)
+                for _, corners, chi in parts
+            ]
+            a11, r1, a22, r2, a12 = (
+                None if column[0] is None else xp.concatenate(column)
+                for column in zip(*products, strict=True)
             )
             if update_probe:
                 step_object, step_probe = solve_steps(a11, a22, a12, r1, r2)
             else:
                 step_object = r1 / (a11 * (1 + STEP_REGULARISATION) + 1e-30)
             if self.refines_positions(iteration):
-                refine_positions(state, batch, chi, s.max_position_step)
+                for chunk, _, chi in parts:
+                    refine_positions(state, chunk, chi, s.max_position_step)
             state.object += np.float32(s.object_step * mean_step(step_object)) * object_direction
             if update_probe:
                 state.probe += np.float32(s.probe_step * mean_step(step_probe)) * probe_direction
         if update_probe:
-            self.finish_probe(state)
+            self.finish_probe(state, iteration)
         return cost
 
 

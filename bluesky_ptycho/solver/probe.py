@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import array_module, fft2, ifft2
+from .backend import array_module, compiled_kernels, fft2, ifft2
 from .data import Geometry
 
 
@@ -131,12 +131,21 @@ def mode_rotation(probe):
     return eigenvectors[:, xp.argsort(eigenvalues)[::-1]]
 
 
-def rotate_modes(waves, rotation, axis: int = 0):
-    """``sum_m rotation[m, k] waves_m`` along the modes ``axis`` of ``waves``: the modes in the rotated basis."""
+def rotate_modes(waves, rotation):
+    """``sum_m rotation[m, k] waves_m``: the modes of ``waves`` (modes, h, w) or (B, modes, h, w) in the rotated basis.
+
+    Batched waves are rotated in place (and returned); a probe into a new array.
+    """
+    rotation = rotation.astype(waves.dtype, copy=False)
+    if waves.ndim == 3:
+        return rotate_modes(waves[None].copy(), rotation)[0]
+    kernels = compiled_kernels(waves)
+    if kernels is not None and waves.flags.c_contiguous:
+        kernels.rotate_modes(waves, rotation)
+        return waves
     xp = array_module(waves)
-    moved = xp.moveaxis(waves, axis, -1)
-    rotated = xp.einsum("...m,mk->...k", moved, rotation.astype(waves.dtype, copy=False))
-    return xp.ascontiguousarray(xp.moveaxis(rotated, -1, axis))
+    waves[...] = xp.einsum("jm...,mk->jk...", waves, rotation)
+    return waves
 
 
 def recentre(state, tolerance: float = 2.0) -> tuple[int, int] | None:

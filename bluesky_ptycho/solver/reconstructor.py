@@ -30,7 +30,7 @@ from .defocus import check_defocus_sign, estimate_defocus
 from .dm import DifferenceMap
 from .engine import Engine
 from .lsqml import LSQML
-from .probe import add_modes, normalize_power, probe_from_mean_pattern
+from .probe import add_modes, normalize_power, orthogonalize_modes, probe_from_mean_pattern
 from .rpie import RPIE
 from .settings import ReconstructionSettings
 from .state import SolverState, canvas_margin
@@ -277,7 +277,7 @@ class Reconstructor:
         state = self.prepare().state
         return ReconstructionResult(
             object=to_numpy(state.object).copy(),
-            probe=to_numpy(state.probe).copy(),
+            probe=orthogonalize_modes(to_numpy(state.probe)).copy(),
             positions=state.metres(state.positions),
             pixel_size=self.pixel_size,
             object_origin=(float(state.origin[0]), float(state.origin[1])),

@@ -25,13 +25,17 @@ class RPIE(Engine):
         update_probe = self.updates_probe(iteration)
         cost = 0.0
         for batch in self.batches(state.n_frames, rng):
-            index = state.xp.asarray(batch)
-            corners = state.corners[index]
-            diff, batch_cost = exit_wave_update(
-                state.probe, state.object, corners, state.amplitude, index, state.mask, state.workers
-            )
-            cost += batch_cost
-            terms = update_terms(state, corners, diff, for_probe=update_probe)
+            terms = None
+            for chunk in self.chunks(batch, state):
+                index = state.xp.asarray(chunk)
+                corners = state.corners[index]
+                diff, chunk_cost = exit_wave_update(
+                    state.probe, state.object, corners, state.amplitude, index, state.mask, state.workers
+                )
+                cost += chunk_cost
+                terms = update_terms(state, corners, diff, for_probe=update_probe, terms=terms)
+                if self.refines_positions(iteration):
+                    refine_positions(state, chunk, diff, s.max_position_step)
             if update_probe:
                 add_regularised_step(
                     state.probe, terms.probe_numerator, terms.probe_weights, alpha, s.probe_step
@@ -39,8 +43,6 @@ class RPIE(Engine):
             add_regularised_step(
                 state.object, terms.object_numerator, terms.illumination, alpha, s.object_step
             )
-            if self.refines_positions(iteration):
-                refine_positions(state, batch, diff, s.max_position_step)
         if update_probe:
-            self.finish_probe(state)
+            self.finish_probe(state, iteration)
         return cost

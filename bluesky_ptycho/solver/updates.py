@@ -44,10 +44,19 @@ def mode_sum(probe, waves):
     return (probe.conj()[None] * waves).sum(axis=1)
 
 
-def update_terms(state: SolverState, corners, diff, for_object: bool = True, for_probe: bool = True):
+def update_terms(
+    state: SolverState,
+    corners,
+    diff,
+    for_object: bool = True,
+    for_probe: bool = True,
+    terms: UpdateTerms | None = None,
+):
     """Object and/or probe update terms of exit-wave changes ``diff`` at ``corners``.
 
     The probe terms use the object patches of ``state.object`` as it is now.
+    Given ``terms`` (of earlier frames of the same batch), the new frames'
+    terms are added to them, in place.
 
     Returns
     -------
@@ -55,29 +64,31 @@ def update_terms(state: SolverState, corners, diff, for_object: bool = True, for
     """
     xp = state.xp
     real = diff.real.dtype
-    terms = UpdateTerms()
+    terms = terms or UpdateTerms()
     kernels = compiled_kernels(diff)
     if for_object:
-        terms.object_numerator = xp.zeros_like(state.object)
-        if kernels is not None:
+        if terms.object_numerator is None:
+            terms.object_numerator = xp.zeros_like(state.object)
             terms.illumination = xp.zeros(state.object.shape, real)
+        if kernels is not None:
             kernels.accumulate_object_terms(
                 diff, corners, state.probe, terms.object_numerator, terms.illumination
             )
         else:
             scatter_patches(terms.object_numerator, corners, mode_sum(state.probe, diff))
-            terms.illumination = stamp_patch(state.illumination_weights(), corners, state.object.shape)
+            terms.illumination += stamp_patch(state.illumination_weights(), corners, state.object.shape)
     if for_probe:
-        if kernels is not None:
+        if terms.probe_numerator is None:
             terms.probe_numerator = xp.zeros_like(state.probe)
             terms.probe_weights = xp.zeros(state.frame_shape, real)
+        if kernels is not None:
             kernels.accumulate_probe_terms(
                 diff, corners, state.object, terms.probe_numerator, terms.probe_weights
             )
         else:
             patches = gather_patches(state.object, corners, state.frame_shape)
-            terms.probe_numerator = (patches.conj()[:, None] * diff).sum(axis=0)
-            terms.probe_weights = mode_power(patches)
+            terms.probe_numerator += (patches.conj()[:, None] * diff).sum(axis=0)
+            terms.probe_weights += mode_power(patches)
     return terms
 
 
