@@ -10,15 +10,17 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .io import CXIFormatError, read_cxi, write_cxi, write_result
+from .io import CXIFormatError, read_cxi, read_result, write_cxi, write_result
 from .plotting import save_summary_png
 from .solver import (
     ALGORITHMS,
+    ReconstructionResult,
     ReconstructionSettings,
     Reconstructor,
     fourier_r_factor,
     simulate,
 )
+from .solver.probe import reusable_probe
 
 if TYPE_CHECKING:
     from .catalog import ReconstructionSummary
@@ -43,21 +45,58 @@ def run_with_progress(reconstructor: Reconstructor, iterations: int, label: str)
         )
 
 
+DISTANCE_UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}
+
+
+class Defocus(click.ParamType):
+    """``auto``, ``none`` or a distance: metres, or a number with the unit m, mm, um or nm."""
+
+    name = "defocus"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str) or value.lower() in ("auto", "none"):
+            return value if not isinstance(value, str) else value.lower()
+        text = value.strip().lower()
+        unit = next((u for u in sorted(DISTANCE_UNITS, key=len, reverse=True) if text.endswith(u)), None)
+        try:
+            number = float(text[: -len(unit)] if unit else text) * DISTANCE_UNITS.get(unit, 1.0)
+        except ValueError:
+            self.fail(
+                f"{value!r} is not 'auto', 'none' or a distance such as 1.2e-3, 1.2mm or 1200um", param, ctx
+            )
+        try:
+            return ReconstructionSettings(probe_defocus=number).probe_defocus
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
 def settings_options(function):
     """Options shared by the commands that reconstruct."""
     options = [
         click.option("--algorithm", "-a", type=click.Choice(ALGORITHMS), default="rpie", show_default=True),
-        click.option("--iterations", "-n", type=int, default=100, show_default=True),
-        click.option("--batch-size", type=int, default=None, help="Frames per update (rpie, epie, lsqml)."),
-        click.option("--modes", type=int, default=1, show_default=True, help="Incoherent probe modes."),
+        click.option("--iterations", "-n", type=click.IntRange(min=1), default=100, show_default=True),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Frames per update (rpie, epie, lsqml).",
+        ),
+        click.option(
+            "--modes",
+            type=click.IntRange(1, 12),
+            default=1,
+            show_default=True,
+            help="Incoherent probe modes.",
+        ),
         click.option(
             "--noise-model", type=click.Choice(["gaussian", "poisson"]), default="gaussian", show_default=True
         ),
         click.option(
             "--probe-defocus",
-            type=float,
+            type=Defocus(),
             default=None,
-            help="Initial-probe defocus in m (+ = sample downstream of focus).",
+            help="Initial-probe defocus: 'auto' (measured from the data; the default unless the file "
+            "records one), 'none' (in focus), or a distance such as 1.2mm (+ = sample downstream of the focus).",
         ),
         click.option("--position-correction/--no-position-correction", default=False, show_default=True),
         click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True),
@@ -169,18 +208,39 @@ def with_catalog_options(function):
     default=None,
     help="Summary PNG (default FILE_recon.png, or UID.png with --uid).",
 )
+@click.option(
+    "--probe",
+    "probe_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Start from the probe of this result file (FILE_recon.cxi of an earlier scan).",
+)
+@click.option(
+    "--probe-from",
+    default=None,
+    metavar="UID",
+    help="Start from the probe of this reconstruction (or the newest one of this raw scan) in the catalog.",
+)
 @settings_options
-def reconstruct_command(input_file, raw_uid, catalog, catalog_dir, output, png, **options):
+def reconstruct_command(
+    input_file, raw_uid, catalog, catalog_dir, output, png, probe_file, probe_from, **options
+):
     """Reconstruct a CXI dataset, or (--uid) a raw scan archived in the catalog.
 
     A file gives a result file (CXI/HDF5) and a summary PNG; a catalog scan
     gives a new reconstruction run in the same catalog, and the PNG.
     """
-    settings = make_settings(**options)
+    try:
+        settings = make_settings(**options)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
     if (input_file is None) == (raw_uid is None):
         raise click.UsageError("give either FILE.cxi or --uid RAW_UID")
+    if probe_file is not None and probe_from is not None:
+        raise click.UsageError("give either --probe FILE or --probe-from UID, not both")
+    previous = earlier_result(probe_file, probe_from, catalog, catalog_dir)
     if raw_uid is not None:
-        reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings)
+        reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings, previous)
         return
     try:
         data = read_cxi(input_file)
@@ -189,9 +249,23 @@ def reconstruct_command(input_file, raw_uid, catalog, catalog_dir, output, png, 
     console.print(
         f"{len(data)} frames of {data.geometry.frame_shape}, {settings.algorithm}, {settings.device}"
     )
-    reconstructor = Reconstructor.from_data(data, settings)
+    if previous is None:
+        reconstructor = Reconstructor.from_data(data, settings)
+    else:
+        source = previous.extra["probe_source"]
+        try:
+            probe = reusable_probe(previous, data.geometry, source)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
+        reconstructor = Reconstructor(
+            data.geometry, settings, mask=data.mask, probe=probe, probe_source=source
+        )
+        reconstructor.add_frames(data.frames, data.positions).prepare()
+    console.print(f"initial probe: {describe_probe(reconstructor.extra)}")
     run_with_progress(reconstructor, settings.iterations, settings.algorithm)
     result = reconstructor.result()
+    for warning in result.warnings:
+        console.print(f"[yellow]warning: {warning}[/]")
     stem = input_file.with_suffix("")
     output = output or Path(f"{stem}_recon.cxi")
     png = png or Path(f"{stem}_recon.png")
@@ -201,7 +275,41 @@ def reconstruct_command(input_file, raw_uid, catalog, catalog_dir, output, png, 
     console.print(f"wrote {output} and {png}")
 
 
-def reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings) -> None:
+def earlier_result(probe_file, probe_from, catalog, catalog_dir) -> ReconstructionResult | None:
+    """The earlier reconstruction whose probe to start from (``--probe`` / ``--probe-from``), or None."""
+    if probe_file is not None:
+        try:
+            result = read_result(probe_file)
+        except (CXIFormatError, OSError, KeyError) as error:
+            raise click.ClickException(f"--probe {probe_file}: {error}") from None
+        result.extra["probe_source"] = f"file {probe_file}"
+        return result
+    if probe_from is not None:
+        from .catalog import connect, find_reconstruction, result_from_run
+
+        try:
+            run = find_reconstruction(connect(catalog, catalog_dir), probe_from)
+        except LookupError as error:
+            raise click.ClickException(str(error.args[0])) from None
+        result = result_from_run(run)
+        result.extra["probe_source"] = f"reconstruction {run.metadata['start']['uid']}"
+        return result
+    return None
+
+
+def describe_probe(extra: dict) -> str:
+    """Where the initial probe came from, in words (from a reconstruction's ``extra``)."""
+    source = extra.get("probe_source", "?")
+    if "defocus" not in source:
+        return source
+    defocus = extra["probe_defocus"]
+    text = "in focus" if defocus == 0 else f"defocus {defocus * 1e3:+.3f} mm"
+    if extra.get("probe_defocus_sign_corrected"):
+        text += " (the given sign was corrected: + = sample downstream of the focus)"
+    return f"{text} ({'measured from the data' if source == 'defocus estimate' else 'given'})"
+
+
+def reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings, previous=None) -> None:
     from .catalog import connect, find_reconstruction
     from .replay import reconstruct_archived_scan
 
@@ -210,7 +318,7 @@ def reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings) -> No
         f"reconstructing scan {raw_uid} ({settings.algorithm}, {settings.iterations} iterations)"
     ):
         try:
-            reconstruct_archived_scan(client, raw_uid, settings)
+            reconstruct_archived_scan(client, raw_uid, settings, initial_probe=previous)
         except KeyError as error:
             raise click.ClickException(str(error.args[0])) from None
     summary = show_reconstruction(

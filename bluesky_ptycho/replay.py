@@ -17,6 +17,7 @@ def reconstruct_archived_scan(
     raw_uid: str,
     settings: ReconstructionSettings,
     on_result: Callable[[str, ReconstructionResult, bool], Any] | None = None,
+    initial_probe: ReconstructionResult | str | None = None,
     **geometry: Any,
 ) -> PtychoCallback:
     """Replay the raw scan ``raw_uid`` from ``catalog`` into a :class:`PtychoCallback`.
@@ -33,7 +34,15 @@ def reconstruct_archived_scan(
     if raw_uid not in catalog:
         raise KeyError(f"the catalog has no run {raw_uid!r}")
     writer = TiledWriter(catalog, batch_size=1)
-    callback = PtychoCallback(writer, settings=settings, preview_every=None, on_result=on_result, **geometry)
+    callback = PtychoCallback(
+        writer,
+        settings=settings,
+        preview_every=None,
+        on_result=on_result,
+        initial_probe=initial_probe,
+        catalog=catalog,
+        **geometry,
+    )
     for name, doc in raw_scan_documents(catalog[raw_uid]):
         callback(name, doc)
     callback.wait()

@@ -13,8 +13,8 @@ from bluesky_ptycho.solver.probe import probe_from_mean_pattern, propagate
 from bluesky_ptycho.solver.simulate import realistic
 
 DEFOCI = [0.0, 1e-3, -1e-3, 2e-3, -2e-3]
-# measured-like data: the shadow is noisy, the disc small at large defocus
-REALISTIC = [(0.2e-3, 1e4, 0.5), (-0.5e-3, 1e4, 0.3), (1e-3, 1e7, 0.3), (-3e-3, 1e5, 1.2)]
+# measured-like data: the shadow is noisy, and blurred in a small disc at large defocus
+REALISTIC = [(0.2e-3, 1e4), (-0.5e-3, 1e4), (1e-3, 1e7), (2e-3, 1e7), (-3e-3, 1e5)]
 
 
 def focused_sim(defocus: float, seed: int = 3):
@@ -44,18 +44,18 @@ def test_estimate_recovers_the_defocus(defocus):
     sim = focused_sim(defocus)
     estimate = estimate_defocus(sim.data.frames, sim.data.positions, sim.data.geometry)
     assert np.sign(estimate.defocus) == np.sign(defocus)
-    assert abs(estimate.defocus - defocus) <= 0.3 * abs(defocus), estimate
+    assert abs(estimate.defocus - defocus) <= 0.2 * abs(defocus), estimate
     assert estimate.score == pytest.approx(max(estimate.scores), rel=0.05)
     assert len(estimate.magnifications) == len(estimate.scores) >= 100
 
 
-@pytest.mark.parametrize(("defocus", "photons", "tolerance"), REALISTIC)
-def test_estimate_on_measured_like_data(defocus, photons, tolerance):
-    """The sign is always right; the size within ``tolerance`` (the shadow blurs as the disc shrinks)."""
+@pytest.mark.parametrize(("defocus", "photons"), REALISTIC)
+def test_estimate_on_measured_like_data(defocus, photons):
     sim = realistic(defocus, photons=photons, n_frames=200, seed=5)
     estimate = estimate_defocus(sim.data.frames, sim.data.positions, sim.data.geometry, sim.data.mask)
     assert np.sign(estimate.defocus) == np.sign(defocus)
-    assert abs(estimate.defocus / defocus - 1) <= tolerance, estimate.defocus
+    assert abs(estimate.defocus / defocus - 1) <= 0.25, estimate.defocus
+    assert len(estimate.trials) == 7 and estimate.seconds < 5
 
 
 @pytest.mark.parametrize("defocus", [1.5e-3, -1.5e-3])
@@ -80,17 +80,17 @@ def test_wrong_sign_is_detected_and_corrected(caplog):
     assert "check the sign convention" in caplog.text
     right = Reconstructor.from_data(sim.data, ReconstructionSettings(probe_defocus=1e-3))
     assert right.extra["probe_defocus_sign_corrected"] is False
-    assert right.extra["probe_defocus_source"] == "given"
+    assert right.extra["probe_source"] == "given defocus"
 
 
 def test_the_default_measures_the_defocus_and_none_means_in_focus():
     defocused = Reconstructor.from_data(focused_sim(1e-3).data, ReconstructionSettings())
-    assert defocused.extra["probe_defocus_source"] == "estimate"
+    assert defocused.extra["probe_source"] == "defocus estimate"
     assert defocused.extra["probe_defocus"] == pytest.approx(1e-3, rel=0.3)
     focused = Reconstructor.from_data(simulate(photons=1e6).data, ReconstructionSettings())
     assert focused.extra["probe_defocus"] == 0.0
     none = Reconstructor.from_data(focused_sim(1e-3).data, ReconstructionSettings(probe_defocus="none"))
-    assert none.extra["probe_defocus"] == 0.0 and none.extra["probe_defocus_source"] == "given"
+    assert none.extra["probe_defocus"] == 0.0 and none.extra["probe_source"] == "given defocus"
 
 
 def test_defocus_from_a_cxi_file_is_used(tmp_path):

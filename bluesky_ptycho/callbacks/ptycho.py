@@ -22,15 +22,19 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from event_model import DocumentRouter, unpack_event_page
 
 from ..catalog.documents import DocumentCallback, ReconstructionRunWriter
+from ..catalog.queries import latest_probe_for
 from ..federation.jobs import ReconstructionJob, Runner
 from ..federation.local import LocalRunner
+from ..io import read_result
 from ..solver.data import ELECTRON_VOLT, Geometry, ReconstructionResult
+from ..solver.probe import reusable_probe
 from ..solver.scan_area import ScanArea
 from ..solver.settings import ReconstructionSettings
 from .external import ExternalFrames
@@ -182,6 +186,8 @@ class _Run:
     collected: int = 0
     seq_nums: set[int] = field(default_factory=set)  # of the frames taken
     in_flight: Future | None = None
+    jobs: int = 0
+    probe_source: str | None = None  # where the initial probe came from, when the callback gave one
     problems: _Problems = field(init=False)
 
     def __post_init__(self) -> None:
@@ -214,6 +220,18 @@ class PtychoCallback(DocumentRouter):
     on_result
         Optional ``f(raw_uid, result, final)`` called with every result (e.g.
         a live plot).
+    initial_probe
+        Where each scan's initial probe comes from. None (default): built
+        from the scan's own frames (the measured defocus). "latest": the probe
+        of the newest successful final reconstruction in ``catalog`` recorded
+        with the scan's energy, detector distance, pixel size and frame shape,
+        as beamlines reuse a slowly changing probe from scan to scan. A
+        :class:`ReconstructionResult` or the path of a result file: its probe.
+        A probe that does not fit a scan is refused with the reason (logged
+        and recorded with the reconstruction), and the scan's probe is built
+        from its frames instead.
+    catalog
+        The Tiled catalog to look in for ``initial_probe="latest"``.
     **geometry
         Overrides of ``start["ptycho"]`` keys (``data_key``, ``x_key``,
         ``y_key``, ``position_unit``, ``photon_energy_ev``,
@@ -231,8 +249,16 @@ class PtychoCallback(DocumentRouter):
         preview_iterations: int = 20,
         queue_previews: bool = False,
         on_result: Callable[[str, ReconstructionResult, bool], Any] | None = None,
+        initial_probe: str | Path | ReconstructionResult | None = None,
+        catalog: Any = None,
         **geometry: Any,
     ) -> None:
+        if initial_probe == "latest" and catalog is None:
+            raise ValueError("initial_probe='latest' needs the catalog to look in: pass catalog=")
+        if isinstance(initial_probe, str | Path) and initial_probe != "latest":
+            path = Path(initial_probe)
+            initial_probe = read_result(path)
+            initial_probe.extra["probe_source"] = f"file {path}"
         super().__init__()
         if emit_reconstruction is None:
             emit_reconstruction = _log_document
@@ -245,6 +271,8 @@ class PtychoCallback(DocumentRouter):
         self.preview_iterations = preview_iterations
         self.queue_previews = queue_previews
         self.on_result = on_result
+        self.initial_probe = initial_probe
+        self.catalog = catalog
         self.geometry_overrides = geometry
         self._runs: dict[str, _Run] = {}
         self._run_of_descriptor: dict[str, str] = {}  # descriptors of the frames' streams
@@ -429,15 +457,40 @@ class PtychoCallback(DocumentRouter):
         frames = np.asarray(run.frames, dtype=np.float32).reshape(-1, *run.frame_shape)
         positions = np.asarray(run.positions, dtype=float).reshape(-1, 2)
         run.frames, run.positions = [], []  # the runner holds them from now on
+        geometry = run.scan.geometry(run.frame_shape)
+        run.jobs += 1
         return ReconstructionJob(
             scan_uid=run.start["uid"],
-            geometry=run.scan.geometry(run.frame_shape),
+            geometry=geometry,
             settings=self.settings,
             frames=frames,
             positions=positions,
             iterations=iterations,
             final=final,
+            probe=self._initial_probe(run, geometry) if run.jobs == 1 else None,
         )
+
+    def _initial_probe(self, run: _Run, geometry: Geometry) -> np.ndarray | None:
+        """The probe of the scan's first job (see ``initial_probe``), or None to build it from the frames."""
+        if self.initial_probe is None:
+            return None
+        try:
+            if self.initial_probe == "latest":
+                result = latest_probe_for(self.catalog, geometry)
+                source = f"reconstruction {result.extra['run_uid']}"
+            else:
+                result = self.initial_probe
+                source = (
+                    result.extra.get("probe_source") or f"reconstruction {result.extra.get('run_uid', '?')}"
+                )
+            probe = reusable_probe(result, geometry, source)
+        except (LookupError, ValueError) as refused:
+            run.problems.add(
+                "initial probe", f"initial probe refused, built from the frames instead: {refused}"
+            )
+            return None
+        run.probe_source = source
+        return probe
 
     def _preview(self, run: _Run) -> None:
         if not self.queue_previews and run.in_flight is not None and not run.in_flight.done():
@@ -451,7 +504,7 @@ class PtychoCallback(DocumentRouter):
         if error is not None:
             run.problems.add(f"preview:{type(error).__name__}", f"preview failed: {error}")
             return
-        run.writer.add_result(future.result(), final=False)
+        run.writer.add_result(self._recorded(run, future), final=False)
         self._notify(run, future.result(), final=False)
 
     def _finish(self, run: _Run, future: Future, partial: bool, exit_status: str) -> None:
@@ -461,7 +514,7 @@ class PtychoCallback(DocumentRouter):
             run.writer.close("fail", reason=f"reconstruction failed: {type(error).__name__}: {error}")
             return
         try:
-            run.writer.add_result(future.result(), final=True, partial=partial)
+            run.writer.add_result(self._recorded(run, future), final=True, partial=partial)
         except ValueError as error:
             run.writer.close("fail", reason=f"the result could not be recorded: {error}")
             return
@@ -469,6 +522,14 @@ class PtychoCallback(DocumentRouter):
         reason = "; ".join(filter(None, [reason, *run.problems.summary(), *future.result().warnings]))
         run.writer.close("success", reason=reason)
         self._notify(run, future.result(), final=True)
+
+    @staticmethod
+    def _recorded(run: _Run, future: Future) -> ReconstructionResult:
+        """The job's result, saying where its initial probe came from when the callback gave it."""
+        result = future.result()
+        if run.probe_source is not None:
+            result.extra["probe_source"] = run.probe_source
+        return result
 
     def _notify(self, run: _Run, result: ReconstructionResult, final: bool) -> None:
         if self.on_result is not None:

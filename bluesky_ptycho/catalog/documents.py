@@ -128,8 +128,12 @@ class ReconstructionRunWriter:
         """uid of the reconstruction run."""
         return self._bundle.start_doc["uid"]
 
-    def _start(self) -> None:
+    def _start(self, result: ReconstructionResult | None = None) -> None:
         if not self._started:
+            if result is not None and result.geometry is not None:
+                self._bundle.start_doc["ptycho_geometry"] = result.geometry.to_dict()
+            if result is not None and "probe_source" in result.extra:
+                self._bundle.start_doc["ptycho_probe_source"] = result.extra["probe_source"]
             self._emit("start", self._bundle.start_doc)
             self._started = True
 
@@ -151,7 +155,7 @@ class ReconstructionRunWriter:
                 obj, origin = result.object, result.object_origin
             else:
                 obj, origin = self._canvas.place(result), self._canvas.origin
-            self._start()
+            self._start(result)
             if self._descriptor is None:
                 self._descriptor = self._bundle.compose_descriptor(
                     name="primary",

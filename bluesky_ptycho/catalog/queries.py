@@ -9,7 +9,7 @@ import numpy as np
 from event_model import pack_event_page
 from tiled.queries import Key
 
-from ..solver.data import ReconstructionResult
+from ..solver.data import Geometry, ReconstructionResult
 from .documents import PLAN_NAME, pairs_as_complex
 
 
@@ -46,6 +46,7 @@ def result_from_run(run, index: int = -1) -> ReconstructionResult:
             "probe_defocus": float(row("probe_defocus")),
             "run_uid": start["uid"],
         },
+        geometry=Geometry.from_dict(start["ptycho_geometry"]) if "ptycho_geometry" in start else None,
     )
 
 
@@ -62,6 +63,37 @@ def latest_final_reconstruction(catalog, raw_uid: str) -> ReconstructionResult:
         if stop.get("exit_status") == "success" and bool(np.asarray(run["primary"]["final"].read())[-1]):
             return result_from_run(run)
     raise LookupError(f"no successful final reconstruction of scan {raw_uid} in the catalog")
+
+
+def latest_probe_for(catalog, geometry: Geometry, limit: int = 50) -> ReconstructionResult:
+    """The final result of the newest successful reconstruction recorded with ``geometry`` (its probe to reuse).
+
+    The last ``limit`` reconstructions are looked at, newest first; those of
+    another frame shape, energy, detector distance or pixel size are passed.
+
+    Raises
+    ------
+    LookupError
+        Saying why none fits (the newest candidate's mismatch).
+    """
+    found = catalog.search(Key("start.plan_name") == PLAN_NAME).sort(("start.time", -1))
+    passed = []
+    for run in found.values().head(limit):
+        start, stop = run.metadata["start"], run.metadata.get("stop") or {}
+        if stop.get("exit_status") != "success" or "primary" not in run:
+            continue
+        if "ptycho_geometry" not in start:
+            passed.append(f"{start['uid'][:8]} records no geometry")
+            continue
+        mismatches = Geometry.from_dict(start["ptycho_geometry"]).mismatches(geometry)
+        if mismatches:
+            passed.append(f"{start['uid'][:8]} has {', '.join(mismatches)}")
+        elif bool(np.asarray(run["primary"]["final"].read())[-1]):
+            return result_from_run(run)
+    detail = f"; the newest: {passed[0]}" if passed else ""
+    raise LookupError(
+        f"no successful final reconstruction in the catalog was recorded with this scan's geometry{detail}"
+    )
 
 
 @dataclass

@@ -100,7 +100,7 @@ class ExecutorRunner(LaneRunner[_Scan]):
         if not len(job.frames):
             return
         if scan.staging is not None and scan.inline_bytes + job.frames.nbytes > self.inline_limit:
-            path = scan.staging.add_chunk(job.frames, job.positions, job.geometry, job.mask)
+            path = scan.staging.add_chunk(job.frames, job.positions, job.geometry, job.mask, job.probe)
             scan.chunks.append(str(path))
         else:
             scan.chunks.append(FrameChunk(job.frames, job.positions))
@@ -118,6 +118,7 @@ class ExecutorRunner(LaneRunner[_Scan]):
             chunks=list(scan.chunks),
             mask=job.mask,
             previous=scan.previous,
+            probe=job.probe,
         )
 
         def attempt() -> ReconstructionResult:

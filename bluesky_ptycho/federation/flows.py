@@ -248,7 +248,7 @@ class GlobusFlowRunner(LaneRunner[ScanStaging]):
     def run_job(self, staging: ScanStaging, job: ReconstructionJob) -> ReconstructionResult:
         started = time.perf_counter()
         if len(job.frames):
-            staging.add_chunk(job.frames, job.positions, job.geometry, job.mask)
+            staging.add_chunk(job.frames, job.positions, job.geometry, job.mask, job.probe)
         staged = time.perf_counter()
         if not staging.chunks:
             raise ValueError(f"scan {job.scan_uid}: no frames to reconstruct")

@@ -29,6 +29,11 @@ class ReconstructionJob:
         Iterations to do in this job.
     final
         True for the last job of the scan; the runner then forgets the scan.
+    mask
+        Good detector pixels (H, W), or None.
+    probe
+        The initial probe (modes, H, W) for the scan's first job (None: built
+        from the data); later jobs continue from the scan's own probe.
     """
 
     scan_uid: str
@@ -39,6 +44,7 @@ class ReconstructionJob:
     iterations: int
     final: bool = False
     mask: np.ndarray | None = None
+    probe: np.ndarray | None = None
 
 
 class Runner(Protocol):

@@ -27,7 +27,7 @@ def run_job(runner_id: str, job: ReconstructionJob) -> ReconstructionResult:
     try:
         reconstructor = _reconstructors.get(key)
         if reconstructor is None:
-            reconstructor = Reconstructor(job.geometry, job.settings, mask=job.mask)
+            reconstructor = Reconstructor(job.geometry, job.settings, mask=job.mask, probe=job.probe)
             _reconstructors[key] = reconstructor
         if len(job.frames):
             reconstructor.add_frames(job.frames, job.positions)

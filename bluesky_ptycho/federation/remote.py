@@ -52,6 +52,8 @@ class RemoteRequest:
         Iterations to do in this job.
     previous
         The scan's previous result to continue from (None for the first job).
+    probe
+        The initial probe of the first job (None: built from the data).
     """
 
     scan_uid: str
@@ -61,6 +63,7 @@ class RemoteRequest:
     chunks: list[FrameChunk | str] = field(default_factory=list)
     mask: np.ndarray | None = None
     previous: ReconstructionResult | None = None
+    probe: np.ndarray | None = None
 
 
 def _load(chunk: FrameChunk | str) -> FrameChunk:
@@ -78,17 +81,19 @@ def continue_reconstruction(
     *,
     mask: np.ndarray | None = None,
     previous: ReconstructionResult | None = None,
+    probe: np.ndarray | None = None,
 ) -> ReconstructionResult:
     """Reconstruct the frames of ``chunks``, continuing from ``previous`` when given.
 
-    The frames ``previous`` already used keep its refined positions. The
-    seconds this took go into ``result.extra["compute_s"]``.
+    The frames ``previous`` already used keep its refined positions; without
+    ``previous``, ``probe`` is the initial probe (None: built from the data).
+    The seconds this took go into ``result.extra["compute_s"]``.
     """
     started = time.perf_counter()
     frames = np.concatenate([chunk.frames for chunk in chunks])
     positions = np.concatenate([chunk.positions for chunk in chunks]).astype(float)
     if previous is None:
-        reconstructor = Reconstructor(geometry, settings, mask=mask)
+        reconstructor = Reconstructor(geometry, settings, mask=mask, probe=probe)
     else:
         if previous.n_frames > len(frames):
             raise ValueError(
@@ -110,6 +115,7 @@ def reconstruct_remote(request: RemoteRequest) -> ReconstructionResult:
         request.iterations,
         mask=request.mask,
         previous=request.previous,
+        probe=request.probe,
     )
 
 
@@ -122,8 +128,8 @@ def reconstruct_files(
 ) -> dict[str, Any]:
     """Reconstruct staged CXI chunk files and write the result file (the Globus Flow's compute step).
 
-    Every argument is plain JSON, as a Globus Flow passes them. The geometry
-    and mask come from the first chunk file.
+    Every argument is plain JSON, as a Globus Flow passes them. The geometry,
+    mask and any initial probe come from the first chunk file.
 
     Parameters
     ----------
@@ -156,6 +162,7 @@ def reconstruct_files(
         iterations,
         mask=first.mask,
         previous=previous,
+        probe=first.probe,
     )
     Path(result_file).parent.mkdir(parents=True, exist_ok=True)
     write_result(result_file, result)

@@ -43,13 +43,22 @@ class ScanStaging:
         self._result_count = 0
 
     def add_chunk(
-        self, frames: np.ndarray, positions: np.ndarray, geometry: Geometry, mask: np.ndarray | None = None
+        self,
+        frames: np.ndarray,
+        positions: np.ndarray,
+        geometry: Geometry,
+        mask: np.ndarray | None = None,
+        probe: np.ndarray | None = None,
     ) -> Path:
-        """Write frames (N, H, W) and positions (N, 2) as the next chunk file; return its path."""
+        """Write frames (N, H, W) and positions (N, 2) as the next chunk file; return its path.
+
+        ``probe``, the initial probe, goes with the scan's first chunk.
+        """
         self.frames_directory.mkdir(parents=True, exist_ok=True)
         path = self.frames_directory / f"chunk_{len(self.chunks):05d}.cxi"
         partial = path.with_suffix(".cxi.part")
-        write_cxi(partial, PtychoData(frames=frames, positions=positions, geometry=geometry, mask=mask))
+        data = PtychoData(frames=frames, positions=positions, geometry=geometry, mask=mask, probe=probe)
+        write_cxi(partial, data)
         partial.replace(path)  # a reader (or a transfer) never sees a half-written chunk
         self.chunks.append(path)
         return path

@@ -171,6 +171,8 @@ def write_result(path: str | Path, result: ReconstructionResult) -> Path:
         group.attrs["wall_time"] = result.wall_time
         group.attrs["settings"] = json.dumps(result.settings)
         group.attrs["extra"] = json.dumps(result.extra)
+        if result.geometry is not None:
+            group.attrs["geometry"] = json.dumps(result.geometry.to_dict())
     return path
 
 
@@ -191,4 +193,7 @@ def read_result(path: str | Path) -> ReconstructionResult:
             settings=json.loads(group.attrs["settings"]),
             wall_time=float(group.attrs["wall_time"]),
             extra=json.loads(group.attrs["extra"]),
+            geometry=Geometry.from_dict(json.loads(group.attrs["geometry"]))
+            if "geometry" in group.attrs
+            else None,
         )

@@ -86,6 +86,40 @@ class Geometry:
         """Photon energy in joules."""
         return energy_from_wavelength(self.wavelength)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The geometry as plain JSON (SI units)."""
+        return {
+            "wavelength": self.wavelength,
+            "detector_distance": self.detector_distance,
+            "detector_pixel_size": self.detector_pixel_size,
+            "frame_shape": list(self.frame_shape),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Geometry:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            float(values["wavelength"]),
+            float(values["detector_distance"]),
+            float(values["detector_pixel_size"]),
+            tuple(values["frame_shape"]),
+        )
+
+    def mismatches(self, other: Geometry, tolerance: float = 0.01) -> list[str]:
+        """What differs between this geometry and ``other`` beyond ``tolerance`` (relative), in words."""
+        found = []
+        if self.frame_shape != other.frame_shape:
+            found.append(f"frame shape {self.frame_shape} against {other.frame_shape}")
+        for name, value, unit, scale in (
+            ("photon energy", "energy", "eV", ELECTRON_VOLT),
+            ("detector distance", "detector_distance", "m", 1.0),
+            ("detector pixel size", "detector_pixel_size", "um", 1e-6),
+        ):
+            mine, theirs = getattr(self, value), getattr(other, value)
+            if abs(mine - theirs) > tolerance * abs(theirs):
+                found.append(f"{name} {mine / scale:.5g} {unit} against {theirs / scale:.5g} {unit}")
+        return found
+
     @property
     def sample_pixel_size(self) -> tuple[float, float]:
         """(y, x) size in metres of one pixel of the reconstructed images."""
@@ -264,6 +298,10 @@ class ReconstructionResult:
         Seconds spent iterating.
     extra
         Anything an algorithm reports beyond the above (e.g. the defocus estimate).
+    geometry
+        The geometry the data were recorded with (None where unknown, e.g.
+        a result file written before it was recorded): what a reused probe
+        is checked against.
     """
 
     object: np.ndarray
@@ -276,6 +314,7 @@ class ReconstructionResult:
     settings: dict[str, Any]
     wall_time: float
     extra: dict[str, Any] = field(default_factory=dict)
+    geometry: Geometry | None = None
 
     @property
     def n_frames(self) -> int:

@@ -17,8 +17,18 @@ that shadow moves by ``M s`` detector pixels with
 (downstream of the focus) and the opposite one for ``d < 0``. Every pair of
 neighbouring frames gives the cross-correlation of their shadows; the
 magnification whose predicted shifts collect the most correlation, over all
-pairs at once, gives the defocus with its sign. A focused probe casts no
-shadow: its data correlate only where nothing moved, and the estimate is 0.
+pairs at once, gives the defocus with its sign.
+
+Where no moving shadow is resolved (a focused probe casts none; a small
+disc far from the focus shows one too blurred to follow) the data correlate
+most where nothing moves. The probe's size then comes from the scan step
+(scans are planned for a known overlap) and the sign from the side on which
+the shadow correlates: a probe no larger than its focus is taken as focused.
+
+The shadow is least precise where it is most blurred, so a few short trial
+reconstructions on the central frames, within a factor of two of the
+estimate, settle its size where their cost is clearly lower (see
+:func:`trial_costs`).
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import scipy.fft
 from scipy.spatial import cKDTree
 
 from .data import Geometry
+from .probe import probe_from_mean_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +50,17 @@ MAX_PAIRS = 256
 CANDIDATES = 120
 BRIGHT_FIELD_LEVEL = 0.25
 SIGN_MARGIN = 1.2
+# how much scans overlap neighbouring probe footprints, as planned at beamlines
+ASSUMED_OVERLAP = 0.65
+# a probe less than this many times its focus's size is taken as focused
+FOCUS_SIZE_MARGIN = 1.5
+# the trial reconstructions that settle the size of the measured defocus
+TRIAL_FRAMES = 64
+TRIAL_ITERATIONS = 10
+TRIAL_FACTORS = (0.5, 0.63, 0.8, 1.0, 1.25, 1.6, 2.0)
+# another size is taken only if its trial cost is this much lower (flat costs
+# on measured data must not pull the shadow's estimate away)
+TRIAL_MARGIN = 0.9
 
 
 @dataclass
@@ -47,8 +69,9 @@ class DefocusEstimate:
 
     ``magnifications`` and ``scores`` are the candidate shadow magnifications
     (detector pixels per sample pixel, signed as the defocus) and the mean
-    correlation each collected; ``magnification`` is the best one, 0 where
-    no shadow was found (then the defocus is 0: a focused probe).
+    correlation each collected; ``magnification`` is the one taken (from the
+    scan step where no shadow was resolved), 0 for a focused probe.
+    ``trials`` maps the defoci tried around it to their trial costs.
     """
 
     defocus: float
@@ -56,12 +79,13 @@ class DefocusEstimate:
     score: float
     magnifications: list[float] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    trials: dict[float, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
         return {
             "probe_defocus": self.defocus,
-            "probe_defocus_source": "estimate",
+            "probe_source": "defocus estimate",
             "probe_defocus_magnification": self.magnification,
             "probe_defocus_score": self.score,
             "probe_defocus_seconds": self.seconds,
@@ -157,6 +181,27 @@ class ShadowCorrelations:
         )
         return float(value.mean())
 
+    @property
+    def step(self) -> float:
+        """The typical distance between neighbouring scan points, sample pixels."""
+        return float(np.median(np.hypot(*self.shifts.T)))
+
+    def magnification_from_scan_step(self) -> float:
+        """The shadow magnification of a probe as large as the scan step suggests; 0 for a focused one.
+
+        Where the shadow is too blurred to follow (a small bright-field disc,
+        a large defocus) the scan itself tells the probe's size: scans are
+        planned with neighbours ``1 - ASSUMED_OVERLAP`` of a probe diameter
+        apart. A focused probe is about ``1.22 N / R`` sample pixels wide (its
+        Airy disc); what the defocus adds to that is ``2 R / M``.
+        """
+        h, w = self.frame_shape
+        probe = self.step / (1 - ASSUMED_OVERLAP)
+        focus = 1.22 * min(h, w) / self.bright_field_radius
+        if probe < FOCUS_SIZE_MARGIN * focus:
+            return 0.0
+        return 2 * self.bright_field_radius / np.sqrt(probe**2 - focus**2)
+
     def candidates(self) -> np.ndarray:
         """Magnifications worth trying, both signs, log-spaced.
 
@@ -165,9 +210,8 @@ class ShadowCorrelations:
         the shadow half a pixel, to the strongest that moves it by the disc's
         diameter.
         """
-        step = float(np.median(np.hypot(*self.shifts.T)))
-        low = max(2 * self.bright_field_radius / min(self.frame_shape), 0.5 / step)
-        high = max(2 * self.bright_field_radius / step, 2 * low)
+        low = max(2 * self.bright_field_radius / min(self.frame_shape), 0.5 / self.step)
+        high = max(2 * self.bright_field_radius / self.step, 2 * low)
         magnitudes = np.geomspace(low, high, CANDIDATES // 2)
         return np.concatenate([-magnitudes[::-1], magnitudes])
 
@@ -202,15 +246,23 @@ def estimate_defocus(
     best = int(np.argmax(scores))
     magnification = refine_maximum(candidates, scores, best)
     weakest = len(candidates) // 2
-    # a best score at the weakest magnification of either sign is the peak of
-    # what does not move with the sample: there is no shadow to measure
-    focused = best in (weakest - 1, weakest)
+    if best in (weakest - 1, weakest):
+        # the best score at the weakest magnification is the peak of what
+        # does not move with the sample: no shadow is resolved
+        magnification = shadows.magnification_from_scan_step() * np.sign(candidates[best])
+    defocus = magnification_scale(geometry) / magnification if magnification else 0.0
+    trials = trial_costs(frames, positions, geometry, mask, defocus) if defocus else {}
+    if trials:
+        best_trial = min(trials, key=trials.get)
+        if trials[best_trial] < TRIAL_MARGIN * trials[defocus]:
+            defocus = refine_on_log_scale(trials, best_trial)
     estimate = DefocusEstimate(
-        defocus=0.0 if focused else magnification_scale(geometry) / magnification,
-        magnification=0.0 if focused else magnification,
+        defocus=defocus,
+        magnification=magnification,
         score=float(scores[best]),
         magnifications=candidates.tolist(),
         scores=scores.tolist(),
+        trials=trials,
         seconds=time.perf_counter() - start,
     )
     logger.info(
@@ -221,6 +273,46 @@ def estimate_defocus(
         estimate.seconds,
     )
     return estimate
+
+
+def trial_costs(
+    frames: np.ndarray, positions: np.ndarray, geometry: Geometry, mask: np.ndarray | None, defocus: float
+) -> dict[float, float]:
+    """Cost after ``TRIAL_ITERATIONS`` rPIE iterations on the ``TRIAL_FRAMES`` most central frames, per defocus tried.
+
+    The candidates are ``defocus`` times ``TRIAL_FACTORS``: the shadow gives
+    the sign and the scale, these short reconstructions the last factor of
+    two, where a blurred shadow is least precise and the cost is sharpest.
+    """
+    from .reconstructor import Reconstructor
+    from .settings import ReconstructionSettings
+
+    central = np.argsort(np.sum((positions - positions.mean(axis=0)) ** 2, axis=1))[:TRIAL_FRAMES]
+    frames, positions = frames[central], positions[central]
+    good = np.ones(geometry.frame_shape, bool) if mask is None else mask
+    mean_pattern = frames.mean(axis=0) * good
+    costs = {}
+    for factor in TRIAL_FACTORS:
+        probe = probe_from_mean_pattern(mean_pattern, geometry, defocus * factor)
+        settings = ReconstructionSettings(batch_size=len(frames), probe_defocus=defocus * factor)
+        trial = Reconstructor(geometry, settings, mask=mask, probe=probe)
+        costs[defocus * factor] = (
+            trial.add_frames(frames, positions).iterate(TRIAL_ITERATIONS).cost_history[-1]
+        )
+    return costs
+
+
+def refine_on_log_scale(costs: dict[float, float], best: float) -> float:
+    """The vertex of the parabola through the lowest cost and its neighbours, in log |defocus|."""
+    points = sorted(costs, key=abs)
+    index = points.index(best)
+    if index in (0, len(points) - 1):
+        return best
+    x = np.log(np.abs(points[index - 1 : index + 2]))
+    a, b, _ = np.polyfit(x, [costs[p] for p in points[index - 1 : index + 2]], 2)
+    if a <= 0:
+        return best
+    return float(np.sign(best) * np.exp(np.clip(-b / (2 * a), x.min(), x.max())))
 
 
 def refine_maximum(candidates: np.ndarray, scores: np.ndarray, best: int) -> float:

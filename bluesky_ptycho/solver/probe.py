@@ -70,6 +70,24 @@ def probe_from_mean_pattern(mean_pattern: np.ndarray, geometry: Geometry, defocu
     return normalize_power(probe.astype(np.complex64), float(np.sum(mean_pattern)))
 
 
+def reusable_probe(result, geometry: Geometry, source: str) -> np.ndarray:
+    """The probe of an earlier :class:`~bluesky_ptycho.solver.data.ReconstructionResult`, for data of ``geometry``.
+
+    Raises
+    ------
+    ValueError
+        Naming ``source`` and every mismatch (frame shape, photon energy,
+        detector distance, pixel size), or saying that ``source`` records no
+        geometry to check.
+    """
+    if result.geometry is None:
+        raise ValueError(f"{source} records no geometry, so its probe cannot be checked against this scan")
+    mismatches = result.geometry.mismatches(geometry)
+    if mismatches:
+        raise ValueError(f"the probe of {source} does not fit this scan: " + "; ".join(mismatches))
+    return result.probe
+
+
 def normalize_power(probe, total_power: float):
     """Scale ``probe`` (modes, H, W) or (H, W) so that ``sum |probe|^2 == total_power``."""
     xp = array_module(probe)

@@ -68,6 +68,10 @@ class Reconstructor:
     object_origin
         (x, y) in metres of the initial object's top-left pixel, as in
         :attr:`ReconstructionResult.object_origin`; needed with ``object``.
+    probe_source
+        Where a given ``probe`` came from (a file, a reconstruction's uid),
+        recorded as ``extra["probe_source"]``; a built probe records
+        "defocus estimate" or "given defocus" with ``extra["probe_defocus"]``.
 
     Examples
     --------
@@ -87,6 +91,7 @@ class Reconstructor:
         probe: np.ndarray | None = None,
         object: np.ndarray | None = None,
         object_origin: tuple[float, float] | None = None,
+        probe_source: str = "given probe",
     ) -> None:
         self.geometry = geometry
         # a copy: recovering from divergence lowers its steps
@@ -94,6 +99,7 @@ class Reconstructor:
         self.xp = module_for_device(self.settings.device)
         self.mask = None if mask is None else validate_mask(mask, geometry.frame_shape)
         self._initial_probe = None if probe is None else validate_probe(probe, geometry.frame_shape)
+        self._probe_source = probe_source
         if object is not None and object_origin is None:
             raise ValueError("an initial object needs its object_origin (x, y) in metres")
         self._initial_object = None if object is None else np.asarray(object, dtype=np.complex64)
@@ -286,6 +292,7 @@ class Reconstructor:
             settings=self.settings.to_dict(),
             wall_time=self.wall_time,
             extra=dict(self.extra),
+            geometry=self.geometry,
         )
 
     def _initial_state(self, frames, positions, amplitude) -> SolverState:
@@ -298,7 +305,9 @@ class Reconstructor:
         pixels = (positions - self._origin)[:, ::-1] / (py, px)
         mean_counts = self._measured_power / len(frames)
         probe = self._initial_probe
-        if probe is None:
+        if probe is not None:
+            self.extra.setdefault("probe_source", self._probe_source)
+        else:
             defocus = self._initial_defocus(frames, positions)
             probe = probe_from_mean_pattern(frames.mean(axis=0), self.geometry, defocus)[None]
         probe = normalize_power(add_modes(probe, self.settings.probe_modes), mean_counts)
@@ -333,7 +342,7 @@ class Reconstructor:
             return estimate.defocus
         defocus, flipped = check_defocus_sign(frames, positions, self.geometry, float(defocus), self.mask)
         self.extra.update(
-            probe_defocus=defocus, probe_defocus_source="given", probe_defocus_sign_corrected=flipped
+            probe_defocus=defocus, probe_source="given defocus", probe_defocus_sign_corrected=flipped
         )
         return defocus
 

@@ -1,0 +1,140 @@
+"""Are the defaults right on data as hard as measured data?
+
+Run ``python benchmarks/robustness.py`` (``--quick``: four cases; ``--final``:
+also compare the candidates for the default final reconstruction). On a grid of
+measured-like simulations (:func:`bluesky_ptycho.solver.simulate.realistic`:
+zone plate with central stop, partially coherent beam, weak-phase object,
+detector noise and bad pixels, position errors; defocus 0.2-3 mm of both signs,
+1e4-1e7 photons per frame, two geometries) it prints, per case, the R-factor and
+object error of the defaults (``bluesky-ptycho reconstruct data.cxi`` with no
+options) next to the same run started from the true probe, the measured
+defocus, and the share of the time the defocus measurement took.
+
+Targets: defaults' R within 5 % of the true-probe R on every case; the
+estimate at most 15 % of the reconstruction's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, fourier_r_factor, object_error
+from bluesky_ptycho.solver.data import ELECTRON_VOLT
+from bluesky_ptycho.solver.simulate import realistic
+
+GEOMETRIES = {
+    "A": {"energy": 8.8e3 * ELECTRON_VOLT, "detector_distance": 2.0, "detector_pixel_size": 75e-6},
+    "B": {"energy": 11.5e3 * ELECTRON_VOLT, "detector_distance": 1.4, "detector_pixel_size": 55e-6},
+}
+
+
+@dataclass
+class Case:
+    geometry: str
+    defocus: float
+    photons: float
+
+    def label(self) -> str:
+        return f"{self.geometry} {self.defocus * 1e3:+5.1f} mm {self.photons:7.0e}"
+
+
+GRID = [
+    Case(geometry, defocus, photons)
+    for geometry, defoci in (("A", (0.2e-3, -0.5e-3, 1e-3, -1e-3, 2e-3, -3e-3)), ("B", (0.7e-3, -1.5e-3)))
+    for defocus in defoci
+    for photons in (1e4, 1e5, 1e7)
+]
+QUICK = [Case("A", 0.2e-3, 1e4), Case("A", -1e-3, 1e5), Case("A", -3e-3, 1e7), Case("B", 0.7e-3, 1e5)]
+FINAL_CANDIDATES = {
+    "rpie, 1 mode": {},
+    "rpie, 3 modes": {"probe_modes": 3},
+    "lsqml, 3 modes, gaussian": {"algorithm": "lsqml", "probe_modes": 3},
+    "lsqml, 3 modes, poisson": {"algorithm": "lsqml", "probe_modes": 3, "noise_model": "poisson"},
+    "dm, 3 modes": {"algorithm": "dm", "probe_modes": 3},
+}
+
+
+def simulate_case(case: Case, n_frames: int, seed: int = 11):
+    return realistic(
+        case.defocus, photons=case.photons, n_frames=n_frames, seed=seed, **GEOMETRIES[case.geometry]
+    )
+
+
+def run(sim, settings: ReconstructionSettings, probe=None) -> tuple[float, float, float, Reconstructor]:
+    """R-factor, object error and seconds (set-up and iterations) of one reconstruction."""
+    data = sim.data
+    start = time.perf_counter()
+    if probe is None:
+        reconstructor = Reconstructor.from_data(data, settings)
+    else:
+        reconstructor = Reconstructor(data.geometry, settings, mask=data.mask, probe=probe)
+        reconstructor.add_frames(data.frames, data.positions)
+    reconstructor.iterate()
+    seconds = time.perf_counter() - start
+    result = reconstructor.result()
+    return fourier_r_factor(result, data), object_error(result, sim), seconds, reconstructor
+
+
+def defaults_against_true_probe(cases: list[Case], n_frames: int) -> None:
+    print(
+        f"\ndefaults against the true probe ({n_frames} frames of 128x128, {ReconstructionSettings().algorithm})"
+    )
+    header = (
+        f"{'case':>20} {'defocus est.':>13} {'est. s':>7} {'share':>6} "
+        f"{'R default':>10} {'R true':>8} {'ratio':>6} {'err default':>12} {'err true':>9}  ok"
+    )
+    print(header)
+    failures = 0
+    for case in cases:
+        sim = simulate_case(case, n_frames)
+        r_default, e_default, seconds, auto = run(sim, ReconstructionSettings())
+        r_true, e_true, _, _ = run(sim, ReconstructionSettings(), probe=sim.true_probe)
+        estimate_seconds = auto.extra.get("probe_defocus_seconds", 0.0)
+        ok = r_default <= 1.05 * r_true
+        failures += not ok
+        print(
+            f"{case.label():>20} {auto.extra['probe_defocus'] * 1e3:+10.3f} mm {estimate_seconds:7.2f} "
+            f"{estimate_seconds / seconds:6.1%} {r_default:10.4f} {r_true:8.4f} {r_default / r_true:6.3f} "
+            f"{e_default:12.4f} {e_true:9.4f}  {'yes' if ok else 'NO'}"
+        )
+    print(f"{len(cases) - failures} of {len(cases)} cases within 5 % of the true-probe R")
+
+
+def final_candidates(cases: list[Case], n_frames: int) -> None:
+    print(f"\ncandidates for the default final reconstruction ({n_frames} frames of 128x128, 100 iterations)")
+    print(f"{'case':>20} " + " ".join(f"{name:>26}" for name in FINAL_CANDIDATES))
+    totals = {name: [] for name in FINAL_CANDIDATES}
+    for case in cases:
+        sim = simulate_case(case, n_frames)
+        cells = []
+        for name, options in FINAL_CANDIDATES.items():
+            r, _, seconds, _ = run(sim, ReconstructionSettings(**options))
+            totals[name].append((r, seconds))
+            cells.append(f"R {r:.4f} in {seconds:5.1f} s")
+        print(f"{case.label():>20} " + " ".join(f"{cell:>26}" for cell in cells))
+    cells = [
+        f"R {np.mean([r for r, _ in v]):.4f} in {np.mean([s for _, s in v]):5.1f} s" for v in totals.values()
+    ]
+    print(f"{'mean':>20} " + " ".join(f"{cell:>26}" for cell in cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="four cases instead of the whole grid")
+    parser.add_argument(
+        "--final", action="store_true", help="also compare the final-reconstruction candidates"
+    )
+    parser.add_argument("--frames", type=int, default=300, help="frames per simulated scan")
+    args = parser.parse_args()
+    cases = QUICK if args.quick else GRID
+    defaults_against_true_probe(cases, args.frames)
+    if args.final:
+        final_candidates(QUICK, 516)
+
+
+if __name__ == "__main__":
+    main()
