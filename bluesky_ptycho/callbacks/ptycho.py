@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -168,6 +168,10 @@ def _frame_problem(
     return None
 
 
+# how long a scan's first job waits for its initial probe's lookup (begun at its first descriptor)
+PROBE_LOOKUP_WAIT = 5.0
+
+
 @dataclass
 class _Run:
     """What the callback holds for one raw scan."""
@@ -187,6 +191,7 @@ class _Run:
     seq_nums: set[int] = field(default_factory=set)  # of the frames taken
     in_flight: Future | None = None
     jobs: int = 0
+    probe_lookup: Future | None = None  # of (probe, where it came from)
     probe_source: str | None = None  # where the initial probe came from, when the callback gave one
     problems: _Problems = field(init=False)
 
@@ -273,6 +278,7 @@ class PtychoCallback(DocumentRouter):
         self.on_result = on_result
         self.initial_probe = initial_probe
         self.catalog = catalog
+        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptycho-probe-lookup")
         self.geometry_overrides = geometry
         self._runs: dict[str, _Run] = {}
         self._run_of_descriptor: dict[str, str] = {}  # descriptors of the frames' streams
@@ -323,6 +329,7 @@ class PtychoCallback(DocumentRouter):
             shape = [n for n in doc["data_keys"][run.scan.data_key].get("shape") or [] if n != 1]
             if run.frame_shape is None and len(shape) == 2 and min(shape) > 1:
                 run.frame_shape = (int(shape[0]), int(shape[1]))  # as the detector declares it
+                self._look_up_probe(run)
         else:
             self._other_descriptors[doc["uid"]] = doc["run_start"]
 
@@ -412,7 +419,9 @@ class PtychoCallback(DocumentRouter):
         if frame.min() < 0:
             run.problems.add("negative counts", f"event {seq_num}: negative counts, set to 0")
             frame = np.clip(frame, 0, None)
-        run.frame_shape = frame.shape
+        if run.frame_shape != frame.shape:
+            run.frame_shape = frame.shape
+            self._look_up_probe(run)
         run.seq_nums.add(seq_num)
         run.frames.append(frame)
         run.positions.append(position)
@@ -467,30 +476,50 @@ class PtychoCallback(DocumentRouter):
             positions=positions,
             iterations=iterations,
             final=final,
-            probe=self._initial_probe(run, geometry) if run.jobs == 1 else None,
+            probe=self._first_probe(run) if run.jobs == 1 else None,
         )
 
-    def _initial_probe(self, run: _Run, geometry: Geometry) -> np.ndarray | None:
-        """The probe of the scan's first job (see ``initial_probe``), or None to build it from the frames."""
-        if self.initial_probe is None:
+    def _look_up_probe(self, run: _Run) -> None:
+        """Start finding the scan's initial probe (see ``initial_probe``) once its geometry is known.
+
+        It runs in a thread of its own, so a slow or absent catalog never
+        holds up the RunEngine; the scan's first job takes what it found.
+        """
+        if self.initial_probe is None or run.probe_lookup is not None or run.scan is None:
+            return
+        run.probe_lookup = self._lookups.submit(self._initial_probe, run.scan.geometry(run.frame_shape))
+
+    def _initial_probe(self, geometry: Geometry) -> tuple[np.ndarray, str]:
+        """The probe for a scan of ``geometry`` and where it came from.
+
+        Raises
+        ------
+        LookupError, ValueError
+            Why no probe fits (nothing in the catalog, a mismatch).
+        """
+        if self.initial_probe == "latest":
+            result = latest_probe_for(self.catalog, geometry)
+            source = f"reconstruction {result.extra['run_uid']}"
+        else:
+            result = self.initial_probe
+            source = result.extra.get("probe_source") or f"reconstruction {result.extra.get('run_uid', '?')}"
+        return reusable_probe(result, geometry, source), source
+
+    def _first_probe(self, run: _Run) -> np.ndarray | None:
+        """The initial probe that the scan's lookup found, or None (built from the frames; why is recorded)."""
+        if run.probe_lookup is None:
             return None
         try:
-            if self.initial_probe == "latest":
-                result = latest_probe_for(self.catalog, geometry)
-                source = f"reconstruction {result.extra['run_uid']}"
-            else:
-                result = self.initial_probe
-                source = (
-                    result.extra.get("probe_source") or f"reconstruction {result.extra.get('run_uid', '?')}"
-                )
-            probe = reusable_probe(result, geometry, source)
+            probe, run.probe_source = run.probe_lookup.result(timeout=PROBE_LOOKUP_WAIT)
+            return probe
         except (LookupError, ValueError) as refused:
-            run.problems.add(
-                "initial probe", f"initial probe refused, built from the frames instead: {refused}"
-            )
-            return None
-        run.probe_source = source
-        return probe
+            reason = str(refused)
+        except TimeoutError:
+            reason = f"the catalog did not answer within {PROBE_LOOKUP_WAIT} s"
+        except Exception as error:  # the catalog's own errors (HTTP, connection)
+            reason = f"looking it up failed: {error}"
+        run.problems.add("initial probe", f"initial probe refused, built from the frames instead: {reason}")
+        return None
 
     def _preview(self, run: _Run) -> None:
         if not self.queue_previews and run.in_flight is not None and not run.in_flight.done():

@@ -26,5 +26,9 @@ ptycho = PtychoCallback(
     runner=LocalRunner(process=True),  # the solver in a worker process at lower priority
     settings=ReconstructionSettings(algorithm="rpie", iterations=100),
     preview_every=50,
+    # each scan starts from the probe of the newest good reconstruction taken with the same energy,
+    # detector distance, pixel size and frame shape (the first scan of a setting: from its own frames)
+    initial_probe="latest",
+    catalog=catalog,  # noqa: F821 (00-base.py)
 )
 RE.subscribe(ptycho)  # noqa: F821 (00-base.py)
