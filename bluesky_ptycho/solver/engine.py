@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .probe import mode_rotation, recentre, rotate_modes
-from .settings import ReconstructionSettings
 from .state import SolverState
+
+if TYPE_CHECKING:
+    from .settings import ReconstructionSettings
 
 CHUNK_BYTES = 2 * 2**20
 

@@ -16,6 +16,7 @@ from dataclasses import replace
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .algorithms import REGISTRY
 from .backend import module_for_device, to_numpy
 from .data import (
     Geometry,
@@ -27,17 +28,12 @@ from .data import (
     validate_probe,
 )
 from .defocus import check_defocus_sign, estimate_defocus
-from .dm import DifferenceMap
-from .engine import Engine
-from .lsqml import LSQML
 from .probe import add_modes, normalize_power, orthogonalize_modes, probe_from_mean_pattern
-from .rpie import RPIE
 from .settings import ReconstructionSettings
 from .state import SolverState, canvas_margin
 
 logger = logging.getLogger(__name__)
 
-ENGINES: dict[str, type[Engine]] = {"rpie": RPIE, "epie": RPIE, "dm": DifferenceMap, "lsqml": LSQML}
 
 ProgressCallback = Callable[[int, float], None]
 
@@ -104,7 +100,7 @@ class Reconstructor:
             raise ValueError("an initial object needs its object_origin (x, y) in metres")
         self._initial_object = None if object is None else np.asarray(object, dtype=np.complex64)
         self._origin = None if object_origin is None else np.asarray(object_origin, dtype=float)
-        self.engine = ENGINES[self.settings.algorithm](self.settings)
+        self.engine = REGISTRY[self.settings.algorithm].engine(self.settings)
         self.rng = np.random.default_rng(self.settings.seed)
         self.state: SolverState | None = None
         self.iteration = 0

@@ -17,11 +17,10 @@ from .updates import add_regularised_step, update_terms
 
 
 class RPIE(Engine):
-    """Regularised PIE (``algorithm="rpie"``) and ePIE (``algorithm="epie"``)."""
+    """Regularised PIE: ``algorithm="rpie"``, and ``"epie"`` (pinned to ``alpha = 1``)."""
 
     def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
         s = self.settings
-        alpha = 1.0 if s.algorithm == "epie" else s.alpha
         update_probe = self.updates_probe(iteration)
         cost = 0.0
         for batch in self.batches(state.n_frames, rng):
@@ -38,10 +37,10 @@ class RPIE(Engine):
                     refine_positions(state, chunk, diff, s.max_position_step)
             if update_probe:
                 add_regularised_step(
-                    state.probe, terms.probe_numerator, terms.probe_weights, alpha, s.probe_step
+                    state.probe, terms.probe_numerator, terms.probe_weights, s.alpha, s.probe_step
                 )
             add_regularised_step(
-                state.object, terms.object_numerator, terms.illumination, alpha, s.object_step
+                state.object, terms.object_numerator, terms.illumination, s.alpha, s.object_step
             )
         if update_probe:
             self.finish_probe(state, iteration)

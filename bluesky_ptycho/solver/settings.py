@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-ALGORITHMS = ("rpie", "epie", "dm", "lsqml")
+from .algorithms import REGISTRY
+
+ALGORITHMS = tuple(REGISTRY)
 NOISE_MODELS = ("gaussian", "poisson")
 # a zone plate's focal length is millimetres to a metre: a larger defocus is a unit mistake
 MAX_DEFOCUS = 1.0
@@ -18,8 +20,9 @@ class ReconstructionSettings:
     Parameters
     ----------
     algorithm
-        "rpie" (regularised PIE, minibatched), "epie" (rPIE with alpha=1),
-        "dm" (difference map) or "lsqml" (least-squares maximum likelihood).
+        A name in :data:`.algorithms.REGISTRY`: "rpie" (regularised PIE,
+        minibatched), "epie" (rPIE pinned to alpha=1), "dm" (difference map)
+        or "lsqml" (least-squares maximum likelihood).
     iterations
         Iterations done by :meth:`Reconstructor.iterate` when no count is given.
     batch_size
@@ -81,6 +84,8 @@ class ReconstructionSettings:
         self.algorithm = str(self.algorithm).lower()
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        for name, value in REGISTRY[self.algorithm].pinned.items():
+            setattr(self, name, value)
         if self.noise_model not in NOISE_MODELS:
             raise ValueError(f"noise_model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
         if self.iterations < 0:
