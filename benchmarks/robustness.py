@@ -1,7 +1,8 @@
 """Are the defaults right on data as hard as measured data?
 
 Run ``python benchmarks/robustness.py`` (``--quick``: four cases; ``--final``:
-also compare the candidates for the default final reconstruction). On a grid of
+also compare the candidates for the default final reconstruction;
+``--preview``: judge the preview defaults instead of the final ones). On a grid of
 measured-like simulations (:func:`bluesky_ptycho.solver.simulate.realistic`:
 zone plate with central stop, partially coherent beam, weak-phase object,
 detector noise and bad pixels, position errors; defocus 0.2-3 mm of both signs,
@@ -79,9 +80,10 @@ def run(sim, settings: ReconstructionSettings, probe=None) -> tuple[float, float
     return fourier_r_factor(result, data), object_error(result, sim), seconds, reconstructor
 
 
-def defaults_against_true_probe(cases: list[Case], n_frames: int) -> None:
+def defaults_against_true_probe(cases: list[Case], n_frames: int, settings: ReconstructionSettings) -> None:
     print(
-        f"\ndefaults against the true probe ({n_frames} frames of 128x128, {ReconstructionSettings().algorithm})"
+        f"\ndefaults against the true probe ({n_frames} frames of 128x128, {settings.algorithm}, "
+        f"{settings.probe_modes} modes, {settings.noise_model}, {settings.iterations} iterations)"
     )
     header = (
         f"{'case':>20} {'defocus est.':>13} {'est. s':>7} {'share':>6} "
@@ -91,8 +93,8 @@ def defaults_against_true_probe(cases: list[Case], n_frames: int) -> None:
     failures = 0
     for case in cases:
         sim = simulate_case(case, n_frames)
-        r_default, e_default, seconds, auto = run(sim, ReconstructionSettings())
-        r_true, e_true, _, _ = run(sim, ReconstructionSettings(), probe=sim.true_probe)
+        r_default, e_default, seconds, auto = run(sim, settings)
+        r_true, e_true, _, _ = run(sim, settings, probe=sim.true_probe)
         estimate_seconds = auto.extra.get("probe_defocus_seconds", 0.0)
         ok = r_default <= 1.05 * r_true
         failures += not ok
@@ -129,9 +131,15 @@ def main() -> None:
         "--final", action="store_true", help="also compare the final-reconstruction candidates"
     )
     parser.add_argument("--frames", type=int, default=300, help="frames per simulated scan")
+    parser.add_argument(
+        "--preview",
+        action="store_true",
+        help="judge the preview defaults (rPIE, one mode) instead of the final",
+    )
     args = parser.parse_args()
     cases = QUICK if args.quick else GRID
-    defaults_against_true_probe(cases, args.frames)
+    final = ReconstructionSettings.final()
+    defaults_against_true_probe(cases, args.frames, final.for_preview() if args.preview else final)
     if args.final:
         final_candidates(QUICK, 516)
 

@@ -20,7 +20,10 @@ from .solver import (
     fourier_r_factor,
     simulate,
 )
+from .solver.algorithms import REGISTRY
+from .solver.backend import DEVICES
 from .solver.probe import reusable_probe
+from .solver.settings import NOISE_MODELS
 
 if TYPE_CHECKING:
     from .catalog import ReconstructionSummary
@@ -71,35 +74,49 @@ class Defocus(click.ParamType):
 
 
 def settings_options(function):
-    """Options shared by the commands that reconstruct."""
+    """Options shared by the commands that reconstruct; their defaults are the final reconstruction's."""
+    final = ReconstructionSettings.final()
     options = [
-        click.option("--algorithm", "-a", type=click.Choice(ALGORITHMS), default="rpie", show_default=True),
-        click.option("--iterations", "-n", type=click.IntRange(min=1), default=100, show_default=True),
+        click.option(
+            "--algorithm",
+            "-a",
+            type=click.Choice(ALGORITHMS),
+            default=final.algorithm,
+            show_default=True,
+            help="; ".join(f"{a.name}: {a.summary}" for a in REGISTRY.values()),
+        ),
+        click.option(
+            "--iterations", "-n", type=click.IntRange(min=1), default=final.iterations, show_default=True
+        ),
         click.option(
             "--batch-size",
             type=click.IntRange(min=1),
-            default=None,
-            help="Frames per update (rpie, epie, lsqml).",
+            default=final.batch_size,
+            help="Frames per update (rpie, epie, lsqml; default 64).",
         ),
         click.option(
             "--modes",
             type=click.IntRange(1, 12),
-            default=1,
+            default=final.probe_modes,
             show_default=True,
             help="Incoherent probe modes.",
         ),
         click.option(
-            "--noise-model", type=click.Choice(["gaussian", "poisson"]), default="gaussian", show_default=True
+            "--noise-model", type=click.Choice(NOISE_MODELS), default=final.noise_model, show_default=True
         ),
         click.option(
             "--probe-defocus",
             type=Defocus(),
-            default=None,
+            default=final.probe_defocus,
             help="Initial-probe defocus: 'auto' (measured from the data; the default unless the file "
             "records one), 'none' (in focus), or a distance such as 1.2mm (+ = sample downstream of the focus).",
         ),
-        click.option("--position-correction/--no-position-correction", default=False, show_default=True),
-        click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True),
+        click.option(
+            "--position-correction/--no-position-correction",
+            default=final.position_correction,
+            show_default=True,
+        ),
+        click.option("--device", type=click.Choice(DEVICES), default=final.device, show_default=True),
     ]
     for option in reversed(options):
         function = option(function)

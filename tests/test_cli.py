@@ -74,7 +74,7 @@ def test_reconstruct_an_archived_scan_then_list_and_show_it(tmp_path, tiled_serv
 
     listing = runner.invoke(main, ["catalog", "ls", *where])
     assert listing.exit_code == 0, listing.output
-    assert raw_uid[:8] in listing.output and "success" in listing.output and "rpie" in listing.output
+    assert raw_uid[:8] in listing.output and "success" in listing.output and "lsqml" in listing.output
 
     shown = tmp_path / "shown.png"
     result = runner.invoke(main, ["catalog", "show", raw_uid, *where, "--png", str(shown)])

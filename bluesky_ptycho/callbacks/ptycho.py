@@ -212,7 +212,12 @@ class PtychoCallback(DocumentRouter):
     runner
         Where reconstructions run; default :class:`LocalRunner`.
     settings
-        Solver settings; ``settings.iterations`` is the final iteration count.
+        Solver settings of the final reconstruction; ``settings.iterations``
+        is its iteration count. Default: :meth:`ReconstructionSettings.final`
+        (LSQ-ML, Poisson, three probe modes: the best measured on realistic data).
+    preview_settings
+        Solver settings of the previews; default: ``settings.for_preview()``
+        (rPIE with one mode, fast). The final continues from the last preview.
     preview_every
         Frames between previews (0 or None: no previews).
     preview_iterations
@@ -250,6 +255,7 @@ class PtychoCallback(DocumentRouter):
         *,
         runner: Runner | None = None,
         settings: ReconstructionSettings | None = None,
+        preview_settings: ReconstructionSettings | None = None,
         preview_every: int | None = 50,
         preview_iterations: int = 20,
         queue_previews: bool = False,
@@ -271,7 +277,8 @@ class PtychoCallback(DocumentRouter):
             emit_reconstruction = _Broadcast(list(emit_reconstruction))
         self.emit_reconstruction = emit_reconstruction
         self.runner = LocalRunner() if runner is None else runner
-        self.settings = settings or ReconstructionSettings()
+        self.settings = settings or ReconstructionSettings.final()
+        self.preview_settings = preview_settings or self.settings.for_preview()
         self.preview_every = preview_every or 0
         self.preview_iterations = preview_iterations
         self.queue_previews = queue_previews
@@ -313,6 +320,7 @@ class PtychoCallback(DocumentRouter):
             self.settings.to_dict(),
             getattr(self.runner, "location", "?"),
             scan_area=scan.scan_area if scan else None,
+            probe_modes=max(self.settings.probe_modes, self.preview_settings.probe_modes),
         )
         self._runs[doc["uid"]] = _Run(start=doc, writer=writer, scan=scan, error=error)
 
@@ -471,7 +479,7 @@ class PtychoCallback(DocumentRouter):
         return ReconstructionJob(
             scan_uid=run.start["uid"],
             geometry=geometry,
-            settings=self.settings,
+            settings=self.settings if final else self.preview_settings,
             frames=frames,
             positions=positions,
             iterations=iterations,

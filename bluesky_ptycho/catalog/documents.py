@@ -36,8 +36,21 @@ def pairs_as_complex(array: np.ndarray) -> np.ndarray:
     return array.view(np.complex64)[..., 0]
 
 
+def with_modes(probe: np.ndarray, modes: int) -> np.ndarray:
+    """``probe`` (modes, H, W) with zero modes appended up to ``modes``.
+
+    Raises
+    ------
+    ValueError
+        If the probe has more than ``modes`` modes.
+    """
+    if len(probe) > modes:
+        raise ValueError(f"the probe has {len(probe)} modes, more than the {modes} the run declared")
+    return np.concatenate([probe, np.zeros((modes - len(probe), *probe.shape[1:]), probe.dtype)])
+
+
 def reconstruction_data_keys(
-    result: ReconstructionResult, object_shape: tuple[int, int] | None = None
+    probe_shape: tuple[int, int, int], object_shape: tuple[int, int] | None = None
 ) -> dict[str, dict]:
     """Descriptor data keys of a reconstruction event (shapes that grow are None).
 
@@ -66,7 +79,7 @@ def reconstruction_data_keys(
     pairs = "complex as (..., 2) real/imaginary float32"
     return {
         "object": key("array", [*(object_shape or (None, None)), 2], description=pairs, dtype_numpy="<f4"),
-        "probe": key("array", [*result.probe.shape, 2], description=pairs, dtype_numpy="<f4"),
+        "probe": key("array", [*probe_shape, 2], description=pairs, dtype_numpy="<f4"),
         "positions": key("array", [None, 2], "m"),
         "pixel_size": key("array", [2], "m"),
         "object_origin": key("array", [2], "m"),
@@ -97,6 +110,11 @@ class ReconstructionRunWriter:
         The area the raw scan is planned to cover, when known: every object
         is then stored on one canvas that covers it (``object_origin`` is that
         canvas's), so the catalog holds the objects as one regular array.
+    probe_modes
+        The most probe modes any result of the run has (previews may have
+        fewer than the final): every probe is stored with this many, the
+        missing ones as zeros (which :func:`~.queries.result_from_run` drops),
+        so the catalog holds the probes as one regular array.
     """
 
     def __init__(
@@ -106,8 +124,10 @@ class ReconstructionRunWriter:
         settings: dict,
         location: str,
         scan_area: ScanArea | None = None,
+        probe_modes: int | None = None,
     ) -> None:
         self._emit = emit
+        self._probe_modes = probe_modes
         self._scan_area = scan_area
         self._canvas: ObjectCanvas | None = None
         self._lock = threading.Lock()
@@ -156,15 +176,16 @@ class ReconstructionRunWriter:
             else:
                 obj, origin = self._canvas.place(result), self._canvas.origin
             self._start(result)
+            probe = with_modes(result.probe, self._probe_modes or len(result.probe))
             if self._descriptor is None:
                 self._descriptor = self._bundle.compose_descriptor(
                     name="primary",
-                    data_keys=reconstruction_data_keys(result, obj.shape if self._canvas else None),
+                    data_keys=reconstruction_data_keys(probe.shape, obj.shape if self._canvas else None),
                 )
                 self._emit("descriptor", self._descriptor.descriptor_doc)
             data = {
                 "object": complex_as_pairs(obj),
-                "probe": complex_as_pairs(result.probe),
+                "probe": complex_as_pairs(probe),
                 "positions": result.positions,
                 "pixel_size": np.asarray(result.pixel_size),
                 "object_origin": np.asarray(origin),

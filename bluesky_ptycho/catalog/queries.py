@@ -20,6 +20,11 @@ def reconstructions_of(catalog, raw_uid: str) -> list:
     return sorted(runs, key=lambda run: run.metadata["start"]["time"])
 
 
+def without_empty_modes(probe: np.ndarray) -> np.ndarray:
+    """``probe`` without the all-zero modes a run stores to give every event the same shape."""
+    return probe[np.any(probe != 0, axis=(-2, -1))] if len(probe) > 1 else probe
+
+
 def result_from_run(run, index: int = -1) -> ReconstructionResult:
     """Event ``index`` (default: the last) of a reconstruction run as a :class:`ReconstructionResult`."""
     stream = run["primary"]
@@ -32,7 +37,7 @@ def result_from_run(run, index: int = -1) -> ReconstructionResult:
     start = run.metadata["start"]
     return ReconstructionResult(
         object=pairs_as_complex(row("object")),
-        probe=pairs_as_complex(row("probe")),
+        probe=without_empty_modes(pairs_as_complex(row("probe"))),
         positions=row("positions").astype(float),
         pixel_size=tuple(float(v) for v in row("pixel_size")),
         object_origin=tuple(float(v) for v in row("object_origin")),

@@ -29,6 +29,7 @@ def run_job(runner_id: str, job: ReconstructionJob) -> ReconstructionResult:
         if reconstructor is None:
             reconstructor = Reconstructor(job.geometry, job.settings, mask=job.mask, probe=job.probe)
             _reconstructors[key] = reconstructor
+        reconstructor.use_settings(job.settings)
         if len(job.frames):
             reconstructor.add_frames(job.frames, job.positions)
         reconstructor.iterate(job.iterations)

@@ -13,10 +13,41 @@ Shapes: ``B`` frames of a batch, ``M`` probe modes, ``h x w`` frames.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numba
 import numpy as np
+import platformdirs
+from numba.core.caching import CacheImpl, UserProvidedCacheLocator
 
 from .forward import AMPLITUDE_FLOOR
+
+
+class _UserCacheLocator(UserProvidedCacheLocator):
+    """numba's disk cache for these kernels, kept in the user's cache directory.
+
+    numba would otherwise write it into ``__pycache__`` beside this file,
+    inside the installed package, where an uninstall leaves it behind and
+    the stale folder shadows a later (editable) install of the package.
+    """
+
+    directory = Path(platformdirs.user_cache_dir("bluesky-ptycho")) / "numba"
+
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        self._cache_path = os.path.join(self.directory, self.get_suitable_cache_subpath(py_file))
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if Path(py_file).resolve() != Path(__file__).resolve():
+            return None  # numba's own locators serve everybody else's code
+        return super(UserProvidedCacheLocator, cls).from_function(py_func, py_file)
+
+
+if _UserCacheLocator not in CacheImpl._locator_classes:
+    CacheImpl._locator_classes.insert(0, _UserCacheLocator)
 
 # reassociation lets sums vectorise; no "nnan"/"ninf", so a diverging
 # reconstruction still shows up as NaN in the cost

@@ -154,6 +154,23 @@ class Reconstructor:
         reconstructor.extra = dict(previous.extra)
         return reconstructor
 
+    def use_settings(self, settings: ReconstructionSettings) -> Reconstructor:
+        """Continue with other settings: another algorithm or number of probe modes (a final after previews).
+
+        The object, probe (given modes added or dropped) and positions carry on.
+        """
+        if settings == self.settings:
+            return self
+        self.settings = replace(settings)
+        self.engine = REGISTRY[self.settings.algorithm].engine(self.settings)
+        if self.state is not None:
+            total = float(self.xp.sum(self.xp.abs(self.state.probe) ** 2))
+            probe = add_modes(to_numpy(self.state.probe), self.settings.probe_modes)
+            self.state.probe = self.xp.asarray(normalize_power(probe, total))
+            self.engine.frames_added(self.state, 0)
+            self._best = None
+        return self
+
     @property
     def n_frames(self) -> int:
         """Frames added so far."""

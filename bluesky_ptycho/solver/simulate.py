@@ -8,6 +8,7 @@ import numpy as np
 
 from .backend import fft2
 from .data import Geometry, PtychoData
+from .defocus import magnification_scale
 from .forward import exit_waves, gather_patches, model_amplitude
 from .probe import add_modes, normalize_power, orthogonalize_modes, propagate, shift_ramp
 
@@ -370,9 +371,8 @@ def realistic(
     energy = geometry.get("energy", DEFAULT_ENERGY_J)
     distance = geometry.get("detector_distance", DEFAULT_DISTANCE)
     pixel = geometry.get("detector_pixel_size", DEFAULT_PIXEL)
-    wavelength = Geometry.from_energy(energy, distance, pixel, (frame_size, frame_size)).wavelength
-    # far-field magnification of the defocused beam's shadow, detector pixels per sample pixel
-    magnification = wavelength * distance**2 / (frame_size * pixel**2 * abs(defocus))
+    geometry = Geometry.from_energy(energy, distance, pixel, (frame_size, frame_size))
+    magnification = magnification_scale(geometry) / abs(defocus)  # of the beam's shadow on the detector
     pupil_radius = float(np.clip(0.2 * frame_size * magnification, 5, 0.35 * frame_size))
     overlap = 0.7
     detector = DetectorModel(
