@@ -107,3 +107,16 @@ def test_adding_frames_in_chunks_matches_one_batch(chunked_and_whole, noisy_sim)
     result, whole = chunked_and_whole
     whole_error, chunked_error = object_error(whole, noisy_sim), object_error(result, noisy_sim)
     assert chunked_error <= 1.2 * whole_error, (whole_error, chunked_error)
+
+
+def test_a_reconstruction_continues_with_other_settings(noisy_sim):
+    """Previews in rPIE with one mode, then the final in LSQ-ML with three: no jump in the cost."""
+    data = noisy_sim.data
+    reconstructor = Reconstructor(data.geometry, ReconstructionSettings())
+    reconstructor.add_frames(data.frames, data.positions).iterate(30)
+    before = reconstructor.cost_history[-1]
+    reconstructor.use_settings(ReconstructionSettings.final()).iterate(30)
+    result = reconstructor.result()
+    assert result.probe.shape[0] == 3 and result.settings["algorithm"] == "lsqml"
+    assert reconstructor.cost_history[30] < 2 * before and result.final_cost <= before
+    assert "divergence" not in result.extra

@@ -329,3 +329,20 @@ def test_a_worker_process_runner_continues_each_scan_from_its_previews(RE, beaml
     assert [e["data"]["n_frames"] for e in events] == [30, 60, 60]
     assert events[-1]["data"]["iteration"] == 2 * 20 + 20  # the final job continued the previews' estimate
     assert recon.named("start")[0]["ptycho_solver"]["location"].endswith(":process")
+
+
+def test_previews_are_fast_and_the_final_uses_the_final_defaults(RE, beamline):
+    """Previews: rPIE, one mode; the final continues with LSQ-ML and three modes; one probe shape in the run."""
+    stage, det = beamline
+    recon = Documents()
+    callback = PtychoCallback(recon, settings=ReconstructionSettings.final(iterations=20), preview_every=30)
+    RE.subscribe(callback)
+    RE(fermat_spiral_ptycho_scan(det, stage, n_points=60))
+    assert callback.wait(120)
+    assert recon.named("stop")[0]["exit_status"] == "success", recon.named("stop")[0]["reason"]
+    assert recon.named("start")[0]["ptycho_solver"]["settings"]["algorithm"] == "lsqml"
+    probes = [pairs_as_complex(e["data"]["probe"]) for e in recon.named("event")]
+    assert {p.shape for p in probes} == {(3, 64, 64)}
+    *previews, final = probes
+    assert all(np.all(p[1:] == 0) and np.any(p[0] != 0) for p in previews), "previews: one mode"
+    assert np.all(np.sum(np.abs(final) ** 2, axis=(1, 2)) > 0), "the final has three modes"

@@ -97,12 +97,18 @@ def normalize_power(probe, total_power: float):
     return probe * np.float32(np.sqrt(total_power / power))
 
 
-def add_modes(probe: np.ndarray, n_modes: int, weight: float = 0.1) -> np.ndarray:
+def add_modes(probe: np.ndarray, n_modes: int, weight: float = 0.02) -> np.ndarray:
     """Seed ``n_modes`` orthogonal incoherent modes from a single mode.
 
     Mode ``k > 0`` is the first mode times a low-order polynomial (x, y, xy,
     x^2 - y^2, ...), given ``weight`` of the first mode's power; the set is then
     orthogonalised. The total power is unchanged.
+
+    The default weight is small: enough for a mode to grow where the beam is
+    partially coherent, little enough that coherent data are not pulled
+    away from one mode (measured on noise-free coherent data: the object
+    error of 3 modes seeded at 0.1 each was 60 times that of one mode, at
+    0.02 7 times; on partially coherent data the R-factor changed by 1 %).
     """
     probe = np.asarray(probe)
     if probe.ndim == 2:
