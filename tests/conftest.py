@@ -15,18 +15,19 @@ import numpy as np
 import pytest
 
 from bluesky_ptycho.solver import simulate
-from bluesky_ptycho.solver.backend import gpu_available, pyfftw
+from bluesky_ptycho.solver.backend import STRICT_DEVICE, gpu_available, pyfftw
 from bluesky_ptycho.solver.simulate import aperture_probe
 
 DEVICES = [
     "cpu",
+    STRICT_DEVICE,
     pytest.param("gpu", marks=pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")),
 ]
 
 
 @pytest.fixture(params=DEVICES)
 def device(request) -> str:
-    """Every test that takes ``device`` runs on NumPy, and on CuPy where a GPU is present."""
+    """Every test that takes ``device`` runs on NumPy, on the strict (CuPy-like) module, and on CuPy where a GPU is present."""
     return request.param
 
 

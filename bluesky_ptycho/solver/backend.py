@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
+from . import strict
+
 try:
     import pyfftw
 except ImportError:  # the optional "fftw" extra
@@ -33,6 +35,8 @@ except Exception:  # ImportError, or CUDA libraries missing at import time
     cupy = None
 
 DEVICES = ("cpu", "gpu")
+# for tests: the array-expression (CuPy) path on NumPy arrays as strict as CuPy's (see .strict)
+STRICT_DEVICE = "strict"
 
 FFT_LIBRARIES = ("scipy", "fftw")
 # FFTW transforms a stack of frames in chunks of about this size, with plans
@@ -66,6 +70,8 @@ def module_for_device(device: str) -> ModuleType:
     ValueError
         If ``device`` is unknown, or "gpu" is asked for where no GPU is usable.
     """
+    if device == STRICT_DEVICE:
+        return strict.xp
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     if device == "cpu":
@@ -79,9 +85,11 @@ def module_for_device(device: str) -> ModuleType:
 
 
 def array_module(x: Any) -> ModuleType:
-    """Return numpy or cupy, whichever owns the array ``x``."""
+    """Return numpy or cupy (or the strict test module), whichever owns the array ``x``."""
     if cupy is not None and isinstance(x, cupy.ndarray):  # pragma: no cover
         return cupy
+    if isinstance(x, strict.StrictArray):
+        return strict.xp
     return np
 
 
@@ -89,6 +97,8 @@ def to_numpy(x: Any) -> np.ndarray:
     """Copy an array of either module to host memory (no copy for NumPy)."""
     if cupy is not None and isinstance(x, cupy.ndarray):  # pragma: no cover
         return cupy.asnumpy(x)
+    if isinstance(x, strict.StrictArray):
+        return x.array.copy()
     return np.asarray(x)
 
 
@@ -211,6 +221,9 @@ def _fftw_serves(x) -> bool:
 
 def _transform2(x, forward: bool, workers: int | None, overwrite_x: bool):
     """Orthonormal 2-D FFT (``forward``) or inverse over the last two axes, on x's device."""
+    if array_module(x) is strict.xp:
+        transform = scipy.fft.fft2 if forward else scipy.fft.ifft2
+        return strict.wrap(transform(x.array, norm="ortho", overwrite_x=overwrite_x))
     if array_module(x) is not np:
         transform = cupy_fft.fft2 if forward else cupy_fft.ifft2  # pragma: no cover
         return transform(x, norm="ortho", overwrite_x=overwrite_x)  # pragma: no cover
@@ -239,6 +252,8 @@ def rfft2(x, workers: int | None = None):
     """2-D FFT of a real array over the last two axes (half spectrum)."""
     if array_module(x) is np:
         return scipy.fft.rfft2(x, workers=workers or default_workers())
+    if array_module(x) is strict.xp:
+        return strict.wrap(scipy.fft.rfft2(x.array))
     return cupy_fft.rfft2(x)  # pragma: no cover
 
 
@@ -246,6 +261,8 @@ def irfft2(x, shape: tuple[int, int], workers: int | None = None):
     """Inverse of :func:`rfft2` for real output of ``shape``."""
     if array_module(x) is np:
         return scipy.fft.irfft2(x, s=shape, workers=workers or default_workers())
+    if array_module(x) is strict.xp:
+        return strict.wrap(scipy.fft.irfft2(x.array, s=shape))
     return cupy_fft.irfft2(x, s=shape)  # pragma: no cover
 
 
@@ -266,6 +283,9 @@ def scatter_add(target, flat_index, values) -> None:
     ``flat_index`` and ``values`` must have the same number of elements.
     """
     xp = array_module(target)
+    if xp is strict.xp:
+        scatter_add(target.array, strict.unwrap(flat_index), strict.unwrap(values))
+        return
     flat_index = flat_index.ravel()
     flat_target = target.reshape(-1)
     if xp is np:

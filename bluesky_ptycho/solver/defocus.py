@@ -221,6 +221,7 @@ def estimate_defocus(
     positions: np.ndarray,
     geometry: Geometry,
     mask: np.ndarray | None = None,
+    device: str = "cpu",
 ) -> DefocusEstimate:
     """Measure the probe defocus from the shadow's magnification between neighbouring frames.
 
@@ -232,6 +233,8 @@ def estimate_defocus(
         The instrument geometry.
     mask
         Optional good-pixel mask.
+    device
+        Where the trial reconstructions run (the reconstruction's own device).
 
     Returns
     -------
@@ -251,7 +254,7 @@ def estimate_defocus(
         # does not move with the sample: no shadow is resolved
         magnification = shadows.magnification_from_scan_step() * np.sign(candidates[best])
     defocus = magnification_scale(geometry) / magnification if magnification else 0.0
-    trials = trial_costs(frames, positions, geometry, mask, defocus) if defocus else {}
+    trials = trial_costs(frames, positions, geometry, mask, defocus, device) if defocus else {}
     if trials:
         best_trial = min(trials, key=trials.get)
         if trials[best_trial] < TRIAL_MARGIN * trials[defocus]:
@@ -276,7 +279,12 @@ def estimate_defocus(
 
 
 def trial_costs(
-    frames: np.ndarray, positions: np.ndarray, geometry: Geometry, mask: np.ndarray | None, defocus: float
+    frames: np.ndarray,
+    positions: np.ndarray,
+    geometry: Geometry,
+    mask: np.ndarray | None,
+    defocus: float,
+    device: str = "cpu",
 ) -> dict[float, float]:
     """Cost after ``TRIAL_ITERATIONS`` rPIE iterations on the ``TRIAL_FRAMES`` most central frames, per defocus tried.
 
@@ -294,7 +302,9 @@ def trial_costs(
     costs = {}
     for factor in TRIAL_FACTORS:
         probe = probe_from_mean_pattern(mean_pattern, geometry, defocus * factor)
-        settings = ReconstructionSettings(batch_size=len(frames), probe_defocus=defocus * factor)
+        settings = ReconstructionSettings(
+            batch_size=len(frames), probe_defocus=defocus * factor, device=device
+        )
         trial = Reconstructor(geometry, settings, mask=mask, probe=probe)
         costs[defocus * factor] = (
             trial.add_frames(frames, positions).iterate(TRIAL_ITERATIONS).cost_history[-1]

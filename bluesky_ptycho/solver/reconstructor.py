@@ -350,7 +350,7 @@ class Reconstructor:
         """The defocus of the initial probe: given (sign checked) or measured from the data."""
         defocus = self.settings.probe_defocus
         if defocus is None or defocus == "auto":
-            estimate = estimate_defocus(frames, positions, self.geometry, self.mask)
+            estimate = estimate_defocus(frames, positions, self.geometry, self.mask, self.settings.device)
             self.extra.update(estimate.as_dict())
             return estimate.defocus
         defocus, flipped = check_defocus_sign(frames, positions, self.geometry, float(defocus), self.mask)
