@@ -21,13 +21,11 @@ import numpy as np
 from bluesky_ptycho.solver import ALGORITHMS, ReconstructionSettings, Reconstructor, object_error, simulate
 from bluesky_ptycho.solver.backend import (
     FFT_LIBRARIES,
-    fft2,
-    fft_library,
+    ArrayBackend,
+    default_fft_library,
     gpu_available,
-    ifft2,
-    module_for_device,
+    make_backend,
     pyfftw,
-    use_fft_library,
 )
 from bluesky_ptycho.solver.simulate import aperture_probe
 
@@ -37,15 +35,16 @@ CASES = [(200, 64, 100), (516, 128, 20), (1000, 256, 4)]
 MODES = (1, 2, 3, 5)
 
 
-def fft_floor(xp, n_frames: int, size: int, repeats: int = 15) -> float:
+def fft_floor(backend: ArrayBackend, n_frames: int, size: int, repeats: int = 15) -> float:
     """Seconds for one forward and one inverse in-place FFT of an (n, size, size) complex64 stack (fastest repeat)."""
+    xp = backend.xp
     stack = xp.ones((n_frames, 1, size, size), dtype=np.complex64)
-    stack = ifft2(fft2(stack, overwrite_x=True), overwrite_x=True)
+    stack = backend.ifft2(backend.fft2(stack, overwrite_x=True), overwrite_x=True)
     times = []
     for _ in range(repeats):
         synchronize(xp)
         start = time.perf_counter()
-        stack = ifft2(fft2(stack, overwrite_x=True), overwrite_x=True)
+        stack = backend.ifft2(backend.fft2(stack, overwrite_x=True), overwrite_x=True)
         synchronize(xp)
         times.append(time.perf_counter() - start)
     return min(times)
@@ -69,29 +68,28 @@ def synchronize(xp) -> None:
         xp.cuda.Device().synchronize()
 
 
-def run_case(n_frames: int, size: int, iterations: int, device: str) -> None:
-    xp = module_for_device(device)
+def run_case(n_frames: int, size: int, iterations: int, device: str, library: str) -> None:
+    backend = make_backend(device, library if device == "cpu" else None)
+    xp = backend.xp
     sim = simulate(n_frames=n_frames, frame_size=size, photons=1e6, seed=0)
     probe = aperture_probe((size, size), size / 3 * 1.15, curvature=0.0)
     if device == "cpu":
         libraries = [name for name in FFT_LIBRARIES if name == "scipy" or pyfftw is not None]
-        floors = {}
-        for name in libraries:
-            with use_fft_library(name):
-                floors[name] = fft_floor(xp, n_frames, size)
-        floor = floors[fft_library()]
+        floors = {name: fft_floor(make_backend("cpu", name), n_frames, size) for name in libraries}
+        floor = floors[library]
         floor_text = ", ".join(f"{name} {seconds * 1e3:.2f} ms" for name, seconds in floors.items())
-        used = f"FFTs by {fft_library()}"
     else:
-        floor = fft_floor(xp, n_frames, size)
+        floor = fft_floor(backend, n_frames, size)
         floor_text = f"{floor * 1e3:.2f} ms"
-        used = "CuPy"
+    used = backend.describe()
     print(f"\n{n_frames} frames of {size}x{size}, {device} ({used}), {iterations} iterations")
     print(f"FFT floor: {floor_text}")
     print(f"{'algorithm':>10} {'s/iteration':>12} {'x floor':>8} {'object error':>13}")
     one_mode = {}
     for algorithm in ALGORITHMS:
-        settings = ReconstructionSettings(algorithm=algorithm, device=device)
+        settings = ReconstructionSettings(
+            algorithm=algorithm, device=device, fft_library=backend.fft_library if device == "cpu" else None
+        )
         reconstructor = Reconstructor(sim.data.geometry, settings, probe=probe)
         reconstructor.add_frames(sim.data.frames, sim.data.positions)
         per_iteration = seconds_per_iteration(reconstructor, max(iterations // 3, 1), xp)
@@ -104,7 +102,9 @@ def run_case(n_frames: int, size: int, iterations: int, device: str) -> None:
     for algorithm in ALGORITHMS:
         cells = []
         for modes in MODES:
-            settings = ReconstructionSettings(algorithm=algorithm, device=device, probe_modes=modes)
+            settings = ReconstructionSettings(
+                algorithm=algorithm, device=device, probe_modes=modes, fft_library=settings.fft_library
+            )
             reconstructor = Reconstructor(sim.data.geometry, settings, probe=probe)
             reconstructor.add_frames(sim.data.frames, sim.data.positions)
             seconds = seconds_per_iteration(reconstructor, max(iterations // 10, 1), xp)
@@ -117,13 +117,12 @@ def run_case(n_frames: int, size: int, iterations: int, device: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the 200 x 64x64 case")
-    parser.add_argument("--fft", choices=FFT_LIBRARIES, default=fft_library(), help="CPU FFT library")
+    parser.add_argument("--fft", choices=FFT_LIBRARIES, default=default_fft_library(), help="CPU FFT library")
     args = parser.parse_args()
     devices = ["cpu"] + (["gpu"] if gpu_available() else [])
-    with use_fft_library(args.fft):
-        for device in devices:
-            for n_frames, size, iterations in CASES[:1] if args.quick else CASES:
-                run_case(n_frames, size, iterations, device)
+    for device in devices:
+        for n_frames, size, iterations in CASES[:1] if args.quick else CASES:
+            run_case(n_frames, size, iterations, device, args.fft)
 
 
 if __name__ == "__main__":

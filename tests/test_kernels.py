@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import scipy.fft
 
 from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, object_error
-from bluesky_ptycho.solver.backend import array_kernels, fft2, ifft2, pyfftw, use_fft_library
+from bluesky_ptycho.solver.backend import make_backend, pyfftw
 from bluesky_ptycho.solver.dm import fourier_update
 from bluesky_ptycho.solver.forward import exit_waves_at, fourier_change
 from bluesky_ptycho.solver.lsqml import step_products
@@ -25,16 +26,19 @@ def random_complex(rng, shape, dtype=np.complex64):
     return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
 
 
+COMPILED = make_backend("cpu")
+ARRAYS = make_backend("cpu", compiled=False)
+
+
 def both_ways(function, *args):
-    """``function(*copies of args)`` through the compiled kernels and through the array expressions.
+    """``function(*copies of args, kernels=...)`` through the compiled kernels and through the array expressions.
 
     Returns both results and both sets of (possibly modified in place) arguments.
     """
     compiled_args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
     array_args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-    compiled = function(*compiled_args)
-    with array_kernels():
-        arrays = function(*array_args)
+    compiled = function(*compiled_args, kernels=COMPILED.kernels)
+    arrays = function(*array_args, kernels=None)
     return (compiled, compiled_args), (arrays, array_args)
 
 
@@ -62,7 +66,7 @@ def test_exit_waves(problem, modes):
     (compiled, _), (arrays, _) = both_ways(exit_waves_at, obj, corners, probe[:modes])
     assert_close(compiled, arrays)
     out = np.zeros_like(arrays)
-    assert exit_waves_at(obj, corners, probe[:modes], out=out) is out
+    assert exit_waves_at(obj, corners, probe[:modes], out=out, kernels=COMPILED.kernels) is out
     assert_close(out, arrays)
 
 
@@ -86,11 +90,16 @@ def test_fourier_change(problem, modes, noise_model, masked):
 def test_update_terms(problem, modes):
     rng, obj, probe, corners, _, _ = problem
     state = SolverState(
-        np, obj, probe[:modes], None, None, corners.astype(float), corners, np.zeros(2), (1, 1)
+        COMPILED, obj, probe[:modes], None, None, corners.astype(float), corners, np.zeros(2), (1, 1)
     )
     diff = random_complex(rng, (9, modes, *SHAPE))
+
+    def terms(state, corners, diff, for_object, for_probe, kernels):
+        backend = COMPILED if kernels is not None else ARRAYS
+        return update_terms(replace(state, backend=backend), corners, diff, for_object, for_probe)
+
     for for_object, for_probe in [(True, True), (True, False), (False, True)]:
-        (compiled, _), (arrays, _) = both_ways(update_terms, state, corners, diff, for_object, for_probe)
+        (compiled, _), (arrays, _) = both_ways(terms, state, corners, diff, for_object, for_probe)
         for name in ("object_numerator", "illumination", "probe_numerator", "probe_weights"):
             expected = getattr(arrays, name)
             if expected is None:
@@ -114,9 +123,8 @@ def test_add_regularised_step(problem):
     assert_close(target, array_target)
     strided = obj.copy()[:, ::2]
     expected = strided.copy()
-    with array_kernels():
-        add_regularised_step(expected, strided, weights[:, ::2], 0.1, 1.0)
-    add_regularised_step(strided, strided.copy(), weights[:, ::2], 0.1, 1.0)
+    add_regularised_step(expected, strided, weights[:, ::2], 0.1, 1.0)
+    add_regularised_step(strided, strided.copy(), weights[:, ::2], 0.1, 1.0, COMPILED.kernels)
     assert_close(strided, expected)
 
 
@@ -158,14 +166,14 @@ def test_fftw_matches_scipy(dtype):
     x = (x if np.issubdtype(dtype, np.complexfloating) else x.real).astype(dtype)
     expected = scipy.fft.fft2(x, norm="ortho")
     rtol = 1e-5 if np.finfo(dtype).bits == 32 else 1e-12
-    with use_fft_library("fftw"):
-        assert_close(fft2(x), expected.astype(np.result_type(dtype, np.complex64)), rtol)
-        unaligned = np.empty(x.size + 1, x.dtype)[1:].reshape(x.shape)  # offset by one element
-        unaligned[...] = x
-        assert_close(fft2(unaligned), fft2(x), rtol)
-        in_place = x.astype(np.result_type(dtype, np.complex64))
-        assert_close(ifft2(fft2(in_place, overwrite_x=True), overwrite_x=True), in_place.copy(), rtol)
-        assert_close(ifft2(fft2(x)), x.astype(np.result_type(dtype, np.complex64)), rtol)
+    fftw = make_backend("cpu", "fftw")
+    assert_close(fftw.fft2(x), expected.astype(np.result_type(dtype, np.complex64)), rtol)
+    unaligned = np.empty(x.size + 1, x.dtype)[1:].reshape(x.shape)  # offset by one element
+    unaligned[...] = x
+    assert_close(fftw.fft2(unaligned), fftw.fft2(x), rtol)
+    in_place = x.astype(np.result_type(dtype, np.complex64))
+    assert_close(fftw.ifft2(fftw.fft2(in_place, overwrite_x=True), overwrite_x=True), in_place.copy(), rtol)
+    assert_close(fftw.ifft2(fftw.fft2(x)), x.astype(np.result_type(dtype, np.complex64)), rtol)
 
 
 @pytest.mark.skipif(pyfftw is None, reason="needs pyFFTW")
@@ -173,9 +181,9 @@ def test_fftw_matches_scipy(dtype):
 def test_fftw_runs_large_stacks_in_chunks_and_odd_frames(shape):
     """12 frames of 256 x 256 take two chunks with measured plans; 15 x 15 frames go to scipy.fft."""
     x = random_complex(np.random.default_rng(6), shape)
-    with use_fft_library("fftw"):
-        assert_close(fft2(x), scipy.fft.fft2(x, norm="ortho"), 1e-5)
-        assert_close(ifft2(x.copy(), overwrite_x=True), scipy.fft.ifft2(x, norm="ortho"), 1e-5)
+    fftw = make_backend("cpu", "fftw")
+    assert_close(fftw.fft2(x), scipy.fft.fft2(x, norm="ortho"), 1e-5)
+    assert_close(fftw.ifft2(x.copy(), overwrite_x=True), scipy.fft.ifft2(x, norm="ortho"), 1e-5)
 
 
 @pytest.mark.skipif(pyfftw is None, reason="needs pyFFTW")
@@ -185,25 +193,25 @@ def test_fftw_plans_are_safe_across_threads():
     stacks = [random_complex(rng, (8, 1, *SHAPE)) for _ in range(4)]
     expected = [scipy.fft.fft2(s, norm="ortho") for s in stacks]
     errors = []
+    fftw = make_backend("cpu", "fftw")
 
     def transform(index):
         for _ in range(200):
-            result = fft2(stacks[index])
+            result = fftw.fft2(stacks[index])
             if not np.allclose(result, expected[index], atol=1e-4):
                 errors.append(index)
                 return
 
-    with use_fft_library("fftw"):
-        threads = [threading.Thread(target=transform, args=(i,)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    threads = [threading.Thread(target=transform, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     assert errors == []
 
 
 def _transform_in_child(queue, stack):
-    queue.put(fft2(stack, workers=2))
+    queue.put(make_backend("cpu", "fftw", workers=2).fft2(stack))
 
 
 @pytest.mark.skipif(pyfftw is None, reason="needs pyFFTW")
@@ -212,35 +220,37 @@ def test_a_child_forked_after_threaded_fftw_still_transforms():
     stack = random_complex(np.random.default_rng(5), (8, 1, *SHAPE))
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
-    with use_fft_library("fftw"):
-        fft2(stack, workers=2)
-        child = context.Process(target=_transform_in_child, args=(queue, stack))
-        child.start()
-        result = queue.get(timeout=60)
-        child.join(10)
+    make_backend("cpu", "fftw", workers=2).fft2(stack)
+    child = context.Process(target=_transform_in_child, args=(queue, stack))
+    child.start()
+    result = queue.get(timeout=60)
+    child.join(10)
     assert_close(result, scipy.fft.fft2(stack, norm="ortho"))
 
 
 def test_unknown_fft_library_is_refused():
-    with pytest.raises(ValueError, match="FFT library must be one of"), use_fft_library("mkl"):
-        pass
+    with pytest.raises(ValueError, match="FFT library must be one of"):
+        make_backend("cpu", "mkl")
+    with pytest.raises(ValueError, match="fft_library must be one of"):
+        ReconstructionSettings(fft_library="mkl")
 
 
 @pytest.mark.parametrize("algorithm", ["rpie", "dm", "lsqml"])
 @pytest.mark.parametrize("kernels", ["compiled", "arrays"])
 def test_every_path_reconstructs(algorithm, kernels, clean_sim, wrong_probe):
     """Compiled kernels and array expressions, with scipy.fft, reconstruct equally well."""
+    backend = make_backend("cpu", "scipy", compiled=kernels == "compiled")
     reconstructor = Reconstructor(
-        clean_sim.data.geometry, ReconstructionSettings(algorithm=algorithm), probe=wrong_probe
+        clean_sim.data.geometry,
+        ReconstructionSettings(algorithm=algorithm),
+        probe=wrong_probe,
+        backend=backend,
     )
     reconstructor.add_frames(clean_sim.data.frames, clean_sim.data.positions)
-    with use_fft_library("scipy"):
-        if kernels == "arrays":
-            with array_kernels():
-                reconstructor.iterate(100)
-        else:
-            reconstructor.iterate(100)
-    assert object_error(reconstructor.result(), clean_sim) <= 0.05
+    reconstructor.iterate(100)
+    result = reconstructor.result()
+    assert object_error(result, clean_sim) <= 0.05
+    assert result.extra["backend"] == backend.describe() and "scipy" in result.extra["backend"]
 
 
 @pytest.mark.parametrize("modes", [1, 3])

@@ -1,19 +1,22 @@
-"""Array-module dispatch: the same solver code runs on NumPy (CPU) and CuPy (GPU).
+"""The array backend: the same solver code runs on NumPy (CPU) and CuPy (GPU).
 
-Every numerical routine of the solver asks :func:`array_module` for the module
-of its inputs and calls the few operations that differ between NumPy and CuPy
-(FFTs, scatter-add, sliding windows) through this module. On NumPy arrays the
-hot loops run as compiled kernels (:mod:`.kernels`, see :func:`compiled_kernels`).
+A reconstruction keeps one :class:`ArrayBackend` on its state: the array
+module, the FFTs (library, threads and, for FFTW, plans kept per thread) and
+the compiled CPU kernels or none (:mod:`.kernels`). Nothing here is switched
+globally: two reconstructions in two threads may use different backends.
+Routines that work on arrays of any module ask :func:`array_module` for it and
+call the few operations that differ between NumPy and CuPy (FFTs,
+scatter-add, sliding windows) through this module.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
 from types import ModuleType
 from typing import Any
 
@@ -46,10 +49,10 @@ _FFTW_PLANS_KEPT = 16
 _FFTW_MEASURED_PIXELS = 256 * 256
 
 logger = logging.getLogger(__name__)
-_use_compiled_kernels = True
-_fft_library = "fftw" if pyfftw is not None else "scipy"
 _fftw_plans = threading.local()
 _fftw_threads_used = False
+# FFTW's thread pool does not survive fork(): set in a child forked after it ran
+_fftw_lost_in_fork = False
 
 
 def gpu_available() -> bool:
@@ -110,30 +113,24 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def fft_library() -> str:
-    """The library that computes CPU FFTs: "fftw" where pyFFTW is installed, else "scipy"."""
-    return _fft_library
+def default_fft_library() -> str:
+    """The library that computes CPU FFTs unless told otherwise: "fftw" where pyFFTW is installed, else "scipy"."""
+    return "fftw" if pyfftw is not None else "scipy"
 
 
-@contextlib.contextmanager
-def use_fft_library(name: str) -> Iterator[None]:
-    """Compute CPU FFTs with ``name`` ("scipy" or "fftw") inside the block.
+def check_fft_library(name: str) -> str:
+    """``name`` if it is a CPU FFT library that can run here.
 
     Raises
     ------
     ValueError
         If ``name`` is unknown, or "fftw" is asked for without pyFFTW.
     """
-    global _fft_library
     if name not in FFT_LIBRARIES:
         raise ValueError(f"FFT library must be one of {FFT_LIBRARIES}, got {name!r}")
     if name == "fftw" and pyfftw is None:
         raise ValueError("the 'fftw' FFT library needs pyFFTW: pip install 'bluesky-ptycho[fftw]'")
-    previous, _fft_library = _fft_library, name
-    try:
-        yield
-    finally:
-        _fft_library = previous
+    return name
 
 
 def _fftw_plan(shape: tuple[int, ...], dtype, forward: bool, threads: int):
@@ -181,10 +178,9 @@ def empty_aligned(shape: tuple[int, ...], dtype, xp: ModuleType = np):
 
 def _after_fork_in_child() -> None:
     """FFTW's thread pool does not survive a fork: a child forked after it ran uses scipy.fft."""
-    global _fft_library, _fftw_plans
+    global _fftw_lost_in_fork, _fftw_plans
     _fftw_plans = threading.local()
-    if _fftw_threads_used and _fft_library == "fftw":
-        _fft_library = "scipy"
+    _fftw_lost_in_fork = _fftw_threads_used
 
 
 if pyfftw is not None:
@@ -213,14 +209,20 @@ def _fftw_transform(x, forward: bool, workers: int, overwrite_x: bool):
     return out
 
 
-def _fftw_serves(x) -> bool:
+def _fftw_serves(x, library: str) -> bool:
     """FFTW runs the frames of ``x`` in aligned chunks: every frame must keep the alignment."""
+    if library != "fftw" or pyfftw is None or _fftw_lost_in_fork:
+        return False
     frame_bytes = x.shape[-1] * x.shape[-2] * np.dtype(np.result_type(x.dtype, np.complex64)).itemsize
-    return _fft_library == "fftw" and frame_bytes % pyfftw.simd_alignment == 0
+    return frame_bytes % pyfftw.simd_alignment == 0
 
 
-def _transform2(x, forward: bool, workers: int | None, overwrite_x: bool):
-    """Orthonormal 2-D FFT (``forward``) or inverse over the last two axes, on x's device."""
+def _transform2(x, forward: bool, workers: int | None, overwrite_x: bool, library: str | None = None):
+    """Orthonormal 2-D FFT (``forward``) or inverse over the last two axes, on x's device.
+
+    CPU FFTs use ``library`` (default: :func:`default_fft_library`) with
+    ``workers`` threads (default: every core).
+    """
     if array_module(x) is strict.xp:
         transform = scipy.fft.fft2 if forward else scipy.fft.ifft2
         return strict.wrap(transform(x.array, norm="ortho", overwrite_x=overwrite_x))
@@ -228,7 +230,7 @@ def _transform2(x, forward: bool, workers: int | None, overwrite_x: bool):
         transform = cupy_fft.fft2 if forward else cupy_fft.ifft2  # pragma: no cover
         return transform(x, norm="ortho", overwrite_x=overwrite_x)  # pragma: no cover
     workers = workers or default_workers()
-    if _fftw_serves(x):
+    if _fftw_serves(x, library or default_fft_library()):
         return _fftw_transform(x, forward, workers, overwrite_x)
     transform = scipy.fft.fft2 if forward else scipy.fft.ifft2
     return transform(x, norm="ortho", workers=workers, overwrite_x=overwrite_x)
@@ -304,33 +306,77 @@ def scatter_add(target, flat_index, values) -> None:
         cupyx.scatter_add(flat_target, flat_index, values.ravel())
 
 
-def compiled_kernels(x: Any) -> ModuleType | None:
-    """The compiled CPU kernels (:mod:`.kernels`) to use on ``x``, or None.
+@dataclass(frozen=True)
+class ArrayBackend:
+    """Where the solver's arrays live and what computes on them: one object, kept on the solver state.
 
-    None for CuPy arrays, inside :func:`array_kernels`, and where numba cannot
-    be imported (then the array expressions run, with one warning).
+    Attributes
+    ----------
+    device
+        "cpu", "gpu" or "strict" (the CuPy-like test module, :mod:`.strict`).
+    xp
+        The array module: numpy, cupy or the strict module.
+    fft_library
+        "scipy" or "fftw" on the CPU (FFTW's plans are kept per thread);
+        "cupy" on the GPU, "scipy" on the strict module.
+    workers
+        Threads of the CPU FFTs.
+    kernels
+        The compiled CPU kernels (:mod:`.kernels`) that run the per-pixel
+        work of an iteration on NumPy arrays, or None: the array expressions
+        then run, which are the definition and what CuPy runs.
     """
-    global _use_compiled_kernels
-    if not _use_compiled_kernels or array_module(x) is not np:
-        return None
+
+    device: str
+    xp: ModuleType
+    fft_library: str
+    workers: int
+    kernels: ModuleType | None
+
+    def fft2(self, x, overwrite_x: bool = False):
+        """Orthonormal 2-D FFT over the last two axes (see :func:`fft2`)."""
+        return _transform2(x, True, self.workers, overwrite_x, self.fft_library)
+
+    def ifft2(self, x, overwrite_x: bool = False):
+        """Orthonormal inverse 2-D FFT over the last two axes (see :func:`fft2`)."""
+        return _transform2(x, False, self.workers, overwrite_x, self.fft_library)
+
+    def describe(self) -> str:
+        """In words, for the record: e.g. "cpu: fftw FFTs on 2 threads, compiled kernels"."""
+        if self.xp is not np:
+            return f"{self.device}: {self.fft_library} FFTs, array expressions"
+        code = "compiled kernels" if self.kernels is not None else "array expressions"
+        return f"{self.device}: {self.fft_library} FFTs on {self.workers} threads, {code}"
+
+
+def make_backend(
+    device: str = "cpu", fft_library: str | None = None, workers: int | None = None, compiled: bool = True
+) -> ArrayBackend:
+    """The :class:`ArrayBackend` of ``device``.
+
+    ``fft_library`` (CPU: "scipy" or "fftw"; default :func:`default_fft_library`),
+    ``workers`` (default: every core) and ``compiled`` (False: the array
+    expressions on NumPy too, to compare the two paths) choose how the CPU computes.
+
+    Raises
+    ------
+    ValueError
+        For an unknown device or FFT library, or one that cannot run here.
+    """
+    xp = module_for_device(device)
+    if xp is not np:
+        library = "cupy" if device == "gpu" else "scipy"
+        return ArrayBackend(device, xp, library, 1, None)
+    library = check_fft_library(fft_library or default_fft_library())
+    return ArrayBackend(device, xp, library, workers or default_workers(), _kernels() if compiled else None)
+
+
+@cache
+def _kernels() -> ModuleType | None:
+    """The compiled CPU kernels, or None where numba cannot be imported (with one warning)."""
     try:
         from . import kernels
     except ImportError as error:  # pragma: no cover - numba is a dependency
         logger.warning("compiled kernels unavailable (%s); using NumPy array expressions", error)
-        _use_compiled_kernels = False
         return None
     return kernels
-
-
-@contextlib.contextmanager
-def array_kernels() -> Iterator[None]:
-    """Run the solver on NumPy through its array expressions, the code CuPy runs.
-
-    For comparing the two paths; the compiled kernels are faster.
-    """
-    global _use_compiled_kernels
-    previous, _use_compiled_kernels = _use_compiled_kernels, False
-    try:
-        yield
-    finally:
-        _use_compiled_kernels = previous

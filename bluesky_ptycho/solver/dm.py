@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import compiled_kernels, empty_aligned, fft2, ifft2
+from .backend import empty_aligned
 from .engine import Engine
 from .forward import (
     amplitude_misfit,
@@ -47,26 +47,35 @@ class DifferenceMap(Engine):
         self.workspace = None
 
     def frames_added(self, state: SolverState, n_before: int) -> None:
-        xp = state.xp
+        xp, backend = state.xp, state.backend
         index = xp.arange(n_before, state.n_frames)
-        new = fft2(exit_waves_at(state.object, state.corners[index], state.probe), workers=state.workers)
+        new = backend.fft2(
+            exit_waves_at(state.object, state.corners[index], state.probe, kernels=backend.kernels)
+        )
         self.farfield = new if self.farfield is None else xp.concatenate([self.farfield, new])
         self.workspace = empty_aligned(self.farfield.shape, self.farfield.dtype, xp)
 
     def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
-        cost, terms = 0.0, None
+        cost, terms, backend = 0.0, None, state.backend
         # the Fourier side and the object sums run chunk by chunk, in cache;
         # the updated exit waves psi are kept whole for the probe's sums
         for chunk in self.chunks(np.arange(state.n_frames), state):
             part = slice(int(chunk[0]), int(chunk[-1]) + 1)
             corners = state.corners[part]
-            model = exit_waves_at(state.object, corners, state.probe, out=self.workspace[part])
-            model = fft2(model, workers=state.workers, overwrite_x=True)
+            model = exit_waves_at(
+                state.object, corners, state.probe, out=self.workspace[part], kernels=backend.kernels
+            )
+            model = backend.fft2(model, overwrite_x=True)
             cost += fourier_update(
-                model, self.farfield[part], state.amplitude[part], state.mask, self.settings.dm_relaxation
+                model,
+                self.farfield[part],
+                state.amplitude[part],
+                state.mask,
+                self.settings.dm_relaxation,
+                backend.kernels,
             )
             model[...] = self.farfield[part]
-            psi = ifft2(model, workers=state.workers, overwrite_x=True)
+            psi = backend.ifft2(model, overwrite_x=True)
             if not state.xp.may_share_memory(psi, self.workspace):  # not transformed in place
                 self.workspace[part] = psi
             terms = update_terms(state, corners, psi, for_probe=False, terms=terms)
@@ -78,7 +87,7 @@ class DifferenceMap(Engine):
             self.finish_probe(state, iteration)
         if self.refines_positions(iteration):
             everything = np.arange(state.n_frames)
-            chi = psi - exit_waves_at(state.object, state.corners, state.probe)
+            chi = psi - exit_waves_at(state.object, state.corners, state.probe, kernels=backend.kernels)
             refine_positions(state, everything, chi, self.settings.max_position_step)
         return cost
 
@@ -102,17 +111,17 @@ class DifferenceMap(Engine):
 
     def modes_rotated(self, state: SolverState, rotation) -> None:
         """Mix the stored exit waves' modes as the probe's were: each must stay its mode's."""
-        rotate_modes(self.farfield, rotation)
+        rotate_modes(self.farfield, rotation, state.backend.kernels)
 
 
-def fourier_update(model, farfield, amplitude, mask, beta: float) -> float:
+def fourier_update(model, farfield, amplitude, mask, beta: float, kernels=None) -> float:
     """Replace the stored far fields by their difference-map (RAAR) update, in place.
 
     ``model`` (N, modes, h, w) is ``F(P O)``, ``farfield`` the stored far
     fields ``F(psi)``; see the module docstring for the update. Returns the
-    amplitude misfit of ``model``.
+    amplitude misfit of ``model``. ``kernels``: the compiled kernels, or None
+    for the array expressions.
     """
-    kernels = compiled_kernels(model)
     if kernels is not None:
         mask = kernel_mask(mask, model.shape[-2:], amplitude.dtype)
         return kernels.difference_map_fourier(model, farfield, amplitude, mask, beta)

@@ -63,7 +63,7 @@ class Engine(ABC):
         """After a probe update: keep modes orthogonal and the probe centred."""
         if state.probe.shape[0] > 1 and self.orthogonalizes(iteration):
             rotation = mode_rotation(state.probe)
-            state.probe = rotate_modes(state.probe, rotation)
+            state.probe = rotate_modes(state.probe, rotation, state.backend.kernels)
             self.modes_rotated(state, rotation)
         shift = recentre(state)
         if shift is not None:

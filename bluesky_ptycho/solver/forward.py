@@ -13,11 +13,9 @@ import numpy as np
 import scipy.fft
 
 from .backend import (
+    ArrayBackend,
     array_module,
-    compiled_kernels,
     empty_aligned,
-    fft2,
-    ifft2,
     irfft2,
     rfft2,
     scatter_add,
@@ -73,13 +71,14 @@ def exit_waves(probe, patches):
     return probe[None, :, :, :] * patches[:, None, :, :]
 
 
-def exit_waves_at(obj, corners, probe, out=None):
+def exit_waves_at(obj, corners, probe, out=None, kernels=None):
     """Exit waves (B, modes, h, w) of every probe mode on the object patches at ``corners``.
 
     ``out``, if given, is a C-contiguous array of that shape and the probe's
     dtype to write them into (saves allocating it again each iteration).
+    ``kernels``: the compiled kernels to use (an :class:`ArrayBackend`'s), or
+    None for the array expressions.
     """
-    kernels = compiled_kernels(obj)
     if kernels is not None:
         if out is None:
             out = empty_aligned((len(corners), *probe.shape), probe.dtype)
@@ -136,7 +135,9 @@ def kernel_mask(mask, shape: tuple[int, int], dtype):
     return np.ones(shape, dtype) if mask is None else mask.astype(dtype)
 
 
-def fourier_change(farfield, amplitude, frames=None, mask=None, noise_model: str = "gaussian") -> float:
+def fourier_change(
+    farfield, amplitude, frames=None, mask=None, noise_model: str = "gaussian", kernels=None
+) -> float:
     """Replace far fields by the change the measured amplitudes ask for, in place.
 
     Parameters
@@ -153,12 +154,13 @@ def fourier_change(farfield, amplitude, frames=None, mask=None, noise_model: str
         Optional (h, w) boolean in FFT order, True where the pixel is good.
     noise_model
         "gaussian" or "poisson".
+    kernels
+        The compiled kernels to use, or None for the array expressions.
 
     Returns
     -------
     The amplitude misfit of the far fields before the change.
     """
-    kernels = compiled_kernels(farfield)
     if kernels is not None:
         frames = np.arange(len(farfield)) if frames is None else frames
         mask = kernel_mask(mask, farfield.shape[-2:], amplitude.dtype)
@@ -171,9 +173,16 @@ def fourier_change(farfield, amplitude, frames=None, mask=None, noise_model: str
 
 
 def exit_wave_update(
-    probe, obj, corners, amplitude, frames=None, mask=None, workers=None, noise_model: str = "gaussian"
+    backend: ArrayBackend,
+    probe,
+    obj,
+    corners,
+    amplitude,
+    frames=None,
+    mask=None,
+    noise_model: str = "gaussian",
 ):
-    """Propagate, apply the measured moduli and back-propagate.
+    """Propagate, apply the measured moduli and back-propagate, with ``backend``'s FFTs and kernels.
 
     ``frames`` index the rows of ``amplitude`` that the patches at ``corners``
     gave (None: all); see :func:`fourier_change` for the other parameters.
@@ -186,12 +195,12 @@ def exit_wave_update(
     cost
         The amplitude misfit of the modelled exit waves.
     """
-    farfield = fft2(exit_waves_at(obj, corners, probe), workers=workers, overwrite_x=True)
-    cost = fourier_change(farfield, amplitude, frames, mask, noise_model)
-    return ifft2(farfield, workers=workers, overwrite_x=True), cost
+    farfield = backend.fft2(exit_waves_at(obj, corners, probe, kernels=backend.kernels), overwrite_x=True)
+    cost = fourier_change(farfield, amplitude, frames, mask, noise_model, backend.kernels)
+    return backend.ifft2(farfield, overwrite_x=True), cost
 
 
-def gaussian_cost(obj, probe, corners, amplitude, mask=None, workers=None) -> float:
+def gaussian_cost(backend: ArrayBackend, obj, probe, corners, amplitude, mask=None) -> float:
     """Amplitude (Gaussian-noise) cost ``sum (|F psi| - sqrt(I))^2`` of a model."""
-    farfield = fft2(exit_waves_at(obj, corners, probe), workers=workers, overwrite_x=True)
+    farfield = backend.fft2(exit_waves_at(obj, corners, probe, kernels=backend.kernels), overwrite_x=True)
     return amplitude_misfit(model_amplitude(farfield), amplitude, mask)

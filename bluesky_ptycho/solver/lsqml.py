@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import compiled_kernels
 from .engine import Engine
 from .forward import exit_wave_update, gather_patches
 from .positions import refine_positions
@@ -32,7 +31,7 @@ def frame_inner(u, v):
     return (u.real * v.real + u.imag * v.imag).sum(axis=(-2, -1))
 
 
-def step_products(obj, object_direction, probe, probe_direction, corners, chi):
+def step_products(obj, object_direction, probe, probe_direction, corners, chi, kernels=None):
     """The per-frame inner products of the LSQ-ML step equations.
 
     With ``O_j``, ``dO_j`` the patches of ``obj`` and ``object_direction`` at
@@ -40,12 +39,13 @@ def step_products(obj, object_direction, probe, probe_direction, corners, chi):
     modes where two appear): ``a11 = |dO P|^2``, ``r1 = Re<dO P, chi>``,
     ``a22 = |O dP|^2``, ``r2 = Re<O dP, chi>``, ``a12 = Re<dO P, O dP>``.
 
+    ``kernels``: the compiled kernels, or None for the array expressions.
+
     Returns
     -------
     (a11, r1, a22, r2, a12), each (B,); the last three are None when
     ``probe_direction`` is None.
     """
-    kernels = compiled_kernels(chi)
     if kernels is not None:
         with_probe = probe_direction is not None
         products = kernels.lsqml_step_products(
@@ -88,13 +88,13 @@ class LSQML(Engine):
                 index = xp.asarray(chunk)
                 corners = state.corners[index]
                 chi, chunk_cost = exit_wave_update(
+                    state.backend,
                     state.probe,
                     state.object,
                     corners,
                     state.amplitude,
                     index,
                     state.mask,
-                    state.workers,
                     s.noise_model,
                 )
                 cost += chunk_cost
@@ -105,7 +105,15 @@ class LSQML(Engine):
             if update_probe:
                 probe_direction = regularised_step(terms.probe_numerator, terms.probe_weights, s.alpha)
             products = [
-                step_products(state.object, object_direction, state.probe, probe_direction, corners, chi)
+                step_products(
+                    state.object,
+                    object_direction,
+                    state.probe,
+                    probe_direction,
+                    corners,
+                    chi,
+                    state.backend.kernels,
+                )
                 for _, corners, chi in parts
             ]
             a11, r1, a22, r2, a12 = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import array_module, compiled_kernels, fft2, ifft2
+from .backend import array_module, fft2, ifft2
 from .data import Geometry
 
 
@@ -155,15 +155,15 @@ def mode_rotation(probe):
     return eigenvectors[:, xp.argsort(eigenvalues)[::-1]]
 
 
-def rotate_modes(waves, rotation):
+def rotate_modes(waves, rotation, kernels=None):
     """``sum_m rotation[m, k] waves_m``: the modes of ``waves`` (modes, h, w) or (B, modes, h, w) in the rotated basis.
 
-    Batched waves are rotated in place (and returned); a probe into a new array.
+    Batched waves are rotated in place (and returned); a probe into a new
+    array. ``kernels``: the compiled kernels, or None for the array expression.
     """
     rotation = rotation.astype(waves.dtype, copy=False)
     if waves.ndim == 3:
-        return rotate_modes(waves[None].copy(), rotation)[0]
-    kernels = compiled_kernels(waves)
+        return rotate_modes(waves[None].copy(), rotation, kernels)[0]
     if kernels is not None and waves.flags.c_contiguous:
         kernels.rotate_modes(waves, rotation)
         return waves

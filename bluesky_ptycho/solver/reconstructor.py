@@ -17,7 +17,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .algorithms import REGISTRY
-from .backend import module_for_device, to_numpy
+from .backend import ArrayBackend, make_backend, to_numpy
 from .data import (
     Geometry,
     PtychoData,
@@ -64,6 +64,9 @@ class Reconstructor:
     object_origin
         (x, y) in metres of the initial object's top-left pixel, as in
         :attr:`ReconstructionResult.object_origin`; needed with ``object``.
+    backend
+        The array backend to compute with (default: the one
+        ``settings.device``, ``fft_library`` and ``fft_workers`` describe).
     probe_source
         Where a given ``probe`` came from (a file, a reconstruction's uid),
         recorded as ``extra["probe_source"]``; a built probe records
@@ -88,11 +91,15 @@ class Reconstructor:
         object: np.ndarray | None = None,
         object_origin: tuple[float, float] | None = None,
         probe_source: str = "given probe",
+        backend: ArrayBackend | None = None,
     ) -> None:
         self.geometry = geometry
         # a copy: recovering from divergence lowers its steps
         self.settings = replace(settings or ReconstructionSettings())
-        self.xp = module_for_device(self.settings.device)
+        self.backend = backend or make_backend(
+            self.settings.device, self.settings.fft_library, self.settings.fft_workers
+        )
+        self.xp = self.backend.xp
         self.mask = None if mask is None else validate_mask(mask, geometry.frame_shape)
         self._initial_probe = None if probe is None else validate_probe(probe, geometry.frame_shape)
         self._probe_source = probe_source
@@ -304,7 +311,7 @@ class Reconstructor:
             iterations=self.iteration,
             settings=self.settings.to_dict(),
             wall_time=self.wall_time,
-            extra=dict(self.extra),
+            extra={**self.extra, "backend": self.backend.describe()},
             geometry=self.geometry,
         )
 
@@ -332,7 +339,7 @@ class Reconstructor:
             obj = np.ones((rows, cols), dtype=np.complex64)
         mask = None if self.mask is None else xp.asarray(np.fft.ifftshift(self.mask))
         state = SolverState(
-            xp=xp,
+            backend=self.backend,
             object=xp.asarray(obj),
             probe=xp.asarray(probe.astype(np.complex64)),
             amplitude=xp.asarray(amplitude),
@@ -341,7 +348,6 @@ class Reconstructor:
             corners=None,
             origin=self._origin,
             pixel_size=self.pixel_size,
-            workers=self.settings.fft_workers,
         )
         state.set_positions(pixels)
         return state

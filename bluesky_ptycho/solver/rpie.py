@@ -22,6 +22,7 @@ class RPIE(Engine):
     def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
         s = self.settings
         update_probe = self.updates_probe(iteration)
+        kernels = state.backend.kernels
         cost = 0.0
         for batch in self.batches(state.n_frames, rng):
             terms = None
@@ -29,7 +30,7 @@ class RPIE(Engine):
                 index = state.xp.asarray(chunk)
                 corners = state.corners[index]
                 diff, chunk_cost = exit_wave_update(
-                    state.probe, state.object, corners, state.amplitude, index, state.mask, state.workers
+                    state.backend, state.probe, state.object, corners, state.amplitude, index, state.mask
                 )
                 cost += chunk_cost
                 terms = update_terms(state, corners, diff, for_probe=update_probe, terms=terms)
@@ -37,10 +38,10 @@ class RPIE(Engine):
                     refine_positions(state, chunk, diff, s.max_position_step)
             if update_probe:
                 add_regularised_step(
-                    state.probe, terms.probe_numerator, terms.probe_weights, s.alpha, s.probe_step
+                    state.probe, terms.probe_numerator, terms.probe_weights, s.alpha, s.probe_step, kernels
                 )
             add_regularised_step(
-                state.object, terms.object_numerator, terms.illumination, s.alpha, s.object_step
+                state.object, terms.object_numerator, terms.illumination, s.alpha, s.object_step, kernels
             )
         if update_probe:
             self.finish_probe(state, iteration)

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from .algorithms import REGISTRY
+from .backend import FFT_LIBRARIES
 
 ALGORITHMS = tuple(REGISTRY)
 NOISE_MODELS = ("gaussian", "poisson")
@@ -62,6 +63,9 @@ class ReconstructionSettings:
         value where they carry one (a CXI file), else "auto".
     device
         "cpu" (NumPy/SciPy) or "gpu" (CuPy).
+    fft_library
+        CPU FFTs by "scipy" or "fftw" (pyFFTW, the optional "fftw" extra);
+        None: FFTW where it is installed.
     fft_workers
         Threads for CPU FFTs; None uses every core available.
     seed
@@ -83,6 +87,7 @@ class ReconstructionSettings:
     max_position_step: float = 0.5
     probe_defocus: float | str | None = None
     device: str = "cpu"
+    fft_library: str | None = None
     fft_workers: int | None = None
     seed: int = 0
 
@@ -92,6 +97,8 @@ class ReconstructionSettings:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         for name, value in REGISTRY[self.algorithm].pinned.items():
             setattr(self, name, value)
+        if self.fft_library is not None and self.fft_library not in FFT_LIBRARIES:
+            raise ValueError(f"fft_library must be one of {FFT_LIBRARIES} or None, got {self.fft_library!r}")
         if self.noise_model not in NOISE_MODELS:
             raise ValueError(f"noise_model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
         if self.iterations < 0:

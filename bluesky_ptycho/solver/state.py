@@ -7,6 +7,8 @@ from types import ModuleType
 
 import numpy as np
 
+from .backend import ArrayBackend
+
 
 def canvas_margin(frame_shape: tuple[int, int]) -> np.ndarray:
     """Pixels (rows, columns) kept free around the scanned area of the object canvas."""
@@ -21,12 +23,12 @@ def mode_power(modes):
 
 @dataclass
 class SolverState:
-    """Arrays an algorithm reads and updates, all on the array module ``xp``.
+    """Arrays an algorithm reads and updates, all on the array module of ``backend``.
 
     Attributes
     ----------
-    xp
-        numpy or cupy.
+    backend
+        The array module, FFTs and kernels that compute on these arrays.
     object
         (Ho, Wo) complex64 object canvas.
     probe
@@ -45,11 +47,9 @@ class SolverState:
         (x, y) in metres of canvas pixel (0, 0) as a patch corner.
     pixel_size
         (y, x) size in metres of one canvas pixel.
-    workers
-        Threads for CPU FFTs.
     """
 
-    xp: ModuleType
+    backend: ArrayBackend
     object: object
     probe: object
     amplitude: object
@@ -58,7 +58,11 @@ class SolverState:
     corners: object
     origin: np.ndarray
     pixel_size: tuple[float, float]
-    workers: int | None = None
+
+    @property
+    def xp(self) -> ModuleType:
+        """The array module: numpy, cupy or the strict test module."""
+        return self.backend.xp
 
     @property
     def n_frames(self) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .backend import compiled_kernels
 from .forward import gather_patches, scatter_patches, stamp_patch
 from .state import SolverState, mode_power
 
@@ -65,7 +64,7 @@ def update_terms(
     xp = state.xp
     real = diff.real.dtype
     terms = terms or UpdateTerms()
-    kernels = compiled_kernels(diff)
+    kernels = state.backend.kernels
     if for_object:
         if terms.object_numerator is None:
             terms.object_numerator = xp.zeros_like(state.object)
@@ -98,13 +97,13 @@ def regularised_step(numerator, weights, alpha: float):
     return numerator / ((1 - alpha) * weights + (alpha + 1e-6) * largest + 1e-30)
 
 
-def add_regularised_step(target, numerator, weights, alpha: float, step: float) -> None:
+def add_regularised_step(target, numerator, weights, alpha: float, step: float, kernels=None) -> None:
     """``target += step * regularised_step(numerator, weights, alpha)``, in place.
 
     ``target`` and ``numerator`` have the shape of ``weights`` or one more
-    leading axis (probe modes).
+    leading axis (probe modes). ``kernels``: the compiled kernels, or None
+    for the array expression.
     """
-    kernels = compiled_kernels(target)
     if kernels is not None and target.flags.c_contiguous:
         rows = target.size // weights.size
         kernels.add_regularised_step(
