@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from .cli import console, make_settings, settings_options
+from .cli_options import console, make_settings, settings_options
 
 
 def _globus_errors(command):

@@ -86,3 +86,17 @@ def test_reconstruct_an_archived_scan_then_list_and_show_it(tmp_path, tiled_serv
     result = runner.invoke(main, ["reconstruct", "--uid", "no-such-uid", *where])
     assert result.exit_code == 1 and "no run 'no-such-uid'" in result.output
     server.stop()
+
+
+def test_the_cli_runs_as_a_module():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "bluesky_ptycho.cli", "globus", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Usage: python -m bluesky_ptycho.cli globus" in done.stdout
