@@ -134,6 +134,10 @@ def test_missing_geometry_fails_the_reconstruction_not_the_scan(RE, beamline, ca
     for key in ("data_key", "x_key", "photon_energy_ev", "detector_distance_m"):
         assert key in stop["reason"]
     assert "lacks the ptycho geometry keys" in caplog.text
+    with pytest.raises(
+        LookupError, match=f"its newest reconstruction, {run.metadata['start']['uid']}, is fail: .*data_key"
+    ):
+        latest_final_reconstruction(catalog, uid)
     server.close()
 
 

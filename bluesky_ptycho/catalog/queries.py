@@ -61,13 +61,22 @@ def latest_final_reconstruction(catalog, raw_uid: str) -> ReconstructionResult:
     Raises
     ------
     LookupError
-        If the scan has no successful reconstruction with a final result.
+        If the scan has no successful reconstruction with a final result;
+        the message gives the newest reconstruction's status and reason.
     """
-    for run in reversed(reconstructions_of(catalog, raw_uid)):
+    runs = reconstructions_of(catalog, raw_uid)
+    for run in reversed(runs):
         stop = run.metadata.get("stop") or {}
         if stop.get("exit_status") == "success" and bool(np.asarray(run["primary"]["final"].read())[-1]):
             return result_from_run(run)
-    raise LookupError(f"no successful final reconstruction of scan {raw_uid} in the catalog")
+    detail = ""
+    if runs:
+        newest = runs[-1].metadata
+        stop = newest.get("stop") or {}
+        status = stop.get("exit_status", "still running")
+        reason = f": {stop['reason']}" if stop.get("reason") else ""
+        detail = f"; its newest reconstruction, {newest['start']['uid']}, is {status}{reason}"
+    raise LookupError(f"no successful final reconstruction of scan {raw_uid} in the catalog{detail}")
 
 
 def latest_probe_for(catalog, geometry: Geometry, limit: int = 50) -> ReconstructionResult:
