@@ -9,6 +9,7 @@ from bluesky_tiled_plugins import TiledWriter
 
 from .callbacks import PtychoCallback
 from .catalog import raw_scan_documents
+from .catalog.queries import full_uid
 from .solver import ReconstructionResult, ReconstructionSettings
 
 
@@ -23,7 +24,8 @@ def reconstruct_archived_scan(
     """Replay the raw scan ``raw_uid`` from ``catalog`` into a :class:`PtychoCallback`.
 
     The reconstruction is written back to the same catalog as a new
-    reconstruction run linked to the scan. Returns the callback after its
+    reconstruction run linked to the scan. ``raw_uid`` may be the beginning
+    of the scan's uid (as ``catalog ls`` shows it). Returns the callback after its
     work is recorded.
 
     Raises
@@ -31,6 +33,7 @@ def reconstruct_archived_scan(
     KeyError
         If the catalog has no run ``raw_uid``.
     """
+    raw_uid = full_uid(catalog, raw_uid)
     if raw_uid not in catalog:
         raise KeyError(f"the catalog has no run {raw_uid!r}")
     writer = TiledWriter(catalog, batch_size=1)

@@ -66,7 +66,7 @@ def test_reconstruct_an_archived_scan_then_list_and_show_it(tmp_path, tiled_serv
     runner = CliRunner()
     where = ["--catalog", server.uri]
     png = tmp_path / "recon.png"
-    result = runner.invoke(main, ["reconstruct", "--uid", raw_uid, *where, "-n", "15", "--png", str(png)])
+    result = runner.invoke(main, ["reconstruct", "--uid", raw_uid[:8], *where, "-n", "15", "--png", str(png)])
     assert result.exit_code == 0, result.output
     assert "success" in result.output and "50 frames" in result.output and png.exists()
     recon = latest_final_reconstruction(catalog, raw_uid)
@@ -80,6 +80,11 @@ def test_reconstruct_an_archived_scan_then_list_and_show_it(tmp_path, tiled_serv
     result = runner.invoke(main, ["catalog", "show", raw_uid, *where, "--png", str(shown)])
     assert result.exit_code == 0, result.output
     assert recon.extra["run_uid"] in result.output and shown.read_bytes()[:4] == b"\x89PNG"
+
+    short = runner.invoke(main, ["catalog", "show", recon.extra["run_uid"][:8], *where])
+    assert short.exit_code == 0 and recon.extra["run_uid"] in short.output, "the 8 characters ls prints"
+    short = runner.invoke(main, ["catalog", "show", raw_uid[:8], *where])
+    assert short.exit_code == 0 and recon.extra["run_uid"] in short.output, "a raw scan's uid, shortened"
 
     result = runner.invoke(main, ["catalog", "show", "no-such-uid", *where])
     assert result.exit_code == 1 and "neither a reconstruction run" in result.output

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from event_model import pack_event_page
-from tiled.queries import Key
+from tiled.queries import Key, Like
 
 from ..solver.data import Geometry, ReconstructionResult
 from .documents import PLAN_NAME, pairs_as_complex
@@ -159,11 +159,14 @@ def recent_reconstructions(catalog, limit: int = 20) -> list[ReconstructionSumma
 def find_reconstruction(catalog, uid: str):
     """The reconstruction run with uid ``uid``, or the newest one of the raw scan ``uid``.
 
+    ``uid`` may be the beginning of either uid, as long as only one run begins with it.
+
     Raises
     ------
     LookupError
         If neither exists.
     """
+    uid = full_uid(catalog, uid)
     if uid in catalog and catalog[uid].metadata["start"].get("plan_name") == PLAN_NAME:
         return catalog[uid]
     runs = reconstructions_of(catalog, uid)
@@ -172,6 +175,22 @@ def find_reconstruction(catalog, uid: str):
             f"{uid} is neither a reconstruction run nor a reconstructed raw scan in the catalog"
         )
     return runs[-1]
+
+
+def full_uid(catalog, uid: str) -> str:
+    """The run uid that ``uid`` begins (``catalog ls`` shows 8 characters), or ``uid`` itself.
+
+    Raises
+    ------
+    LookupError
+        If several runs begin with ``uid``, naming them.
+    """
+    if uid in catalog or len(uid) >= 36 or not uid.replace("-", "").isalnum():
+        return uid
+    matches = list(catalog.search(Like("start.uid", f"{uid}%")).keys().head(5))
+    if len(matches) > 1:
+        raise LookupError(f"{uid} begins several runs ({', '.join(matches)}): give more of it")
+    return matches[0] if matches else uid
 
 
 def raw_scan_documents(run, stream: str = "primary", page_size: int = 100) -> Iterator[tuple[str, dict]]:
