@@ -277,12 +277,16 @@ def catalog_group() -> None:
 @catalog_group.command("ls")
 @with_catalog_options
 @click.option("--limit", type=int, default=20, show_default=True, help="How many, newest first.")
-def catalog_ls(catalog, catalog_dir, limit):
-    """List recent reconstructions."""
+@click.option("--raw", is_flag=True, help="List the raw scans instead of the reconstructions.")
+def catalog_ls(catalog, catalog_dir, limit, raw):
+    """List recent reconstructions (or, with --raw, raw scans)."""
     from rich.table import Table
 
     from .catalog import connect, recent_reconstructions
 
+    if raw:
+        list_raw_scans(connect(catalog, catalog_dir), limit)
+        return
     headers = ("uid", "scan uid", "scan id", "solver", "frames", "iter.", "cost", "status")
     table = Table(*headers, box=None, header_style="bold")
     for column in table.columns:
@@ -297,6 +301,24 @@ def catalog_ls(catalog, catalog_dir, limit):
             "-" if summary.iterations is None else str(summary.iterations),
             "-" if summary.cost is None else f"{summary.cost:.2e}",
             summary.exit_status + (" (partial)" if "partial" in summary.reason else ""),
+        )
+    console.print(table)
+
+
+def list_raw_scans(client, limit: int) -> None:
+    """Print the newest raw scans: uid, scan id, plan, when, and whether they are ptychography scans."""
+    import datetime
+
+    from rich.table import Table
+
+    from .catalog.queries import recent_raw_scans
+
+    table = Table("uid", "scan id", "plan", "started", "ptycho", box=None, header_style="bold")
+    for start in recent_raw_scans(client, limit):
+        when = datetime.datetime.fromtimestamp(start["time"]).strftime("%Y-%m-%d %H:%M:%S")
+        ptycho = "yes" if "ptycho" in start else "-"
+        table.add_row(
+            start["uid"][:8], str(start.get("scan_id", "-")), start.get("plan_name", "?"), when, ptycho
         )
     console.print(table)
 

@@ -76,6 +76,14 @@ def test_reconstruct_an_archived_scan_then_list_and_show_it(tmp_path, tiled_serv
     assert listing.exit_code == 0, listing.output
     assert raw_uid[:8] in listing.output and "success" in listing.output and "lsqml" in listing.output
 
+    raw = runner.invoke(main, ["catalog", "ls", "--raw", *where])
+    assert raw.exit_code == 0, raw.output
+    assert (
+        raw_uid[:8] in raw.output
+        and "fermat_spiral" in raw.output
+        and recon.extra["run_uid"][:8] not in raw.output
+    )
+
     shown = tmp_path / "shown.png"
     result = runner.invoke(main, ["catalog", "show", raw_uid, *where, "--png", str(shown)])
     assert result.exit_code == 0, result.output

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from event_model import pack_event_page
-from tiled.queries import Key, Like
+from tiled.queries import Key, Like, NotEq
 
 from ..solver.data import Geometry, ReconstructionResult
 from .documents import PLAN_NAME, pairs_as_complex
@@ -154,6 +154,12 @@ def recent_reconstructions(catalog, limit: int = 20) -> list[ReconstructionSumma
     """The newest ``limit`` reconstruction runs, newest first."""
     found = catalog.search(Key("start.plan_name") == PLAN_NAME).sort(("start.time", -1))
     return [summarize(run) for run in found.values().head(limit)]
+
+
+def recent_raw_scans(catalog, limit: int = 20) -> list[dict]:
+    """The start documents of the newest ``limit`` raw scans (every run that is not a reconstruction), newest first."""
+    found = catalog.search(NotEq("start.plan_name", PLAN_NAME)).sort(("start.time", -1))
+    return [run.metadata["start"] for run in found.values().head(limit)]
 
 
 def find_reconstruction(catalog, uid: str):
