@@ -23,6 +23,7 @@ def test_profile_scans_and_finds_the_reconstruction_in_the_catalog(tmp_path):
         "BLUESKY_PTYCHO_CATALOG_DIR": str(tmp_path / "catalog"),
         "BLUESKY_PTYCHO_FRAMES_DIR": str(tmp_path / "frames"),
         "BLUESKY_PTYCHO_SPOOL_DIR": str(tmp_path / "spool"),
+        "BLUESKY_PTYCHO_MD_DIR": str(tmp_path / "md"),
         "MPLBACKEND": "Agg",
     }
     code = (
@@ -46,3 +47,13 @@ def test_profile_scans_and_finds_the_reconstruction_in_the_catalog(tmp_path):
     _, _, n_frames, n_runs, *shape = found[0].split(maxsplit=4)
     assert int(n_frames) == 60 and int(n_runs) == 1 and "(60, 64, 64)" in shape[0]
     assert list((tmp_path / "frames").glob("*.h5"))
+    # a new session goes on counting scans where the last one stopped
+    code = "print('SCAN_ID', RE.md.get('scan_id'))"
+    completed = subprocess.run(
+        [sys.executable, "-m", "IPython", f"--profile-dir={profile}", "--colors=NoColor", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "SCAN_ID 1" in completed.stdout, completed.stdout + completed.stderr

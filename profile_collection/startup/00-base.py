@@ -5,10 +5,13 @@
 # (BLUESKY_PTYCHO_CATALOG_DIR moves it). Detectors write their HDF5 files under
 # BLUESKY_PTYCHO_FRAMES_DIR (default: the user data directory), which the embedded catalog may read.
 # BLUESKY_PTYCHO_SPOOL_DIR: where runs wait while the catalog is unreachable.
+# BLUESKY_PTYCHO_MD_DIR: where the RunEngine's metadata (RE.md, with the scan_id counter) is kept.
 import os
 
+import platformdirs
 from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback
+from bluesky.utils import PersistentDict
 
 from bluesky_ptycho.catalog import DurableCatalogWriter, connect, default_frames_directory
 
@@ -24,6 +27,11 @@ catalog = connect(
 tiled_writer = DurableCatalogWriter(catalog, os.environ.get("BLUESKY_PTYCHO_SPOOL_DIR"), batch_size=10)
 
 RE = RunEngine()
+# RE.md survives the session, so scan_id keeps counting from one session to the next
+RE.md = PersistentDict(
+    os.environ.get("BLUESKY_PTYCHO_MD_DIR")
+    or os.path.join(platformdirs.user_data_dir("bluesky-ptycho"), "runengine-metadata")
+)
 RE.subscribe(tiled_writer)
 bec = BestEffortCallback()
 bec.disable_plots()
