@@ -241,9 +241,14 @@ def reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings, previ
             reconstruct_archived_scan(client, raw_uid, settings, initial_probe=previous)
         except KeyError as error:
             raise click.ClickException(str(error.args[0])) from None
-    summary = show_reconstruction(
-        find_reconstruction(client, raw_uid), png or Path(f"{raw_uid[:8]}_recon.png")
-    )
+    try:
+        run = find_reconstruction(client, raw_uid)
+    except LookupError:
+        raise click.ClickException(
+            f"scan {raw_uid} is not a ptychography scan (no start['ptycho'] and no frames under a "
+            "ptycho data_key): nothing was reconstructed"
+        ) from None
+    summary = show_reconstruction(run, png or Path(f"{raw_uid[:8]}_recon.png"))
     if summary.exit_status != "success":
         raise SystemExit(1)
 

@@ -50,11 +50,12 @@ def test_demo_runs_the_live_loop_into_the_catalog(tmp_path):
 
 def test_reconstruct_an_archived_scan_then_list_and_show_it(tmp_path, tiled_server_factory):
     """`reconstruct --uid` replays a raw scan (frames in HDF5 files) from a real Tiled server."""
+    import bluesky.plans as bp
     from bluesky import RunEngine
     from bluesky_tiled_plugins import TiledWriter
     from tiled.client import from_uri
 
-    from bluesky_ptycho.catalog import latest_final_reconstruction
+    from bluesky_ptycho.catalog import latest_final_reconstruction, reconstructions_of
     from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 
     server = tiled_server_factory(readable_storage=[tmp_path / "frames"])
@@ -96,6 +97,11 @@ def test_reconstruct_an_archived_scan_then_list_and_show_it(tmp_path, tiled_serv
 
     result = runner.invoke(main, ["catalog", "show", "no-such-uid", *where])
     assert result.exit_code == 1 and "neither a reconstruction run" in result.output
+    (count_uid,) = RE(bp.count([det], 2))  # an ordinary scan: nothing to reconstruct, said in one line
+    result = runner.invoke(main, ["reconstruct", "--uid", count_uid, *where])
+    assert result.exit_code == 1 and "is not a ptychography scan" in result.output
+    assert "Traceback" not in result.output and reconstructions_of(catalog, count_uid) == []
+
     result = runner.invoke(main, ["reconstruct", "--uid", "no-such-uid", *where])
     assert result.exit_code == 1 and "no run 'no-such-uid'" in result.output
     server.stop()

@@ -121,8 +121,9 @@ def test_missing_geometry_fails_the_reconstruction_not_the_scan(RE, beamline, ca
     callback = PtychoCallback(writer, preview_every=10)
     for subscriber in (raw, writer, callback):
         RE.subscribe(subscriber)
+    ptycho = {"ptycho": {"data_key": "det_image"}}  # a ptychography scan whose plan forgot the geometry
     with caplog.at_level(logging.ERROR, logger="bluesky_ptycho"):
-        (uid,) = RE(bp.list_scan([det], stage.x, [0, 0.2, 0.4], stage.y, [0, 0.1, 0.2]))
+        (uid,) = RE(bp.list_scan([det], stage.x, [0, 0.2, 0.4], stage.y, [0, 0.1, 0.2], md=ptycho))
     assert callback.wait(30)
     assert raw.named("stop")[0]["exit_status"] == "success"
     frames = np.asarray(catalog[uid]["primary"]["det_image"].read())
@@ -131,14 +132,29 @@ def test_missing_geometry_fails_the_reconstruction_not_the_scan(RE, beamline, ca
     (run,) = reconstructions_of(catalog, uid)
     stop = run.metadata["stop"]
     assert stop["exit_status"] == "fail"
-    for key in ("data_key", "x_key", "photon_energy_ev", "detector_distance_m"):
+    for key in ("x_key", "photon_energy_ev", "detector_distance_m"):
         assert key in stop["reason"]
     assert "lacks the ptycho geometry keys" in caplog.text
     with pytest.raises(
-        LookupError, match=f"its newest reconstruction, {run.metadata['start']['uid']}, is fail: .*data_key"
+        LookupError, match=f"its newest reconstruction, {run.metadata['start']['uid']}, is fail: .*x_key"
     ):
         latest_final_reconstruction(catalog, uid)
     server.close()
+
+
+def test_ordinary_scans_are_ignored_quietly(RE, beamline, caplog):
+    """Alignment scans and counts are no ptychography: nothing is reconstructed, recorded or logged above debug."""
+    stage, det = beamline
+    recon = Documents()
+    callback = PtychoCallback(recon, preview_every=2)
+    RE.subscribe(callback)
+    with caplog.at_level(logging.DEBUG, logger="bluesky_ptycho"):
+        (count,) = RE(bp.count([det], 3))
+        (scan,) = RE(bp.scan([det], stage.x, 0, 0.4, 3))
+    assert callback.wait(30)
+    assert list(recon) == []
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO], caplog.text
+    assert f"run {count} is not a ptychography scan" in caplog.text and scan in caplog.text
 
 
 def test_constructor_overrides_supply_the_geometry(RE, beamline):

@@ -190,6 +190,7 @@ class _Run:
     collected: int = 0
     seq_nums: set[int] = field(default_factory=set)  # of the frames taken
     in_flight: Future | None = None
+    is_ptycho: bool = False  # start["ptycho"], or a descriptor with the configured frame key
     jobs: int = 0
     probe_lookup: Future | None = None  # of (probe, where it came from)
     probe_source: str | None = None  # where the initial probe came from, when the callback gave one
@@ -308,12 +309,15 @@ class PtychoCallback(DocumentRouter):
     # --- documents ---------------------------------------------------------
 
     def start(self, doc: dict) -> None:
+        """Open a run; only ptychography scans (``start["ptycho"]``, or the frame key in a descriptor) are reconstructed."""
         scan, error = None, None
+        is_ptycho = "ptycho" in doc
         try:
             scan = ScanGeometry.from_metadata({**doc.get("ptycho", {}), **self.geometry_overrides})
         except ValueError as invalid:
             error = str(invalid)
-            logger.error("scan %s: %s", doc["uid"], error)
+            if is_ptycho:
+                logger.error("scan %s: %s", doc["uid"], error)
         writer = ReconstructionRunWriter(
             self.emit_reconstruction,
             doc,
@@ -322,7 +326,7 @@ class PtychoCallback(DocumentRouter):
             scan_area=scan.scan_area if scan else None,
             probe_modes=max(self.settings.probe_modes, self.preview_settings.probe_modes),
         )
-        self._runs[doc["uid"]] = _Run(start=doc, writer=writer, scan=scan, error=error)
+        self._runs[doc["uid"]] = _Run(start=doc, writer=writer, scan=scan, error=error, is_ptycho=is_ptycho)
 
     def descriptor(self, doc: dict) -> None:
         run = self._runs.get(doc["run_start"])
@@ -332,6 +336,12 @@ class PtychoCallback(DocumentRouter):
             )
             return
         run.descriptors.add(doc["uid"])
+        frame_key = (
+            run.scan.data_key
+            if run.scan
+            else {**run.start.get("ptycho", {}), **self.geometry_overrides}.get("data_key")
+        )
+        run.is_ptycho = run.is_ptycho or frame_key in doc["data_keys"]
         if run.scan is not None and run.scan.data_key in doc["data_keys"]:
             self._run_of_descriptor[doc["uid"]] = doc["run_start"]
             shape = [n for n in doc["data_keys"][run.scan.data_key].get("shape") or [] if n != 1]
@@ -451,6 +461,12 @@ class PtychoCallback(DocumentRouter):
             uid: run_uid for uid, run_uid in self._run_of_resource.items() if run_uid != doc["run_start"]
         }
         run.external.close()
+        if not run.is_ptycho:  # an alignment scan, a count: nothing to reconstruct, nothing to record
+            logger.debug(
+                "run %s is not a ptychography scan (no start['ptycho'], no frame key): ignored",
+                run.start["uid"],
+            )
+            return
         if run.frames_by_seq_num or run.positions_by_seq_num:
             run.problems.add(
                 "unpaired",
