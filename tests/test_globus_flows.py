@@ -99,6 +99,19 @@ def example_input(settings, tmp_path):
     return flow_input(settings, staging, job, staging.next_result(), None)
 
 
+def test_transfer_states_use_the_sync_levels_the_transfer_service_takes():
+    """The Transfer action provider takes sync_level as an integer 0-3 (exists, size, mtime, checksum), not a name."""
+    transfers = [
+        state["Parameters"]
+        for state in flow_definition()["States"].values()
+        if state.get("ActionUrl", "").startswith("https://transfer.actions.globus.org/")
+    ]
+    assert transfers
+    for parameters in transfers:
+        if "sync_level" in parameters:
+            assert type(parameters["sync_level"]) is int and 0 <= parameters["sync_level"] <= 3, parameters
+
+
 def test_the_flow_definition_is_a_well_formed_state_machine(settings, tmp_path):
     definition = flow_definition()
     states = definition["States"]
