@@ -10,7 +10,7 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .cli_options import console, make_settings, settings_options
-from .io import CXIFormatError, read_cxi, read_result, write_cxi, write_result
+from .io import CXIFormatError, read_cxi, write_cxi, write_result
 from .plotting import save_summary_png
 from .solver import (
     ReconstructionResult,
@@ -158,9 +158,11 @@ def reconstruct_command(
         raise click.UsageError("give either FILE.cxi or --uid RAW_UID")
     if probe_file is not None and probe_from is not None:
         raise click.UsageError("give either --probe FILE or --probe-from UID, not both")
-    previous = earlier_result(probe_file, probe_from, catalog, catalog_dir)
+    previous = earlier_probe(probe_file, probe_from, catalog, catalog_dir)
     if raw_uid is not None:
-        reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings, previous)
+        # the callback reads a file itself, so that the run records the file as the probe's source
+        given = probe_file or (previous[0] if previous else None)
+        reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings, given)
         return
     try:
         data = read_cxi(input_file)
@@ -172,9 +174,9 @@ def reconstruct_command(
     if previous is None:
         reconstructor = Reconstructor.from_data(data, settings)
     else:
-        source = previous.extra["probe_source"]
+        result, source = previous
         try:
-            probe = reusable_probe(previous, data.geometry, source)
+            probe = reusable_probe(result, data.geometry, source)
         except ValueError as error:
             raise click.ClickException(str(error)) from None
         reconstructor = Reconstructor(
@@ -195,15 +197,15 @@ def reconstruct_command(
     console.print(f"wrote {output} and {png}")
 
 
-def earlier_result(probe_file, probe_from, catalog, catalog_dir) -> ReconstructionResult | None:
-    """The earlier reconstruction whose probe to start from (``--probe`` / ``--probe-from``), or None."""
+def earlier_probe(probe_file, probe_from, catalog, catalog_dir) -> tuple[ReconstructionResult, str] | None:
+    """The earlier reconstruction whose probe to start from (``--probe`` / ``--probe-from``) and its source, or None."""
+    from .callbacks.ptycho import earlier_result
+
     if probe_file is not None:
         try:
-            result = read_result(probe_file)
+            return earlier_result(probe_file)
         except (CXIFormatError, OSError, KeyError) as error:
             raise click.ClickException(f"--probe {probe_file}: {error}") from None
-        result.extra["probe_source"] = f"file {probe_file}"
-        return result
     if probe_from is not None:
         from .catalog import connect, find_reconstruction, result_from_run
 
@@ -211,9 +213,7 @@ def earlier_result(probe_file, probe_from, catalog, catalog_dir) -> Reconstructi
             run = find_reconstruction(connect(catalog, catalog_dir), probe_from)
         except LookupError as error:
             raise click.ClickException(str(error.args[0])) from None
-        result = result_from_run(run)
-        result.extra["probe_source"] = f"reconstruction {run.metadata['start']['uid']}"
-        return result
+        return earlier_result(result_from_run(run))
     return None
 
 

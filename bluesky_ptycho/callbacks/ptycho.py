@@ -168,6 +168,17 @@ def _frame_problem(
     return None
 
 
+def earlier_result(source: str | Path | ReconstructionResult) -> tuple[ReconstructionResult, str]:
+    """An earlier reconstruction whose probe a new one starts from, and where it came from in words.
+
+    ``source`` is a result file's path ("file PATH") or a result read from
+    the catalog ("reconstruction UID").
+    """
+    if isinstance(source, ReconstructionResult):
+        return source, f"reconstruction {source.extra.get('run_uid', '(not in a catalog)')}"
+    return read_result(source), f"file {source}"
+
+
 # how long a scan's first job waits for its initial probe's lookup (begun at its first descriptor)
 PROBE_LOOKUP_WAIT = 5.0
 
@@ -267,10 +278,6 @@ class PtychoCallback(DocumentRouter):
     ) -> None:
         if initial_probe == "latest" and catalog is None:
             raise ValueError("initial_probe='latest' needs the catalog to look in: pass catalog=")
-        if isinstance(initial_probe, str | Path) and initial_probe != "latest":
-            path = Path(initial_probe)
-            initial_probe = read_result(path)
-            initial_probe.extra["probe_source"] = f"file {path}"
         super().__init__()
         if emit_reconstruction is None:
             emit_reconstruction = _log_document
@@ -285,6 +292,8 @@ class PtychoCallback(DocumentRouter):
         self.queue_previews = queue_previews
         self.on_result = on_result
         self.initial_probe = initial_probe
+        # a given probe, read once: (result, where it came from)
+        self._given_probe = None if initial_probe in (None, "latest") else earlier_result(initial_probe)
         self.catalog = catalog
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptycho-probe-lookup")
         self.geometry_overrides = geometry
@@ -521,12 +530,7 @@ class PtychoCallback(DocumentRouter):
         LookupError, ValueError
             Why no probe fits (nothing in the catalog, a mismatch).
         """
-        if self.initial_probe == "latest":
-            result = latest_probe_for(self.catalog, geometry)
-            source = f"reconstruction {result.extra['run_uid']}"
-        else:
-            result = self.initial_probe
-            source = result.extra.get("probe_source") or f"reconstruction {result.extra.get('run_uid', '?')}"
+        result, source = self._given_probe or earlier_result(latest_probe_for(self.catalog, geometry))
         return reusable_probe(result, geometry, source), source
 
     def _first_probe(self, run: _Run) -> np.ndarray | None:
