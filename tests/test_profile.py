@@ -13,6 +13,17 @@ import pytest
 PROFILE = Path(__file__).resolve().parents[1] / "profile_collection"
 
 
+def run_ipython(profile: Path, env: dict, code: str) -> subprocess.CompletedProcess:
+    """An IPython session of ``profile`` that runs ``code`` and ends."""
+    return subprocess.run(
+        [sys.executable, "-m", "IPython", f"--profile-dir={profile}", "--colors=NoColor", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_profile_scans_and_finds_the_reconstruction_in_the_catalog(tmp_path):
     pytest.importorskip("IPython")
     profile = tmp_path / "profile_collection"
@@ -34,13 +45,7 @@ def test_profile_scans_and_finds_the_reconstruction_in_the_catalog(tmp_path):
         "print('FOUND', uid, result.n_frames, len(reconstructions_of(catalog, uid)), "
         "catalog[uid]['primary']['det_image'].read().shape)"
     )
-    completed = subprocess.run(
-        [sys.executable, "-m", "IPython", f"--profile-dir={profile}", "--colors=NoColor", "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    completed = run_ipython(profile, env, code)
     assert completed.returncode == 0, completed.stdout + completed.stderr
     found = [line for line in completed.stdout.splitlines() if line.startswith("FOUND")]
     assert found, completed.stdout + completed.stderr
@@ -49,11 +54,5 @@ def test_profile_scans_and_finds_the_reconstruction_in_the_catalog(tmp_path):
     assert list((tmp_path / "frames").glob("*.h5"))
     # a new session goes on counting scans where the last one stopped
     code = "print('SCAN_ID', RE.md.get('scan_id'))"
-    completed = subprocess.run(
-        [sys.executable, "-m", "IPython", f"--profile-dir={profile}", "--colors=NoColor", "-c", code],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    completed = run_ipython(profile, env, code)
     assert "SCAN_ID 1" in completed.stdout, completed.stdout + completed.stderr

@@ -322,7 +322,7 @@ class PtychoCallback(DocumentRouter):
         scan, error = None, None
         is_ptycho = "ptycho" in doc
         try:
-            scan = ScanGeometry.from_metadata({**doc.get("ptycho", {}), **self.geometry_overrides})
+            scan = ScanGeometry.from_metadata(self._scan_metadata(doc))
         except ValueError as invalid:
             error = str(invalid)
             if is_ptycho:
@@ -337,6 +337,10 @@ class PtychoCallback(DocumentRouter):
         )
         self._runs[doc["uid"]] = _Run(start=doc, writer=writer, scan=scan, error=error, is_ptycho=is_ptycho)
 
+    def _scan_metadata(self, start: dict) -> dict:
+        """The scan's ptycho metadata: ``start["ptycho"]`` with the constructor's overrides."""
+        return {**start.get("ptycho", {}), **self.geometry_overrides}
+
     def descriptor(self, doc: dict) -> None:
         run = self._runs.get(doc["run_start"])
         if run is None:
@@ -345,13 +349,9 @@ class PtychoCallback(DocumentRouter):
             )
             return
         run.descriptors.add(doc["uid"])
-        frame_key = (
-            run.scan.data_key
-            if run.scan
-            else {**run.start.get("ptycho", {}), **self.geometry_overrides}.get("data_key")
-        )
-        run.is_ptycho = run.is_ptycho or frame_key in doc["data_keys"]
-        if run.scan is not None and run.scan.data_key in doc["data_keys"]:
+        has_frames = self._scan_metadata(run.start).get("data_key") in doc["data_keys"]
+        run.is_ptycho = run.is_ptycho or has_frames
+        if run.scan is not None and has_frames:
             self._run_of_descriptor[doc["uid"]] = doc["run_start"]
             shape = [n for n in doc["data_keys"][run.scan.data_key].get("shape") or [] if n != 1]
             if run.frame_shape is None and len(shape) == 2 and min(shape) > 1:
