@@ -53,8 +53,16 @@ QUICK = [Case("A", 0.2e-3, 1e4), Case("A", -1e-3, 1e5), Case("A", -3e-3, 1e7), C
 FINAL_CANDIDATES = {
     "rpie, 1 mode": {},
     "rpie, 3 modes": {"probe_modes": 3},
-    "lsqml, 3 modes, gaussian": {"algorithm": "lsqml", "probe_modes": 3},
-    "lsqml, 3 modes, poisson": {"algorithm": "lsqml", "probe_modes": 3, "noise_model": "poisson"},
+    "lsqml, 3 modes, gaussian": {
+        "algorithm": "lsqml",
+        "probe_modes": 3,
+        "options": {"noise_model": "gaussian"},
+    },
+    "lsqml, 3 modes, poisson": {
+        "algorithm": "lsqml",
+        "probe_modes": 3,
+        "options": {"noise_model": "poisson"},
+    },
     "dm, 3 modes": {"algorithm": "dm", "probe_modes": 3},
 }
 
@@ -83,7 +91,7 @@ def run(sim, settings: ReconstructionSettings, probe=None) -> tuple[float, float
 def defaults_against_true_probe(cases: list[Case], n_frames: int, settings: ReconstructionSettings) -> None:
     print(
         f"\ndefaults against the true probe ({n_frames} frames of 128x128, {settings.algorithm}, "
-        f"{settings.probe_modes} modes, {settings.noise_model}, {settings.iterations} iterations)"
+        f"{settings.probe_modes} modes, {settings.options}, {settings.iterations} iterations)"
     )
     header = (
         f"{'case':>20} {'defocus est.':>13} {'est. s':>7} {'share':>6} "

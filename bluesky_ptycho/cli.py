@@ -150,10 +150,7 @@ def reconstruct_command(
     A file gives a result file (CXI/HDF5) and a summary PNG; a catalog scan
     gives a new reconstruction run in the same catalog, and the PNG.
     """
-    try:
-        settings = make_settings(**options)
-    except ValueError as error:
-        raise click.UsageError(str(error)) from None
+    settings = make_settings(**options)
     if (input_file is None) == (raw_uid is None):
         raise click.UsageError("give either FILE.cxi or --uid RAW_UID")
     if probe_file is not None and probe_from is not None:

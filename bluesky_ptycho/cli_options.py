@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import Field
+
 import click
 from rich.console import Console
 
 from .solver import ALGORITHMS, ReconstructionSettings
 from .solver.algorithms import REGISTRY
 from .solver.backend import DEVICES
-from .solver.settings import NOISE_MODELS
+from .solver.options import settable
 
 console = Console()
 
@@ -38,8 +40,35 @@ class Defocus(click.ParamType):
             self.fail(str(error), param, ctx)
 
 
+def algorithm_option_fields() -> dict[str, dict[str, Field]]:
+    """Every algorithm option a user can set, by name: the field of each algorithm that takes it."""
+    taken: dict[str, dict[str, Field]] = {}
+    for algorithm in REGISTRY.values():
+        for name, spec in settable(algorithm.options).items():
+            taken.setdefault(name, {})[algorithm.name] = spec
+    return taken
+
+
+def algorithm_option(name: str, specs: dict[str, Field]) -> click.Option:
+    """A CLI option for the algorithm option ``name``; its help lists each taking algorithm's default."""
+    spec = next(iter(specs.values()))
+    choices = spec.metadata.get("choices")
+    kind = click.Choice(choices) if choices else {"float": float, "int": int, "str": str}[spec.type]
+    defaults = ", ".join(f"{algorithm} {spec.default}" for algorithm, spec in specs.items())
+    return click.option(
+        f"--{name.replace('_', '-')}",
+        name,
+        type=kind,
+        default=None,
+        help=f"{spec.metadata['help'][0].upper()}{spec.metadata['help'][1:]} [{defaults}].",
+    )
+
+
 def settings_options(function):
-    """Options shared by the commands that reconstruct; their defaults are the final reconstruction's."""
+    """Options shared by the commands that reconstruct; their defaults are the final reconstruction's.
+
+    The algorithm's own options come from its options dataclass in the registry.
+    """
     final = ReconstructionSettings.final()
     options = [
         click.option(
@@ -54,21 +83,13 @@ def settings_options(function):
             "--iterations", "-n", type=click.IntRange(min=1), default=final.iterations, show_default=True
         ),
         click.option(
-            "--batch-size",
-            type=click.IntRange(min=1),
-            default=final.batch_size,
-            help="Frames per update (rpie, epie, lsqml; default 64).",
-        ),
-        click.option(
             "--modes",
             type=click.IntRange(1, 12),
             default=final.probe_modes,
             show_default=True,
             help="Incoherent probe modes.",
         ),
-        click.option(
-            "--noise-model", type=click.Choice(NOISE_MODELS), default=final.noise_model, show_default=True
-        ),
+        *(algorithm_option(name, specs) for name, specs in algorithm_option_fields().items()),
         click.option(
             "--probe-defocus",
             type=Defocus(),
@@ -89,15 +110,26 @@ def settings_options(function):
 
 
 def make_settings(
-    algorithm, iterations, batch_size, modes, noise_model, probe_defocus, position_correction, device
-):
-    return ReconstructionSettings(
-        algorithm=algorithm,
-        iterations=iterations,
-        batch_size=batch_size,
-        probe_modes=modes,
-        noise_model=noise_model,
-        probe_defocus=probe_defocus,
-        position_correction=position_correction,
-        device=device,
-    )
+    algorithm, iterations, modes, probe_defocus, position_correction, device, **algorithm_options
+) -> ReconstructionSettings:
+    """The settings the options of :func:`settings_options` ask for; a usage error names a wrong one."""
+    given = {name: value for name, value in algorithm_options.items() if value is not None}
+    takes = settable(REGISTRY[algorithm].options)
+    for name in given:
+        if name not in takes:
+            raise click.UsageError(
+                f"--{name.replace('_', '-')} is not an option of {algorithm} "
+                f"(it is one of {', '.join(algorithm_option_fields()[name])})"
+            )
+    try:
+        return ReconstructionSettings(
+            algorithm=algorithm,
+            options=given,
+            iterations=iterations,
+            probe_modes=modes,
+            probe_defocus=probe_defocus,
+            position_correction=position_correction,
+            device=device,
+        )
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None

@@ -14,12 +14,12 @@ from bluesky_ptycho.solver import (
 )
 
 ITERATIONS = {"rpie": 100, "epie": 150, "dm": 100, "lsqml": 100}
-CASES = [*ITERATIONS.items(), ("lsqml-poisson", 100)]
+CASES = [*ITERATIONS.items(), ("lsqml-gaussian", 100)]
 
 
 def settings_for(case: str, **extra) -> ReconstructionSettings:
-    if case == "lsqml-poisson":
-        return ReconstructionSettings(algorithm="lsqml", noise_model="poisson", **extra)
+    if case == "lsqml-gaussian":
+        return ReconstructionSettings(algorithm="lsqml", options={"noise_model": "gaussian"}, **extra)
     return ReconstructionSettings(algorithm=case, **extra)
 
 

@@ -72,7 +72,8 @@ def test_a_probe_of_another_energy_is_refused_naming_the_mismatch(scans):
         ("--modes", "0", "0 is not in the range 1<=x<=12"),
         ("--probe-defocus", "far", "'far' is not 'auto', 'none' or a distance"),
         ("--probe-defocus", "3", "within +-1 m, got 3.0"),
-        ("--batch-size", "0", "0 is not in the range x>=1"),
+        ("--batch-size", "0", "batch_size must be >= 1, got 0"),
+        ("--relaxation", "0.5", "--relaxation is not an option of lsqml (it is one of dm)"),
     ],
 )
 def test_bad_options_give_one_line(scans, option, value, message):

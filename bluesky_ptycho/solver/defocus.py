@@ -303,7 +303,7 @@ def trial_costs(
     for factor in TRIAL_FACTORS:
         probe = probe_from_mean_pattern(mean_pattern, geometry, defocus * factor)
         settings = ReconstructionSettings(
-            batch_size=len(frames), probe_defocus=defocus * factor, device=device
+            options={"batch_size": len(frames)}, probe_defocus=defocus * factor, device=device
         )
         trial = Reconstructor(geometry, settings, mask=mask, probe=probe)
         costs[defocus * factor] = (

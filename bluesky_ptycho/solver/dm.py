@@ -1,7 +1,7 @@
 """Difference map (Thibault et al., Ultramicroscopy 109, 338, 2009), relaxed as
 RAAR (Luke, Inverse Problems 21, 37, 2005) for noisy data.
 
-With ``beta = settings.dm_relaxation`` the exit waves ``psi`` become
+With ``beta = DMOptions.relaxation`` the exit waves ``psi`` become
 ``beta * (psi + P_F(2 P_O psi - psi) - P_O psi) + (1 - beta) * P_F(P_O psi)``;
 ``beta = 1`` is the classical difference map, ``beta < 1`` damps the
 oscillations that noise drives.
@@ -16,6 +16,8 @@ form one batch: the overlap projection is global.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .backend import empty_aligned
@@ -27,6 +29,7 @@ from .forward import (
     measured_amplitude_factor,
     model_amplitude,
 )
+from .options import AlgorithmOptions, option
 from .positions import refine_positions
 from .probe import rotate_modes, shift_ramp
 from .state import SolverState
@@ -36,6 +39,18 @@ OVERLAP_DAMPING = 1e-3
 # mixing the modes is a pass over every stored exit wave, and DM's fixed point
 # does not depend on the modes' basis: results are orthogonalised anyway
 ORTHOGONALIZE_EVERY = 10
+
+
+@dataclass
+class DMOptions(AlgorithmOptions):
+    """The difference map's options; all frames form one batch."""
+
+    algorithm = "dm"
+    relaxation: float = option(0.75, "RAAR relaxation beta, (0, 1]: 1 is the classical difference map")
+
+    def validate(self) -> None:
+        if not 0.0 < self.relaxation <= 1.0:
+            raise ValueError(f"relaxation must be within (0, 1], got {self.relaxation}")
 
 
 class DifferenceMap(Engine):
@@ -71,7 +86,7 @@ class DifferenceMap(Engine):
                 self.farfield[part],
                 state.amplitude[part],
                 state.mask,
-                self.settings.dm_relaxation,
+                self.settings.options.relaxation,
                 backend.kernels,
             )
             model[...] = self.farfield[part]
@@ -97,8 +112,9 @@ class DifferenceMap(Engine):
 
     def calm_down(self) -> str:
         """Relax further towards the plain projection (RAAR's smaller beta damps more)."""
-        self.settings.dm_relaxation /= 2
-        return f"dm_relaxation halved to {self.settings.dm_relaxation:g}"
+        options = self.settings.options
+        options.relaxation /= 2
+        return f"dm relaxation halved to {options.relaxation:g}"
 
     def restored(self, state: SolverState) -> None:
         """Start the stored exit waves again from the restored object and probe."""

@@ -41,7 +41,7 @@ class Engine(ABC):
 
     def batches(self, n_frames: int, rng: np.random.Generator) -> list[np.ndarray]:
         """Frame indices split into the batches of one iteration, in random order."""
-        size = self.settings.effective_batch_size(n_frames)
+        size = self.settings.options.effective_batch_size(n_frames)
         return np.array_split(rng.permutation(n_frames), math.ceil(n_frames / size))
 
     def chunks(self, batch: np.ndarray, state: SolverState) -> list[np.ndarray]:

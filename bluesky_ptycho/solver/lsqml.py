@@ -15,10 +15,13 @@ the probe modes first turns every one into a (B, h, w) product, so no
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .engine import Engine
 from .forward import exit_wave_update, gather_patches
+from .options import NOISE_MODELS, MinibatchOptions, check_alpha, option
 from .positions import refine_positions
 from .state import SolverState, mode_power
 from .updates import mode_sum, regularised_step, update_terms
@@ -74,11 +77,27 @@ def solve_steps(a11, a22, a12, r1, r2):
     return (a22 * r1 - a12 * r2) / determinant, (a11 * r2 - a12 * r1) / determinant
 
 
+@dataclass
+class LSQMLOptions(MinibatchOptions):
+    """LSQ-ML's options."""
+
+    algorithm = "lsqml"
+    noise_model: str = option(
+        "poisson", "the likelihood: 'poisson' (counts) or 'gaussian' (amplitudes)", choices=NOISE_MODELS
+    )
+    alpha: float = option(0.1, "regularisation of the update directions, 0..1")
+
+    def validate(self) -> None:
+        super().validate()
+        check_alpha(self.alpha)
+
+
 class LSQML(Engine):
     """LSQ-ML with minibatches, Gaussian or Poisson noise model."""
 
     def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
         s = self.settings
+        options = s.options
         xp = state.xp
         update_probe = self.updates_probe(iteration)
         cost = 0.0
@@ -95,15 +114,15 @@ class LSQML(Engine):
                     state.amplitude,
                     index,
                     state.mask,
-                    s.noise_model,
+                    options.noise_model,
                 )
                 cost += chunk_cost
                 terms = update_terms(state, corners, chi, for_probe=update_probe, terms=terms)
                 parts.append((chunk, corners, chi))
-            object_direction = regularised_step(terms.object_numerator, terms.illumination, s.alpha)
+            object_direction = regularised_step(terms.object_numerator, terms.illumination, options.alpha)
             probe_direction = None
             if update_probe:
-                probe_direction = regularised_step(terms.probe_numerator, terms.probe_weights, s.alpha)
+                probe_direction = regularised_step(terms.probe_numerator, terms.probe_weights, options.alpha)
             products = [
                 step_products(
                     state.object,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import replace
 
 import numpy as np
@@ -94,8 +95,8 @@ class Reconstructor:
         backend: ArrayBackend | None = None,
     ) -> None:
         self.geometry = geometry
-        # a copy: recovering from divergence lowers its steps
-        self.settings = replace(settings or ReconstructionSettings())
+        # a copy: recovering from divergence lowers its steps (and the algorithm's options)
+        self.settings = deepcopy(settings or ReconstructionSettings())
         self.backend = backend or make_backend(
             self.settings.device, self.settings.fft_library, self.settings.fft_workers
         )
@@ -126,7 +127,7 @@ class Reconstructor:
         """A reconstructor holding every frame of ``data``."""
         settings = settings or ReconstructionSettings()
         if data.probe_defocus is not None and settings.probe_defocus is None:
-            settings.probe_defocus = data.probe_defocus
+            settings = replace(settings, probe_defocus=data.probe_defocus)
         reconstructor = cls(data.geometry, settings, mask=data.mask, probe=data.probe)
         return reconstructor.add_frames(data.frames, data.positions).prepare()
 
@@ -168,7 +169,7 @@ class Reconstructor:
         """
         if settings == self.settings:
             return self
-        self.settings = replace(settings)
+        self.settings = deepcopy(settings)
         self.engine = REGISTRY[self.settings.algorithm].engine(self.settings)
         if self.state is not None:
             total = float(self.xp.sum(self.xp.abs(self.state.probe) ** 2))

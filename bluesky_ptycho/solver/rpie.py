@@ -7,20 +7,44 @@ are summed and divided by the summed illumination, regularised by ``alpha``
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
 from .engine import Engine
 from .forward import exit_wave_update
+from .options import MinibatchOptions, check_alpha, option
 from .positions import refine_positions
 from .state import SolverState
 from .updates import add_regularised_step, update_terms
 
 
+@dataclass
+class RPIEOptions(MinibatchOptions):
+    """rPIE's options."""
+
+    algorithm = "rpie"
+    alpha: float = option(0.1, "regularisation of the step, 0..1 (1: ePIE's 1/max|P|^2)")
+
+    def validate(self) -> None:
+        super().validate()
+        check_alpha(self.alpha)
+
+
+@dataclass
+class EPIEOptions(RPIEOptions):
+    """ePIE's options: rPIE's, with ``alpha`` pinned to 1."""
+
+    algorithm = "epie"
+    alpha: float = field(default=1.0, init=False)
+
+
 class RPIE(Engine):
-    """Regularised PIE: ``algorithm="rpie"``, and ``"epie"`` (pinned to ``alpha = 1``)."""
+    """Regularised PIE: ``algorithm="rpie"``, and ``"epie"`` (:class:`EPIEOptions`)."""
 
     def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
         s = self.settings
+        alpha = s.options.alpha
         update_probe = self.updates_probe(iteration)
         kernels = state.backend.kernels
         cost = 0.0
@@ -38,10 +62,10 @@ class RPIE(Engine):
                     refine_positions(state, chunk, diff, s.max_position_step)
             if update_probe:
                 add_regularised_step(
-                    state.probe, terms.probe_numerator, terms.probe_weights, s.alpha, s.probe_step, kernels
+                    state.probe, terms.probe_numerator, terms.probe_weights, alpha, s.probe_step, kernels
                 )
             add_regularised_step(
-                state.object, terms.object_numerator, terms.illumination, s.alpha, s.object_step, kernels
+                state.object, terms.object_numerator, terms.illumination, alpha, s.object_step, kernels
             )
         if update_probe:
             self.finish_probe(state, iteration)

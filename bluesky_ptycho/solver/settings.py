@@ -1,4 +1,4 @@
-"""Reconstruction settings: one validated dataclass shared by every algorithm."""
+"""Reconstruction settings: what every algorithm shares, and the chosen algorithm's own options."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ from typing import Any
 
 from .algorithms import REGISTRY
 from .backend import FFT_LIBRARIES
+from .options import AlgorithmOptions
 
 ALGORITHMS = tuple(REGISTRY)
-NOISE_MODELS = ("gaussian", "poisson")
 # the final reconstruction's defaults, chosen on the robustness grid of measured-like
 # simulations (benchmarks/robustness.py --final; the table is in the README): the best
 # R-factor within the time target. ReconstructionSettings() itself stays the fast
 # preview choice, rPIE with one mode.
-FINAL_DEFAULTS = {"algorithm": "lsqml", "probe_modes": 3, "noise_model": "poisson"}
-PREVIEW_DEFAULTS = {"algorithm": "rpie", "probe_modes": 1, "noise_model": "gaussian"}
+FINAL_DEFAULTS = {"algorithm": "lsqml", "probe_modes": 3}
+PREVIEW_DEFAULTS = {"algorithm": "rpie", "probe_modes": 1}
 # a zone plate's focal length is millimetres to a metre: a larger defocus is a unit mistake
 MAX_DEFOCUS = 1.0
 
@@ -30,22 +30,17 @@ class ReconstructionSettings:
         A name in :data:`.algorithms.REGISTRY`: "rpie" (regularised PIE,
         minibatched), "epie" (rPIE pinned to alpha=1), "dm" (difference map)
         or "lsqml" (least-squares maximum likelihood).
+    options
+        The algorithm's own options: its dataclass in the registry
+        (:class:`~.rpie.RPIEOptions`, :class:`~.rpie.EPIEOptions`,
+        :class:`~.dm.DMOptions`, :class:`~.lsqml.LSQMLOptions`), a dictionary
+        of its fields, or None for its defaults.
     iterations
         Iterations done by :meth:`Reconstructor.iterate` when no count is given.
-    batch_size
-        Frames updated together by "rpie", "epie" and "lsqml" (None: 64);
-        "dm" always updates all frames together.
     probe_modes
         Number of incoherent probe modes (mixed states), kept orthogonal.
-    alpha
-        rPIE regularisation of the object update (0..1; 1 gives ePIE).
     object_step, probe_step
         Relaxation of the object and probe updates (1 = full step).
-    noise_model
-        "gaussian" (amplitude) or "poisson"; used by "lsqml".
-    dm_relaxation
-        "dm" only: 1 is the classical difference map, below 1 the RAAR
-        relaxation that keeps noisy data from driving oscillations.
     probe_update_start
         First iteration (0-based) in which the probe is updated.
     position_correction
@@ -73,14 +68,11 @@ class ReconstructionSettings:
     """
 
     algorithm: str = "rpie"
+    options: AlgorithmOptions | dict[str, Any] | None = None
     iterations: int = 100
-    batch_size: int | None = None
     probe_modes: int = 1
-    alpha: float = 0.1
     object_step: float = 1.0
     probe_step: float = 1.0
-    noise_model: str = "gaussian"
-    dm_relaxation: float = 0.75
     probe_update_start: int = 1
     position_correction: bool = False
     position_correction_start: int = 10
@@ -95,22 +87,13 @@ class ReconstructionSettings:
         self.algorithm = str(self.algorithm).lower()
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
-        for name, value in REGISTRY[self.algorithm].pinned.items():
-            setattr(self, name, value)
+        self.options = algorithm_options(self.algorithm, self.options)
         if self.fft_library is not None and self.fft_library not in FFT_LIBRARIES:
             raise ValueError(f"fft_library must be one of {FFT_LIBRARIES} or None, got {self.fft_library!r}")
-        if self.noise_model not in NOISE_MODELS:
-            raise ValueError(f"noise_model must be one of {NOISE_MODELS}, got {self.noise_model!r}")
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None, got {self.batch_size}")
         if self.probe_modes < 1:
             raise ValueError(f"probe_modes must be >= 1, got {self.probe_modes}")
-        if not 0.0 < self.dm_relaxation <= 1.0:
-            raise ValueError(f"dm_relaxation must be within (0, 1], got {self.dm_relaxation}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be within [0, 1], got {self.alpha}")
         if isinstance(self.probe_defocus, str) and self.probe_defocus.lower() in ("auto", "none"):
             self.probe_defocus = {"auto": "auto", "none": 0.0}[self.probe_defocus.lower()]
         elif self.probe_defocus is not None:
@@ -139,17 +122,11 @@ class ReconstructionSettings:
 
     def for_preview(self) -> ReconstructionSettings:
         """These settings with the fast preview algorithm (:data:`PREVIEW_DEFAULTS`: rPIE, one mode)."""
-        return replace(self, **PREVIEW_DEFAULTS)
-
-    def effective_batch_size(self, n_frames: int) -> int:
-        """Frames per update for ``n_frames`` frames."""
-        if self.batch_size is not None:
-            return min(self.batch_size, n_frames)
-        return min(64, n_frames)
+        return replace(self, options=None, **PREVIEW_DEFAULTS)
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as a JSON-friendly dictionary."""
-        return asdict(self)
+        """The settings as a JSON-friendly dictionary (the options as one of their own)."""
+        return {**asdict(self), "options": self.options.to_dict()}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ReconstructionSettings:
@@ -159,3 +136,18 @@ class ReconstructionSettings:
         if unknown:
             raise ValueError(f"unknown reconstruction settings: {', '.join(unknown)}")
         return cls(**values)
+
+
+def algorithm_options(algorithm: str, options: AlgorithmOptions | dict[str, Any] | None) -> AlgorithmOptions:
+    """``options`` as ``algorithm``'s options dataclass, refusing another algorithm's by name."""
+    kind = REGISTRY[algorithm].options
+    if options is None:
+        return kind()
+    if isinstance(options, dict):
+        return kind.from_dict(options)
+    if type(options) is not kind:
+        raise ValueError(
+            f"algorithm {algorithm!r} takes {kind.__name__}, got {type(options).__name__} "
+            f"(the options of {options.algorithm!r})"
+        )
+    return options
