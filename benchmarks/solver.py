@@ -21,11 +21,11 @@ import numpy as np
 from bluesky_ptycho.solver import ALGORITHMS, ReconstructionSettings, Reconstructor, object_error, simulate
 from bluesky_ptycho.solver.backend import (
     FFT_LIBRARIES,
+    FFTW_INSTALLED,
     ArrayBackend,
     default_fft_library,
     gpu_available,
     make_backend,
-    pyfftw,
 )
 from bluesky_ptycho.solver.simulate import aperture_probe
 
@@ -74,7 +74,7 @@ def run_case(n_frames: int, size: int, iterations: int, device: str, library: st
     sim = simulate(n_frames=n_frames, frame_size=size, photons=1e6, seed=0)
     probe = aperture_probe((size, size), size / 3 * 1.15, curvature=0.0)
     if device == "cpu":
-        libraries = [name for name in FFT_LIBRARIES if name == "scipy" or pyfftw is not None]
+        libraries = [name for name in FFT_LIBRARIES if name == "scipy" or FFTW_INSTALLED]
         floors = {name: fft_floor(make_backend("cpu", name), n_frames, size) for name in libraries}
         floor = floors[library]
         floor_text = ", ".join(f"{name} {seconds * 1e3:.2f} ms" for name, seconds in floors.items())

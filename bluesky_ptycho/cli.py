@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .cli_options import console, make_settings, settings_options
 from .io import CXIFormatError, read_cxi, write_cxi, write_result
-from .plotting import save_summary_png
 from .solver import (
     ReconstructionResult,
     Reconstructor,
@@ -189,6 +189,8 @@ def reconstruct_command(
     output = output or Path(f"{stem}_recon.cxi")
     png = png or Path(f"{stem}_recon.png")
     write_result(output, result)
+    from .plotting import save_summary_png
+
     save_summary_png(result, png, title=f"{input_file.name}: {settings.algorithm}")
     console.print(f"R-factor {fourier_r_factor(result, data):.4f}, {result.wall_time:.1f} s")
     console.print(f"wrote {output} and {png}")
@@ -266,6 +268,8 @@ def show_reconstruction(run, png: Path | None) -> ReconstructionSummary:
         f"{summary.iterations} iterations, cost {summary.cost:.3e}"
     )
     if png is not None:
+        from .plotting import save_summary_png
+
         save_summary_png(result_from_run(run), png, title=f"scan {summary.raw_uid[:8]}: {summary.algorithm}")
         console.print(f"wrote {png}")
     return summary
@@ -323,6 +327,42 @@ def list_raw_scans(client, limit: int) -> None:
             start["uid"][:8], str(start.get("scan_id", "-")), start.get("plan_name", "?"), when, ptycho
         )
     console.print(table)
+
+
+@catalog_group.command("serve")
+@click.option(
+    "--catalog-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory of the embedded catalog (default: the user data directory).",
+)
+def catalog_serve(catalog_dir):
+    """Serve the embedded catalog to every process on this machine until stopped (Ctrl-C or SIGTERM).
+
+    Without it, the first process that opens the catalog (IPython, the CLI)
+    serves it to the others while it runs.
+    """
+    import signal
+    import threading
+
+    from .catalog.server import default_catalog_directory, embedded_server, started_here
+
+    directory = Path(catalog_dir or default_catalog_directory()).resolve()
+    address = embedded_server(directory)
+    if not started_here(address):
+        click.echo(f"the catalog in {directory} is already served, by process {address.pid}:")
+        click.echo(address.web_ui_link)
+        return
+    click.echo(f"serving the catalog in {directory} (process {address.pid}); web interface:")
+    click.echo(address.web_ui_link)
+    sys.stdout.flush()  # for a log or a pipe: the link is what the reader is waiting for
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    click.echo("stopped")
 
 
 @catalog_group.command("show")

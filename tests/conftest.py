@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from bluesky_ptycho.solver import simulate
-from bluesky_ptycho.solver.backend import STRICT_DEVICE, gpu_available, pyfftw
+from bluesky_ptycho.solver.backend import FFTW_INSTALLED, STRICT_DEVICE, gpu_available
 from bluesky_ptycho.solver.simulate import aperture_probe
 
 DEVICES = [
@@ -32,7 +32,10 @@ def device(request) -> str:
 
 
 @pytest.fixture(
-    params=["scipy", pytest.param("fftw", marks=pytest.mark.skipif(pyfftw is None, reason="needs pyFFTW"))]
+    params=[
+        "scipy",
+        pytest.param("fftw", marks=pytest.mark.skipif(not FFTW_INSTALLED, reason="needs pyFFTW")),
+    ]
 )
 def fft_library(request) -> str:
     """Each CPU FFT library: scipy.fft always, FFTW where pyFFTW is installed."""

@@ -1,4 +1,4 @@
-"""The embedded catalog: a Tiled server on loopback, in a child process of its own.
+"""The embedded catalog: a Tiled server on loopback, in a child process of its own, shared by every process.
 
 The server does not share the RunEngine's interpreter (its request handling
 would compete for the GIL, and its memory would grow with the process).
@@ -6,18 +6,89 @@ The child prints one line of JSON (uri, port, web UI link) when it listens,
 and stops when its standard input closes: when the parent closes it, or
 exits, or dies.
 
+One catalog directory has one server: its database takes one process at a
+time. While it listens, its address (with its API key) is in
+``<directory>/server.json``, readable only by its owner; every other process
+that opens the catalog (a second IPython, the CLI, a notebook) finds it there
+and connects to that server instead of starting its own.
+
 The child runs :func:`main` with the catalog directory and readable storage.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
+
 STARTUP_TIMEOUT_S = 120
+ALIVE_TIMEOUT_S = 2.0
+ADDRESS_FILE = "server.json"
 CHILD = "import sys; from bluesky_ptycho.catalog.embedded import main; main(sys.argv[1:])"
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    """Where a catalog's server listens: what ``<directory>/server.json`` holds.
+
+    Attributes
+    ----------
+    uri
+        The Tiled API URI, with the server's API key.
+    port
+        The loopback port.
+    web_ui_link
+        The web interface, with the API key.
+    pid
+        The server's process.
+    """
+
+    uri: str
+    port: int
+    web_ui_link: str
+    pid: int
+
+    @classmethod
+    def read(cls, directory: Path) -> ServerAddress | None:
+        """The address recorded in ``directory``, or None where there is none (or it is unreadable)."""
+        try:
+            return cls(**json.loads((directory / ADDRESS_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def write(self, directory: Path) -> None:
+        """Record this address in ``directory``, readable by its owner only (it holds the API key)."""
+        part = directory / f".{ADDRESS_FILE}.{self.pid}"
+        descriptor = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(asdict(self), file)
+        os.replace(part, directory / ADDRESS_FILE)
+
+    def forget(self, directory: Path) -> None:
+        """Remove the recorded address if it is still this one."""
+        if ServerAddress.read(directory) == self:
+            (directory / ADDRESS_FILE).unlink(missing_ok=True)
+
+    def alive(self) -> bool:
+        """Whether a server answers at this address (a stale file names a dead one)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process reuses the number
+            return False
+        try:
+            reply = httpx.get(
+                f"http://127.0.0.1:{self.port}/healthz", timeout=ALIVE_TIMEOUT_S, trust_env=False
+            )
+        except httpx.HTTPError:
+            return False
+        return reply.status_code == 200
 
 
 class EmbeddedServer:
@@ -51,10 +122,8 @@ class EmbeddedServer:
             raise RuntimeError(
                 f"the embedded Tiled server did not start (exit code {self._process.returncode}); see {self.log_path}"
             )
-        started = json.loads(line)
-        self.uri: str = started["uri"]
-        self.port: int = started["port"]
-        self.web_ui_link: str = started["web_ui_link"]
+        self.address = ServerAddress(**json.loads(line))
+        self.uri, self.port, self.web_ui_link = self.address.uri, self.address.port, self.address.web_ui_link
 
     @property
     def pid(self) -> int:
@@ -79,6 +148,11 @@ def main(arguments: list[str]) -> None:
 
     directory, *readable = arguments
     server = SimpleTiledServer(directory, readable_storage=readable or None)
-    print(json.dumps({"uri": server.uri, "port": server.port, "web_ui_link": server.web_ui_link}), flush=True)
-    sys.stdin.buffer.read()  # returns at end of file: the parent is gone or wants the server stopped
-    server.close()
+    address = ServerAddress(server.uri, server.port, server.web_ui_link, os.getpid())
+    address.write(Path(directory))
+    print(json.dumps(asdict(address)), flush=True)
+    try:
+        sys.stdin.buffer.read()  # returns at end of file: the parent is gone or wants the server stopped
+    finally:
+        address.forget(Path(directory))
+        server.close()

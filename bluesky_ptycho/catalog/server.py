@@ -8,11 +8,12 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import platformdirs
+from filelock import FileLock
 
-from .embedded import EmbeddedServer
+from .embedded import STARTUP_TIMEOUT_S, EmbeddedServer, ServerAddress
 
 logger = logging.getLogger(__name__)
-_servers: dict[Path, EmbeddedServer] = {}
+_children: dict[Path, EmbeddedServer] = {}  # the servers this process started
 
 
 def default_catalog_directory() -> Path:
@@ -30,33 +31,48 @@ def default_frames_directory() -> Path:
 
 def embedded_server(
     directory: str | Path | None = None, readable_storage: list[str | Path] | None = None
-) -> EmbeddedServer:
-    """A persistent local Tiled server on loopback, started on first use (one per directory).
+) -> ServerAddress:
+    """The local Tiled server of the catalog in ``directory``: the one already running, or a new one.
 
-    It runs in a child process (see :mod:`bluesky_ptycho.catalog.embedded`)
-    and stops when this process exits. ``readable_storage``: directories of
-    external (e.g. HDF5 detector) files the catalog may read; default
-    :func:`default_frames_directory`.
+    Every process on the machine shares one server per catalog (its database
+    takes one process at a time): where another process's server answers
+    (its address in ``directory / "server.json"``), this one connects to it;
+    otherwise it starts one in a child process (see
+    :mod:`bluesky_ptycho.catalog.embedded`), which stops when this process
+    exits. ``bluesky-ptycho catalog serve`` runs one until it is stopped.
+    ``readable_storage``: directories of external (e.g. HDF5 detector) files
+    the catalog may read; default :func:`default_frames_directory`.
     """
     directory = Path(directory or default_catalog_directory()).resolve()
-    if directory not in _servers:
-        directory.mkdir(parents=True, exist_ok=True)
-        if not _servers:
+    if directory in _children:
+        return _children[directory].address
+    directory.mkdir(parents=True, exist_ok=True)
+    # two processes opening the catalog at once must not both start a server
+    with FileLock(directory / "server.lock", timeout=STARTUP_TIMEOUT_S):
+        running = ServerAddress.read(directory)
+        if running is not None and running.alive():
+            logger.debug("embedded catalog served by process %d", running.pid)
+            return running
+        if not _children:
             atexit.register(close_embedded_servers)
         readable = [Path(p) for p in (readable_storage or [default_frames_directory()])]
         for path in readable:
             path.mkdir(parents=True, exist_ok=True)
-        _servers[directory] = EmbeddedServer(directory, readable)
-        logger.info(
-            "embedded Tiled catalog at %s (data in %s)", redact(_servers[directory].web_ui_link), directory
-        )
-    return _servers[directory]
+        _children[directory] = EmbeddedServer(directory, readable)
+    address = _children[directory].address
+    logger.info("embedded Tiled catalog at %s (data in %s)", redact(address.web_ui_link), directory)
+    return address
+
+
+def started_here(address: ServerAddress) -> bool:
+    """Whether this process started the server at ``address`` (it stops when this process exits)."""
+    return any(child.address == address for child in _children.values())
 
 
 def close_embedded_servers() -> None:
     """Stop every embedded server this process started."""
-    while _servers:
-        _, server = _servers.popitem()
+    while _children:
+        _, server = _children.popitem()
         server.close()
 
 

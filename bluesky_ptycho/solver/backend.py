@@ -11,6 +11,7 @@ scatter-add, sliding windows) through this module.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
@@ -25,10 +26,9 @@ import scipy.fft
 
 from . import strict
 
-try:
-    import pyfftw
-except ImportError:  # the optional "fftw" extra
-    pyfftw = None
+# the optional "fftw" extra; imported on first use, since importing pyFFTW imports
+# dask.array where dask is installed (0.7 s that a short CLI call need not pay)
+FFTW_INSTALLED = importlib.util.find_spec("pyfftw") is not None
 
 try:  # pragma: no cover - exercised only where CuPy and a GPU are present
     import cupy
@@ -115,7 +115,7 @@ def default_workers() -> int:
 
 def default_fft_library() -> str:
     """The library that computes CPU FFTs unless told otherwise: "fftw" where pyFFTW is installed, else "scipy"."""
-    return "fftw" if pyfftw is not None else "scipy"
+    return "fftw" if FFTW_INSTALLED else "scipy"
 
 
 def check_fft_library(name: str) -> str:
@@ -128,7 +128,7 @@ def check_fft_library(name: str) -> str:
     """
     if name not in FFT_LIBRARIES:
         raise ValueError(f"FFT library must be one of {FFT_LIBRARIES}, got {name!r}")
-    if name == "fftw" and pyfftw is None:
+    if name == "fftw" and not FFTW_INSTALLED:
         raise ValueError("the 'fftw' FFT library needs pyFFTW: pip install 'bluesky-ptycho[fftw]'")
     return name
 
@@ -148,9 +148,9 @@ def _fftw_plan(shape: tuple[int, ...], dtype, forward: bool, threads: int):
     if key in kept:
         kept.move_to_end(key)
         return kept[key]
-    scratch = pyfftw.empty_aligned(shape, dtype)
+    scratch = _pyfftw().empty_aligned(shape, dtype)
     effort = "FFTW_MEASURE" if shape[-1] * shape[-2] >= _FFTW_MEASURED_PIXELS else "FFTW_ESTIMATE"
-    plan = pyfftw.FFTW(
+    plan = _pyfftw().FFTW(
         scratch,
         scratch,
         axes=(-2, -1),
@@ -166,13 +166,13 @@ def _fftw_plan(shape: tuple[int, ...], dtype, forward: bool, threads: int):
 
 def is_aligned(x) -> bool:
     """Whether ``x`` starts where FFTW's SIMD code wants it (always True without pyFFTW)."""
-    return pyfftw is None or x.ctypes.data % pyfftw.simd_alignment == 0
+    return not FFTW_INSTALLED or x.ctypes.data % _pyfftw().simd_alignment == 0
 
 
 def empty_aligned(shape: tuple[int, ...], dtype, xp: ModuleType = np):
     """An uninitialised array on ``xp``, SIMD-aligned for FFTW on NumPy."""
-    if xp is np and pyfftw is not None:
-        return pyfftw.empty_aligned(shape, dtype)
+    if xp is np and FFTW_INSTALLED:
+        return _pyfftw().empty_aligned(shape, dtype)
     return xp.empty(shape, dtype)
 
 
@@ -183,8 +183,13 @@ def _after_fork_in_child() -> None:
     _fftw_lost_in_fork = _fftw_threads_used
 
 
-if pyfftw is not None:
+@cache
+def _pyfftw() -> ModuleType:
+    """pyFFTW, imported once; FFTW's threads do not survive a fork, which the child is told."""
+    import pyfftw
+
     os.register_at_fork(after_in_child=_after_fork_in_child)
+    return pyfftw
 
 
 def _fftw_transform(x, forward: bool, workers: int, overwrite_x: bool):
@@ -211,10 +216,10 @@ def _fftw_transform(x, forward: bool, workers: int, overwrite_x: bool):
 
 def _fftw_serves(x, library: str) -> bool:
     """FFTW runs the frames of ``x`` in aligned chunks: every frame must keep the alignment."""
-    if library != "fftw" or pyfftw is None or _fftw_lost_in_fork:
+    if library != "fftw" or not FFTW_INSTALLED or _fftw_lost_in_fork:
         return False
     frame_bytes = x.shape[-1] * x.shape[-2] * np.dtype(np.result_type(x.dtype, np.complex64)).itemsize
-    return frame_bytes % pyfftw.simd_alignment == 0
+    return frame_bytes % _pyfftw().simd_alignment == 0
 
 
 def _transform2(x, forward: bool, workers: int | None, overwrite_x: bool, library: str | None = None):

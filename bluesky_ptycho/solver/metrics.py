@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import scipy.optimize
 
 from .backend import fft2
 from .data import PtychoData, ReconstructionResult
@@ -72,6 +71,8 @@ def object_error_arrays(estimate: np.ndarray, truth: np.ndarray, weights: np.nda
     can drift together by a translation, and the object's scale and phase
     ramp are not determined by the data.
     """
+    import scipy.optimize  # 0.4 s to import: here, not in every CLI call
+
     if estimate.shape != truth.shape or weights.shape != truth.shape:
         raise ValueError(
             f"shapes differ: estimate {estimate.shape}, truth {truth.shape}, weights {weights.shape}"
