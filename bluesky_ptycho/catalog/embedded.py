@@ -29,6 +29,10 @@ import httpx
 STARTUP_TIMEOUT_S = 120
 ALIVE_TIMEOUT_S = 2.0
 ADDRESS_FILE = "server.json"
+# the runs live in this container, made as production Tiled deployments of Bluesky
+# make theirs, so that bluesky-tiled-plugins' and databroker's clients serve it
+RUNS = "runs"
+RUNS_SPEC = ("CatalogOfBlueskyRuns", "3.0")  # 3.x: runs in SQL, searched by SQL queries
 CHILD = "import sys; from bluesky_ptycho.catalog.embedded import main; main(sys.argv[1:])"
 
 
@@ -142,12 +146,23 @@ class EmbeddedServer:
         self._process.stdout.close()
 
 
+def ensure_runs_container(uri: str) -> None:
+    """Create the catalog of runs (:data:`RUNS`) under the root at ``uri`` if it is not there yet."""
+    from tiled.client import from_uri
+    from tiled.structures.core import Spec
+
+    root = from_uri(uri)
+    if RUNS not in root:
+        root.create_container(RUNS, specs=[Spec(*RUNS_SPEC)])
+
+
 def main(arguments: list[str]) -> None:
     """Serve ``arguments[0]`` (readable storage: the rest) until standard input closes."""
     from tiled.server import SimpleTiledServer
 
     directory, *readable = arguments
     server = SimpleTiledServer(directory, readable_storage=readable or None)
+    ensure_runs_container(server.uri)
     address = ServerAddress(server.uri, server.port, server.web_ui_link, os.getpid())
     address.write(Path(directory))
     print(json.dumps(asdict(address)), flush=True)

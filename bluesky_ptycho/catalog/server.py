@@ -10,7 +10,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import platformdirs
 from filelock import FileLock
 
-from .embedded import STARTUP_TIMEOUT_S, EmbeddedServer, ServerAddress
+from .embedded import RUNS, STARTUP_TIMEOUT_S, EmbeddedServer, ServerAddress
 
 logger = logging.getLogger(__name__)
 _children: dict[Path, EmbeddedServer] = {}  # the servers this process started
@@ -81,8 +81,12 @@ def connect(
     directory: str | Path | None = None,
     readable_storage: list[str | Path] | None = None,
 ):
-    """A Tiled client: the embedded server (``catalog`` None), a URI, or a Tiled profile name.
+    """A Tiled client: the embedded catalog (``catalog`` None), a URI, or a Tiled profile name.
 
+    The embedded catalog's runs are in a container with the
+    ``CatalogOfBlueskyRuns`` spec, so the client is bluesky-tiled-plugins'
+    ``CatalogOfBlueskyRuns``: ``catalog[-1]``, ``catalog[scan_id]``,
+    ``catalog["partial uid"]``, ``catalog.v1``/``v2`` and its queries work.
     ``directory`` and ``readable_storage`` configure the embedded server (see :func:`embedded_server`).
     An API key in the URI is sent as a header, never in request URLs (which
     HTTP libraries log); better still, give it in ``TILED_API_KEY``.
@@ -90,7 +94,7 @@ def connect(
     from tiled.client import from_profile, from_uri
 
     if catalog is None:
-        catalog = embedded_server(directory, readable_storage).uri
+        return from_uri(embedded_server(directory, readable_storage).uri)[RUNS]
     if "://" not in catalog:
         return from_profile(catalog)
     uri, api_key = _split_api_key(catalog)
