@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .cli_options import console, make_settings, settings_options
+from .cli_options import console, make_settings, scan_metadata_from, scan_metadata_options, settings_options
 from .io import CXIFormatError, read_cxi, write_cxi, write_result
 from .solver import (
     ReconstructionResult,
@@ -141,6 +141,7 @@ def with_catalog_options(function):
     metavar="UID",
     help="Start from the probe of this reconstruction (or the newest one of this raw scan) in the catalog.",
 )
+@scan_metadata_options
 @settings_options
 def reconstruct_command(
     input_file, raw_uid, catalog, catalog_dir, output, png, probe_file, probe_from, **options
@@ -150,16 +151,21 @@ def reconstruct_command(
     A file gives a result file (CXI/HDF5) and a summary PNG; a catalog scan
     gives a new reconstruction run in the same catalog, and the PNG.
     """
+    scan_metadata = scan_metadata_from(options)
     settings = make_settings(**options)
     if (input_file is None) == (raw_uid is None):
         raise click.UsageError("give either FILE.cxi or --uid RAW_UID")
+    if input_file is not None and (scan_metadata["configuration_signals"] or len(scan_metadata) > 1):
+        raise click.UsageError(
+            "the scan-metadata options (--data-key ... --configuration-signal) are for --uid"
+        )
     if probe_file is not None and probe_from is not None:
         raise click.UsageError("give either --probe FILE or --probe-from UID, not both")
     previous = earlier_probe(probe_file, probe_from, catalog, catalog_dir)
     if raw_uid is not None:
         # the callback reads a file itself, so that the run records the file as the probe's source
         given = probe_file or (previous[0] if previous else None)
-        reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings, given)
+        reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings, given, scan_metadata)
         return
     try:
         data = read_cxi(input_file)
@@ -228,7 +234,10 @@ def describe_probe(extra: dict) -> str:
     return f"{text} ({'measured from the data' if source == 'defocus estimate' else 'given'})"
 
 
-def reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings, previous=None) -> None:
+def reconstruct_from_catalog(
+    raw_uid, catalog, catalog_dir, png, settings, previous=None, scan_metadata: dict | None = None
+) -> None:
+    """Reconstruct the archived scan ``raw_uid``; ``scan_metadata``: the callback's overrides and configuration signals."""
     from .catalog import connect, find_reconstruction
     from .replay import reconstruct_archived_scan
 
@@ -237,15 +246,17 @@ def reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings, previ
         f"reconstructing scan {raw_uid} ({settings.algorithm}, {settings.iterations} iterations)"
     ):
         try:
-            reconstruct_archived_scan(client, raw_uid, settings, initial_probe=previous)
+            reconstruct_archived_scan(
+                client, raw_uid, settings, initial_probe=previous, **(scan_metadata or {})
+            )
         except KeyError as error:
             raise click.ClickException(str(error.args[0])) from None
     try:
         run = find_reconstruction(client, raw_uid)
     except LookupError:
         raise click.ClickException(
-            f"scan {raw_uid} is not a ptychography scan (no start['ptycho'] and no frames under a "
-            "ptycho data_key): nothing was reconstructed"
+            f"scan {raw_uid} is not a ptychography scan (no start['ptycho']; for a plan that does not "
+            "record it, give --data-key, --x-key and --y-key): nothing was reconstructed"
         ) from None
     summary = show_reconstruction(run, png or Path(f"{raw_uid[:8]}_recon.png"))
     if summary.exit_status != "success":

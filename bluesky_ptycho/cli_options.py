@@ -10,12 +10,10 @@ from rich.console import Console
 from .solver import ALGORITHMS, ReconstructionSettings
 from .solver.algorithms import REGISTRY
 from .solver.backend import DEVICES
+from .solver.data import LENGTH_UNITS
 from .solver.options import settable
 
 console = Console()
-
-
-DISTANCE_UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}
 
 
 class Defocus(click.ParamType):
@@ -27,9 +25,9 @@ class Defocus(click.ParamType):
         if not isinstance(value, str) or value.lower() in ("auto", "none"):
             return value if not isinstance(value, str) else value.lower()
         text = value.strip().lower()
-        unit = next((u for u in sorted(DISTANCE_UNITS, key=len, reverse=True) if text.endswith(u)), None)
+        unit = next((u for u in sorted(LENGTH_UNITS, key=len, reverse=True) if text.endswith(u)), None)
         try:
-            number = float(text[: -len(unit)] if unit else text) * DISTANCE_UNITS.get(unit, 1.0)
+            number = float(text[: -len(unit)] if unit else text) * LENGTH_UNITS.get(unit, 1.0)
         except ValueError:
             self.fail(
                 f"{value!r} is not 'auto', 'none' or a distance such as 1.2e-3, 1.2mm or 1200um", param, ctx
@@ -133,3 +131,70 @@ def make_settings(
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from None
+
+
+# what reconstruct --uid takes for a scan that does not record its geometry (the callback's overrides)
+SCAN_KEY_TYPES = {"photon_energy_ev": float, "detector_distance_m": float, "detector_pixel_size_m": float}
+
+
+def parse_configuration_signal(value: str) -> tuple[str, tuple[str, float]]:
+    """``KEY=SIGNAL`` or ``KEY=SIGNAL*FACTOR`` as (key, (signal, factor)); ValueError names the form."""
+    key, _, source = value.partition("=")
+    signal, _, factor = source.partition("*")
+    if not key or not signal:
+        raise ValueError(f"{value!r} is not KEY=SIGNAL or KEY=SIGNAL*FACTOR")
+    return key.strip(), (signal.strip(), float(factor) if factor else 1.0)
+
+
+def scan_metadata_options(function):
+    """``--data-key`` ... ``--detector-pixel-size-m`` and ``--configuration-signal``: the scan-metadata overrides."""
+    from .scan_metadata import PTYCHO_KEYS
+
+    options = [
+        click.option(
+            f"--{key.replace('_', '-')}",
+            key,
+            type=SCAN_KEY_TYPES.get(key, str),
+            default=None,
+            help=f"With --uid: the scan's {description} (overrides start['ptycho']).",
+        )
+        for key, description in PTYCHO_KEYS.items()
+        if key != "scan_area"
+    ]
+    options.append(
+        click.option(
+            "--configuration-signal",
+            "configuration_signals",
+            multiple=True,
+            metavar="KEY=SIGNAL[*FACTOR]",
+            help="With --uid: read a geometry key from this device configuration signal of the frames' "
+            "descriptor (FACTOR converts its unit, e.g. photon_energy_ev=mono_energy*1000 for keV).",
+        )
+    )
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def scan_metadata_from(options: dict) -> dict:
+    """Take the scan-metadata options out of ``options``: the overrides and ``configuration_signals``.
+
+    Raises
+    ------
+    click.UsageError
+        For a configuration signal that is not KEY=SIGNAL[*FACTOR] or names no geometry key.
+    """
+    from .scan_metadata import PTYCHO_KEYS, configuration_metadata
+
+    given = {key: options.pop(key) for key in list(options) if key in PTYCHO_KEYS}
+    try:
+        signals = dict(
+            parse_configuration_signal(value) for value in options.pop("configuration_signals", ())
+        )
+        configuration_metadata({}, signals)
+    except ValueError as error:
+        raise click.UsageError(f"--configuration-signal: {error}") from None
+    return {
+        **{key: value for key, value in given.items() if value is not None},
+        "configuration_signals": signals,
+    }

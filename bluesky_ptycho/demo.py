@@ -13,6 +13,7 @@ from .callbacks import PtychoCallback
 from .catalog import DurableCatalogWriter, connect, latest_final_reconstruction
 from .catalog.server import redact
 from .plotting import save_summary_png
+from .scan_metadata import ScanGeometry
 from .sim import fermat_spiral_ptycho_scan, simulated_beamline
 from .solver import PtychoData, ReconstructionSettings, fourier_r_factor, object_error, warm_up
 
@@ -52,9 +53,13 @@ def run_live_demo(
     callback.wait()
     writer.flush()
     result = latest_final_reconstruction(client, uid)
+    scan = ScanGeometry.from_metadata(client[uid].metadata["start"]["ptycho"])
     raw = client[uid]["primary"]
-    positions = np.stack([raw["stage_x"].read(), raw["stage_y"].read()], axis=1) * 1e-6
-    data = PtychoData(np.asarray(raw["det_image"].read()), positions, detector.sample.geometry)
+    positions = (
+        np.stack([raw[scan.x_key].read(), raw[scan.y_key].read()], axis=1) * scan.metres_per_position_unit
+    )
+    frames = np.asarray(raw[scan.data_key].read())
+    data = PtychoData(frames, positions, scan.geometry(frames.shape[-2:]))
     console.print(
         f"object error {object_error(result, detector.sample.truth(positions)):.4f}, "
         f"R-factor {fourier_r_factor(result, data):.4f}"

@@ -43,7 +43,14 @@ def test_profile_scans_and_finds_the_reconstruction_in_the_catalog(tmp_path):
         "ptycho.wait(120); tiled_writer.flush(120); "
         "result = latest_final_reconstruction(catalog, uid); "
         "print('FOUND', uid, result.n_frames, len(reconstructions_of(catalog, uid)), "
-        "catalog[uid]['primary']['det_image'].read().shape)"
+        "catalog[uid]['primary']['det_image'].read().shape); "
+        # Bluesky's own plans: a spiral is reconstructed (geometry from the detector's
+        # configuration), a count is left alone
+        "(spiral,) = RE(bp.rel_spiral_fermat([det], stage.x, stage.y, 4, 4, 0.35, factor=1)); "
+        "(count,) = RE(bp.count([det], 2)); "
+        "ptycho.wait(120); tiled_writer.flush(120); "
+        "print('SPIRAL', latest_final_reconstruction(catalog, spiral).n_frames, "
+        "len(reconstructions_of(catalog, count)))"
     )
     completed = run_ipython(profile, env, code)
     assert completed.returncode == 0, completed.stdout + completed.stderr
@@ -51,8 +58,10 @@ def test_profile_scans_and_finds_the_reconstruction_in_the_catalog(tmp_path):
     assert found, completed.stdout + completed.stderr
     _, _, n_frames, n_runs, *shape = found[0].split(maxsplit=4)
     assert int(n_frames) == 60 and int(n_runs) == 1 and "(60, 64, 64)" in shape[0]
+    spiral = [line.split() for line in completed.stdout.splitlines() if line.startswith("SPIRAL")]
+    assert spiral and int(spiral[0][1]) > 20 and spiral[0][2] == "0", completed.stdout + completed.stderr
     assert list((tmp_path / "frames").glob("*.h5"))
     # a new session goes on counting scans where the last one stopped
     code = "print('SCAN_ID', RE.md.get('scan_id'))"
     completed = run_ipython(profile, env, code)
-    assert "SCAN_ID 1" in completed.stdout, completed.stdout + completed.stderr
+    assert "SCAN_ID 3" in completed.stdout, completed.stdout + completed.stderr

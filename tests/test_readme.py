@@ -16,6 +16,7 @@ EXAMPLES = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.DOTAL
 CHECKS = {
     "latest_final_reconstruction(catalog, uid)": "print('CHECK', result.n_frames == 200 and result.extra['final'])",
     "object_error(result, sim)": "print('CHECK', object_error(result, sim) < 0.1)",
+    "bp.rel_spiral_fermat": "print('CHECK', documents[-1][0] == 'stop' and documents[-1][1]['exit_status'] == 'success')",
     'options={"relaxation": 0.9}': "print('CHECK', type(settings.options).__name__ == 'DMOptions')",
 }
 

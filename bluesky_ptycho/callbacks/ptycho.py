@@ -21,7 +21,6 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -33,89 +32,13 @@ from ..catalog.queries import latest_probe_for
 from ..federation.jobs import ReconstructionJob, Runner
 from ..federation.local import LocalRunner
 from ..io import read_result
-from ..solver.data import ELECTRON_VOLT, Geometry, ReconstructionResult
+from ..scan_metadata import ConfigurationSignals, ScanGeometry, configuration_metadata, start_metadata
+from ..solver.data import Geometry, ReconstructionResult
 from ..solver.probe import reusable_probe
-from ..solver.scan_area import ScanArea
 from ..solver.settings import ReconstructionSettings
 from .external import ExternalFrames
 
 logger = logging.getLogger(__name__)
-
-UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}
-REQUIRED_KEYS = (
-    "data_key",
-    "x_key",
-    "y_key",
-    "photon_energy_ev",
-    "detector_distance_m",
-    "detector_pixel_size_m",
-)
-
-
-@dataclass
-class ScanGeometry:
-    """Where a scan's frames and positions are, and the instrument geometry (from ``start["ptycho"]``)."""
-
-    data_key: str
-    x_key: str
-    y_key: str
-    position_unit: str
-    photon_energy_ev: float
-    detector_distance_m: float
-    detector_pixel_size_m: float
-    scan_area: ScanArea | None = None
-
-    @classmethod
-    def from_metadata(cls, metadata: dict) -> ScanGeometry:
-        """Build from ``start["ptycho"]`` merged with overrides.
-
-        Raises
-        ------
-        ValueError
-            Naming every missing key, an unknown position unit or a bad scan area.
-        """
-        missing = [key for key in REQUIRED_KEYS if metadata.get(key) is None]
-        if missing:
-            raise ValueError(
-                "the start document lacks the ptycho geometry keys "
-                f"{', '.join(missing)} (put them in start['ptycho'] or pass them to PtychoCallback)"
-            )
-        unit = metadata.get("position_unit", "um")
-        if unit not in UNITS:
-            raise ValueError(f"unknown position_unit {unit!r}; use one of {', '.join(UNITS)}")
-        area = metadata.get("scan_area")
-        if area is not None:
-            try:
-                area = ScanArea(*(float(value) * UNITS[unit] for value in area))
-            except (TypeError, ValueError) as error:
-                raise ValueError(
-                    f"scan_area {area!r} is not [x_min, x_max, y_min, y_max] in {unit}: {error}"
-                ) from None
-        return cls(
-            data_key=metadata["data_key"],
-            x_key=metadata["x_key"],
-            y_key=metadata["y_key"],
-            position_unit=unit,
-            photon_energy_ev=float(metadata["photon_energy_ev"]),
-            detector_distance_m=float(metadata["detector_distance_m"]),
-            detector_pixel_size_m=float(metadata["detector_pixel_size_m"]),
-            scan_area=area,
-        )
-
-    @cached_property
-    def field_of_view_m(self) -> float:
-        """Edge in metres of the sample area one frame sees (wavelength x distance / detector pixel, any frame size)."""
-        geometry = self.geometry((2, 2))  # any frame shape: only the wavelength matters here
-        return geometry.wavelength * geometry.detector_distance / geometry.detector_pixel_size
-
-    def geometry(self, frame_shape: tuple[int, int]) -> Geometry:
-        """The solver's geometry for frames of ``frame_shape``."""
-        return Geometry.from_energy(
-            self.photon_energy_ev * ELECTRON_VOLT,
-            self.detector_distance_m,
-            self.detector_pixel_size_m,
-            frame_shape,
-        )
 
 
 class _Problems:
@@ -189,7 +112,8 @@ class _Run:
 
     start: dict
     writer: ReconstructionRunWriter
-    scan: ScanGeometry | None = None
+    metadata: dict  # from the start document and the overrides; completed by a descriptor's configuration
+    scan: ScanGeometry | None = None  # None until the metadata are complete
     error: str | None = None
     descriptors: set[str] = field(default_factory=set)
     frames: list[np.ndarray] = field(default_factory=list)  # not yet handed to the runner
@@ -254,11 +178,18 @@ class PtychoCallback(DocumentRouter):
         from its frames instead.
     catalog
         The Tiled catalog to look in for ``initial_probe="latest"``.
+    configuration_signals
+        Geometry keys read from the devices' configuration recorded in the
+        frames' descriptor, where the start document and the overrides do
+        not give them: ``{"photon_energy_ev": "mono_energy", ...}``, or a
+        (signal name, factor) pair whose factor converts the signal's unit
+        to the key's (``("mono_energy", 1000.0)`` for keV).
     **geometry
         Overrides of ``start["ptycho"]`` keys (``data_key``, ``x_key``,
         ``y_key``, ``position_unit``, ``photon_energy_ev``,
         ``detector_distance_m``, ``detector_pixel_size_m`` and the optional
-        ``scan_area``) for plans that do not record them.
+        ``scan_area``) for plans that do not record them. See
+        :mod:`bluesky_ptycho.scan_metadata`.
     """
 
     def __init__(
@@ -274,6 +205,7 @@ class PtychoCallback(DocumentRouter):
         on_result: Callable[[str, ReconstructionResult, bool], Any] | None = None,
         initial_probe: str | Path | ReconstructionResult | None = None,
         catalog: Any = None,
+        configuration_signals: ConfigurationSignals | None = None,
         **geometry: Any,
     ) -> None:
         if initial_probe == "latest" and catalog is None:
@@ -297,6 +229,8 @@ class PtychoCallback(DocumentRouter):
         self.catalog = catalog
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptycho-probe-lookup")
         self.geometry_overrides = geometry
+        self.configuration_signals = dict(configuration_signals or {})
+        configuration_metadata({}, self.configuration_signals)  # a key that cannot be configured fails here
         self._runs: dict[str, _Run] = {}
         self._run_of_descriptor: dict[str, str] = {}  # descriptors of the frames' streams
         self._other_descriptors: dict[str, str] = {}  # of the runs' other streams (ignored)
@@ -319,27 +253,29 @@ class PtychoCallback(DocumentRouter):
 
     def start(self, doc: dict) -> None:
         """Open a run; only ptychography scans (``start["ptycho"]``, or the frame key in a descriptor) are reconstructed."""
-        scan, error = None, None
-        is_ptycho = "ptycho" in doc
-        try:
-            scan = ScanGeometry.from_metadata(self._scan_metadata(doc))
-        except ValueError as invalid:
-            error = str(invalid)
-            if is_ptycho:
-                logger.error("scan %s: %s", doc["uid"], error)
         writer = ReconstructionRunWriter(
             self.emit_reconstruction,
             doc,
             self.settings.to_dict(),
             getattr(self.runner, "location", "?"),
-            scan_area=scan.scan_area if scan else None,
             probe_modes=max(self.settings.probe_modes, self.preview_settings.probe_modes),
         )
-        self._runs[doc["uid"]] = _Run(start=doc, writer=writer, scan=scan, error=error, is_ptycho=is_ptycho)
+        run = _Run(start=doc, writer=writer, metadata=start_metadata(doc, self.geometry_overrides))
+        run.is_ptycho = "ptycho" in doc
+        self._runs[doc["uid"]] = run
+        if not set(self.configuration_signals) - set(run.metadata):  # complete without a descriptor
+            self._describe_scan(run, run.metadata)
 
-    def _scan_metadata(self, start: dict) -> dict:
-        """The scan's ptycho metadata: ``start["ptycho"]`` with the constructor's overrides."""
-        return {**start.get("ptycho", {}), **self.geometry_overrides}
+    def _describe_scan(self, run: _Run, metadata: dict) -> None:
+        """Set the run's scan geometry from its complete ``metadata``, or record why it cannot be."""
+        try:
+            run.scan = ScanGeometry.from_metadata(metadata, self.configuration_signals)
+        except ValueError as invalid:
+            run.error = str(invalid)
+            if run.is_ptycho:
+                logger.error("scan %s: %s", run.start["uid"], run.error)
+            return
+        run.writer.scan_area = run.scan.scan_area
 
     def descriptor(self, doc: dict) -> None:
         run = self._runs.get(doc["run_start"])
@@ -349,16 +285,27 @@ class PtychoCallback(DocumentRouter):
             )
             return
         run.descriptors.add(doc["uid"])
-        has_frames = self._scan_metadata(run.start).get("data_key") in doc["data_keys"]
-        run.is_ptycho = run.is_ptycho or has_frames
-        if run.scan is not None and has_frames:
-            self._run_of_descriptor[doc["uid"]] = doc["run_start"]
-            shape = [n for n in doc["data_keys"][run.scan.data_key].get("shape") or [] if n != 1]
-            if run.frame_shape is None and len(shape) == 2 and min(shape) > 1:
-                run.frame_shape = (int(shape[0]), int(shape[1]))  # as the detector declares it
-                self._look_up_probe(run)
-        else:
+        # a ptychography scan's frames come with positions: a count of the detector is no such scan
+        keys = [run.metadata.get(key) for key in ("data_key", "x_key", "y_key")]
+        run.is_ptycho = run.is_ptycho or all(key in doc["data_keys"] for key in keys)
+        if not run.is_ptycho or keys[0] not in doc["data_keys"]:
             self._other_descriptors[doc["uid"]] = doc["run_start"]
+            return
+        if run.scan is None and run.error is None:  # the geometry waited for the configuration
+            try:
+                self._describe_scan(
+                    run, {**configuration_metadata(doc, self.configuration_signals), **run.metadata}
+                )
+            except ValueError as invalid:
+                run.error = str(invalid)
+        if run.scan is None:
+            self._other_descriptors[doc["uid"]] = doc["run_start"]
+            return
+        self._run_of_descriptor[doc["uid"]] = doc["run_start"]
+        shape = [n for n in doc["data_keys"][run.scan.data_key].get("shape") or [] if n != 1]
+        if run.frame_shape is None and len(shape) == 2 and min(shape) > 1:
+            run.frame_shape = (int(shape[0]), int(shape[1]))  # as the detector declares it
+            self._look_up_probe(run)
 
     def event(self, doc: dict) -> None:
         run_uid = self._run_of_descriptor.get(doc["descriptor"])
@@ -368,7 +315,7 @@ class PtychoCallback(DocumentRouter):
             return
         run = self._runs[run_uid]
         data = doc["data"]
-        scale = UNITS[run.scan.position_unit]
+        scale = run.scan.metres_per_position_unit
         position = (float(data[run.scan.x_key]) * scale, float(data[run.scan.y_key]) * scale)
         key = run.scan.data_key
         if key not in data:  # the frame comes (or came) in a StreamDatum
@@ -484,8 +431,8 @@ class PtychoCallback(DocumentRouter):
             )
         exit_status = doc.get("exit_status", "success")
         partial = exit_status != "success"
-        if run.error is not None:
-            run.writer.close("fail", reason=run.error)
+        if run.error is not None or run.scan is None:
+            run.writer.close("fail", reason=run.error or "no descriptor of the frames came")
             return
         if run.collected == 0:
             run.writer.close("fail", reason="the scan recorded no diffraction frames")

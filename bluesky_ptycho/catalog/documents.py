@@ -110,6 +110,7 @@ class ReconstructionRunWriter:
         The area the raw scan is planned to cover, when known: every object
         is then stored on one canvas that covers it (``object_origin`` is that
         canvas's), so the catalog holds the objects as one regular array.
+        May be set later (the attribute), until the first result is written.
     probe_modes
         The most probe modes any result of the run has (previews may have
         fewer than the final): every probe is stored with this many, the
@@ -128,7 +129,7 @@ class ReconstructionRunWriter:
     ) -> None:
         self._emit = emit
         self._probe_modes = probe_modes
-        self._scan_area = scan_area
+        self.scan_area = scan_area
         self._canvas: ObjectCanvas | None = None
         self._lock = threading.Lock()
         self._bundle = compose_run(
@@ -169,8 +170,8 @@ class ReconstructionRunWriter:
             If the object does not fit the planned scan area's canvas.
         """
         with self._lock:
-            if self._scan_area is not None and self._canvas is None:
-                self._canvas = self._scan_area.canvas_for(result)
+            if self.scan_area is not None and self._canvas is None:
+                self._canvas = self.scan_area.canvas_for(result)
             if self._canvas is None:
                 obj, origin = result.object, result.object_origin
             else:

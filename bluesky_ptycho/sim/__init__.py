@@ -1,7 +1,8 @@
 """A simulated ophyd ptychography beamline: devices, plans and the imaged sample."""
 
+from ..scan_metadata import PTYCHO_KEYS
 from .devices import AD_HDF5_DATASET, HDF5PtychoDetector, PtychoDetector, SampleStage, simulated_beamline
-from .plans import PTYCHO_KEYS, fermat_spiral_ptycho_scan, ptycho_metadata, raster_ptycho_scan
+from .plans import fermat_spiral_ptycho_scan, ptycho_metadata, raster_ptycho_scan
 from .sample import SimulatedSample
 
 __all__ = [

@@ -1,7 +1,8 @@
 """Ptychography scan plans that record the geometry in the start document.
 
-The geometry lands in ``start["ptycho"]`` (see :data:`PTYCHO_KEYS`), which is
-what :class:`bluesky_ptycho.callbacks.PtychoCallback` reads.
+The geometry lands in ``start["ptycho"]`` (the keys of
+:data:`bluesky_ptycho.scan_metadata.PTYCHO_KEYS`), which is what
+:class:`bluesky_ptycho.callbacks.PtychoCallback` reads.
 """
 
 from __future__ import annotations
@@ -13,17 +14,6 @@ import numpy as np
 
 from ..solver.simulate import fermat_spiral
 from .devices import PtychoDetector, SampleStage
-
-PTYCHO_KEYS = {
-    "data_key": "event data key of the diffraction frames",
-    "x_key": "event data key of the sample x position",
-    "y_key": "event data key of the sample y position",
-    "position_unit": "unit of the positions: 'um', 'nm', 'mm' or 'm'",
-    "photon_energy_ev": "photon energy in eV",
-    "detector_distance_m": "sample-detector distance in m",
-    "detector_pixel_size_m": "detector pixel edge in m",
-    "scan_area": "optional [x_min, x_max, y_min, y_max] the positions are planned to cover, in position_unit",
-}
 
 
 def ptycho_metadata(

@@ -18,6 +18,8 @@ import numpy as np
 
 PLANCK_TIMES_C = 6.62607015e-34 * 299792458.0  # J m
 ELECTRON_VOLT = 1.602176634e-19  # J
+# metres per unit of the lengths users type and plans record
+LENGTH_UNITS = {"m": 1.0, "mm": 1e-3, "um": 1e-6, "µm": 1e-6, "nm": 1e-9}
 
 
 def wavelength_from_energy(energy_joule: float) -> float:

@@ -8,6 +8,8 @@
 # BLUESKY_PTYCHO_MD_DIR: where the RunEngine's metadata (RE.md, with the scan_id counter) is kept.
 import os
 
+import bluesky.plan_stubs as bps  # noqa: F401 (for the user)
+import bluesky.plans as bp  # noqa: F401 (for the user)
 import platformdirs
 from bluesky import RunEngine
 from bluesky.callbacks.best_effort import BestEffortCallback

@@ -1,9 +1,13 @@
-# Live ptychographic reconstruction of every scan that records start["ptycho"]:
-# previews every 50 frames, a final reconstruction after the scan, all into the catalog.
+# Live ptychographic reconstruction of every ptychography scan: previews every 50 frames, a final
+# reconstruction after the scan, all into the catalog. This package's plans record their geometry
+# in start["ptycho"]; Bluesky's own plans work too, with the keys and signals below:
 #
 #     (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=200))
+#     (uid,) = RE(bp.rel_spiral_fermat([det], stage.x, stage.y, 6, 6, 0.3, factor=1))
 #     ptycho.wait(); tiled_writer.flush()
 #     result = latest_final_reconstruction(catalog, uid)
+#
+# Other scans (counts, alignment scans: no frames with positions) are left alone.
 #
 # Where reconstructions run is the `runner`: here a worker process on this machine (CPU, or the GPU with
 # ReconstructionSettings(device="gpu")). Elsewhere (docs/federation.md):
@@ -24,8 +28,20 @@ from bluesky_ptycho.solver import ReconstructionSettings
 ptycho = PtychoCallback(
     tiled_writer,  # noqa: F821 (00-base.py)
     runner=LocalRunner(process=True),  # the solver in a worker process at lower priority
-    settings=ReconstructionSettings(algorithm="rpie", iterations=100),
+    settings=ReconstructionSettings.final(),  # LSQ-ML, 3 modes, 200 iterations: measured best
     preview_every=50,
+    # where a scan's frames and positions are, for plans that do not record start["ptycho"]
+    data_key=det.image.name,  # noqa: F821 (10-devices.py)
+    x_key=stage.x.name,  # noqa: F821 (10-devices.py)
+    y_key=stage.y.name,  # noqa: F821 (10-devices.py)
+    position_unit="um",
+    # the geometry from the detector's configuration signals, recorded in every descriptor
+    # (a (signal, factor) pair converts a unit: ("mono_energy", 1000.0) for an energy in keV)
+    configuration_signals={
+        "photon_energy_ev": det.photon_energy.name,  # noqa: F821 (10-devices.py)
+        "detector_distance_m": det.detector_distance.name,  # noqa: F821 (10-devices.py)
+        "detector_pixel_size_m": det.pixel_size.name,  # noqa: F821 (10-devices.py)
+    },
     # each scan starts from the probe of the newest good reconstruction taken with the same energy,
     # detector distance, pixel size and frame shape (the first scan of a setting: from its own frames)
     initial_probe="latest",
