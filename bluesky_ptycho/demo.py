@@ -37,12 +37,15 @@ def run_live_demo(
     RE.subscribe(writer)
     started = time.perf_counter()
 
+    done = {"iterations": 0}  # by the results shown so far: each continues from the last
+
     def show(raw_uid, result, final):
         label = "final  " if final else "preview"
         console.print(
             f"[{time.perf_counter() - started:5.1f} s] {label} {result.n_frames:4d} frames, "
-            f"{result.iterations:4d} iterations, cost {result.final_cost:.3e}"
+            f"{result.iterations - done['iterations']:4d} iterations, cost {result.final_cost:.3e}"
         )
+        done["iterations"] = result.iterations
 
     callback = PtychoCallback(writer, settings=settings, preview_every=preview_every, on_result=show)
     RE.subscribe(callback)

@@ -10,7 +10,7 @@ import numpy as np
 from bluesky.utils import single_gen
 from globus_sdk.token_storage import JSONTokenStorage, TokenStorageData
 
-from bluesky_ptycho.catalog import pairs_as_complex
+from bluesky_ptycho.catalog import from_polar
 from bluesky_ptycho.federation.auth import make_app, make_clients
 from bluesky_ptycho.federation.globus_settings import load_globus_settings, token_file
 from bluesky_ptycho.solver import ReconstructionResult
@@ -35,11 +35,11 @@ def scan_positions(raw: Documents, stage) -> np.ndarray:
 
 def result_of(data, settings):
     return ReconstructionResult(
-        object=pairs_as_complex(data["object"]),
-        probe=pairs_as_complex(data["probe"]),
+        object=from_polar(data["object_amplitude"], data["object_phase"]),
+        probe=from_polar(data["probe_amplitude"], data["probe_phase"]),
         positions=data["positions"],
-        pixel_size=tuple(data["pixel_size"]),
-        object_origin=tuple(data["object_origin"]),
+        pixel_size=(data["pixel_size_y"], data["pixel_size_x"]),
+        object_origin=(data["object_origin_x"], data["object_origin_y"]),
         cost_history=[],
         iterations=data["iteration"],
         settings=settings.to_dict(),

@@ -73,3 +73,33 @@ def test_v2_and_databroker_v1(scans):
     header = db[1]
     assert header.start["uid"] == count_uid
     assert list(header.table()["det"]) == list(run.primary.read()["det"].values)
+
+
+def test_object_and_probe_display_as_images_through_tiled(scans):
+    """Tiled's image endpoint renders the stored amplitude and phase as PNG, as its web interface does."""
+    import io
+
+    import httpx
+    from PIL import Image
+
+    directory, catalog, *_ = scans
+    primary = catalog.v3[-1]["primary"]
+    api_key = embedded_server(directory).uri.split("api_key=")[1]
+    last = primary["object_phase"].shape[0] - 1
+    for field, index in (
+        ("object_phase", f"{last}"),
+        ("object_amplitude", f"{last}"),
+        ("probe_amplitude", f"{last},0"),
+    ):
+        array = primary[field]
+        link = array.item["links"]["full"]
+        reply = httpx.get(
+            link,
+            params={"slice": index, "format": "image/png"},
+            headers={"Authorization": f"Apikey {api_key}"},
+            trust_env=False,
+        )
+        assert reply.status_code == 200, reply.text
+        image = Image.open(io.BytesIO(reply.content))
+        assert image.format == "PNG" and image.size == tuple(reversed(array.shape[-2:]))
+        assert len(set(image.getdata())) > 10  # a picture, not a flat field

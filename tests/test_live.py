@@ -14,7 +14,7 @@ from event_model import pack_event_page
 from helpers import Documents, after_event, result_of, scan_positions
 
 from bluesky_ptycho.callbacks import PtychoCallback
-from bluesky_ptycho.catalog import latest_final_reconstruction, pairs_as_complex, reconstructions_of
+from bluesky_ptycho.catalog import from_polar, latest_final_reconstruction, reconstructions_of, summarize
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, ptycho_metadata, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings, object_error
 
@@ -226,19 +226,27 @@ def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory
     (run,) = reconstructions_of(catalog, uid)
     assert run.metadata["stop"]["exit_status"] == "success"
     assert list(np.asarray(run["primary"]["n_frames"].read())) == [40, 80, 80]
-    # the plan records its scan area, so every object sits on one canvas: a regular array, not a ragged one
-    objects = run["primary"]["object"]
+    # the plan records its scan area and its number of points, so every object sits on one canvas
+    # and the positions have one shape: regular arrays (images the web interface shows), not ragged ones
+    objects = run["primary"]["object_phase"]
     assert type(objects).__name__ == "ArrayClient" and objects.shape[0] == 3
+    positions = run["primary"]["positions"]
+    assert type(positions).__name__ == "ArrayClient" and positions.shape == (3, 80, 2)
+    assert np.isnan(positions[0]).any(axis=1).sum() == 40  # the first preview saw 40 frames
     result = latest_final_reconstruction(catalog, uid)
     assert result.object.dtype == np.complex64 and result.n_frames == 80
-    assert result.object.shape == objects.shape[1:3]
+    assert result.object.shape == objects.shape[1:]
     py, px = result.pixel_size
     column, row = np.rint((np.asarray(results[-1].object_origin) - result.object_origin) / (px, py)).astype(
         int
     )
     rows, cols = results[-1].object.shape
-    np.testing.assert_array_equal(result.object[row : row + rows, column : column + cols], results[-1].object)
+    np.testing.assert_allclose(
+        result.object[row : row + rows, column : column + cols], results[-1].object, rtol=1e-5, atol=1e-6
+    )
     assert result.iterations == 20 * 2 + 30 and result.extra["final"]
+    assert result.cost_history == pytest.approx(results[-1].cost_history)  # the convergence stream
+    assert summarize(run).iterations == 30  # the final's own, not counting the previews it continued
     with pytest.raises(LookupError):
         latest_final_reconstruction(catalog, "no-such-scan")
 
@@ -321,9 +329,9 @@ def test_live_view_shows_each_preview_and_is_silent_under_agg(RE, beamline):
     assert set(plt.get_fignums()) - before == {view.figure.number}
     final = recon.named("event")[-1]["data"]
     phase = view.images["phase"].get_array()
-    np.testing.assert_allclose(phase, np.angle(pairs_as_complex(final["object"])), atol=1e-6)
-    assert view.cost_line.get_xdata()[-1] == final["iteration"]
-    assert len(view.cost_line.get_ydata()) == len(recon.named("event"))
+    np.testing.assert_array_equal(phase, final["object_phase"])
+    # one point per iteration, from the run's convergence stream
+    np.testing.assert_array_equal(view.cost_line.get_xdata(), np.arange(1, final["iteration"] + 1))
     plt.close(view.figure)
 
 
@@ -361,7 +369,9 @@ def test_previews_are_fast_and_the_final_uses_the_final_defaults(RE, beamline):
     assert callback.wait(120)
     assert recon.named("stop")[0]["exit_status"] == "success", recon.named("stop")[0]["reason"]
     assert recon.named("start")[0]["ptycho_solver"]["settings"]["algorithm"] == "lsqml"
-    probes = [pairs_as_complex(e["data"]["probe"]) for e in recon.named("event")]
+    probes = [
+        from_polar(e["data"]["probe_amplitude"], e["data"]["probe_phase"]) for e in recon.named("event")
+    ]
     assert {p.shape for p in probes} == {(3, 64, 64)}
     *previews, final = probes
     assert all(np.all(p[1:] == 0) and np.any(p[0] != 0) for p in previews), "previews: one mode"

@@ -1,12 +1,10 @@
-"""A live matplotlib view of a reconstruction: object phase and amplitude, probe, cost per preview."""
+"""A live matplotlib view of a reconstruction: object phase and amplitude, probe, cost per iteration."""
 
 from __future__ import annotations
 
 import matplotlib
 import numpy as np
 from bluesky.callbacks.mpl_plotting import QtAwareCallback
-
-from ..catalog.documents import pairs_as_complex
 
 
 def interactive_backend() -> bool:
@@ -36,7 +34,7 @@ class LiveReconstructionView(QtAwareCallback):
     images
         The ``AxesImage`` of ``"phase"``, ``"amplitude"`` (object) and ``"probe"``.
     cost_line
-        The convergence line: cost against iteration, one point per result.
+        The convergence line: cost against iteration (the run's "convergence" stream).
     """
 
     def __init__(self, enabled: bool | None = None, **kwargs) -> None:
@@ -48,6 +46,7 @@ class LiveReconstructionView(QtAwareCallback):
         self._title = ""
         self._iterations: list[int] = []
         self._costs: list[float] = []
+        self._streams: dict[str, str] = {}  # descriptor uid: stream name
 
     def start(self, doc: dict) -> None:
         if not self.enabled:
@@ -65,29 +64,32 @@ class LiveReconstructionView(QtAwareCallback):
             for name, ax in zip(("object phase", "object amplitude", "probe amplitude"), axes, strict=False):
                 ax.set_title(name)
                 ax.set_axis_off()
-            (self.cost_line,) = axes[3].semilogy([], [], "o-")
+            (self.cost_line,) = axes[3].semilogy([], [], "-")
             axes[3].set(xlabel="iteration", ylabel="cost", title="convergence")
         self._iterations, self._costs = [], []
         self._title = f"scan {doc.get('raw_scan_id')} ({doc.get('raw_uid', '')[:8]})"
         self.figure.suptitle(f"{self._title}: reconstructing")
 
+    def descriptor(self, doc: dict) -> None:
+        self._streams[doc["uid"]] = doc["name"]
+
     def event(self, doc: dict) -> None:
         if not self.enabled or self.figure is None:
             return
         data = doc["data"]
-        obj = pairs_as_complex(np.asarray(data["object"]))
-        probe = pairs_as_complex(np.asarray(data["probe"]))[0]
+        if self._streams.get(doc["descriptor"]) == "convergence":  # drawn with the next result
+            self._iterations.append(int(data["iteration"]))
+            self._costs.append(float(data["cost"]))
+            return
         for name, values in (
-            ("phase", np.angle(obj)),
-            ("amplitude", np.abs(obj)),
-            ("probe", np.abs(probe)),
+            ("phase", np.asarray(data["object_phase"])),
+            ("amplitude", np.asarray(data["object_amplitude"])),
+            ("probe", np.asarray(data["probe_amplitude"])[0]),
         ):
             image = self.images[name]
             image.set_data(values)
             image.set_extent((0, values.shape[1], values.shape[0], 0))
             image.set_clim(*np.percentile(values, [1, 99]))
-        self._iterations.append(int(data["iteration"]))
-        self._costs.append(float(data["cost"]))
         self.cost_line.set_data(self._iterations, self._costs)
         axes = self.cost_line.axes
         axes.relim()

@@ -1,6 +1,6 @@
 """Reconstruction results as event-model documents in Tiled/databroker catalogs, and queries."""
 
-from .documents import PLAN_NAME, ReconstructionRunWriter, pairs_as_complex, reconstruction_data_keys
+from .documents import PLAN_NAME, ReconstructionRunWriter, from_polar, reconstruction_data_keys
 from .queries import (
     ReconstructionSummary,
     find_reconstruction,
@@ -26,8 +26,8 @@ __all__ = [
     "default_spool_directory",
     "embedded_server",
     "find_reconstruction",
+    "from_polar",
     "latest_final_reconstruction",
-    "pairs_as_complex",
     "raw_scan_documents",
     "recent_reconstructions",
     "reconstruction_data_keys",

@@ -24,16 +24,22 @@ DocumentCallback = Callable[[str, dict], Any]
 PLAN_NAME = "ptycho_reconstruction"
 
 
-def complex_as_pairs(array: np.ndarray) -> np.ndarray:
-    """A complex64 array as float32 with a trailing (real, imaginary) axis of 2 (no copy)."""
-    array = np.ascontiguousarray(array, dtype=np.complex64)
-    return array.view(np.float32).reshape(*array.shape, 2)
+def as_polar(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A complex array as its amplitude and phase (radians), float32 images any viewer shows."""
+    array = np.asarray(array)
+    return np.abs(array).astype(np.float32), np.angle(array).astype(np.float32)
 
 
-def pairs_as_complex(array: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`complex_as_pairs`."""
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    return array.view(np.complex64)[..., 0]
+def from_polar(amplitude: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`as_polar`: the complex64 array."""
+    return (np.asarray(amplitude) * np.exp(1j * np.asarray(phase))).astype(np.complex64)
+
+
+def padded_positions(positions: np.ndarray, n_points: int | None) -> np.ndarray:
+    """``positions`` (N, 2) padded with NaN rows to the scan's ``n_points``, so every event has one shape."""
+    if n_points is None or len(positions) > n_points:
+        return positions
+    return np.concatenate([positions, np.full((n_points - len(positions), 2), np.nan)])
 
 
 def with_modes(probe: np.ndarray, modes: int) -> np.ndarray:
@@ -50,47 +56,62 @@ def with_modes(probe: np.ndarray, modes: int) -> np.ndarray:
 
 
 def reconstruction_data_keys(
-    probe_shape: tuple[int, int, int], object_shape: tuple[int, int] | None = None
+    probe_shape: tuple[int, int, int],
+    object_shape: tuple[int, int] | None = None,
+    n_points: int | None = None,
 ) -> dict[str, dict]:
     """Descriptor data keys of a reconstruction event (shapes that grow are None).
 
-    Complex arrays (object, probe) are stored as float32 with a trailing
-    (real, imaginary) axis, which every array store understands. The object
-    has ``object_shape`` when every result is placed on one canvas; otherwise
-    its shape grows with the scan (a ragged array, far slower to store).
+    Object and probe are stored as float32 amplitude and phase images, which
+    Tiled's web interface and image endpoint show as they are. The object has
+    ``object_shape`` when every result is placed on one canvas, and the
+    positions ``n_points`` rows (NaN where no frame was taken yet) when the
+    scan's number of points is known; otherwise they grow with the scan
+    (ragged arrays: far slower to store, and not shown by the web interface).
     """
-
-    def key(
-        dtype: str,
-        shape: list,
-        units: str | None = None,
-        description: str | None = None,
-        dtype_numpy: str = "<f8",
-    ) -> dict:
-        described = {"source": "bluesky-ptycho", "dtype": dtype, "shape": shape}
-        if dtype == "array":
-            described["dtype_numpy"] = dtype_numpy
-        if units:
-            described["units"] = units
-        if description:
-            described["description"] = description
-        return described
-
-    pairs = "complex as (..., 2) real/imaginary float32"
+    obj = list(object_shape or (None, None))
     return {
-        "object": key("array", [*(object_shape or (None, None)), 2], description=pairs, dtype_numpy="<f4"),
-        "probe": key("array", [*probe_shape, 2], description=pairs, dtype_numpy="<f4"),
-        "positions": key("array", [None, 2], "m"),
-        "pixel_size": key("array", [2], "m"),
-        "object_origin": key("array", [2], "m"),
-        "iteration": key("integer", []),
-        "n_frames": key("integer", []),
-        "cost": key("number", []),
-        "wall_time": key("number", [], "s"),
-        "probe_defocus": key("number", [], "m", "initial-probe defocus used (given or estimated)"),
-        "final": key("boolean", []),
-        "partial": key("boolean", []),
+        "object_amplitude": _data_key("array", obj, dtype_numpy="<f4"),
+        "object_phase": _data_key("array", obj, "rad", dtype_numpy="<f4"),
+        "probe_amplitude": _data_key("array", list(probe_shape), "sqrt(photons)", dtype_numpy="<f4"),
+        "probe_phase": _data_key("array", list(probe_shape), "rad", dtype_numpy="<f4"),
+        "positions": _data_key("array", [n_points, 2], "m", "x, y of each frame; NaN: not yet taken"),
+        # scalars, not 2-vectors: a table cell of the catalog would hold a vector as text
+        "pixel_size_y": _data_key("number", [], "m", "object pixel height"),
+        "pixel_size_x": _data_key("number", [], "m", "object pixel width"),
+        "object_origin_x": _data_key("number", [], "m", "x of the object's first pixel"),
+        "object_origin_y": _data_key("number", [], "m", "y of the object's first pixel"),
+        "iteration": _data_key("integer", [], description="iterations so far, previews included"),
+        "n_frames": _data_key("integer", []),
+        "cost": _data_key("number", []),
+        "wall_time": _data_key("number", [], "s"),
+        "probe_defocus": _data_key("number", [], "m", "initial-probe defocus used (given or estimated)"),
+        "final": _data_key("boolean", []),
+        "partial": _data_key("boolean", []),
     }
+
+
+CONVERGENCE_DATA_KEYS = {
+    "iteration": {"source": "bluesky-ptycho", "dtype": "integer", "shape": []},
+    "cost": {"source": "bluesky-ptycho", "dtype": "number", "shape": [], "description": "amplitude misfit"},
+}
+
+
+def _data_key(
+    dtype: str,
+    shape: list,
+    units: str | None = None,
+    description: str | None = None,
+    dtype_numpy: str = "<f8",
+) -> dict:
+    described = {"source": "bluesky-ptycho", "dtype": dtype, "shape": shape}
+    if dtype == "array":
+        described["dtype_numpy"] = dtype_numpy
+    if units:
+        described["units"] = units
+    if description:
+        described["description"] = description
+    return described
 
 
 class ReconstructionRunWriter:
@@ -140,7 +161,10 @@ class ReconstructionRunWriter:
                 "ptycho_solver": {"settings": settings, "version": __version__, "location": location},
             }
         )
+        self._n_points = raw_start.get("num_points")
         self._descriptor = None
+        self._convergence = None  # the descriptor of the cost per iteration
+        self._iterations_written = 0
         self._started = False
         self._closed = False
 
@@ -178,18 +202,28 @@ class ReconstructionRunWriter:
                 obj, origin = self._canvas.place(result), self._canvas.origin
             self._start(result)
             probe = with_modes(result.probe, self._probe_modes or len(result.probe))
+            positions = padded_positions(result.positions, self._n_points)
             if self._descriptor is None:
+                regular_positions = positions.shape[0] if positions.shape[0] == self._n_points else None
                 self._descriptor = self._bundle.compose_descriptor(
                     name="primary",
-                    data_keys=reconstruction_data_keys(probe.shape, obj.shape if self._canvas else None),
+                    data_keys=reconstruction_data_keys(
+                        probe.shape, obj.shape if self._canvas else None, regular_positions
+                    ),
                 )
                 self._emit("descriptor", self._descriptor.descriptor_doc)
+            object_amplitude, object_phase = as_polar(obj)
+            probe_amplitude, probe_phase = as_polar(probe)
             data = {
-                "object": complex_as_pairs(obj),
-                "probe": complex_as_pairs(probe),
-                "positions": result.positions,
-                "pixel_size": np.asarray(result.pixel_size),
-                "object_origin": np.asarray(origin),
+                "object_amplitude": object_amplitude,
+                "object_phase": object_phase,
+                "probe_amplitude": probe_amplitude,
+                "probe_phase": probe_phase,
+                "positions": positions,
+                "pixel_size_y": float(result.pixel_size[0]),
+                "pixel_size_x": float(result.pixel_size[1]),
+                "object_origin_x": float(origin[0]),
+                "object_origin_y": float(origin[1]),
                 "iteration": result.iterations,
                 "n_frames": result.n_frames,
                 "cost": result.final_cost,
@@ -199,8 +233,30 @@ class ReconstructionRunWriter:
                 "partial": partial,
             }
             now = time.time()
+            self._add_convergence(result.cost_history, now)  # first: a live view draws on the event
             event = self._descriptor.compose_event(data=data, timestamps=dict.fromkeys(data, now))
             self._emit("event", event)
+
+    def _add_convergence(self, cost_history: list[float], now: float) -> None:
+        """Emit the costs of the iterations since the last result, one event per iteration."""
+        new = cost_history[self._iterations_written :]
+        if not new:
+            return
+        if self._convergence is None:
+            self._convergence = self._bundle.compose_descriptor(
+                name="convergence", data_keys=CONVERGENCE_DATA_KEYS
+            )
+            self._emit("descriptor", self._convergence.descriptor_doc)
+        first = self._iterations_written + 1
+        data = {"iteration": list(range(first, first + len(new))), "cost": [float(cost) for cost in new]}
+        page = self._convergence.compose_event_page(
+            data=data,
+            timestamps={key: [now] * len(new) for key in data},
+            seq_num=data["iteration"],
+            time=[now] * len(new),
+        )
+        self._emit("event_page", page)
+        self._iterations_written = len(cost_history)
 
     def close(self, exit_status: str = "success", reason: str = "") -> None:
         """Emit the stop document (once): "success", "fail" (with ``reason``) or "abort"."""

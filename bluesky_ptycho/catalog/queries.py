@@ -10,7 +10,7 @@ from event_model import pack_event_page
 from tiled.queries import Key, Like, NotEq
 
 from ..solver.data import Geometry, ReconstructionResult
-from .documents import PLAN_NAME, pairs_as_complex
+from .documents import PLAN_NAME, from_polar
 
 
 def reconstructions_of(catalog, raw_uid: str) -> list:
@@ -35,14 +35,17 @@ def result_from_run(run, index: int = -1) -> ReconstructionResult:
         return np.asarray(value if isinstance(value, np.ndarray) else value.tolist())
 
     start = run.metadata["start"]
+    positions = row("positions").astype(float)
+    iterations = int(row("iteration"))
+    costs = np.asarray(run["convergence"]["cost"].read()) if "convergence" in run else np.empty(0)
     return ReconstructionResult(
-        object=pairs_as_complex(row("object")),
-        probe=without_empty_modes(pairs_as_complex(row("probe"))),
-        positions=row("positions").astype(float),
-        pixel_size=tuple(float(v) for v in row("pixel_size")),
-        object_origin=tuple(float(v) for v in row("object_origin")),
-        cost_history=[],
-        iterations=int(row("iteration")),
+        object=from_polar(row("object_amplitude"), row("object_phase")),
+        probe=without_empty_modes(from_polar(row("probe_amplitude"), row("probe_phase"))),
+        positions=positions[~np.isnan(positions).any(axis=1)],  # rows of frames not yet taken are NaN
+        pixel_size=(float(row("pixel_size_y")), float(row("pixel_size_x"))),
+        object_origin=(float(row("object_origin_x")), float(row("object_origin_y"))),
+        cost_history=[float(cost) for cost in costs[:iterations]],
+        iterations=iterations,
         settings=start["ptycho_solver"]["settings"],
         wall_time=float(row("wall_time")),
         extra={
@@ -135,6 +138,9 @@ def summarize(run) -> ReconstructionSummary:
     if "primary" in run:
         stream = run["primary"]
         last = {key: np.asarray(stream[key].read())[-1].item() for key in last}
+        # the final's own iterations; the count so far includes the previews it continued from
+        counts = np.asarray(stream["iteration"].read())
+        last["iteration"] = int(counts[-1] - (counts[-2] if len(counts) > 1 else 0))
     return ReconstructionSummary(
         uid=start["uid"],
         raw_uid=start.get("raw_uid", ""),
