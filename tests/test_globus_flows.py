@@ -259,7 +259,9 @@ def test_a_failed_flow_run_is_recorded_as_failed_and_the_staged_frames_kept(sett
     raw, recon, *_ = live_scan(runner, n_points=40, preview_every=None)
     stop = recon.named("stop")[0]
     assert stop["exit_status"] == "fail"
-    assert re.search(r"flow run [-0-9a-f]{36} FAILED: endpoint offline", stop["reason"]), stop["reason"]
+    assert re.search(r"flow run [-0-9a-f]{36} FAILED: state Reconstruct: endpoint offline", stop["reason"]), (
+        stop["reason"]
+    )
     uid = raw.named("start")[0]["uid"]
     assert list((Path(settings.local_staging_directory) / uid / "frames").glob("chunk_*.cxi"))
 
@@ -336,3 +338,80 @@ def test_the_app_asks_for_the_flow_transfer_data_access_and_compute_scopes(setti
     assert f"{settings.facility_collection_id}/data_access" in flow_scope
     assert f"{settings.beamline_collection_id}/data_access" not in flow_scope  # not a mapped collection
     assert "funcx_service" in scopes and "flows.globus.org" in scopes
+
+
+def _reconstruct(definition: dict) -> dict:
+    return definition["States"]["Reconstruct"]
+
+
+def _rename(parameters: dict, old: str, new: str) -> None:
+    parameters[new] = parameters.pop(old)
+
+
+MUTATIONS = {
+    "an ActionUrl of no provider": (
+        lambda d: _reconstruct(d).update(ActionUrl="https://compute.actions.globus.org/v4"),
+        r"state Reconstruct: https://compute.actions.globus.org/v4 is not an action provider",
+    ),
+    "a renamed Compute parameter": (
+        lambda d: _rename(_reconstruct(d)["Parameters"], "endpoint_id.$", "endpoint.$"),
+        r"state Reconstruct: .* refused its input: 'endpoint_id' is a required property",
+    ),
+    "a renamed task parameter": (
+        lambda d: _rename(_reconstruct(d)["Parameters"]["tasks"][0], "kwargs.$", "payload.$"),
+        r"state Reconstruct: .* refused its input: Additional properties are not allowed \('payload'",
+    ),
+    "a sync level as a string": (
+        lambda d: d["States"]["TransferFrames"]["Parameters"].update(sync_level="mtime"),
+        r"state TransferFrames: .* refused its input: 'mtime' is not of type 'integer'",
+    ),
+    "a path the input does not have": (
+        lambda d: _reconstruct(d)["Parameters"]["tasks"][0].update({"function_id.$": "$.compute.function"}),
+        r"state Reconstruct: \$\.compute\.function is not in the run's state",
+    ),
+}
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=list(MUTATIONS))
+def test_the_stand_in_runs_the_definition_so_a_broken_one_fails(settings, http, mutation):
+    """The stand-in executes definition.json: each of these mistakes fails the run, naming the state."""
+    mutate, message = MUTATIONS[mutation]
+    definition = flow_definition()
+    mutate(definition)
+    LocalFlowsService(http, settings, definition=definition)
+    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
+    sim = simulate(n_frames=20, frame_size=32, seed=0)
+    job = ReconstructionJob(
+        "mutant",
+        sim.data.geometry,
+        ReconstructionSettings(),
+        sim.data.frames,
+        sim.data.positions,
+        3,
+        final=True,
+    )
+    with pytest.raises(FlowRunError, match=message):
+        runner.submit(job).result(60)
+
+
+def test_the_shipped_definition_runs_every_state(settings, http):
+    service = LocalFlowsService(http, settings)
+    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
+    sim = simulate(n_frames=20, frame_size=32, seed=0)
+    job = ReconstructionJob(
+        "shipped",
+        sim.data.geometry,
+        ReconstructionSettings(),
+        sim.data.frames,
+        sim.data.positions,
+        3,
+        final=True,
+    )
+    assert runner.submit(job).result(60).iterations == 3
+    (run,) = service.runs.values()
+    output = run["details"]["output"]
+    assert {"TransferFramesResult", "ReconstructResult", "TransferResultResult"} <= set(output)
+    assert (
+        output["ReconstructResult"]["details"]["results"][0]["output"]
+        == output["ReconstructResult"]["details"]["result"][0]
+    )

@@ -16,7 +16,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from functools import cache
 from importlib.resources import files
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -52,15 +51,13 @@ RUN_SETTINGS = (
 FINISHED = ("SUCCEEDED", "FAILED", "ENDED")
 
 
-@cache
 def flow_definition() -> dict[str, Any]:
-    """The flow definition shipped with the package."""
+    """The flow definition shipped with the package (a new copy each time: callers may change theirs)."""
     return json.loads(files(__package__).joinpath("flow/definition.json").read_text())
 
 
-@cache
 def flow_input_schema() -> dict[str, Any]:
-    """The JSON schema of the flow's input."""
+    """The JSON schema of the flow's input (a new copy each time)."""
     return json.loads(files(__package__).joinpath("flow/input_schema.json").read_text())
 
 

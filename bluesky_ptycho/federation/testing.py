@@ -13,7 +13,7 @@ import jsonschema
 from globus_sdk.config import get_service_url
 
 from .auth import GlobusClients
-from .flows import flow_input_schema
+from .flows import flow_definition, flow_input_schema
 from .globus_settings import GlobusSettings
 from .remote import reconstruct_files
 
@@ -49,36 +49,148 @@ def token_clients(flow_id: uuid.UUID | str | None) -> GlobusClients:
     )
 
 
-class LocalFlowsService:
-    """The Flows service and the deployed flow's three actions, played locally at the HTTP layer.
+TRANSFER_ACTION_URL = "https://transfer.actions.globus.org/transfer"
+COMPUTE_ACTION_URL = "https://compute.actions.globus.org/v3"
+_UUID = {"type": "string", "format": "uuid"}
+# The input the Transfer action provider accepts (what its introspection, GET
+# https://transfer.actions.globus.org/transfer, publishes; the fields of the
+# Transfer API's transfer document that the provider passes on). sync_level is
+# the Transfer API's integer 0-3, as globus-sdk sends it.
+TRANSFER_INPUT_SCHEMA = {
+    "type": "object",
+    "required": ["source_endpoint", "destination_endpoint", "DATA"],
+    "additionalProperties": False,
+    "properties": {
+        "source_endpoint": _UUID,
+        "destination_endpoint": _UUID,
+        "DATA": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["source_path", "destination_path"],
+                "additionalProperties": False,
+                "properties": {
+                    "source_path": {"type": "string"},
+                    "destination_path": {"type": "string"},
+                    "recursive": {"type": "boolean"},
+                    "external_checksum": {"type": "string"},
+                    "checksum_algorithm": {"type": "string"},
+                },
+            },
+        },
+        "label": {"type": "string", "maxLength": 128},
+        "sync_level": {"type": "integer", "enum": [0, 1, 2, 3]},
+        "verify_checksum": {"type": "boolean"},
+        "preserve_timestamp": {"type": "boolean"},
+        "encrypt_data": {"type": "boolean"},
+        "delete_destination_extra": {"type": "boolean"},
+        "skip_source_errors": {"type": "boolean"},
+        "fail_on_quota_errors": {"type": "boolean"},
+        "store_base_path_info": {"type": "boolean"},
+        "notify_on_succeeded": {"type": "boolean"},
+        "notify_on_failed": {"type": "boolean"},
+        "notify_on_inactive": {"type": "boolean"},
+        "deadline": {"type": "string"},
+        "source_local_user": {"type": "string"},
+        "destination_local_user": {"type": "string"},
+        "filter_rules": {"type": "array"},
+    },
+}
+# The input of the Globus Compute action provider v3, as globus-compute's
+# documentation and the flows built for it (gladier's ComputeFlowBuilderv3,
+# ptychodus's flow) give it: the endpoint, and tasks of a registered function
+# with its args and kwargs.
+COMPUTE_V3_INPUT_SCHEMA = {
+    "type": "object",
+    "required": ["endpoint_id", "tasks"],
+    "additionalProperties": False,
+    "properties": {
+        "endpoint_id": _UUID,
+        "user_endpoint_config": {"type": "object"},
+        "resource_specification": {"type": "object"},
+        "user_runtime": {"type": "object"},
+        "tasks": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["function_id"],
+                "additionalProperties": False,
+                "properties": {"function_id": _UUID, "args": {"type": "array"}, "kwargs": {"type": "object"}},
+            },
+        },
+    },
+}
 
-    Register it on a ``responses.RequestsMock``: starting a run validates its
-    input against the shipped schema (as the service does); polling a run
-    the second time performs the flow's steps as the real actions would,
-    with two local directories playing the collections: Transfer (copy the
-    frames), Globus Compute (:func:`reconstruct_files`, the function the
-    facility runs), Transfer (copy the result back). ``outcome`` "fail"
-    fails each run, "stall" leaves runs active forever.
+
+class ActionFailed(Exception):
+    """An action ended FAILED (or its provider refused the request): the reason."""
+
+
+def json_path(state: dict, path: str):
+    """The value at ``path`` (``$.a.b``) of a run's state, as the Flows service resolves a ``.$`` parameter."""
+    if not isinstance(path, str) or not (path == "$" or path.startswith("$.")):
+        raise ActionFailed(f"{path!r} is not a JSONPath into the run's state")
+    value = state
+    for part in path[2:].split(".") if path != "$" else []:
+        if not isinstance(value, dict) or part not in value:
+            raise ActionFailed(f"{path} is not in the run's state")
+        value = value[part]
+    return value
+
+
+def resolve_parameters(parameters, state: dict):
+    """``parameters`` with every ``"key.$": "$.path"`` replaced by ``"key": <the value at path>``."""
+    if isinstance(parameters, dict):
+        return {
+            key[:-2] if key.endswith(".$") else key: json_path(state, value)
+            if key.endswith(".$")
+            else resolve_parameters(value, state)
+            for key, value in parameters.items()
+        }
+    if isinstance(parameters, list):
+        return [resolve_parameters(value, state) for value in parameters]
+    return parameters
+
+
+class LocalFlowsService:
+    """The Flows service running the deployed flow's definition locally, at the HTTP layer.
+
+    Register it on a ``responses.RequestsMock``. Starting a run validates its
+    input against the shipped input schema, as the service does; polling it
+    the second time executes ``definition`` (default: the shipped
+    ``definition.json``) as the service would: its states from ``StartAt``
+    by ``Next`` to ``End``, each Action state's ``Parameters`` resolved
+    against the run's state (``.$`` JSONPaths), sent to the action provider
+    its ``ActionUrl`` names, its result stored at ``ResultPath``; a failed
+    action fails the run unless ``ExceptionOnActionFailure`` is false. The
+    two action providers validate their input against their published
+    schemas (:data:`TRANSFER_INPUT_SCHEMA`, :data:`COMPUTE_V3_INPUT_SCHEMA`)
+    and then act locally: Transfer copies between two local directories
+    that play the collections, Compute calls the registered function
+    (:func:`reconstruct_files`) on the known endpoint. ``outcome`` "fail"
+    takes the compute endpoint offline, "stall" leaves runs active forever.
     """
 
-    def __init__(self, http, settings: GlobusSettings, outcome: str = "succeed") -> None:
+    def __init__(
+        self, http, settings: GlobusSettings, outcome: str = "succeed", definition: dict | None = None
+    ):
         flows = get_service_url("flows").rstrip("/")
         self.settings = settings
         self.outcome = outcome
+        self.definition = definition or flow_definition()
         self.runs: dict[str, dict] = {}
         self.bodies: list[dict] = []
         self.cancelled: list[str] = []
+        self.providers = {TRANSFER_ACTION_URL: self.transfer, COMPUTE_ACTION_URL: self.compute}
+        self.schemas = {
+            TRANSFER_ACTION_URL: TRANSFER_INPUT_SCHEMA,
+            COMPUTE_ACTION_URL: COMPUTE_V3_INPUT_SCHEMA,
+        }
         http.add_callback("POST", f"{flows}/flows/{settings.flow_id}/run", callback=self.start)
         http.add_callback("GET", re.compile(rf"{flows}/runs/[-0-9a-f]+$"), callback=self.status)
         http.add_callback("POST", re.compile(rf"{flows}/runs/[-0-9a-f]+/cancel$"), callback=self.cancel)
-
-    def local(self, collection_path: str, side: str) -> Path:
-        settings = self.settings
-        if side == "beamline":
-            root, base = settings.beamline_collection_path, Path(settings.local_staging_directory)
-        else:
-            root, base = settings.facility_collection_path, Path(settings.facility_filesystem_path)
-        return base / Path(collection_path).relative_to(root)
 
     def start(self, request):
         payload = json.loads(request.body)
@@ -107,27 +219,100 @@ class LocalFlowsService:
         shown = {k: v for k, v in run.items() if k not in ("polls", "body")}
         return 200, {}, json.dumps(shown)
 
-    def execute(self, run):
-        body = run["body"]
-        if self.outcome == "fail":
-            run.update(
-                status="FAILED", details={"code": "ActionFailedException", "description": "endpoint offline"}
-            )
-            return
-        transfer_in, transfer_out = body["transfer_in"], body["transfer_out"]
-        shutil.copytree(
-            self.local(transfer_in["source_path"], "beamline"),
-            self.local(transfer_in["destination_path"], "facility"),
-            dirs_exist_ok=True,
+    def execute(self, run) -> None:
+        """Run the definition's states on the run's input; the run ends SUCCEEDED or FAILED."""
+        state, name = json.loads(json.dumps(run["body"])), self.definition["StartAt"]
+        while True:
+            step = self.definition["States"][name]
+            try:
+                if step["Type"] != "Action":
+                    raise ActionFailed(f"state type {step['Type']!r} is not played by this stand-in")
+                result = self.act(step, state)
+            except ActionFailed as failure:
+                if step.get("ExceptionOnActionFailure", True):
+                    description = f"state {name}: {failure}"
+                    run.update(
+                        status="FAILED", details={"code": "ActionFailedException", "description": description}
+                    )
+                    return
+                result = {"status": "FAILED", "details": {"description": str(failure)}}
+            if "ResultPath" in step:
+                state[json_path_key(step["ResultPath"])] = result
+            if step.get("End"):
+                run.update(status="SUCCEEDED", details={"code": "FlowSucceeded", "output": state})
+                return
+            name = step["Next"]
+
+    def act(self, step: dict, state: dict) -> dict:
+        """One Action state: the provider its ActionUrl names validates the resolved Parameters and acts."""
+        url = step["ActionUrl"]
+        if url not in self.providers:
+            raise ActionFailed(f"{url} is not an action provider")
+        body = resolve_parameters(step.get("Parameters", {}), state)
+        checker = jsonschema.Draft202012Validator(
+            self.schemas[url], format_checker=jsonschema.FormatChecker()
         )
-        reconstruct_files(**body["compute"]["kwargs"])
-        destination = self.local(transfer_out["destination_path"], "beamline")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(self.local(transfer_out["source_path"], "facility"), destination)
-        run.update(status="SUCCEEDED", details={"code": "FlowSucceeded"})
+        errors = sorted(checker.iter_errors(body), key=str)
+        if errors:
+            raise ActionFailed(f"{url} refused its input: {errors[0].message}")
+        return {"action_id": str(uuid.uuid4()), "status": "SUCCEEDED", "details": self.providers[url](body)}
+
+    def collection(self, collection_id: str, path: str) -> Path:
+        """The local directory that plays ``path`` of the collection ``collection_id``."""
+        settings = self.settings
+        sides = {
+            str(settings.beamline_collection_id): (
+                settings.beamline_collection_path,
+                Path(settings.local_staging_directory),
+            ),
+            str(settings.facility_collection_id): (
+                settings.facility_collection_path,
+                Path(settings.facility_filesystem_path),
+            ),
+        }
+        if collection_id not in sides:
+            raise ActionFailed(f"collection {collection_id} not found")
+        root, base = sides[collection_id]
+        return base / Path(path).relative_to(root)
+
+    def transfer(self, body: dict) -> dict:
+        for item in body["DATA"]:
+            source = self.collection(body["source_endpoint"], item["source_path"])
+            destination = self.collection(body["destination_endpoint"], item["destination_path"])
+            if not source.exists():
+                raise ActionFailed(f"Transfer: {item['source_path']} not found (FILE_NOT_FOUND)")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            if item.get("recursive"):
+                shutil.copytree(source, destination, dirs_exist_ok=True)
+            else:
+                shutil.copy(source, destination)
+        return {"task_id": str(uuid.uuid4()), "status": "SUCCEEDED", "label": body.get("label")}
+
+    def compute(self, body: dict) -> dict:
+        if self.outcome == "fail":
+            raise ActionFailed("endpoint offline")
+        if body["endpoint_id"] != str(self.settings.compute_endpoint_id):
+            raise ActionFailed(f"Compute: endpoint {body['endpoint_id']} not found")
+        results = []
+        for task in body["tasks"]:
+            if task["function_id"] != str(self.settings.function_id):
+                raise ActionFailed(f"Compute: function {task['function_id']} not found")
+            try:
+                output = reconstruct_files(*task.get("args", []), **task.get("kwargs", {}))
+            except Exception as error:  # as the endpoint reports a task's exception
+                raise ActionFailed(f"Compute task failed: {type(error).__name__}: {error}") from None
+            results.append({"task_id": str(uuid.uuid4()), "output": output})
+        return {"result": [r["output"] for r in results], "results": results}
 
     def cancel(self, request):
         run_id = request.url.split("/")[-2]
         self.cancelled.append(run_id)
         self.runs[run_id]["status"] = "ENDED"
         return 202, {}, json.dumps({"run_id": run_id, "status": "ENDED"})
+
+
+def json_path_key(path: str) -> str:
+    """The top-level key a ``ResultPath`` (``$.Name``) names."""
+    if not path.startswith("$.") or "." in path[2:]:
+        raise ActionFailed(f"ResultPath {path!r} is not $.<name>")
+    return path[2:]
