@@ -92,4 +92,11 @@ def run_live_demo(
     console.print(
         f"or: bluesky-ptycho catalog show {uid}{options} --png recon.png", highlight=False, soft_wrap=True
     )
+    if not catalog:  # the embedded catalog's server stops with this process: a link needs one that stays
+        console.print(
+            f"or in Tiled's web interface: `bluesky-ptycho catalog serve{options}` prints its link; "
+            f"the reconstruction is under /ui/browse/runs/{result.extra['run_uid']}/primary",
+            highlight=False,
+            soft_wrap=True,
+        )
     return uid

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from click.testing import CliRunner
 
 from bluesky_ptycho.cli import main
@@ -42,9 +44,11 @@ def test_demo_runs_the_live_loop_into_the_catalog(tmp_path):
     assert result.exit_code == 0, result.output
     assert "preview" in result.output and "object error" in result.output
     assert (tmp_path / "demo_reconstruction.png").exists()
-    raw_uid = result.output.split("connect(")[-1].split("'")[-2]
+    raw_uid = re.search(r"latest_final_reconstruction\(connect\(.*\), '([-0-9a-f]{36})'\)", result.output)[1]
     client = connect(directory=catalog_dir)
-    assert len(reconstructions_of(client, raw_uid)) == 1
+    (run,) = reconstructions_of(client, raw_uid)
+    assert f"catalog serve --catalog-dir {catalog_dir}" in result.output
+    assert f"/ui/browse/runs/{run.metadata['start']['uid']}/primary" in result.output
     close_embedded_servers()
 
 
