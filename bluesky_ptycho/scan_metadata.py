@@ -146,9 +146,8 @@ class ScanGeometry:
 
     @cached_property
     def field_of_view_m(self) -> float:
-        """Edge in metres of the sample area one frame sees (wavelength x distance / detector pixel, any frame size)."""
-        geometry = self.geometry((2, 2))  # any frame shape: only the wavelength matters here
-        return geometry.wavelength * geometry.detector_distance / geometry.detector_pixel_size
+        """Edge in metres of the sample area one frame sees (:attr:`Geometry.field_of_view`; any frame size)."""
+        return self.geometry((2, 2)).field_of_view
 
     def geometry(self, frame_shape: tuple[int, int]) -> Geometry:
         """The solver's geometry for frames of ``frame_shape``."""

@@ -137,3 +137,19 @@ def after_event(plan, n_events: int, then):
         return None, None
 
     return bpp.plan_mutator(plan, insert)
+
+
+def reconstructing_run_engine(catalog, iterations: int):
+    """A RunEngine whose scans and their final reconstructions (no previews) go into ``catalog``; and the callback."""
+    from bluesky import RunEngine
+    from bluesky_tiled_plugins import TiledWriter
+
+    from bluesky_ptycho.callbacks import PtychoCallback
+    from bluesky_ptycho.solver import ReconstructionSettings
+
+    writer = TiledWriter(catalog, batch_size=1)
+    ptycho = PtychoCallback(writer, settings=ReconstructionSettings(iterations=iterations), preview_every=0)
+    RE = RunEngine()
+    RE.subscribe(writer)
+    RE.subscribe(ptycho)
+    return RE, ptycho

@@ -6,18 +6,16 @@ import time
 
 import bluesky.plans as bp
 import pytest
-from bluesky import RunEngine
-from bluesky_tiled_plugins import CatalogOfBlueskyRuns, TiledWriter
+from bluesky_tiled_plugins import CatalogOfBlueskyRuns
 from bluesky_tiled_plugins.queries import PartialUID, ScanID, TimeRange
+from helpers import reconstructing_run_engine
 from ophyd.sim import det
 from tiled.client import from_uri
 
-from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import PLAN_NAME, latest_final_reconstruction
 from bluesky_ptycho.catalog.embedded import RUNS
 from bluesky_ptycho.catalog.server import close_embedded_servers, connect, embedded_server
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
-from bluesky_ptycho.solver import ReconstructionSettings
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +23,7 @@ def scans(tmp_path_factory):
     """An alignment count (scan 1), a ptychography scan (scan 2) and its final reconstruction."""
     directory = tmp_path_factory.mktemp("catalog")
     catalog = connect(directory=directory)
-    writer = TiledWriter(catalog, batch_size=1)
-    ptycho = PtychoCallback(writer, settings=ReconstructionSettings(iterations=5), preview_every=0)
-    RE = RunEngine()
-    RE.subscribe(writer)
-    RE.subscribe(ptycho)
+    RE, ptycho = reconstructing_run_engine(catalog, iterations=5)
     started = time.time()
     (count_uid,) = RE(bp.count([det], 3))
     stage, detector = simulated_beamline(seed=1)

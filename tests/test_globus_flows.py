@@ -270,16 +270,7 @@ def test_a_stalled_run_is_cancelled_at_the_timeout(settings, http):
     service = LocalFlowsService(http, settings, outcome="stall")
     settings.run_timeout_s = 0.2
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
-    sim = simulate(n_frames=20, frame_size=32, seed=0)
-    job = ReconstructionJob(
-        "stalled",
-        sim.data.geometry,
-        ReconstructionSettings(),
-        sim.data.frames,
-        sim.data.positions,
-        5,
-        final=True,
-    )
+    job = small_job("stalled", iterations=5)
     with pytest.raises(FlowRunError, match=r"TIMED OUT: no result within 0\.2 s; run cancelled"):
         runner.submit(job).result(30)
     assert len(service.cancelled) == 1
@@ -340,6 +331,20 @@ def test_the_app_asks_for_the_flow_transfer_data_access_and_compute_scopes(setti
     assert "funcx_service" in scopes and "flows.globus.org" in scopes
 
 
+def small_job(scan_uid: str, iterations: int) -> ReconstructionJob:
+    """A final job of 20 simulated frames of 32 x 32."""
+    sim = simulate(n_frames=20, frame_size=32, seed=0)
+    return ReconstructionJob(
+        scan_uid,
+        sim.data.geometry,
+        ReconstructionSettings(),
+        sim.data.frames,
+        sim.data.positions,
+        iterations,
+        final=True,
+    )
+
+
 def _reconstruct(definition: dict) -> dict:
     return definition["States"]["Reconstruct"]
 
@@ -380,16 +385,7 @@ def test_the_stand_in_runs_the_definition_so_a_broken_one_fails(settings, http, 
     mutate(definition)
     LocalFlowsService(http, settings, definition=definition)
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
-    sim = simulate(n_frames=20, frame_size=32, seed=0)
-    job = ReconstructionJob(
-        "mutant",
-        sim.data.geometry,
-        ReconstructionSettings(),
-        sim.data.frames,
-        sim.data.positions,
-        3,
-        final=True,
-    )
+    job = small_job("mutant", iterations=3)
     with pytest.raises(FlowRunError, match=message):
         runner.submit(job).result(60)
 
@@ -397,16 +393,7 @@ def test_the_stand_in_runs_the_definition_so_a_broken_one_fails(settings, http, 
 def test_the_shipped_definition_runs_every_state(settings, http):
     service = LocalFlowsService(http, settings)
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
-    sim = simulate(n_frames=20, frame_size=32, seed=0)
-    job = ReconstructionJob(
-        "shipped",
-        sim.data.geometry,
-        ReconstructionSettings(),
-        sim.data.frames,
-        sim.data.positions,
-        3,
-        final=True,
-    )
+    job = small_job("shipped", iterations=3)
     assert runner.submit(job).result(60).iterations == 3
     (run,) = service.runs.values()
     output = run["details"]["output"]

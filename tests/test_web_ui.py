@@ -10,14 +10,11 @@ import io
 from pathlib import Path
 
 import pytest
-from bluesky import RunEngine
-from bluesky_tiled_plugins import TiledWriter
+from helpers import reconstructing_run_engine
 
-from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import connect, reconstructions_of
 from bluesky_ptycho.catalog.server import close_embedded_servers, embedded_server
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
-from bluesky_ptycho.solver import ReconstructionSettings
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -29,11 +26,7 @@ pytestmark = pytest.mark.skipif(
 def reconstruction(tmp_path):
     directory = tmp_path / "catalog"
     catalog = connect(directory=directory)
-    writer = TiledWriter(catalog, batch_size=1)
-    ptycho = PtychoCallback(writer, settings=ReconstructionSettings(iterations=20), preview_every=0)
-    RE = RunEngine()
-    RE.subscribe(writer)
-    RE.subscribe(ptycho)
+    RE, ptycho = reconstructing_run_engine(catalog, iterations=20)
     stage, det = simulated_beamline(seed=2)
     (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=40))
     assert ptycho.wait(120)

@@ -1,9 +1,10 @@
-"""Frames stored outside the documents: HDF5 files referenced by StreamResource/StreamDatum or Resource/Datum.
+"""Frames stored outside the documents: HDF5 files referenced by StreamResource/StreamDatum.
 
 Detectors (area detectors, ophyd-async) write frames to HDF5 files and emit
 documents that point into them. :class:`ExternalFrames` resolves those
 pointers while the files are still being written (SWMR readers, refreshed
-before every read).
+before every read). Legacy Resource/Datum documents reach it converted to
+StreamResource/StreamDatum (by bluesky-tiled-plugins' ``RunNormalizer``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,6 @@ from urllib.parse import unquote, urlparse
 import h5py
 import numpy as np
 
-#: Resource specs whose files hold frames in one HDF5 dataset, and that dataset.
-HDF5_SPECS = dict.fromkeys(("AD_HDF5", "AD_HDF5_SWMR", "AD_HDF5_SINGLE", "HDF5"), "/entry/data/data")
 HDF5_MIMETYPE = "application/x-hdf5"
 
 
@@ -33,8 +32,7 @@ class ExternalFrames:
     """Reads the frames that asset documents point to, as their files are written."""
 
     def __init__(self) -> None:
-        self._sources: dict[str, _Source] = {}  # stream resource / resource uid -> source
-        self._datums: dict[str, tuple[str, dict]] = {}  # datum_id -> (resource uid, datum_kwargs)
+        self._sources: dict[str, _Source] = {}  # stream resource uid -> source
         self._files: dict[Path, h5py.File] = {}
 
     def add_stream_resource(self, doc: dict) -> None:
@@ -54,56 +52,22 @@ class ExternalFrames:
         if uri.scheme not in ("file", ""):
             raise ValueError(f"stream resource {doc['uid']}: cannot read {doc['uri']!r} (not a local file)")
         parameters = doc.get("parameters", {})
+        if not (parameters.get("dataset") or parameters.get("path")):
+            raise ValueError(f"stream resource {doc['uid']}: its parameters name no dataset of the HDF5 file")
         self._sources[doc["uid"]] = _Source(
             Path(unquote(uri.path)),
-            parameters.get("dataset") or parameters.get("path") or HDF5_SPECS["AD_HDF5"],
+            parameters.get("dataset") or parameters.get("path"),
             int(parameters.get("multiplier") or parameters.get("frame_per_point") or 1),
         )
 
-    def add_resource(self, doc: dict) -> None:
-        """Register a legacy Resource (e.g. spec ``AD_HDF5`` of the area detector HDF5 plugin).
-
-        Raises
-        ------
-        ValueError
-            For a spec that does not name one HDF5 dataset of frames.
-        """
-        spec = doc.get("spec")
-        if spec not in HDF5_SPECS:
-            raise ValueError(
-                f"resource {doc['uid']}: spec {spec!r} is not supported (use one of {', '.join(HDF5_SPECS)})"
-            )
-        kwargs = doc.get("resource_kwargs", {})
-        root, relative = doc.get("root", ""), doc["resource_path"]
-        self._sources[doc["uid"]] = _Source(
-            Path(root) / relative,
-            kwargs.get("dataset") or HDF5_SPECS[spec],
-            int(kwargs.get("frame_per_point", 1)),
-        )
-
-    def add_datum(self, doc: dict) -> None:
-        """Register a Datum of a known resource (others are ignored)."""
-        if doc["resource"] in self._sources:
-            self._datums[doc["datum_id"]] = (doc["resource"], doc.get("datum_kwargs", {}))
+    def knows(self, stream_resource: str) -> bool:
+        """Whether the StreamResource ``stream_resource`` was registered (frames of this scan's detector)."""
+        return stream_resource in self._sources
 
     def read_stream_datum(self, doc: dict) -> np.ndarray:
         """The frames (n, H, W) of a StreamDatum, one per sequence number it covers."""
         source = self._sources[doc["stream_resource"]]
         return self._read(source, doc["indices"]["start"], doc["indices"]["stop"])
-
-    def read_datum(self, datum_id: str) -> np.ndarray:
-        """The frame (H, W) a Datum points to.
-
-        Raises
-        ------
-        KeyError
-            If no Datum document with this id arrived.
-        """
-        if datum_id not in self._datums:
-            raise KeyError(f"no datum document {datum_id!r} arrived before the event that refers to it")
-        resource, kwargs = self._datums.pop(datum_id)
-        point = int(kwargs.get("point_number", 0))
-        return self._read(self._sources[resource], point, point + 1)[0]
 
     def _read(self, source: _Source, start: int, stop: int) -> np.ndarray:
         dataset = self._dataset(source)

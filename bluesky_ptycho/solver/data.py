@@ -123,11 +123,15 @@ class Geometry:
         return found
 
     @property
+    def field_of_view(self) -> float:
+        """Edge in metres of the sample area one frame sees: wavelength x distance / detector pixel."""
+        return self.wavelength * self.detector_distance / self.detector_pixel_size
+
+    @property
     def sample_pixel_size(self) -> tuple[float, float]:
         """(y, x) size in metres of one pixel of the reconstructed images."""
         h, w = self.frame_shape
-        scale = self.wavelength * self.detector_distance / self.detector_pixel_size
-        return (scale / h, scale / w)
+        return (self.field_of_view / h, self.field_of_view / w)
 
 
 # what far-field X-ray ptychography uses; a value outside is most likely a unit mistake

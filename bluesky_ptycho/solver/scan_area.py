@@ -53,7 +53,7 @@ class ScanArea:
         h, w = result.probe.shape[-2:]
         py, px = result.pixel_size
         margin_y, margin_x = canvas_margin((h, w)) + 2
-        slack = max(h * py, w * px) / 2
+        slack = result.geometry.field_of_view / 2
         low = np.array([self.x_min - slack - margin_x * px, self.y_min - slack - margin_y * py])
         high = np.array([self.x_max + slack + (w + margin_x) * px, self.y_max + slack + (h + margin_y) * py])
         step = np.array([px, py])

@@ -1,0 +1,322 @@
+"""The reconstruction of one scan: its documents in, its jobs out, its record kept honest.
+
+:class:`ScanReconstruction` is the per-run callback that
+:class:`~.ptycho.PtychoCallback`'s ``RunRouter`` makes for every run, behind a
+``RunNormalizer`` (bluesky-tiled-plugins) that turns legacy Resource/Datum
+into StreamResource/StreamDatum, so frames have one read path. It reads the
+scan's metadata (:mod:`bluesky_ptycho.scan_metadata`), pairs frames with
+positions, checks frames, hands preview and final jobs to the runner and
+passes results and failures to its :class:`ReconstructionRunWriter`.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from typing import TYPE_CHECKING
+
+import numpy as np
+from event_model import DocumentRouter
+
+from ..catalog.documents import ReconstructionRunWriter
+from ..federation.jobs import ReconstructionJob
+from ..scan_metadata import ScanGeometry, configuration_metadata, start_metadata
+from ..solver.data import ReconstructionResult
+from .external import ExternalFrames
+
+if TYPE_CHECKING:
+    from .ptycho import PtychoCallback
+
+logger = logging.getLogger(__name__)
+# how long a scan's first job waits for its initial probe's lookup (begun at its first descriptor)
+PROBE_LOOKUP_WAIT = 5.0
+
+
+class Problems:
+    """A scan's problems: each kind is logged once (with the scan uid) and counted."""
+
+    def __init__(self, scan_uid: str) -> None:
+        self.scan_uid = scan_uid
+        self._by_kind: dict[str, list] = {}  # kind -> [first message, count]
+
+    def add(self, kind: str, message: str, exc_info: BaseException | None = None) -> None:
+        """Record one occurrence; the first of its ``kind`` is logged (with ``exc_info``'s traceback)."""
+        if kind not in self._by_kind:
+            logger.error("scan %s: %s", self.scan_uid, message, exc_info=exc_info)
+            self._by_kind[kind] = [message, 0]
+        self._by_kind[kind][1] += 1
+
+    def __bool__(self) -> bool:
+        return bool(self._by_kind)
+
+    def summary(self) -> list[str]:
+        """One line per kind: its first message, and how many more there were."""
+        return [
+            message if count == 1 else f"{message} (and {count - 1} more like it)"
+            for message, count in self._by_kind.values()
+        ]
+
+
+def _as_image(frame) -> np.ndarray:
+    """A frame as a 2-D array (leading axes of length 1, as area detectors give, dropped)."""
+    frame = np.asarray(frame)
+    while frame.ndim > 2 and frame.shape[0] == 1:
+        frame = frame[0]
+    return frame
+
+
+def _frame_problem(
+    frame: np.ndarray, position: tuple[float, float], frame_shape: tuple[int, int] | None
+) -> tuple[str, str] | None:
+    """(kind, message) of what makes a frame unusable, or None."""
+    if frame.ndim != 2 or frame.size == 0:
+        return "frame shape", f"a frame of shape {frame.shape} is not an image"
+    if frame_shape is not None and frame.shape != frame_shape:
+        return "frame shape", f"frame shape {frame.shape} != {frame_shape}"
+    if not np.issubdtype(frame.dtype, np.number) or np.issubdtype(frame.dtype, np.complexfloating):
+        return "frame type", f"frame of type {frame.dtype} is not photon counts"
+    if not np.all(np.isfinite(frame)):
+        return "non-finite frame", "frame holds NaN or infinite counts"
+    if not all(np.isfinite(position)):
+        return "non-finite position", f"position {position} is not finite"
+    return None
+
+
+class ScanReconstruction(DocumentRouter):
+    """The live reconstruction of one scan (one run's documents).
+
+    Parameters
+    ----------
+    owner
+        The :class:`~.ptycho.PtychoCallback` whose configuration (runner,
+        settings, overrides, probe reuse) this scan follows.
+    start
+        The run's start document.
+    """
+
+    def __init__(self, owner: PtychoCallback, start: dict) -> None:
+        super().__init__()
+        self.owner = owner
+        self.start_doc = start
+        self.uid = start["uid"]
+        self.problems = Problems(self.uid)
+        self.writer = ReconstructionRunWriter(
+            owner.emit_reconstruction,
+            start,
+            owner.settings.to_dict(),
+            getattr(owner.runner, "location", "?"),
+            probe_modes=max(owner.settings.probe_modes, owner.preview_settings.probe_modes),
+        )
+        self.metadata = start_metadata(start, owner.geometry_overrides)  # completed by a descriptor
+        self.scan: ScanGeometry | None = None  # None until the metadata are complete
+        self.error: str | None = None
+        self.is_ptycho = "ptycho" in start  # or: a descriptor with the frames and both positions
+        self.frame_descriptors: set[str] = set()
+        self.frames: list[np.ndarray] = []  # not yet handed to the runner
+        self.positions: list[tuple[float, float]] = []
+        self.frame_shape: tuple[int, int] | None = None
+        self.external = ExternalFrames()
+        self.frames_by_seq_num: dict[int, np.ndarray] = {}  # waiting for their positions
+        self.positions_by_seq_num: dict[int, tuple[float, float]] = {}  # and the reverse
+        self.collected = 0
+        self.seq_nums: set[int] = set()  # of the frames taken
+        self.in_flight: Future | None = None
+        self.jobs = 0
+        self.probe_lookup: Future | None = None  # of (probe, where it came from)
+        self.probe_source: str | None = None  # where the initial probe came from, when the callback gave one
+        if not set(owner.configuration_signals) - set(self.metadata):  # complete without a descriptor
+            self._describe(self.metadata)
+
+    # --- documents ---------------------------------------------------------
+
+    def _describe(self, metadata: dict) -> None:
+        """Set the scan geometry from its complete ``metadata``, or record why it cannot be."""
+        try:
+            self.scan = ScanGeometry.from_metadata(metadata, self.owner.configuration_signals)
+        except ValueError as invalid:
+            self.error = str(invalid)
+            if self.is_ptycho:
+                logger.error("scan %s: %s", self.uid, self.error)
+            return
+        self.writer.scan_area = self.scan.scan_area
+
+    def descriptor(self, doc: dict) -> None:
+        # a ptychography scan's frames come with positions: a count of the detector is no such scan
+        keys = [self.metadata.get(key) for key in ("data_key", "x_key", "y_key")]
+        self.is_ptycho = self.is_ptycho or all(key in doc["data_keys"] for key in keys)
+        if not self.is_ptycho or keys[0] not in doc["data_keys"]:
+            return
+        if self.scan is None and self.error is None:  # the geometry waited for the configuration
+            try:
+                configured = configuration_metadata(doc, self.owner.configuration_signals)
+            except ValueError as invalid:
+                self.error = str(invalid)
+            else:
+                self._describe({**configured, **self.metadata})
+        if self.scan is None:
+            return
+        self.frame_descriptors.add(doc["uid"])
+        shape = [n for n in doc["data_keys"][self.scan.data_key].get("shape") or [] if n != 1]
+        if self.frame_shape is None and len(shape) == 2 and min(shape) > 1:
+            self.frame_shape = (int(shape[0]), int(shape[1]))  # as the detector declares it
+            self._look_up_probe()
+
+    def event(self, doc: dict) -> None:
+        if doc["descriptor"] not in self.frame_descriptors:
+            return  # another stream (baseline, monitors)
+        data, scan = doc["data"], self.scan
+        scale = scan.metres_per_position_unit
+        position = (float(data[scan.x_key]) * scale, float(data[scan.y_key]) * scale)
+        if scan.data_key in data:
+            self._accept(doc["seq_num"], np.asarray(data[scan.data_key]), position)
+        else:  # the frame comes (or came) in a StreamDatum
+            self._pair(doc["seq_num"], position=position)
+
+    def stream_resource(self, doc: dict) -> None:
+        if self.scan is not None and doc.get("data_key") == self.scan.data_key:
+            self.external.add_stream_resource(doc)
+
+    def stream_datum(self, doc: dict) -> None:
+        if not self.external.knows(doc["stream_resource"]):
+            return  # another detector's
+        frames = self.external.read_stream_datum(doc)
+        for seq_num, frame in zip(
+            range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"]), frames, strict=True
+        ):
+            self._pair(seq_num, frame=frame)
+
+    def _pair(self, seq_num: int, frame=None, position=None) -> None:
+        """Join a frame and a position that arrive in different documents (StreamDatum, event)."""
+        if frame is not None:
+            self.frames_by_seq_num[seq_num] = frame
+        if position is not None:
+            self.positions_by_seq_num[seq_num] = position
+        if seq_num in self.frames_by_seq_num and seq_num in self.positions_by_seq_num:
+            self._accept(seq_num, self.frames_by_seq_num.pop(seq_num), self.positions_by_seq_num.pop(seq_num))
+
+    def _accept(self, seq_num: int, frame: np.ndarray, position: tuple[float, float]) -> None:
+        frame = _as_image(frame)
+        problem = _frame_problem(frame, position, self.frame_shape)
+        if problem is None and seq_num in self.seq_nums:
+            problem = ("duplicate seq_num", "a second frame with this seq_num")
+        area = self.scan.scan_area
+        if problem is None and area is not None and not area.admits(position, self.scan.field_of_view_m):
+            problem = ("outside scan area", f"position {position} m is outside the planned scan_area")
+        if problem is not None:
+            kind, message = problem
+            self.problems.add(kind, f"event {seq_num}: {message} (skipped)")
+            return
+        if frame.min() < 0:
+            self.problems.add("negative counts", f"event {seq_num}: negative counts, set to 0")
+            frame = np.clip(frame, 0, None)
+        if self.frame_shape != frame.shape:
+            self.frame_shape = frame.shape
+            self._look_up_probe()
+        self.seq_nums.add(seq_num)
+        self.frames.append(frame)
+        self.positions.append(position)
+        self.collected += 1
+        if self.owner.preview_every and len(self.frames) >= self.owner.preview_every:
+            self._preview()
+
+    def stop(self, doc: dict) -> None:
+        self.owner.closed(self)
+        self.external.close()
+        if not self.is_ptycho:  # an alignment scan, a count: nothing to reconstruct, nothing to record
+            logger.debug(
+                "run %s is not a ptychography scan (no start['ptycho'], no frame key): ignored", self.uid
+            )
+            return
+        if self.frames_by_seq_num or self.positions_by_seq_num:
+            self.problems.add(
+                "unpaired",
+                f"{len(self.frames_by_seq_num)} frames without positions and "
+                f"{len(self.positions_by_seq_num)} positions without frames were left unused",
+            )
+        exit_status = doc.get("exit_status", "success")
+        partial = exit_status != "success"
+        if self.error is not None or self.scan is None:
+            self.writer.close("fail", reason=self.error or "no descriptor of the frames came")
+            return
+        if self.collected == 0:
+            self.writer.close("fail", reason="the scan recorded no diffraction frames")
+            return
+        future = self.owner.runner.submit(self._job(self.owner.settings.iterations, final=True))
+        self.owner.when_done(future, lambda f: self._finish(f, partial, exit_status))
+
+    # --- work --------------------------------------------------------------
+
+    def _job(self, iterations: int, final: bool) -> ReconstructionJob:
+        frames = np.asarray(self.frames, dtype=np.float32).reshape(-1, *self.frame_shape)
+        positions = np.asarray(self.positions, dtype=float).reshape(-1, 2)
+        self.frames, self.positions = [], []  # the runner holds them from now on
+        self.jobs += 1
+        return ReconstructionJob(
+            scan_uid=self.uid,
+            geometry=self.scan.geometry(self.frame_shape),
+            settings=self.owner.settings if final else self.owner.preview_settings,
+            frames=frames,
+            positions=positions,
+            iterations=iterations,
+            final=final,
+            probe=self._first_probe() if self.jobs == 1 else None,
+        )
+
+    def _look_up_probe(self) -> None:
+        """Start finding the scan's initial probe (the owner's ``initial_probe``) once its geometry is known."""
+        if self.probe_lookup is None and self.scan is not None:
+            self.probe_lookup = self.owner.look_up_probe(self.scan.geometry(self.frame_shape))
+
+    def _first_probe(self) -> np.ndarray | None:
+        """The initial probe that the scan's lookup found, or None (built from the frames; why is recorded)."""
+        if self.probe_lookup is None:
+            return None
+        try:
+            probe, self.probe_source = self.probe_lookup.result(timeout=PROBE_LOOKUP_WAIT)
+            return probe
+        except (LookupError, ValueError) as refused:
+            reason = str(refused)
+        except TimeoutError:
+            reason = f"the catalog did not answer within {PROBE_LOOKUP_WAIT} s"
+        except Exception as error:  # the catalog's own errors (HTTP, connection)
+            reason = f"looking it up failed: {error}"
+        self.problems.add("initial probe", f"initial probe refused, built from the frames instead: {reason}")
+        return None
+
+    def _preview(self) -> None:
+        if not self.owner.queue_previews and self.in_flight is not None and not self.in_flight.done():
+            return  # the runner is busy: these frames join the next job
+        future = self.owner.runner.submit(self._job(self.owner.preview_iterations, final=False))
+        self.in_flight = future
+        self.owner.when_done(future, self._previewed)
+
+    def _previewed(self, future: Future) -> None:
+        error = future.exception()
+        if error is not None:
+            self.problems.add(f"preview:{type(error).__name__}", f"preview failed: {error}")
+            return
+        self.writer.add_result(self._recorded(future), final=False)
+        self.owner.notify(self.uid, future.result(), final=False)
+
+    def _finish(self, future: Future, partial: bool, exit_status: str) -> None:
+        error = future.exception()
+        if error is not None:
+            logger.error("scan %s: reconstruction failed: %s", self.uid, error)
+            self.writer.close("fail", reason=f"reconstruction failed: {type(error).__name__}: {error}")
+            return
+        try:
+            self.writer.add_result(self._recorded(future), final=True, partial=partial)
+        except ValueError as error:
+            self.writer.close("fail", reason=f"the result could not be recorded: {error}")
+            return
+        reason = f"partial: the raw scan ended with exit_status {exit_status!r}" if partial else ""
+        reason = "; ".join(filter(None, [reason, *self.problems.summary(), *future.result().warnings]))
+        self.writer.close("success", reason=reason)
+        self.owner.notify(self.uid, future.result(), final=True)
+
+    def _recorded(self, future: Future) -> ReconstructionResult:
+        """The job's result, saying where its initial probe came from when the callback gave it."""
+        result = future.result()
+        if self.probe_source is not None:
+            result.extra["probe_source"] = self.probe_source
+        return result
