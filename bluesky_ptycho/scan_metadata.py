@@ -51,6 +51,11 @@ def start_metadata(start: dict, overrides: Mapping) -> dict:
     return {key: value for key, value in given.items() if value is not None}
 
 
+def signal_and_factor(source: str | tuple[str, float]) -> tuple[str, float]:
+    """A configuration mapping's value as (signal name, factor to the key's unit)."""
+    return (source, 1.0) if isinstance(source, str) else source
+
+
 def configuration_metadata(descriptor: dict, signals: ConfigurationSignals) -> dict:
     """The geometry keys that ``signals`` map to configuration values recorded in ``descriptor``.
 
@@ -68,7 +73,7 @@ def configuration_metadata(descriptor: dict, signals: ConfigurationSignals) -> d
             raise ValueError(
                 f"{key!r} is not read from device configuration (only {', '.join(GEOMETRY_KEYS)})"
             )
-        name, factor = (source, 1.0) if isinstance(source, str) else source
+        name, factor = signal_and_factor(source)
         if name in recorded:
             try:
                 values[key] = float(recorded[name]) * float(factor)
@@ -108,7 +113,7 @@ class ScanGeometry:
         if missing:
             configured = configured or {}
             hints = [
-                f"{key} (configuration signal {configured[key] if isinstance(configured[key], str) else configured[key][0]!r} not recorded)"
+                f"{key} (configuration signal {signal_and_factor(configured[key])[0]!r} not recorded)"
                 if key in configured
                 else key
                 for key in missing

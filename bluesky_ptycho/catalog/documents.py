@@ -91,12 +91,6 @@ def reconstruction_data_keys(
     }
 
 
-CONVERGENCE_DATA_KEYS = {
-    "iteration": {"source": "bluesky-ptycho", "dtype": "integer", "shape": []},
-    "cost": {"source": "bluesky-ptycho", "dtype": "number", "shape": [], "description": "amplitude misfit"},
-}
-
-
 def _data_key(
     dtype: str,
     shape: list,
@@ -244,7 +238,11 @@ class ReconstructionRunWriter:
             return
         if self._convergence is None:
             self._convergence = self._bundle.compose_descriptor(
-                name="convergence", data_keys=CONVERGENCE_DATA_KEYS
+                name="convergence",
+                data_keys={
+                    "iteration": _data_key("integer", []),
+                    "cost": _data_key("number", [], description="amplitude misfit"),
+                },
             )
             self._emit("descriptor", self._convergence.descriptor_doc)
         first = self._iterations_written + 1

@@ -137,9 +137,10 @@ def summarize(run) -> ReconstructionSummary:
     last: dict = {"n_frames": None, "iteration": None, "cost": None}
     if "primary" in run:
         stream = run["primary"]
-        last = {key: np.asarray(stream[key].read())[-1].item() for key in last}
+        columns = {key: np.asarray(stream[key].read()) for key in last}
+        last = {key: column[-1].item() for key, column in columns.items()}
         # the final's own iterations; the count so far includes the previews it continued from
-        counts = np.asarray(stream["iteration"].read())
+        counts = columns["iteration"]
         last["iteration"] = int(counts[-1] - (counts[-2] if len(counts) > 1 else 0))
     return ReconstructionSummary(
         uid=start["uid"],
