@@ -402,3 +402,21 @@ def test_the_shipped_definition_runs_every_state(settings, http):
         output["ReconstructResult"]["details"]["results"][0]["output"]
         == output["ReconstructResult"]["details"]["result"][0]
     )
+
+
+@pytest.mark.parametrize(
+    ("deployed", "message"),
+    [
+        ("function_id", r"state Reconstruct: Compute: function [-0-9a-f]{36} not found"),
+        ("compute_endpoint_id", r"state Reconstruct: Compute: endpoint [-0-9a-f]{36} not found"),
+        ("facility_collection_id", r"state TransferFrames: collection [-0-9a-f]{36} not found"),
+    ],
+)
+def test_the_action_stand_ins_know_only_what_was_deployed(settings, http, deployed, message):
+    """The runner's settings name another function, endpoint or collection than the deployment has: the run fails."""
+    import uuid
+
+    LocalFlowsService(http, settings.model_copy(update={deployed: uuid.uuid4()}))
+    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
+    with pytest.raises(FlowRunError, match=message):
+        runner.submit(small_job("elsewhere", iterations=3)).result(60)
