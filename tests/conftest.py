@@ -133,3 +133,13 @@ def tiled_server_factory(request, tmp_path):
     for server in servers:
         with contextlib.suppress(Exception):
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def compute_endpoint(tmp_path_factory):
+    """A Globus Compute endpoint on this machine: the SDK's serialisation and a real ProcessPoolEngine."""
+    pytest.importorskip("globus_compute_endpoint")
+    from bluesky_ptycho.federation.testing import LocalComputeEndpoint
+
+    with LocalComputeEndpoint(tmp_path_factory.mktemp("compute-endpoint")) as endpoint:
+        yield endpoint

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -17,14 +20,97 @@ def block(language: str) -> str:
     return re.search(rf"```{language}\n(.*?)```", DOC, re.S).group(1)
 
 
-def test_the_polaris_endpoint_config_loads_with_one_worker_per_gpu():
-    utils = pytest.importorskip("globus_compute_endpoint.endpoint.config.utils")
-    # the cluster's network interface does not exist here; everything else is parsed for real
-    config = utils.load_config_yaml(block("yaml").replace("ifname: bond0", "ifname: lo"))
+def named_block(name: str) -> str:
+    """The code block right after the line naming ``name`` (e.g. `config.yaml`:)."""
+    return re.search(rf"^`{re.escape(name)}`:\n\n```\w*\n(.*?)```", DOC, re.S | re.M).group(1)
+
+
+ENDPOINT_FILES = ("config.yaml", "user_config_template.yaml.j2", "user_config_schema.json")
+
+
+@pytest.fixture
+def endpoint_cli(tmp_path):
+    """Run the real ``globus-compute-endpoint`` command with its endpoints kept under ``tmp_path``."""
+    pytest.importorskip("globus_compute_endpoint")
+    env = {**os.environ, "HOME": str(tmp_path), "GLOBUS_COMPUTE_USER_DIR": str(tmp_path / "endpoints")}
+    command = Path(sys.executable).with_name("globus-compute-endpoint")
+
+    def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(command), *args],
+            input=stdin,
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    return run
+
+
+def configure_documented_endpoint(tmp_path, endpoint_cli, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    done = endpoint_cli(
+        "configure", "ptycho", "--multi-user", "false",
+        "--core-config", "config.yaml",
+        "--template-config", "user_config_template.yaml.j2",
+        "--schema-config", "user_config_schema.json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return tmp_path / "endpoints" / "ptycho"
+
+
+def test_the_documented_endpoint_is_configured_started_and_rendered_by_globus_compute(tmp_path, endpoint_cli):
+    from globus_compute_endpoint.endpoint.config import CoreEndpointConfig, UserEndpointConfig
+    from globus_compute_endpoint.endpoint.config.utils import get_config, load_config_yaml
+
+    endpoint = configure_documented_endpoint(
+        tmp_path, endpoint_cli, {n: named_block(n) for n in ENDPOINT_FILES}
+    )
+    # what `globus-compute-endpoint start` loads, and the check it makes before starting
+    assert isinstance(get_config(endpoint), CoreEndpointConfig)
+    rendered = endpoint_cli(
+        "render-user-config", "-e", "ptycho", "-o", "-", stdin='{"account": "PtychoAlloc", "queue": "prod"}'
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    # the user endpoint's config, as the endpoint builds it (the cluster's network interface is not here)
+    config = load_config_yaml(rendered.stdout.replace("ifname: bond0", "ifname: lo"))
+    assert isinstance(config, UserEndpointConfig)
     executor = config.engine.executor
-    assert type(config.engine).__name__ == "GlobusComputeEngine"
-    assert type(executor.provider).__name__ == "PBSProProvider"
+    config.engine.shutdown()
+    provider = executor.provider
+    assert type(provider).__name__ == "PBSProProvider"
+    assert (provider.account, provider.queue, provider.walltime) == ("PtychoAlloc", "prod", "01:00:00")
+    assert "BLUESKY_PTYCHO_DEVICE=gpu" in provider.worker_init
     assert executor.max_workers_per_node == 4 and len(executor.available_accelerators) == 4
+
+
+def test_the_documented_schema_refuses_a_misspelt_user_option(tmp_path, endpoint_cli):
+    configure_documented_endpoint(tmp_path, endpoint_cli, {n: named_block(n) for n in ENDPOINT_FILES})
+    rendered = endpoint_cli(
+        "render-user-config", "-e", "ptycho", "-o", "-", stdin='{"acount": "PtychoAlloc"}'
+    )
+    assert rendered.returncode != 0 and "account" in rendered.stderr + rendered.stdout
+
+
+def test_an_engine_in_config_yaml_is_what_globus_compute_refuses(tmp_path, endpoint_cli):
+    """The layout the docs used to show: the engine in config.yaml makes an endpoint that will not start."""
+    from globus_compute_endpoint.endpoint.config import CoreEndpointConfig
+    from globus_compute_endpoint.endpoint.config.utils import get_config
+
+    old = "display_name: ptycho\n" + named_block("user_config_template.yaml.j2").replace(
+        "ifname: bond0", "ifname: lo"
+    )
+    old = re.sub(r"\{\{ (\w+) .*?\}\}", lambda m: {"max_blocks": "2"}.get(m.group(1), '"X"'), old)
+    endpoint = configure_documented_endpoint(
+        tmp_path, endpoint_cli, {n: named_block(n) for n in ENDPOINT_FILES}
+    )
+    (endpoint / "config.yaml").write_text(old)  # edited by hand, as the old docs said
+    config = get_config(endpoint)
+    config.engine.shutdown()
+    assert not isinstance(config, CoreEndpointConfig)  # start: "contains an `engine` field; will not start"
 
 
 def test_the_settings_example_is_valid(tmp_path, monkeypatch):
@@ -40,3 +126,26 @@ def test_the_settings_example_is_valid(tmp_path, monkeypatch):
     missing = [name for name in RUN_SETTINGS if getattr(settings, name) is None]
     assert missing == ["function_id", "flow_id"]  # set by `globus deploy`
     assert settings.facility_filesystem_path == "/eagle/YOUR_PROJECT/ptycho" and settings.max_in_flight == 8
+
+
+def test_the_facility_extra_installs_the_endpoint_at_the_sdk_version():
+    import tomllib
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    facility = {Requirement(r).name: Requirement(r) for r in extras["facility"]}
+    sdk = next(Requirement(r) for r in extras["globus"] if Requirement(r).name == "globus-compute-sdk")
+    endpoint = facility["globus-compute-endpoint"]
+    assert "bluesky-ptycho" in facility and "globus" in facility["bluesky-ptycho"].extras
+    assert str(endpoint.specifier) == str(sdk.specifier)  # released together: one range for both
+    # the endpoint installed here pins the SDK exactly; that pin falls in the range
+    pinned = next(
+        Requirement(r) for r in requires("globus-compute-endpoint") if r.startswith("globus-compute-sdk")
+    )
+    assert version("globus-compute-endpoint") in endpoint.specifier
+    assert next(iter(pinned.specifier)).version in sdk.specifier
+    assert "[facility]" in DOC

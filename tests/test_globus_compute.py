@@ -9,29 +9,26 @@ function tested here is the one the facility runs.
 
 from __future__ import annotations
 
-import uuid
+import itertools
 
+import numpy as np
 import pytest
 
-from bluesky_ptycho.federation import FrameChunk, RemoteRequest, reconstruct_files, reconstruct_remote
+from bluesky_ptycho.federation import (
+    ExecutorRunner,
+    FrameChunk,
+    ReconstructionJob,
+    RemoteRequest,
+    reconstruct_files,
+    reconstruct_remote,
+)
+from bluesky_ptycho.federation.executor import PayloadTooLargeError, payload_size
 from bluesky_ptycho.federation.staging import ScanStaging
+from bluesky_ptycho.federation.testing import ComputeTaskFailed
 from bluesky_ptycho.io import read_result
 from bluesky_ptycho.solver import ReconstructionSettings, object_error, simulate
 
 pytest.importorskip("globus_compute_endpoint")
-from globus_compute_common import messagepack
-from globus_compute_common.messagepack.message_types import Result, Task
-from globus_compute_endpoint.engines import ProcessPoolEngine
-from globus_compute_endpoint.engines.base import GCFuture
-from globus_compute_sdk.serialize import ComputeSerializer
-
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    engine = ProcessPoolEngine(max_workers=1)
-    engine.start(endpoint_id=uuid.uuid4(), run_dir=str(tmp_path_factory.mktemp("endpoint")))
-    yield engine
-    engine.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -39,41 +36,25 @@ def sim():
     return simulate(n_frames=80, frame_size=32, overlap=0.7, photons=None, seed=4)
 
 
-def run_on_endpoint(engine, function, *args, **kwargs):
-    """Serialise a call as the SDK does, run it on the engine, deserialise the result as the SDK does."""
-    serde = ComputeSerializer()
-    function_buffer = serde.pack_buffers([serde.serialize(function)])  # Client.register_function
-    arguments_buffer = serde.pack_buffers([serde.serialize(args), serde.serialize(kwargs)])  # Batch.add
-    task_id = uuid.uuid4()
-    packed = messagepack.pack(Task(task_id=task_id, task_buffer=function_buffer + arguments_buffer))
-    future = GCFuture(task_id)
-    engine.submit(future, packed, resource_specification={})
-    result = messagepack.unpack(future.result(timeout=120))
-    assert isinstance(result, Result)
-    if result.is_error:
-        raise RuntimeError(result.data)
-    return serde.deserialize(result.data)
-
-
-def test_the_executor_function_runs_on_a_compute_engine(engine, sim):
+def test_the_executor_function_runs_on_a_compute_engine(compute_endpoint, sim):
     settings = ReconstructionSettings(iterations=100)
     half = len(sim.data) // 2
     chunks = [
         FrameChunk(sim.data.frames[:half], sim.data.positions[:half]),
         FrameChunk(sim.data.frames[half:], sim.data.positions[half:]),
     ]
-    first = run_on_endpoint(
-        engine, reconstruct_remote, RemoteRequest("s", sim.data.geometry, settings, 10, chunks[:1])
+    first = compute_endpoint.run(
+        reconstruct_remote, RemoteRequest("s", sim.data.geometry, settings, 10, chunks[:1])
     )
     request = RemoteRequest("s", sim.data.geometry, settings, 100, chunks, previous=first)
-    remote = run_on_endpoint(engine, reconstruct_remote, request)
+    remote = compute_endpoint.run(reconstruct_remote, request)
     assert (remote.n_frames, remote.iterations) == (80, 110)
     local = reconstruct_remote(request)  # the same function here gives the same answer
     assert remote.cost_history == pytest.approx(local.cost_history, rel=1e-4)
     assert object_error(remote, sim) <= 0.10
 
 
-def test_the_flow_function_reads_staged_files_and_writes_the_result_file(engine, sim, tmp_path):
+def test_the_flow_function_reads_staged_files_and_writes_the_result_file(compute_endpoint, sim, tmp_path):
     staging = ScanStaging(tmp_path, "scan-1")
     for part in (slice(0, 40), slice(40, 80)):
         staging.add_chunk(sim.data.frames[part], sim.data.positions[part], sim.data.geometry)
@@ -85,7 +66,7 @@ def test_the_flow_function_reads_staged_files_and_writes_the_result_file(engine,
         "iterations": 10,
         "settings": {"iterations": 100},
     }
-    summary = run_on_endpoint(engine, reconstruct_files, **kwargs)
+    summary = compute_endpoint.run(reconstruct_files, **kwargs)
     assert summary == {
         "result_file": str(first),
         "n_frames": 40,
@@ -93,18 +74,61 @@ def test_the_flow_function_reads_staged_files_and_writes_the_result_file(engine,
         "final_cost": pytest.approx(summary["final_cost"]),
     }
     kwargs.update(frame_files=[str(p) for p in staging.chunks], result_file=str(second), iterations=100)
-    summary = run_on_endpoint(engine, reconstruct_files, previous_file=str(first), **kwargs)
+    summary = compute_endpoint.run(reconstruct_files, previous_file=str(first), **kwargs)
     result = read_result(second)
     assert (summary["n_frames"], summary["iterations"]) == (80, 110) == (result.n_frames, result.iterations)
     assert object_error(result, sim) <= 0.10
 
 
-def test_a_failing_job_comes_back_as_an_error_naming_the_problem(engine, tmp_path):
-    with pytest.raises(RuntimeError, match="no such CXI file"):
-        run_on_endpoint(
-            engine,
+def test_a_failing_job_comes_back_as_an_error_naming_the_problem(compute_endpoint, tmp_path):
+    with pytest.raises(ComputeTaskFailed, match="no such CXI file"):
+        compute_endpoint.run(
             reconstruct_files,
             frame_files=[str(tmp_path / "missing.cxi")],
             result_file="r.cxi",
             iterations=1,
         )
+
+
+def _jobs(sim, parts: int, iterations: int) -> list[ReconstructionJob]:
+    """The scan of ``sim`` as ``parts`` jobs of new frames, the last one final."""
+    bounds = np.linspace(0, len(sim.data), parts + 1).astype(int)
+    return [
+        ReconstructionJob(
+            "scan-1",
+            sim.data.geometry,
+            ReconstructionSettings(iterations=iterations),
+            sim.data.frames[start:stop],
+            sim.data.positions[start:stop],
+            iterations,
+            final=stop == len(sim.data),
+        )
+        for start, stop in itertools.pairwise(bounds)
+    ]
+
+
+def test_the_payload_is_measured_as_globus_compute_serialises_it(compute_endpoint, sim):
+    executor = compute_endpoint.executor()
+    frames = np.ones((128, 128, 128), np.float32)  # 8 MiB raw, the old documented inline limit
+    job = ReconstructionJob("big", sim.data.geometry, ReconstructionSettings(), frames, np.zeros((128, 2)), 1)
+    assert frames.nbytes == 8 * 2**20 and payload_size(executor, job) > 11e6
+    runner = ExecutorRunner(executor, retries=0)
+    assert runner.payload_limit == 10e6
+    sent = len(compute_endpoint.task_bytes)
+    with pytest.raises(PayloadTooLargeError, match=r"serialises to 11\.\d MB .* staging_directory"):
+        runner.submit(job).result(60)
+    assert len(compute_endpoint.task_bytes) == sent  # refused here, before it was sent
+    runner.shutdown()
+
+
+def test_with_a_staging_directory_each_frame_crosses_once(compute_endpoint, sim, tmp_path):
+    runner = ExecutorRunner(compute_endpoint.executor(), staging_directory=tmp_path)
+    sent = len(compute_endpoint.task_bytes)
+    results = [runner.submit(job).result(120) for job in _jobs(sim, parts=4, iterations=40)]
+    runner.shutdown()
+    # each job continued the previous one from its result file, and frames went once, as files
+    assert [(r.n_frames, r.iterations) for r in results] == [(20, 40), (40, 80), (60, 120), (80, 160)]
+    task_bytes = compute_endpoint.task_bytes[sent:]
+    assert len(task_bytes) == 4 and max(task_bytes) < 20_000 < sim.data.frames[:20].nbytes
+    assert object_error(results[-1], sim) <= 0.10
+    assert not (tmp_path / "scan-1").exists()  # removed after the final result came back

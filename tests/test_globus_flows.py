@@ -216,14 +216,16 @@ def live_scan(runner, n_points=120, preview_every=60, catalog_writer=None):
     return raw, recon, det, stage, settings
 
 
-def test_a_live_scan_is_reconstructed_through_flow_runs_into_the_catalog(settings, http, tmp_path):
+def test_a_live_scan_is_reconstructed_through_flow_runs_into_the_catalog(
+    compute_endpoint, settings, http, tmp_path
+):
     from bluesky_tiled_plugins import TiledWriter
     from tiled.client import from_uri
     from tiled.server import SimpleTiledServer
 
     from bluesky_ptycho.catalog import latest_final_reconstruction
 
-    service = LocalFlowsService(http, settings)
+    service = LocalFlowsService(http, settings, compute_endpoint)
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     server = SimpleTiledServer(tmp_path / "catalog")
     catalog = from_uri(server.uri)
@@ -249,12 +251,21 @@ def test_a_live_scan_is_reconstructed_through_flow_runs_into_the_catalog(setting
     kwargs = [body["compute"]["kwargs"] for body in service.bodies]
     assert [len(k["frame_files"]) for k in kwargs] == [1, 2, 2]
     assert kwargs[0]["previous_file"] is None and kwargs[2]["previous_file"] == kwargs[1]["result_file"]
+    # every file crossed once: two chunks out, three results back
+    names = sorted(path.name for path in service.copied)
+    assert names == [
+        "chunk_00000.cxi",
+        "chunk_00001.cxi",
+        "result_00000.cxi",
+        "result_00001.cxi",
+        "result_00002.cxi",
+    ]
     uid = raw.named("start")[0]["uid"]
     assert not (Path(settings.local_staging_directory) / uid).exists()  # staged files removed after success
 
 
-def test_a_failed_flow_run_is_recorded_as_failed_and_the_staged_frames_kept(settings, http):
-    LocalFlowsService(http, settings, outcome="fail")
+def test_a_failed_flow_run_is_recorded_as_failed_and_the_staged_frames_kept(compute_endpoint, settings, http):
+    LocalFlowsService(http, settings, compute_endpoint, outcome="fail")
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     raw, recon, *_ = live_scan(runner, n_points=40, preview_every=None)
     stop = recon.named("stop")[0]
@@ -266,8 +277,8 @@ def test_a_failed_flow_run_is_recorded_as_failed_and_the_staged_frames_kept(sett
     assert list((Path(settings.local_staging_directory) / uid / "frames").glob("chunk_*.cxi"))
 
 
-def test_a_stalled_run_is_cancelled_at_the_timeout(settings, http):
-    service = LocalFlowsService(http, settings, outcome="stall")
+def test_a_stalled_run_is_cancelled_at_the_timeout(compute_endpoint, settings, http):
+    service = LocalFlowsService(http, settings, compute_endpoint, outcome="stall")
     settings.run_timeout_s = 0.2
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     job = small_job("stalled", iterations=5)
@@ -297,13 +308,13 @@ def test_an_expired_login_gives_an_actionable_message(settings, http):
         runner.submit(job).result(30)
 
 
-def test_globus_run_sends_a_file_through_the_flow(settings, http, globus_home, tmp_path):
+def test_globus_run_sends_a_file_through_the_flow(compute_endpoint, settings, http, globus_home, tmp_path):
     from click.testing import CliRunner
 
     from bluesky_ptycho.cli import main
     from bluesky_ptycho.io import read_result, write_cxi
 
-    LocalFlowsService(http, settings)
+    LocalFlowsService(http, settings, compute_endpoint)
     values = settings.public_dict()
     globus_home.parent.mkdir(parents=True, exist_ok=True)
     globus_home.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items() if v is not None))
@@ -378,20 +389,20 @@ MUTATIONS = {
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=list(MUTATIONS))
-def test_the_stand_in_runs_the_definition_so_a_broken_one_fails(settings, http, mutation):
+def test_the_stand_in_runs_the_definition_so_a_broken_one_fails(compute_endpoint, settings, http, mutation):
     """The stand-in executes definition.json: each of these mistakes fails the run, naming the state."""
     mutate, message = MUTATIONS[mutation]
     definition = flow_definition()
     mutate(definition)
-    LocalFlowsService(http, settings, definition=definition)
+    LocalFlowsService(http, settings, compute_endpoint, definition=definition)
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     job = small_job("mutant", iterations=3)
     with pytest.raises(FlowRunError, match=message):
         runner.submit(job).result(60)
 
 
-def test_the_shipped_definition_runs_every_state(settings, http):
-    service = LocalFlowsService(http, settings)
+def test_the_shipped_definition_runs_every_state(compute_endpoint, settings, http):
+    service = LocalFlowsService(http, settings, compute_endpoint)
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     job = small_job("shipped", iterations=3)
     assert runner.submit(job).result(60).iterations == 3
@@ -412,11 +423,13 @@ def test_the_shipped_definition_runs_every_state(settings, http):
         ("facility_collection_id", r"state TransferFrames: collection [-0-9a-f]{36} not found"),
     ],
 )
-def test_the_action_stand_ins_know_only_what_was_deployed(settings, http, deployed, message):
+def test_the_action_stand_ins_know_only_what_was_deployed(
+    compute_endpoint, settings, http, deployed, message
+):
     """The runner's settings name another function, endpoint or collection than the deployment has: the run fails."""
     import uuid
 
-    LocalFlowsService(http, settings.model_copy(update={deployed: uuid.uuid4()}))
+    LocalFlowsService(http, settings.model_copy(update={deployed: uuid.uuid4()}), compute_endpoint)
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     with pytest.raises(FlowRunError, match=message):
         runner.submit(small_job("elsewhere", iterations=3)).result(60)

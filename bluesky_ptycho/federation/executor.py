@@ -1,32 +1,79 @@
 """Reconstructions on any ``concurrent.futures.Executor``: a Dask cluster, a Globus Compute endpoint.
 
 Remote workers keep nothing between jobs, so this side keeps each scan's
-frames (in memory, or staged as CXI chunk files once they pass a size
-threshold) and its latest result, and every job ships the scan so far plus
-that result to continue from (:func:`~bluesky_ptycho.federation.remote.reconstruct_remote`).
+ledger: the frames sent so far and the latest result to continue from.
+
+- With a ``staging_directory`` the workers can read (a shared file system),
+  each job's new frames are written there once as a CXI chunk file, the
+  worker writes its result file beside them, and a job carries only paths:
+  the chunks and the previous result (:func:`~bluesky_ptycho.federation.remote.reconstruct_files`,
+  the function the Globus Flow runs too). Frames cross once and nothing
+  grows with the number of previews.
+- Without one, every job carries the scan's frames and the previous result
+  inline (:func:`~bluesky_ptycho.federation.remote.reconstruct_remote`),
+  which is right for a cluster on this machine or next to it, and is refused
+  with a clear error once it would exceed the executor's payload limit.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from ..io.cxi import read_result
 from ..solver.data import ReconstructionResult
 from .jobs import ReconstructionJob
 from .lanes import LaneRunner, job_timings, with_retries
-from .remote import FrameChunk, RemoteRequest, reconstruct_remote
+from .remote import FrameChunk, RemoteRequest, reconstruct_files, reconstruct_remote
 from .staging import ScanStaging
 
 logger = logging.getLogger(__name__)
 
+#: Globus Compute's limit on one task's serialised arguments, and on one result (bytes).
+GLOBUS_COMPUTE_PAYLOAD_LIMIT = 10 * 10**6
+
+
+class PayloadTooLargeError(ValueError):
+    """A job would exceed the executor's payload limit once serialised; the message says what to do."""
+
+
+def _compute_serializer(executor: Executor):
+    """The Globus Compute serializer of ``executor``, or None for other executors."""
+    try:
+        from globus_compute_sdk.serialize import ComputeSerializer
+    except ImportError:
+        return None
+    serializer = getattr(executor, "serializer", None)
+    return serializer if isinstance(serializer, ComputeSerializer) else None
+
+
+def payload_size(executor: Executor, *args: Any, **kwargs: Any) -> int:
+    """Bytes that submitting ``args`` and ``kwargs`` to ``executor`` puts on the wire, as it serialises them.
+
+    Globus Compute's serializer (base64 text inside its own framing) makes
+    8 MiB of frames into about 11.3 MB; other executors pickle.
+    """
+    serializer = _compute_serializer(executor)
+    if serializer is None:
+        return len(pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+    return len(serializer.pack_buffers([serializer.serialize(args), serializer.serialize(kwargs)]))
+
+
+def default_payload_limit(executor: Executor) -> int | None:
+    """The payload limit of ``executor``'s service: 10 MB for Globus Compute, none for others."""
+    return GLOBUS_COMPUTE_PAYLOAD_LIMIT if _compute_serializer(executor) is not None else None
+
 
 @dataclass
 class _Scan:
-    chunks: list[FrameChunk | str] = field(default_factory=list)
-    inline_bytes: int = 0
+    """A scan's ledger: its frames so far (inline or staged) and the result to continue from."""
+
+    chunks: list[FrameChunk] = field(default_factory=list)
     previous: ReconstructionResult | None = None
     staging: ScanStaging | None = None
 
@@ -41,7 +88,7 @@ def _remote_id(future) -> str:
 
 
 class ExecutorRunner(LaneRunner[_Scan]):
-    """Runs each job as :func:`reconstruct_remote` on ``executor``.
+    """Runs each job of a scan on ``executor``, continuing from the scan's previous result.
 
     Parameters
     ----------
@@ -51,12 +98,14 @@ class ExecutorRunner(LaneRunner[_Scan]):
     max_in_flight
         Scans reconstructed at the same time (jobs of one scan run in order).
     staging_directory
-        A directory the workers can read at the same path (a shared file
-        system). Once a scan's inline frames pass ``inline_limit`` bytes, new
-        frames are written there as CXI chunk files and sent as paths. None:
-        frames always go inline.
-    inline_limit
-        Bytes of frames per scan sent inline before staging starts.
+        A directory the workers can read and write at the same path (a
+        shared file system). Given, frames and results travel as files and
+        each frame is written once; None: frames and the previous result
+        travel inline with every job.
+    payload_limit
+        Largest serialised job, in bytes; a bigger inline job fails with
+        :class:`PayloadTooLargeError` before it is sent. Default: the
+        executor's service limit (10 MB for Globus Compute; none otherwise).
     timeout
         Seconds to wait for one remote job (None: no limit).
     retries, backoff
@@ -74,7 +123,7 @@ class ExecutorRunner(LaneRunner[_Scan]):
         *,
         max_in_flight: int = 8,
         staging_directory: str | Path | None = None,
-        inline_limit: int = 256 * 2**20,
+        payload_limit: int | None = None,
         timeout: float | None = None,
         retries: int = 2,
         backoff: float = 2.0,
@@ -83,7 +132,7 @@ class ExecutorRunner(LaneRunner[_Scan]):
         super().__init__(max_in_flight)
         self.executor = executor
         self.staging_directory = None if staging_directory is None else Path(staging_directory)
-        self.inline_limit = inline_limit
+        self.payload_limit = default_payload_limit(executor) if payload_limit is None else payload_limit
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -96,20 +145,29 @@ class ExecutorRunner(LaneRunner[_Scan]):
         )
         return _Scan(staging=staging)
 
-    def _add_frames(self, scan: _Scan, job: ReconstructionJob) -> None:
-        if not len(job.frames):
-            return
-        if scan.staging is not None and scan.inline_bytes + job.frames.nbytes > self.inline_limit:
-            path = scan.staging.add_chunk(job.frames, job.positions, job.geometry, job.mask, job.probe)
-            scan.chunks.append(str(path))
-        else:
-            scan.chunks.append(FrameChunk(job.frames, job.positions))
-            scan.inline_bytes += job.frames.nbytes
+    def _staged_call(self, scan: _Scan, job: ReconstructionJob) -> tuple[tuple, dict, Path, int]:
+        """The arguments of :func:`reconstruct_files` for this job, its new frames written once, and their bytes."""
+        staging = scan.staging
+        written = 0
+        if len(job.frames):
+            chunk = staging.add_chunk(job.frames, job.positions, job.geometry, job.mask, job.probe)
+            written = chunk.stat().st_size
+        if not staging.chunks:
+            raise ValueError(f"scan {job.scan_uid}: no frames to reconstruct")
+        result_file = staging.next_result()
+        kwargs = {
+            "frame_files": [str(path) for path in staging.chunks],
+            "result_file": str(result_file),
+            "iterations": job.iterations,
+            "settings": job.settings.to_dict(),
+            "previous_file": str(staging.results[-1]) if staging.results else None,
+        }
+        return (), kwargs, result_file, written + payload_size(self.executor, **kwargs)
 
-    def run_job(self, scan: _Scan, job: ReconstructionJob) -> ReconstructionResult:
-        started = time.perf_counter()
-        self._add_frames(scan, job)
-        staged = time.perf_counter()
+    def _inline_call(self, scan: _Scan, job: ReconstructionJob) -> tuple[tuple, dict, None, int]:
+        """The argument of :func:`reconstruct_remote` for this job (the scan so far, inline), and its bytes."""
+        if len(job.frames):
+            scan.chunks.append(FrameChunk(job.frames, job.positions))
         request = RemoteRequest(
             scan_uid=job.scan_uid,
             geometry=job.geometry,
@@ -120,9 +178,25 @@ class ExecutorRunner(LaneRunner[_Scan]):
             previous=scan.previous,
             probe=job.probe,
         )
+        size = payload_size(self.executor, request)
+        if self.payload_limit is not None and size > self.payload_limit:
+            raise PayloadTooLargeError(
+                f"scan {job.scan_uid}: this job serialises to {size / 1e6:.1f} MB (its frames so far "
+                f"and the previous result), over the executor's limit of {self.payload_limit / 1e6:.1f} "
+                "MB; give ExecutorRunner a staging_directory the workers can read, so frames and "
+                "results travel as files"
+            )
+        return (request,), {}, None, size
 
-        def attempt() -> ReconstructionResult:
-            future = self.executor.submit(reconstruct_remote, request)
+    def run_job(self, scan: _Scan, job: ReconstructionJob) -> ReconstructionResult:
+        started = time.perf_counter()
+        staged_mode = scan.staging is not None
+        function = reconstruct_files if staged_mode else reconstruct_remote
+        args, kwargs, result_file, sent = (self._staged_call if staged_mode else self._inline_call)(scan, job)
+        staged = time.perf_counter()
+
+        def attempt() -> Any:
+            future = self.executor.submit(function, *args, **kwargs)
             try:
                 return future.result(timeout=self.timeout)
             except TimeoutError:
@@ -134,13 +208,20 @@ class ExecutorRunner(LaneRunner[_Scan]):
                 error.add_note(f"remote task: {_remote_id(future)}")
                 raise
 
-        result = with_retries(
+        output = with_retries(
             attempt, retries=self.retries, backoff=self.backoff, what=f"scan {job.scan_uid}: remote job"
         )
-        scan.previous = result
+        if staged_mode:
+            result = read_result(result_file)
+            scan.staging.results.append(result_file)
+            received = result_file.stat().st_size
+        else:
+            result = scan.previous = output
+            received = payload_size(self.executor, result)
         result.extra["timings"] = job_timings(
             started, staged, time.perf_counter(), result.extra.get("compute_s")
         )
+        result.extra["bytes_moved"] = {"sent": sent, "received": received}
         return result
 
     def forget_scan(self, scan: _Scan, succeeded: bool) -> None:

@@ -244,8 +244,10 @@ class GlobusFlowRunner(LaneRunner[ScanStaging]):
 
     def run_job(self, staging: ScanStaging, job: ReconstructionJob) -> ReconstructionResult:
         started = time.perf_counter()
+        sent = 0
         if len(job.frames):
-            staging.add_chunk(job.frames, job.positions, job.geometry, job.mask, job.probe)
+            chunk = staging.add_chunk(job.frames, job.positions, job.geometry, job.mask, job.probe)
+            sent = chunk.stat().st_size  # the transfer syncs only this new chunk
         staged = time.perf_counter()
         if not staging.chunks:
             raise ValueError(f"scan {job.scan_uid}: no frames to reconstruct")
@@ -276,6 +278,10 @@ class GlobusFlowRunner(LaneRunner[ScanStaging]):
         result.extra["timings"] = job_timings(
             started, staged, time.perf_counter(), result.extra.get("compute_s")
         )
+        result.extra["bytes_moved"] = {
+            "sent": sent + len(json.dumps(body)),
+            "received": result_file.stat().st_size,
+        }
         return result
 
     def wait(self, run_id: str) -> dict[str, Any]:

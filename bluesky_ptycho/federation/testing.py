@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import uuid
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 import globus_sdk
@@ -128,6 +129,94 @@ class ActionFailed(Exception):
     """An action ended FAILED (or its provider refused the request): the reason."""
 
 
+class ComputeTaskFailed(RuntimeError):
+    """A task the local Compute endpoint refused (payload over the limit) or whose function raised."""
+
+
+class LocalComputeEndpoint:
+    """A Globus Compute endpoint on this machine: the SDK's serialisation, the endpoint's real engine.
+
+    A task is packed as the SDK packs it (``ComputeSerializer``: the
+    function, then its args and kwargs), refused when it exceeds the
+    service's payload limit (10 MB, as is a result), run on
+    ``globus_compute_endpoint``'s ``ProcessPoolEngine`` (a separate worker
+    process that unpacks and calls it as the facility does), and its result
+    unpacked as the SDK does. Only the web service that relays the bytes is
+    missing. Use as a context manager, or call :meth:`shutdown`.
+    """
+
+    def __init__(self, run_dir: str | Path, *, payload_limit: int | None = None) -> None:
+        from globus_compute_endpoint.engines import ProcessPoolEngine
+        from globus_compute_sdk.serialize import ComputeSerializer
+
+        from .executor import GLOBUS_COMPUTE_PAYLOAD_LIMIT
+
+        self.endpoint_id = uuid.uuid4()
+        self.serializer = ComputeSerializer()
+        self.payload_limit = GLOBUS_COMPUTE_PAYLOAD_LIMIT if payload_limit is None else payload_limit
+        self.task_bytes: list[int] = []  # the serialised size of every task submitted
+        self._engine = ProcessPoolEngine(max_workers=1)
+        self._engine.start(endpoint_id=self.endpoint_id, run_dir=str(run_dir))
+
+    def run(self, function, *args, **kwargs):
+        """Run ``function(*args, **kwargs)`` on the engine; its return value, or :class:`ComputeTaskFailed`."""
+        from globus_compute_common import messagepack
+        from globus_compute_common.messagepack.message_types import Result, Task
+        from globus_compute_endpoint.engines.base import GCFuture
+
+        serde = self.serializer
+        arguments = serde.pack_buffers([serde.serialize(args), serde.serialize(kwargs)])
+        self.task_bytes.append(len(arguments))
+        if len(arguments) > self.payload_limit:
+            raise ComputeTaskFailed(
+                f"413 task payload of {len(arguments)} bytes exceeds the limit of {self.payload_limit}"
+            )
+        task_id = uuid.uuid4()
+        packed = messagepack.pack(
+            Task(task_id=task_id, task_buffer=serde.pack_buffers([serde.serialize(function)]) + arguments)
+        )
+        future = GCFuture(task_id)
+        self._engine.submit(future, packed, resource_specification={})
+        result = messagepack.unpack(future.result(timeout=600))
+        if not isinstance(result, Result):
+            raise ComputeTaskFailed(f"the engine returned {type(result).__name__}")
+        if result.is_error:
+            raise ComputeTaskFailed(result.data)
+        if len(result.data) > self.payload_limit:
+            raise ComputeTaskFailed(
+                f"task result of {len(result.data)} bytes exceeds the limit of {self.payload_limit}"
+            )
+        return serde.deserialize(result.data)
+
+    def executor(self) -> LocalComputeExecutor:
+        """A ``concurrent.futures.Executor`` on this endpoint, as ``globus_compute_sdk.Executor`` is one."""
+        return LocalComputeExecutor(self)
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()
+
+    def __enter__(self) -> LocalComputeEndpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+
+class LocalComputeExecutor(Executor):
+    """Submits to a :class:`LocalComputeEndpoint`; has the ``serializer`` a Globus Compute Executor has."""
+
+    def __init__(self, endpoint: LocalComputeEndpoint) -> None:
+        self.endpoint = endpoint
+        self.serializer = endpoint.serializer
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-compute")
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        return self._pool.submit(self.endpoint.run, fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+
+
 def json_path(state: dict, path: str):
     """The value at ``path`` (``$.a.b``) of a run's state, as the Flows service resolves a ``.$`` parameter."""
     if not isinstance(path, str) or not (path == "$" or path.startswith("$.")):
@@ -169,18 +258,27 @@ class LocalFlowsService:
     schemas (:data:`TRANSFER_INPUT_SCHEMA`, :data:`COMPUTE_V3_INPUT_SCHEMA`)
     and then act locally: Transfer copies between two local directories
     that play the collections, Compute calls the registered function
-    (:func:`reconstruct_files`) on the known endpoint. ``outcome`` "fail"
+    (:func:`reconstruct_files`) on ``endpoint`` (a real engine) when the
+    request names the configured endpoint. ``outcome`` "fail"
     takes the compute endpoint offline, "stall" leaves runs active forever.
     """
 
     def __init__(
-        self, http, settings: GlobusSettings, outcome: str = "succeed", definition: dict | None = None
+        self,
+        http,
+        settings: GlobusSettings,
+        endpoint: LocalComputeEndpoint,
+        outcome: str = "succeed",
+        definition: dict | None = None,
     ):
         flows = get_service_url("flows").rstrip("/")
         self.settings = settings
+        self.endpoint = endpoint
         self.outcome = outcome
         self.definition = definition or flow_definition()
         self.runs: dict[str, dict] = {}
+        self.bytes_moved = 0  # by the Transfer stand-in, over all runs
+        self.copied: list[Path] = []  # every file it copied, by destination
         self.bodies: list[dict] = []
         self.cancelled: list[str] = []
         self.providers = {TRANSFER_ACTION_URL: self.transfer, COMPUTE_ACTION_URL: self.compute}
@@ -276,17 +374,36 @@ class LocalFlowsService:
         return base / Path(path).relative_to(root)
 
     def transfer(self, body: dict) -> dict:
+        """Copy as the Transfer service does: with a ``sync_level``, only files the destination lacks or differ."""
+        copied = 0
         for item in body["DATA"]:
             source = self.collection(body["source_endpoint"], item["source_path"])
             destination = self.collection(body["destination_endpoint"], item["destination_path"])
             if not source.exists():
                 raise ActionFailed(f"Transfer: {item['source_path']} not found (FILE_NOT_FOUND)")
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            if item.get("recursive"):
-                shutil.copytree(source, destination, dirs_exist_ok=True)
-            else:
-                shutil.copy(source, destination)
-        return {"task_id": str(uuid.uuid4()), "status": "SUCCEEDED", "label": body.get("label")}
+            pairs = (
+                [
+                    (path, destination / path.relative_to(source))
+                    for path in source.rglob("*")
+                    if path.is_file()
+                ]
+                if item.get("recursive")
+                else [(source, destination)]
+            )
+            for source_file, destination_file in pairs:
+                if _in_sync(source_file, destination_file, body.get("sync_level")):
+                    continue
+                destination_file.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source_file, destination_file)
+                copied += source_file.stat().st_size
+                self.copied.append(destination_file)
+        self.bytes_moved += copied
+        return {
+            "task_id": str(uuid.uuid4()),
+            "status": "SUCCEEDED",
+            "label": body.get("label"),
+            "bytes_transferred": copied,
+        }
 
     def compute(self, body: dict) -> dict:
         if self.outcome == "fail":
@@ -298,9 +415,9 @@ class LocalFlowsService:
             if task["function_id"] != str(self.settings.function_id):
                 raise ActionFailed(f"Compute: function {task['function_id']} not found")
             try:
-                output = reconstruct_files(*task.get("args", []), **task.get("kwargs", {}))
-            except Exception as error:  # as the endpoint reports a task's exception
-                raise ActionFailed(f"Compute task failed: {type(error).__name__}: {error}") from None
+                output = self.endpoint.run(reconstruct_files, *task.get("args", []), **task.get("kwargs", {}))
+            except ComputeTaskFailed as error:  # as the provider reports a task's exception
+                raise ActionFailed(f"Compute task failed: {error}") from None
             results.append({"task_id": str(uuid.uuid4()), "output": output})
         return {"result": [r["output"] for r in results], "results": results}
 
@@ -309,6 +426,21 @@ class LocalFlowsService:
         self.cancelled.append(run_id)
         self.runs[run_id]["status"] = "ENDED"
         return 202, {}, json.dumps({"run_id": run_id, "status": "ENDED"})
+
+
+def _in_sync(source: Path, destination: Path, sync_level: int | None) -> bool:
+    """Whether the Transfer service would skip ``source`` at ``sync_level`` (None: always copy)."""
+    if sync_level is None or not destination.exists():
+        return False
+    if sync_level == 0:  # exists
+        return True
+    if source.stat().st_size != destination.stat().st_size:  # 1: size
+        return False
+    if sync_level == 1:
+        return True
+    if sync_level == 2:  # mtime: the source is not newer
+        return source.stat().st_mtime <= destination.stat().st_mtime
+    return source.read_bytes() == destination.read_bytes()  # 3: checksum
 
 
 def json_path_key(path: str) -> str:
