@@ -115,11 +115,18 @@ def deploy_command() -> None:
     from .federation.flows import deploy
     from .federation.globus_settings import deployment_file
 
-    _, _, clients = _app_and_clients()
-    done = deploy(clients)
+    settings, _, clients = _app_and_clients()
+    done = deploy(clients, settings)
     function = "registered" if done.function_registered else "unchanged"
     console.print(f"function {done.function_id} ({function})\nflow     {done.flow_id} ({done.flow_action})")
     console.print(f"ids kept in {deployment_file()}")
+    if done.flow_action in ("created", "recreated"):
+        console.print("next: `bluesky-ptycho globus login` again, to consent to running the new flow")
+    if settings.subscription_id is None:
+        console.print(
+            "[yellow]no subscription_id set: Globus deletes a flow without a subscription after 30 days "
+            "(`globus deploy` then creates it again)[/yellow]"
+        )
 
 
 @globus_group.command("run")
@@ -171,13 +178,18 @@ def run_command(input_file: Path, output: Path | None, **options) -> None:
 @_globus_errors
 def status_command(run_id: str | None, limit: int) -> None:
     """Show one flow run, or the latest runs of the deployed flow."""
+    from .federation.flows import inactive_cause, run_cause, run_link
+
     settings, _, clients = _app_and_clients()
     if run_id is not None:
-        run = clients.flows.get_run(run_id)
+        run = clients.flows.get_run(run_id).data
         console.print(f"{run['run_id']}  {run['status']}  {run.get('label', '')}")
-        details = run.get("details") or {}
-        if details.get("description"):
-            console.print(details["description"])
+        if run["status"] in ("FAILED", "ENDED"):
+            console.print(run_cause(clients, run), markup=False)
+        elif run["status"] == "INACTIVE":
+            console.print(inactive_cause(run), markup=False)
+            console.print(f"then: bluesky-ptycho globus resume {run_id}", markup=False)
+        console.print(run_link(run_id), markup=False)
         return
     settings.require("flow_id")
     table = Table("run", "status", "label", "started", box=None)
@@ -186,3 +198,27 @@ def status_command(run_id: str | None, limit: int) -> None:
             break
         table.add_row(run["run_id"], run["status"], run.get("label", ""), run.get("start_time", ""))
     console.print(table)
+
+
+@globus_group.command("resume")
+@click.argument("run_id")
+@_globus_errors
+def resume_command(run_id: str) -> None:
+    """Resume a run of the deployed flow that stopped for a consent (log in again first)."""
+    from .federation.flows import required_consents, run_link
+
+    settings, _, clients = _app_and_clients()
+    run = clients.flows.get_run(run_id).data
+    if run["status"] != "INACTIVE":
+        raise click.ClickException(f"run {run_id} is {run['status']}, not INACTIVE: nothing to resume")
+    if clients.flow is None or run.get("flow_id") not in (None, str(settings.flow_id)):
+        raise click.ClickException(
+            f"run {run_id} is a run of flow {run.get('flow_id')}, not the deployed one"
+        )
+    clients.flow.resume_run(run_id)
+    scopes = required_consents(run)
+    if scopes:
+        console.print(f"resumed; it needed consent to {', '.join(scopes)}", markup=False)
+    else:
+        console.print("resumed")
+    console.print(f"follow it: bluesky-ptycho globus status {run_id}  ({run_link(run_id)})", markup=False)

@@ -118,5 +118,25 @@ def test_deploy_through_the_command(globus_home, http):
     result = globus("deploy")
     assert result.exit_code == 0, result.output
     assert f"flow     {created.json['id']} (created)" in result.output
+    assert "`bluesky-ptycho globus login` again, to consent to running the new flow" in result.output
+    assert "no subscription_id set" in result.output
+    flows = get_service_url("flows").rstrip("/")
+    http.add("GET", f"{flows}/flows/{created.json['id']}", json={"id": created.json["id"]})
     again = globus("deploy")
     assert "(unchanged)" in again.output and "function" in again.output
+
+
+def test_a_login_made_before_deploy_asks_to_log_in_again_for_the_new_flow(globus_home, http):
+    from bluesky_ptycho.federation.auth import GlobusLoginRequired, make_clients
+
+    flow_line = next(line for line in globus_home.read_text().splitlines() if line.startswith("flow_id"))
+    globus_home.write_text(globus_home.read_text().replace(flow_line + "\n", ""))
+    store_tokens(3600)  # `globus login` as the docs' first steps did, before the flow existed
+    globus_home.write_text(globus_home.read_text() + flow_line + "\n")  # then `globus deploy`
+    settings = load_globus_settings()
+    clients = make_clients(settings, make_app(settings))
+    with pytest.raises(
+        GlobusLoginRequired, match=r"run `bluesky-ptycho globus login` again to consent to the new flow"
+    ):
+        clients.flow.run_flow({})
+    assert not http.calls  # nothing was sent without the flow's token

@@ -132,3 +132,16 @@ def test_with_a_staging_directory_each_frame_crosses_once(compute_endpoint, sim,
     assert len(task_bytes) == 4 and max(task_bytes) < 20_000 < sim.data.frames[:20].nbytes
     assert object_error(results[-1], sim) <= 0.10
     assert not (tmp_path / "scan-1").exists()  # removed after the final result came back
+
+
+def test_the_facility_chooses_the_device(sim, monkeypatch):
+    """The beamline asked for a GPU it has; this worker has none, and its environment says so."""
+    from bluesky_ptycho.federation.remote import DEVICE_ENV
+
+    request = RemoteRequest("s", sim.data.geometry, ReconstructionSettings(device="gpu"), 2,
+                            [FrameChunk(sim.data.frames, sim.data.positions)])  # fmt: skip
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert reconstruct_remote(request).extra["device"] == "cpu"
+    monkeypatch.setenv(DEVICE_ENV, "tpu")
+    with pytest.raises(ValueError, match="device must be one of"):
+        reconstruct_remote(request)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+import uuid
 from pathlib import Path
 
 import globus_sdk
@@ -24,6 +26,7 @@ from globus_sdk.config import get_service_url
 from globus_sdk.testing import get_last_request, load_response
 from helpers import Documents, result_of, scan_positions, store_tokens
 
+from bluesky_ptycho import __version__
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.federation import ReconstructionJob
 from bluesky_ptycho.federation.flows import (
@@ -33,8 +36,9 @@ from bluesky_ptycho.federation.flows import (
     flow_definition,
     flow_input,
     flow_input_schema,
+    flow_run_timeout,
 )
-from bluesky_ptycho.federation.globus_settings import read_deployment, write_deployment
+from bluesky_ptycho.federation.globus_settings import load_globus_settings, read_deployment, write_deployment
 from bluesky_ptycho.federation.staging import ScanStaging
 from bluesky_ptycho.federation.testing import LocalFlowsService, local_flow_settings, token_clients
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
@@ -167,28 +171,82 @@ def test_the_input_schema_accepts_a_real_input_and_names_what_is_wrong(settings,
 # --- deploy --------------------------------------------------------------------
 
 
+def flow_on_service(http, flow_id: str, status: int = 200) -> None:
+    """The Flows service's answer to GET /flows/<flow_id>: the flow, or 404 once it expired or was deleted."""
+    flows = get_service_url("flows").rstrip("/")
+    body = {"id": flow_id} if status == 200 else {"error": {"code": "NOT_FOUND", "detail": "flow not found"}}
+    http.replace("GET", f"{flows}/flows/{flow_id}", json=body, status=status) if any(
+        call.url == f"{flows}/flows/{flow_id}" for call in http.registered()
+    ) else http.add("GET", f"{flows}/flows/{flow_id}", json=body, status=status)
+
+
 def test_deploy_creates_then_does_nothing_then_updates(globus_home, http):
     clients = token_clients(None)
+    settings = load_globus_settings(
+        subscription_id=str(uuid.uuid4()), flow_starters=["urn:globus:groups:id:" + str(uuid.uuid4())]
+    )
     function = load_response(globus_sdk.ComputeClientV3.register_function, requests_mock=http)
     created = load_response(globus_sdk.FlowsClient.create_flow, requests_mock=http)
-    first = deploy(clients)
+    first = deploy(clients, settings)
     assert first.function_registered and first.flow_action == "created"
     assert first.function_id == function.metadata["function_id"] and first.flow_id == created.json["id"]
+    registered = json.loads(http.calls[0].request.body)
+    assert registered["public"] is True  # another identity running the flow can use the function
     sent = json.loads(get_last_request(requests_mock=http).body)
     assert sent["definition"] == flow_definition() and sent["input_schema"] == flow_input_schema()
+    assert sent["subscription_id"] == str(settings.subscription_id)
+    assert sent["flow_starters"] == settings.flow_starters
 
+    flow_on_service(http, first.flow_id)
     calls = len(http.calls)
-    again = deploy(clients)
-    assert (again.function_registered, again.flow_action) == (False, "unchanged") and len(http.calls) == calls
+    again = deploy(clients, settings)
+    assert (again.function_registered, again.flow_action) == (False, "unchanged")
+    assert [call.request.method for call in http.calls[calls:]] == ["GET"]  # only: is the flow still there?
 
     record = read_deployment()  # as after upgrading to a package with a new flow definition
     write_deployment({**record, "flow_checksum": "from an older version"})
     updated = load_response(globus_sdk.FlowsClient.update_flow, requests_mock=http)
     assert updated.metadata["flow_id"] == first.flow_id
-    third = deploy(clients)
+    third = deploy(clients, settings)
     assert third.flow_action == "updated" and not third.function_registered
     request = get_last_request(requests_mock=http)
     assert request.method == "PUT" and request.url.endswith(f"/flows/{first.flow_id}")
+
+    starters = settings.model_copy(update={"flow_starters": ["all_authenticated_users"]})
+    assert deploy(clients, starters).flow_action == "updated"  # who may run it changed
+    assert json.loads(get_last_request(requests_mock=http).body)["flow_starters"] == [
+        "all_authenticated_users"
+    ]
+
+
+def test_deploy_creates_the_flow_again_when_it_expired(globus_home, http):
+    clients = token_clients(None)
+    load_response(globus_sdk.ComputeClientV3.register_function, requests_mock=http)
+    write_deployment(
+        {"function_id": str(uuid.uuid4()), "function_version": __version__, "flow_id": str(uuid.uuid4()),
+         "flow_checksum": "x"}
+    )  # fmt: skip
+    flow_on_service(http, read_deployment()["flow_id"], status=404)
+    created = load_response(globus_sdk.FlowsClient.create_flow, requests_mock=http)
+    done = deploy(clients, load_globus_settings())
+    assert (done.flow_action, done.flow_id, done.function_registered) == (
+        "recreated",
+        created.json["id"],
+        False,
+    )
+    assert read_deployment()["flow_id"] == created.json["id"]
+
+
+def test_the_function_is_registered_once_per_version(globus_home, http):
+    clients = token_clients(None)
+    load_response(globus_sdk.ComputeClientV3.register_function, requests_mock=http)
+    load_response(globus_sdk.FlowsClient.create_flow, requests_mock=http)
+    first = deploy(clients, load_globus_settings())
+    flow_on_service(http, first.flow_id)
+    assert not deploy(clients, load_globus_settings()).function_registered
+    write_deployment({**read_deployment(), "function_version": "0.0.1"})  # deployed by an older release
+    assert deploy(clients, load_globus_settings()).function_registered
+    assert read_deployment()["function_version"] == __version__
 
 
 # --- runs ----------------------------------------------------------------------
@@ -282,7 +340,10 @@ def test_a_stalled_run_is_cancelled_at_the_timeout(compute_endpoint, settings, h
     settings.run_timeout_s = 0.2
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     job = small_job("stalled", iterations=5)
-    with pytest.raises(FlowRunError, match=r"TIMED OUT: no result within 0\.2 s; run cancelled"):
+    with pytest.raises(
+        FlowRunError,
+        match=r"TIMED OUT: no result within 0\.2 s waiting in state TransferFrames; run cancelled",
+    ):
         runner.submit(job).result(30)
     assert len(service.cancelled) == 1
 
@@ -433,3 +494,92 @@ def test_the_action_stand_ins_know_only_what_was_deployed(
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     with pytest.raises(FlowRunError, match=message):
         runner.submit(small_job("elsewhere", iterations=3)).result(60)
+
+
+def test_the_default_run_timeout_is_the_flows_own_wait_times(globus_home):
+    assert load_globus_settings().run_timeout_s is None
+    waits = [state["WaitTime"] for state in flow_definition()["States"].values()]
+    assert flow_run_timeout() == pytest.approx(1.1 * sum(waits)) and sum(waits) == 14400
+
+
+def test_a_run_that_stops_for_a_consent_is_cancelled_with_what_to_do(compute_endpoint, settings, http):
+    service = LocalFlowsService(http, settings, compute_endpoint, outcome="consent")
+    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
+    with pytest.raises(FlowRunError) as failure:
+        runner.submit(small_job("consent", iterations=3)).result(60)
+    message = str(failure.value)
+    assert (
+        f"consent to https://auth.globus.org/scopes/{settings.facility_collection_id}/data_access" in message
+    )
+    assert "`bluesky-ptycho globus login --force`" in message and "run was cancelled" in message
+    assert service.cancelled == list(service.runs)  # not left hanging on the service
+    assert f"https://app.globus.org/runs/{service.cancelled[0]}/logs" in message
+
+
+def test_a_run_waiting_for_a_consent_goes_on_after_globus_resume(
+    compute_endpoint, settings, http, globus_home
+):
+    from click.testing import CliRunner
+
+    from bluesky_ptycho.cli import main
+
+    service = LocalFlowsService(http, settings, compute_endpoint, outcome="consent")
+    waiting = settings.model_copy(update={"on_inactive": "wait"})
+    runner = GlobusFlowRunner(waiting, clients=token_clients(settings.flow_id), backoff=0.01)
+    future = runner.submit(small_job("resumed", iterations=3))
+    deadline = time.monotonic() + 30
+    while (
+        not any(run["status"] == "INACTIVE" for run in service.runs.values()) and time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    (run_id,) = service.runs
+    globus_home.parent.mkdir(parents=True, exist_ok=True)
+    globus_home.write_text(f'client_id = "{uuid.uuid4()}"\nflow_id = "{settings.flow_id}"\n')
+    store_tokens(3600)
+    status = CliRunner().invoke(main, ["globus", "status", run_id], catch_exceptions=False)
+    assert "INACTIVE" in status.output and f"bluesky-ptycho globus resume {run_id}" in status.output
+    resumed = CliRunner().invoke(main, ["globus", "resume", run_id], catch_exceptions=False)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed" in resumed.output and "data_access" in resumed.output
+    assert future.result(60).n_frames == 20 and not service.cancelled
+    again = CliRunner().invoke(main, ["globus", "resume", run_id], catch_exceptions=False)
+    assert again.exit_code == 1 and "SUCCEEDED, not INACTIVE" in again.output
+
+
+def test_a_failed_run_shows_the_failing_actions_own_error(compute_endpoint, settings, http, monkeypatch):
+    """A facility with another version of the package: the Compute task's error, from the run's log."""
+    import bluesky_ptycho.federation.flows as flows
+
+    LocalFlowsService(http, settings, compute_endpoint)
+    monkeypatch.setattr(flows, "__version__", "9.9.0")
+    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
+    with pytest.raises(FlowRunError) as failure:
+        runner.submit(small_job("skewed", iterations=3)).result(60)
+    message = str(failure.value)
+    assert "FAILED: state Reconstruct: Compute task failed" in message
+    assert "the beamline runs bluesky-ptycho 9.9.0 but this worker has" in message
+    assert "pip install 'bluesky-ptycho[facility]==9.9.0'" in message
+
+
+def test_the_compute_state_passes_the_endpoint_user_options_and_a_final_job_cleans_up(
+    compute_endpoint, settings, http
+):
+    options = {"account": "PtychoAlloc", "queue": "prod"}
+    settings = settings.model_copy(
+        update={"compute_user_endpoint_config": options, "compute_resource_specification": {"num_nodes": 1}}
+    )
+    service = LocalFlowsService(http, settings, compute_endpoint)
+    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
+    sim = simulate(n_frames=40, frame_size=32, seed=0)
+    half = ReconstructionJob("tidy", sim.data.geometry, ReconstructionSettings(), sim.data.frames[:20],
+                             np.asarray(sim.data.positions[:20]), 3)  # fmt: skip
+    runner.submit(half).result(60)
+    final = ReconstructionJob("tidy", sim.data.geometry, ReconstructionSettings(), sim.data.frames[20:],
+                              np.asarray(sim.data.positions[20:]), 3, final=True)  # fmt: skip
+    assert runner.submit(final).result(60).n_frames == 40
+    runner.shutdown()
+    sent = service.compute_requests
+    assert [r["user_endpoint_config"] for r in sent] == [options, options]
+    assert sent[-1]["resource_specification"] == {"num_nodes": 1}
+    facility = Path(settings.facility_filesystem_path) / "tidy"
+    assert sorted(p.name for p in facility.rglob("*.cxi")) == ["result_00001.cxi"]  # only the last result

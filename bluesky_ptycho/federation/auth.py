@@ -8,9 +8,11 @@ saying which command to run.
 
 from __future__ import annotations
 
+import functools
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
 import globus_sdk
 from globus_sdk import ClientApp, GlobusApp, GlobusAppConfig, UserApp
@@ -43,7 +45,13 @@ def check_token_file(path: Path) -> None:
             )
 
 
-def _login_required(app: GlobusApp, error: TokenValidationError) -> None:
+def _login_required(app: GlobusApp, error: TokenValidationError, *, flow_id: UUID | None = None) -> None:
+    if flow_id is not None and getattr(error, "resource_server", None) == str(flow_id):
+        # a login made before `globus deploy` created the flow cannot have consented to running it
+        raise GlobusLoginRequired(
+            f"no consent yet to run the flow {flow_id} (deployed after your last login): "
+            "run `bluesky-ptycho globus login` again to consent to the new flow"
+        ) from None
     raise GlobusLoginRequired(f"Globus login needed ({error}); {LOGIN_HINT}") from None
 
 
@@ -63,7 +71,9 @@ def make_app(settings: GlobusSettings, *, interactive: bool = False) -> GlobusAp
     config = GlobusAppConfig(
         token_storage=JSONTokenStorage(path),
         request_refresh_tokens=True,
-        token_validation_error_handler=None if interactive else _login_required,
+        token_validation_error_handler=None
+        if interactive
+        else functools.partial(_login_required, flow_id=settings.flow_id),
     )
     if settings.client_secret is not None:
         return ClientApp(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..io.cxi import read_result
 from ..solver.data import ReconstructionResult
 from .jobs import ReconstructionJob
@@ -161,6 +162,7 @@ class ExecutorRunner(LaneRunner[_Scan]):
             "iterations": job.iterations,
             "settings": job.settings.to_dict(),
             "previous_file": str(staging.results[-1]) if staging.results else None,
+            "client_version": __version__,
         }
         return (), kwargs, result_file, written + payload_size(self.executor, **kwargs)
 

@@ -11,7 +11,6 @@ the flow brought back.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import time
@@ -49,6 +48,10 @@ RUN_SETTINGS = (
 )
 #: Flow run statuses that will not change any more.
 FINISHED = ("SUCCEEDED", "FAILED", "ENDED")
+#: Settings that say who may use the flow, and under which subscription.
+SHARING_SETTINGS = ("subscription_id", "flow_starters", "flow_administrators", "flow_viewers")
+#: The Flows service's WaitTime for an Action state that gives none (seconds).
+DEFAULT_WAIT_TIME_S = 300
 
 
 def flow_definition() -> dict[str, Any]:
@@ -65,15 +68,27 @@ def _checksum(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def function_checksum() -> str:
-    """Changes whenever the code the facility runs (``federation/remote.py``) or the package version does."""
-    return _checksum(__version__, inspect.getsource(remote))
-
-
-def flow_checksum() -> str:
-    """Changes whenever the flow definition or input schema does."""
+def flow_checksum(settings: GlobusSettings) -> str:
+    """Changes whenever the flow definition, its input schema, or who may use it does."""
+    sharing = {name: getattr(settings, name) for name in SHARING_SETTINGS}
     return _checksum(
-        FLOW_TITLE, json.dumps(flow_definition(), sort_keys=True), json.dumps(flow_input_schema())
+        FLOW_TITLE,
+        json.dumps(flow_definition(), sort_keys=True),
+        json.dumps(flow_input_schema()),
+        json.dumps(sharing, sort_keys=True, default=str),
+    )
+
+
+def flow_run_timeout(definition: dict[str, Any] | None = None) -> float:
+    """Seconds a run may take: the WaitTimes of the definition's states added up, plus 10 %.
+
+    Each state may wait that long for its action (a PBS job queued for hours),
+    so a client that gave up sooner would cancel runs the flow itself still
+    allows.
+    """
+    states = (definition or flow_definition())["States"].values()
+    return 1.1 * sum(
+        state.get("WaitTime", DEFAULT_WAIT_TIME_S) for state in states if state["Type"] == "Action"
     )
 
 
@@ -84,14 +99,28 @@ class Deployment:
     function_id: str
     flow_id: str
     function_registered: bool
-    flow_action: str  # "created", "updated" or "unchanged"
+    flow_action: str  # "created", "recreated", "updated" or "unchanged"
 
 
-def deploy(clients: GlobusClients) -> Deployment:
+def _flow_exists(clients: GlobusClients, flow_id: str) -> bool:
+    try:
+        clients.flows.get_flow(flow_id)
+    except globus_sdk.GlobusAPIError as error:
+        if error.http_status == 404:
+            return False
+        raise
+    return True
+
+
+def deploy(clients: GlobusClients, settings: GlobusSettings | None = None) -> Deployment:
     """Register the reconstruction function and create or update the flow, when they changed.
 
-    The ids and checksums are kept in the deployment record, so running this
-    again without changes contacts no service.
+    The function is registered once per released version of the package (it
+    is shipped by reference: the facility runs its installed copy), so an
+    endpoint's ``allowed_functions`` stays valid until the next upgrade. The
+    flow is checked on the service: one that expired or was deleted is
+    created again. The flow's subscription, starters, administrators and
+    viewers come from ``settings``.
     """
     try:
         from globus_compute_sdk.sdk.client import FunctionRegistrationData
@@ -100,33 +129,49 @@ def deploy(clients: GlobusClients) -> Deployment:
             "deploying needs the Globus Compute SDK: pip install 'bluesky-ptycho[globus]'"
         ) from None
 
+    settings = settings or load_globus_settings()
     record = read_deployment()
     function_registered = False
-    if record.get("function_checksum") != function_checksum() or not record.get("function_id"):
-        registration = FunctionRegistrationData(function=remote.reconstruct_files)
+    if record.get("function_version") != __version__ or not record.get("function_id"):
+        # public: the function is a reference to the package's published code, and another
+        # identity (a service account, a colleague) running the flow must be able to use it
+        registration = FunctionRegistrationData(function=remote.reconstruct_files, public=True)
         response = clients.compute.register_function(registration.to_dict())
-        record.update(function_id=response["function_uuid"], function_checksum=function_checksum())
+        record.update(function_id=response["function_uuid"], function_version=__version__)
         function_registered = True
         write_deployment(record)
+    sharing = {
+        "flow_starters": settings.flow_starters,
+        "flow_administrators": settings.flow_administrators,
+        "flow_viewers": settings.flow_viewers,
+        "subscription_id": None if settings.subscription_id is None else str(settings.subscription_id),
+    }
     flow_action = "unchanged"
-    if not record.get("flow_id"):
+    existed = bool(record.get("flow_id")) and _flow_exists(clients, record["flow_id"])
+    if not existed:
         response = clients.flows.create_flow(
             FLOW_TITLE,
             flow_definition(),
             flow_input_schema(),
             subtitle="Transfer, Globus Compute, Transfer",
             keywords=["ptychography", "bluesky"],
+            **sharing,
         )
-        record.update(flow_id=response["id"], flow_checksum=flow_checksum())
-        flow_action = "created"
-    elif record.get("flow_checksum") != flow_checksum():
+        flow_action = "recreated" if record.get("flow_id") else "created"
+        if flow_action == "recreated":
+            logger.warning(
+                "flow %s no longer exists (expired or deleted): created %s", record["flow_id"], response["id"]
+            )
+        record.update(flow_id=response["id"], flow_checksum=flow_checksum(settings))
+    elif record.get("flow_checksum") != flow_checksum(settings):
         clients.flows.update_flow(
             record["flow_id"],
             title=FLOW_TITLE,
             definition=flow_definition(),
             input_schema=flow_input_schema(),
+            **sharing,
         )
-        record.update(flow_checksum=flow_checksum())
+        record.update(flow_checksum=flow_checksum(settings))
         flow_action = "updated"
     write_deployment(record)
     return Deployment(record["function_id"], record["flow_id"], function_registered, flow_action)
@@ -166,12 +211,16 @@ def flow_input(
         "compute": {
             "endpoint_id": str(settings.compute_endpoint_id),
             "function_id": str(settings.function_id),
+            "user_endpoint_config": settings.compute_user_endpoint_config,
+            "resource_specification": settings.compute_resource_specification,
             "kwargs": {
                 "frame_files": [facility_file(path) for path in staging.chunks],
                 "result_file": facility_file(result),
                 "iterations": job.iterations,
                 "settings": job.settings.to_dict(),
                 "previous_file": None if previous is None else facility_file(previous),
+                "client_version": __version__,
+                "final": job.final,
             },
         },
         "transfer_out": {
@@ -188,10 +237,78 @@ class FlowRunError(RemoteJobError):
     """A flow run failed, ended or timed out; the message names the run id and the cause."""
 
 
-def _run_failure(run: dict[str, Any]) -> str:
+def run_link(run_id: str) -> str:
+    """The run's page in the Globus web app, with its log."""
+    return f"https://app.globus.org/runs/{run_id}/logs"
+
+
+def _action_cause(output: Any) -> str | None:
+    """The cause an action's status document gives: a Compute exception, a Transfer fault, a description."""
+    if not isinstance(output, dict):
+        return None
+    details = output.get("details")
+    if isinstance(details, dict):
+        for key in ("exception", "fatal_error", "nice_status_details", "description", "error"):
+            if details.get(key):
+                value = details[key]
+                return value if isinstance(value, str) else json.dumps(value)[:500]
+    return output.get("description") or (details if isinstance(details, str) else None)
+
+
+def run_cause(clients: GlobusClients, run: dict[str, Any]) -> str:
+    """Why a run stopped: the failing state and its action's own error, from the run's log.
+
+    Falls back on the run's top-level description when the log says no more.
+    """
     details = run.get("details") or {}
-    cause = details.get("description") or details.get("code") or json.dumps(details)[:500]
-    return f"flow run {run.get('run_id')} {run.get('status')}: {cause}"
+    summary = details.get("description") or details.get("code") or json.dumps(details)[:500]
+    try:
+        entries = list(clients.flows.get_run_logs(run["run_id"], limit=100)["entries"])
+    except globus_sdk.GlobusAPIError as error:
+        return f"{summary} (its log could not be read: {explain(error)})"
+    for entry in reversed(entries):
+        if entry.get("code") in ("ActionFailed", "ActionTimeout", "FlowFailed"):
+            entry_details = entry.get("details") or {}
+            state = entry_details.get("state_name")
+            cause = _action_cause(entry_details.get("output")) or entry.get("description")
+            if state and cause:
+                return f"state {state}: {cause}"
+    return summary
+
+
+def current_state(clients: GlobusClients, run_id: str) -> str | None:
+    """The state a run is in (the last one its log says started), or None."""
+    try:
+        entries = list(clients.flows.get_run_logs(run_id, limit=100)["entries"])
+    except globus_sdk.GlobusAPIError:
+        return None
+    started = [
+        e["details"]["state_name"] for e in entries if e.get("code") == "ActionStarted" and e.get("details")
+    ]
+    return started[-1] if started else None
+
+
+def inactive_cause(run: dict[str, Any]) -> str:
+    """What an INACTIVE run waits for, and what the user can do."""
+    scopes = required_consents(run)
+    if scopes:
+        return (
+            f"the run waits for your consent to {', '.join(scopes)}: run `bluesky-ptycho globus login "
+            "--force` and consent"
+        )
+    details = run.get("details") or {}
+    return (
+        f"the run is paused, waiting for action ({details.get('description') or details.get('code') or '?'})"
+    )
+
+
+def required_consents(run: dict[str, Any]) -> list[str]:
+    """The scopes an INACTIVE run waits for the user to consent to (none when it waits for something else)."""
+    from globus_sdk.gare import to_gare
+
+    details = run.get("details")
+    gare = to_gare(details) if isinstance(details, dict) else None
+    return list(gare.authorization_parameters.required_scopes or []) if gare is not None else []
 
 
 class GlobusFlowRunner(LaneRunner[ScanStaging]):
@@ -267,7 +384,8 @@ class GlobusFlowRunner(LaneRunner[ScanStaging]):
         finished = self.wait(run_id)
         if finished["status"] != "SUCCEEDED":
             raise FlowRunError(
-                f"scan {job.scan_uid}: {_run_failure(finished)}; staged files kept in {staging.root}"
+                f"scan {job.scan_uid}: flow run {run_id} {finished['status']}: {finished['cause']} "
+                f"(see {run_link(run_id)}); staged files kept in {staging.root}"
             )
         if not result_file.exists():
             raise FlowRunError(
@@ -285,23 +403,43 @@ class GlobusFlowRunner(LaneRunner[ScanStaging]):
         return result
 
     def wait(self, run_id: str) -> dict[str, Any]:
-        """Poll run ``run_id`` until it finishes or ``settings.run_timeout_s`` passes (then cancel it)."""
-        deadline = time.monotonic() + self.settings.run_timeout_s
+        """Poll run ``run_id`` until it finishes; return the run document, its ``cause`` added when it failed.
+
+        A run still going after ``settings.run_timeout_s`` (default: the flow's
+        own WaitTimes, :func:`flow_run_timeout`) is cancelled, naming the state
+        it was waiting in. An INACTIVE run waits for a person (a consent, or
+        an action that needs one); ``settings.on_inactive`` says what to do:
+        "cancel" it (a live scan goes on; the record says how to consent), or
+        "wait" for someone to ``bluesky-ptycho globus resume`` it, until the
+        timeout.
+        """
+        timeout = self.settings.run_timeout_s or flow_run_timeout()
+        deadline = time.monotonic() + timeout
+        told = False
         while True:
             run = self._call(f"flow run {run_id}: status", lambda: self.clients.flows.get_run(run_id)).data
-            if run["status"] in FINISHED:
+            if run["status"] == "SUCCEEDED":
                 return run
-            if run["status"] == "INACTIVE":  # stopped for consent or a failed action: it needs a person
-                description = f"the run is waiting for action ({json.dumps(run.get('details'))[:300]})"
-                return {**run, "details": {"description": description}}
+            if run["status"] in FINISHED:
+                return {**run, "cause": run_cause(self.clients, run)}
+            if run["status"] == "INACTIVE":
+                cause = inactive_cause(run)
+                if self.settings.on_inactive == "cancel":
+                    self._call(f"flow run {run_id}: cancel", lambda: self.clients.flows.cancel_run(run_id))
+                    return {**run, "cause": f"{cause}; the run was cancelled (on_inactive = 'cancel')"}
+                if not told:
+                    logger.warning(
+                        "flow run %s: %s; then `bluesky-ptycho globus resume %s`", run_id, cause, run_id
+                    )
+                    told = True
             if time.monotonic() > deadline:
+                state = current_state(self.clients, run_id)
                 self._call(f"flow run {run_id}: cancel", lambda: self.clients.flows.cancel_run(run_id))
+                where = f" waiting in state {state}" if state else ""
                 return {
                     **run,
                     "status": "TIMED OUT",
-                    "details": {
-                        "description": f"no result within {self.settings.run_timeout_s} s; run cancelled"
-                    },
+                    "cause": f"no result within {timeout:g} s{where}; run cancelled",
                 }
             time.sleep(self.settings.poll_interval_s)
 

@@ -15,7 +15,7 @@ import json
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import platformdirs
@@ -95,8 +95,36 @@ class GlobusSettings(BaseSettings):
         None, description="registered reconstruction function (set by globus deploy)"
     )
     flow_id: UUID | None = Field(None, description="the deployed flow (set by globus deploy)")
-    run_timeout_s: float = Field(
-        3600.0, gt=0, description="seconds before a flow run is cancelled and failed"
+    subscription_id: UUID | None = Field(
+        None,
+        description="Globus subscription the flow is deployed under (flows without one expire after 30 days)",
+    )
+    flow_starters: list[str] = Field(
+        default_factory=list,
+        description="who may run the flow besides you: identity or group URNs, or all_authenticated_users",
+    )
+    flow_administrators: list[str] = Field(
+        default_factory=list, description="who may update or delete the flow besides you (URNs)"
+    )
+    flow_viewers: list[str] = Field(
+        default_factory=list, description="who may see the flow besides its starters (URNs)"
+    )
+    compute_user_endpoint_config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="user options the endpoint's user_config_template.yaml.j2 renders (e.g. account, queue)",
+    )
+    compute_resource_specification: dict[str, Any] = Field(
+        default_factory=dict,
+        description="per-task resources for engines that take them (e.g. num_nodes, ranks_per_node)",
+    )
+    run_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="seconds before a flow run is cancelled and failed (default: the flow's own WaitTimes)",
+    )
+    on_inactive: Literal["cancel", "wait"] = Field(
+        "cancel",
+        description="a run stopped for a consent: cancel it (the scan goes on) or wait for `globus resume`",
     )
     poll_interval_s: float = Field(5.0, gt=0, description="seconds between flow run status checks")
     max_in_flight: int = Field(8, ge=1, description="flow runs in flight at once")

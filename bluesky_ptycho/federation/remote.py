@@ -9,17 +9,48 @@ reference and the facility runs exactly the code tested here.
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from ..io.cxi import read_cxi, read_result, write_result
 from ..solver.data import Geometry, ReconstructionResult
 from ..solver.reconstructor import Reconstructor
 from ..solver.settings import ReconstructionSettings
+
+#: Set in a facility worker's environment, the device it reconstructs on ("cpu" or "gpu"), whatever the
+#: beamline's settings say (they describe the beamline's machine).
+DEVICE_ENV = "BLUESKY_PTYCHO_DEVICE"
+
+
+class VersionMismatchError(ValueError):
+    """The worker's bluesky-ptycho is another major or minor version than the beamline's."""
+
+
+def check_client_version(client_version: str | None) -> None:
+    """Refuse a job from a beamline whose bluesky-ptycho differs from this worker's in major or minor version.
+
+    The function is registered by reference, so the worker runs whatever
+    version its environment has; results and file layouts are only promised
+    within one minor version.
+    """
+    if client_version is None or client_version.split(".")[:2] == __version__.split(".")[:2]:
+        return
+    raise VersionMismatchError(
+        f"the beamline runs bluesky-ptycho {client_version} but this worker has {__version__}; install "
+        f"the beamline's version in the facility's environment: pip install 'bluesky-ptycho[facility]=={client_version}'"
+    )
+
+
+def facility_settings(settings: ReconstructionSettings) -> ReconstructionSettings:
+    """``settings`` with the device the facility chose in :data:`DEVICE_ENV`, when it chose one."""
+    device = os.environ.get(DEVICE_ENV)
+    return replace(settings, device=device.strip().lower()) if device else settings
 
 
 @dataclass
@@ -54,6 +85,8 @@ class RemoteRequest:
         The scan's previous result to continue from (None for the first job).
     probe
         The initial probe of the first job (None: built from the data).
+    client_version
+        The beamline's bluesky-ptycho version (:func:`check_client_version`).
     """
 
     scan_uid: str
@@ -64,6 +97,7 @@ class RemoteRequest:
     mask: np.ndarray | None = None
     previous: ReconstructionResult | None = None
     probe: np.ndarray | None = None
+    client_version: str = __version__
 
 
 def _load(chunk: FrameChunk | str) -> FrameChunk:
@@ -87,9 +121,12 @@ def continue_reconstruction(
 
     The frames ``previous`` already used keep its refined positions; without
     ``previous``, ``probe`` is the initial probe (None: built from the data).
-    The seconds this took go into ``result.extra["compute_s"]``.
+    The device is the facility's choice where it made one (:data:`DEVICE_ENV`).
+    The seconds this took go into ``result.extra["compute_s"]``, the device
+    into ``result.extra["device"]``.
     """
     started = time.perf_counter()
+    settings = facility_settings(settings)
     frames = np.concatenate([chunk.frames for chunk in chunks])
     positions = np.concatenate([chunk.positions for chunk in chunks]).astype(float)
     if previous is None:
@@ -103,11 +140,13 @@ def continue_reconstruction(
         positions[: previous.n_frames] = previous.positions
     result = reconstructor.add_frames(frames, positions).iterate(iterations).result()
     result.extra["compute_s"] = time.perf_counter() - started
+    result.extra["device"] = settings.device
     return result
 
 
 def reconstruct_remote(request: RemoteRequest) -> ReconstructionResult:
-    """Do one job of a scan on a stateless worker (the function :class:`ExecutorRunner` ships)."""
+    """Do one job of a scan on a stateless worker (the function :class:`ExecutorRunner` ships inline)."""
+    check_client_version(request.client_version)
     return continue_reconstruction(
         request.geometry,
         request.settings,
@@ -119,12 +158,21 @@ def reconstruct_remote(request: RemoteRequest) -> ReconstructionResult:
     )
 
 
+def _remove_scan_files(frame_files: list[str], keep: Path) -> None:
+    """Delete a finished scan's frame files and its results other than ``keep``."""
+    for path in [*map(Path, frame_files), *keep.parent.glob("result_*.cxi")]:
+        if path != keep:
+            path.unlink(missing_ok=True)
+
+
 def reconstruct_files(
     frame_files: list[str],
     result_file: str,
     iterations: int,
     settings: dict[str, Any] | None = None,
     previous_file: str | None = None,
+    client_version: str | None = None,
+    final: bool = False,
 ) -> dict[str, Any]:
     """Reconstruct staged CXI chunk files and write the result file (the Globus Flow's compute step).
 
@@ -144,12 +192,19 @@ def reconstruct_files(
         :meth:`ReconstructionSettings.to_dict` output (default settings when None).
     previous_file
         A result file of this scan to continue from.
+    client_version
+        The beamline's bluesky-ptycho version (:func:`check_client_version`).
+    final
+        The scan's last job: once the result is written, delete the frame
+        files and the scan's older results, so a scan leaves one file (this
+        result, until it is fetched) where it was reconstructed.
 
     Returns
     -------
     dict
         A small JSON summary: result file, frames used, iterations, final cost.
     """
+    check_client_version(client_version)
     if not frame_files:
         raise ValueError("no frame files to reconstruct")
     first = read_cxi(frame_files[0])
@@ -166,6 +221,8 @@ def reconstruct_files(
     )
     Path(result_file).parent.mkdir(parents=True, exist_ok=True)
     write_result(result_file, result)
+    if final:
+        _remove_scan_files(frame_files, Path(result_file))
     return {
         "result_file": str(result_file),
         "n_frames": result.n_frames,

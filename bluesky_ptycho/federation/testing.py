@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 import uuid
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
@@ -279,6 +280,7 @@ class LocalFlowsService:
         self.runs: dict[str, dict] = {}
         self.bytes_moved = 0  # by the Transfer stand-in, over all runs
         self.copied: list[Path] = []  # every file it copied, by destination
+        self.compute_requests: list[dict] = []  # the Compute provider's requests, as it received them
         self.bodies: list[dict] = []
         self.cancelled: list[str] = []
         self.providers = {TRANSFER_ACTION_URL: self.transfer, COMPUTE_ACTION_URL: self.compute}
@@ -288,7 +290,13 @@ class LocalFlowsService:
         }
         http.add_callback("POST", f"{flows}/flows/{settings.flow_id}/run", callback=self.start)
         http.add_callback("GET", re.compile(rf"{flows}/runs/[-0-9a-f]+$"), callback=self.status)
+        http.add_callback("GET", re.compile(rf"{flows}/runs/[-0-9a-f]+/log(\?.*)?$"), callback=self.log)
         http.add_callback("POST", re.compile(rf"{flows}/runs/[-0-9a-f]+/cancel$"), callback=self.cancel)
+        http.add_callback(
+            "POST",
+            re.compile(rf"{flows}/runs/[-0-9a-f]+/resume$"),
+            callback=self.resume,
+        )
 
     def start(self, request):
         payload = json.loads(request.body)
@@ -297,10 +305,12 @@ class LocalFlowsService:
         run_id = str(uuid.uuid4())
         self.runs[run_id] = {
             "run_id": run_id,
+            "flow_id": str(self.settings.flow_id),
             "status": "ACTIVE",
             "label": payload["label"],
             "polls": 0,
             "body": body,
+            "log": [_log_entry("FlowStarted", "The Flow Instance started execution", input=body)],
         }
         self.bodies.append(body)
         return (
@@ -312,9 +322,38 @@ class LocalFlowsService:
     def status(self, request):
         run = self.runs[request.url.rstrip("/").split("/")[-1]]
         run["polls"] += 1
+        if self.outcome == "consent" and run["polls"] == 1 and not run.get("resumed"):
+            # as the service stops a run whose action needs a consent the user has not given
+            scope = f"https://auth.globus.org/scopes/{self.settings.facility_collection_id}/data_access"
+            run.update(
+                status="INACTIVE",
+                details={
+                    "code": "ConsentRequired",
+                    "description": f"Missing required consent for state TransferFrames: {scope}",
+                    "authorization_parameters": {
+                        "session_message": "Missing required data_access consent",
+                        "required_scopes": [scope],
+                    },
+                },
+            )
+        if self.outcome == "stall" and len(run["log"]) == 1:  # its first action never ends
+            first = self.definition["StartAt"]
+            run["log"].append(_log_entry("ActionStarted", f"State {first} started", state_name=first))
         if run["status"] == "ACTIVE" and run["polls"] >= 2 and self.outcome != "stall":
             self.execute(run)
-        shown = {k: v for k, v in run.items() if k not in ("polls", "body")}
+        shown = {k: v for k, v in run.items() if k not in ("polls", "body", "log", "resumed")}
+        return 200, {}, json.dumps(shown)
+
+    def log(self, request):
+        run = self.runs[request.url.split("?")[0].split("/")[-2]]
+        return 200, {}, json.dumps({"limit": 100, "has_next_page": False, "entries": run["log"]})
+
+    def resume(self, request):
+        run = self.runs[request.url.split("/")[-2]]
+        if run["status"] != "INACTIVE":
+            return 409, {}, json.dumps({"error": {"code": "CONFLICT", "detail": f"run is {run['status']}"}})
+        run.update(status="ACTIVE", details={}, resumed=True, polls=1)
+        shown = {k: v for k, v in run.items() if k not in ("polls", "body", "log", "resumed")}
         return 200, {}, json.dumps(shown)
 
     def execute(self, run) -> None:
@@ -322,18 +361,31 @@ class LocalFlowsService:
         state, name = json.loads(json.dumps(run["body"])), self.definition["StartAt"]
         while True:
             step = self.definition["States"][name]
+            state_details = {"state_name": name, "state_type": step["Type"]}
+            run["log"].append(
+                _log_entry("ActionStarted", f"State {name} of type Action started", **state_details)
+            )
             try:
                 if step["Type"] != "Action":
                     raise ActionFailed(f"state type {step['Type']!r} is not played by this stand-in")
                 result = self.act(step, state)
             except ActionFailed as failure:
+                result = {"status": "FAILED", "details": {"description": str(failure)}}
+                run["log"].append(
+                    _log_entry("ActionFailed", f"State {name} failed", output=result, **state_details)
+                )
                 if step.get("ExceptionOnActionFailure", True):
                     description = f"state {name}: {failure}"
                     run.update(
-                        status="FAILED", details={"code": "ActionFailedException", "description": description}
+                        status="FAILED",
+                        details={"code": "ActionFailedException", "description": "An action failed"},
                     )
+                    run["log"].append(_log_entry("FlowFailed", description))
                     return
-                result = {"status": "FAILED", "details": {"description": str(failure)}}
+            else:
+                run["log"].append(
+                    _log_entry("ActionCompleted", f"State {name} completed", output=result, **state_details)
+                )
             if "ResultPath" in step:
                 state[json_path_key(step["ResultPath"])] = result
             if step.get("End"):
@@ -406,6 +458,7 @@ class LocalFlowsService:
         }
 
     def compute(self, body: dict) -> dict:
+        self.compute_requests.append(body)
         if self.outcome == "fail":
             raise ActionFailed("endpoint offline")
         if body["endpoint_id"] != str(self.settings.compute_endpoint_id):
@@ -426,6 +479,16 @@ class LocalFlowsService:
         self.cancelled.append(run_id)
         self.runs[run_id]["status"] = "ENDED"
         return 202, {}, json.dumps({"run_id": run_id, "status": "ENDED"})
+
+
+def _log_entry(code: str, description: str, **details) -> dict:
+    """One entry of a run's log, as the Flows service writes it."""
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "code": code,
+        "description": description,
+        "details": details,
+    }
 
 
 def _in_sync(source: Path, destination: Path, sync_level: int | None) -> bool:
