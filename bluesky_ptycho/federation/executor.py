@@ -148,23 +148,16 @@ class ExecutorRunner(LaneRunner[_Scan]):
 
     def _staged_call(self, scan: _Scan, job: ReconstructionJob) -> tuple[tuple, dict, Path, int]:
         """The arguments of :func:`reconstruct_files` for this job, its new frames written once, and their bytes."""
-        staging = scan.staging
-        written = 0
-        if len(job.frames):
-            chunk = staging.add_chunk(job.frames, job.positions, job.geometry, job.mask, job.probe)
-            written = chunk.stat().st_size
-        if not staging.chunks:
-            raise ValueError(f"scan {job.scan_uid}: no frames to reconstruct")
-        result_file = staging.next_result()
+        staged = scan.staging.stage_job(job)
         kwargs = {
-            "frame_files": [str(path) for path in staging.chunks],
-            "result_file": str(result_file),
+            "frame_files": [str(path) for path in scan.staging.chunks],
+            "result_file": str(staged.result),
             "iterations": job.iterations,
             "settings": job.settings.to_dict(),
-            "previous_file": str(staging.results[-1]) if staging.results else None,
+            "previous_file": None if staged.previous is None else str(staged.previous),
             "client_version": __version__,
         }
-        return (), kwargs, result_file, written + payload_size(self.executor, **kwargs)
+        return (), kwargs, staged.result, staged.bytes_written + payload_size(self.executor, **kwargs)
 
     def _inline_call(self, scan: _Scan, job: ReconstructionJob) -> tuple[tuple, dict, None, int]:
         """The argument of :func:`reconstruct_remote` for this job (the scan so far, inline), and its bytes."""

@@ -48,8 +48,6 @@ RUN_SETTINGS = (
 )
 #: Flow run statuses that will not change any more.
 FINISHED = ("SUCCEEDED", "FAILED", "ENDED")
-#: Settings that say who may use the flow, and under which subscription.
-SHARING_SETTINGS = ("subscription_id", "flow_starters", "flow_administrators", "flow_viewers")
 #: The Flows service's WaitTime for an Action state that gives none (seconds).
 DEFAULT_WAIT_TIME_S = 300
 
@@ -68,14 +66,23 @@ def _checksum(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
+def flow_sharing(settings: GlobusSettings) -> dict[str, Any]:
+    """Who may use the flow, and its subscription: the arguments of ``create_flow`` and ``update_flow``."""
+    return {
+        "flow_starters": settings.flow_starters,
+        "flow_administrators": settings.flow_administrators,
+        "flow_viewers": settings.flow_viewers,
+        "subscription_id": None if settings.subscription_id is None else str(settings.subscription_id),
+    }
+
+
 def flow_checksum(settings: GlobusSettings) -> str:
     """Changes whenever the flow definition, its input schema, or who may use it does."""
-    sharing = {name: getattr(settings, name) for name in SHARING_SETTINGS}
     return _checksum(
         FLOW_TITLE,
         json.dumps(flow_definition(), sort_keys=True),
         json.dumps(flow_input_schema()),
-        json.dumps(sharing, sort_keys=True, default=str),
+        json.dumps(flow_sharing(settings), sort_keys=True),
     )
 
 
@@ -140,12 +147,7 @@ def deploy(clients: GlobusClients, settings: GlobusSettings | None = None) -> De
         record.update(function_id=response["function_uuid"], function_version=__version__)
         function_registered = True
         write_deployment(record)
-    sharing = {
-        "flow_starters": settings.flow_starters,
-        "flow_administrators": settings.flow_administrators,
-        "flow_viewers": settings.flow_viewers,
-        "subscription_id": None if settings.subscription_id is None else str(settings.subscription_id),
-    }
+    sharing = flow_sharing(settings)
     flow_action = "unchanged"
     existed = bool(record.get("flow_id")) and _flow_exists(clients, record["flow_id"])
     if not existed:
@@ -255,6 +257,11 @@ def _action_cause(output: Any) -> str | None:
     return output.get("description") or (details if isinstance(details, str) else None)
 
 
+def run_log(clients: GlobusClients, run_id: str) -> list[dict[str, Any]]:
+    """The entries of a run's log, oldest first (the last 100: where a run failed or waits is at the end)."""
+    return list(clients.flows.get_run_logs(run_id, limit=100)["entries"])
+
+
 def run_cause(clients: GlobusClients, run: dict[str, Any]) -> str:
     """Why a run stopped: the failing state and its action's own error, from the run's log.
 
@@ -263,7 +270,7 @@ def run_cause(clients: GlobusClients, run: dict[str, Any]) -> str:
     details = run.get("details") or {}
     summary = details.get("description") or details.get("code") or json.dumps(details)[:500]
     try:
-        entries = list(clients.flows.get_run_logs(run["run_id"], limit=100)["entries"])
+        entries = run_log(clients, run["run_id"])
     except globus_sdk.GlobusAPIError as error:
         return f"{summary} (its log could not be read: {explain(error)})"
     for entry in reversed(entries):
@@ -279,7 +286,7 @@ def run_cause(clients: GlobusClients, run: dict[str, Any]) -> str:
 def current_state(clients: GlobusClients, run_id: str) -> str | None:
     """The state a run is in (the last one its log says started), or None."""
     try:
-        entries = list(clients.flows.get_run_logs(run_id, limit=100)["entries"])
+        entries = run_log(clients, run_id)
     except globus_sdk.GlobusAPIError:
         return None
     started = [
@@ -361,16 +368,10 @@ class GlobusFlowRunner(LaneRunner[ScanStaging]):
 
     def run_job(self, staging: ScanStaging, job: ReconstructionJob) -> ReconstructionResult:
         started = time.perf_counter()
-        sent = 0
-        if len(job.frames):
-            chunk = staging.add_chunk(job.frames, job.positions, job.geometry, job.mask, job.probe)
-            sent = chunk.stat().st_size  # the transfer syncs only this new chunk
+        files = staging.stage_job(job)
         staged = time.perf_counter()
-        if not staging.chunks:
-            raise ValueError(f"scan {job.scan_uid}: no frames to reconstruct")
-        previous = staging.results[-1] if staging.results else None
-        result_file = staging.next_result()
-        body = flow_input(self.settings, staging, job, result_file, previous)
+        result_file = files.result
+        body = flow_input(self.settings, staging, job, result_file, files.previous)
         run = self._call(
             f"scan {job.scan_uid}: starting the flow",
             lambda: self.clients.flow.run_flow(
@@ -396,8 +397,8 @@ class GlobusFlowRunner(LaneRunner[ScanStaging]):
         result.extra["timings"] = job_timings(
             started, staged, time.perf_counter(), result.extra.get("compute_s")
         )
-        result.extra["bytes_moved"] = {
-            "sent": sent + len(json.dumps(body)),
+        result.extra["bytes_moved"] = {  # the transfer syncs only the new chunk
+            "sent": files.bytes_written + len(json.dumps(body)),
             "received": result_file.stat().st_size,
         }
         return result

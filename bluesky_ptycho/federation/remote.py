@@ -22,6 +22,7 @@ from ..io.cxi import read_cxi, read_result, write_result
 from ..solver.data import Geometry, ReconstructionResult
 from ..solver.reconstructor import Reconstructor
 from ..solver.settings import ReconstructionSettings
+from .staging import RESULT_GLOB
 
 #: Set in a facility worker's environment, the device it reconstructs on ("cpu" or "gpu"), whatever the
 #: beamline's settings say (they describe the beamline's machine).
@@ -160,7 +161,7 @@ def reconstruct_remote(request: RemoteRequest) -> ReconstructionResult:
 
 def _remove_scan_files(frame_files: list[str], keep: Path) -> None:
     """Delete a finished scan's frame files and its results other than ``keep``."""
-    for path in [*map(Path, frame_files), *keep.parent.glob("result_*.cxi")]:
+    for path in [*map(Path, frame_files), *keep.parent.glob(RESULT_GLOB)]:
         if path != keep:
             path.unlink(missing_ok=True)
 

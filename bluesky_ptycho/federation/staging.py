@@ -13,14 +13,39 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..io.cxi import write_cxi
 from ..solver.data import Geometry, PtychoData
+from .jobs import ReconstructionJob
 
 logger = logging.getLogger(__name__)
+
+#: The name of a scan's k-th result file, and the pattern of all of them.
+RESULT_NAME = "result_{:05d}.cxi"
+RESULT_GLOB = "result_*.cxi"
+
+
+@dataclass
+class StagedJob:
+    """The files of one job of a staged scan.
+
+    Attributes
+    ----------
+    result
+        Where the job's result goes (not written yet).
+    previous
+        The scan's latest result, to continue from (None for its first job).
+    bytes_written
+        Size of the chunk file the job's new frames went into (0: no new frames).
+    """
+
+    result: Path
+    previous: Path | None
+    bytes_written: int
 
 
 class ScanStaging:
@@ -65,9 +90,26 @@ class ScanStaging:
 
     def next_result(self) -> Path:
         """A new path for a result file of this scan (not created; add it to :attr:`results` once it exists)."""
-        path = self.results_directory / f"result_{self._result_count:05d}.cxi"
+        path = self.results_directory / RESULT_NAME.format(self._result_count)
         self._result_count += 1
         return path
+
+    def stage_job(self, job: ReconstructionJob) -> StagedJob:
+        """Write ``job``'s new frames as the next chunk file, once, and name the file of its result.
+
+        Raises
+        ------
+        ValueError
+            When the scan has no frames yet.
+        """
+        written = 0
+        if len(job.frames):
+            chunk = self.add_chunk(job.frames, job.positions, job.geometry, job.mask, job.probe)
+            written = chunk.stat().st_size
+        if not self.chunks:
+            raise ValueError(f"scan {job.scan_uid}: no frames to reconstruct")
+        previous = self.results[-1] if self.results else None
+        return StagedJob(self.next_result(), previous, written)
 
     def remove(self) -> None:
         """Delete the scan's staged files (after its final reconstruction succeeded)."""

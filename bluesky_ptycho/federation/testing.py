@@ -278,7 +278,6 @@ class LocalFlowsService:
         self.outcome = outcome
         self.definition = definition or flow_definition()
         self.runs: dict[str, dict] = {}
-        self.bytes_moved = 0  # by the Transfer stand-in, over all runs
         self.copied: list[Path] = []  # every file it copied, by destination
         self.compute_requests: list[dict] = []  # the Compute provider's requests, as it received them
         self.bodies: list[dict] = []
@@ -341,8 +340,7 @@ class LocalFlowsService:
             run["log"].append(_log_entry("ActionStarted", f"State {first} started", state_name=first))
         if run["status"] == "ACTIVE" and run["polls"] >= 2 and self.outcome != "stall":
             self.execute(run)
-        shown = {k: v for k, v in run.items() if k not in ("polls", "body", "log", "resumed")}
-        return 200, {}, json.dumps(shown)
+        return 200, {}, json.dumps(_run_document(run))
 
     def log(self, request):
         run = self.runs[request.url.split("?")[0].split("/")[-2]]
@@ -353,8 +351,7 @@ class LocalFlowsService:
         if run["status"] != "INACTIVE":
             return 409, {}, json.dumps({"error": {"code": "CONFLICT", "detail": f"run is {run['status']}"}})
         run.update(status="ACTIVE", details={}, resumed=True, polls=1)
-        shown = {k: v for k, v in run.items() if k not in ("polls", "body", "log", "resumed")}
-        return 200, {}, json.dumps(shown)
+        return 200, {}, json.dumps(_run_document(run))
 
     def execute(self, run) -> None:
         """Run the definition's states on the run's input; the run ends SUCCEEDED or FAILED."""
@@ -449,7 +446,6 @@ class LocalFlowsService:
                 shutil.copy2(source_file, destination_file)
                 copied += source_file.stat().st_size
                 self.copied.append(destination_file)
-        self.bytes_moved += copied
         return {
             "task_id": str(uuid.uuid4()),
             "status": "SUCCEEDED",
@@ -479,6 +475,11 @@ class LocalFlowsService:
         self.cancelled.append(run_id)
         self.runs[run_id]["status"] = "ENDED"
         return 202, {}, json.dumps({"run_id": run_id, "status": "ENDED"})
+
+
+def _run_document(run: dict) -> dict:
+    """The run as the service shows it (without what the stand-in keeps for itself)."""
+    return {k: v for k, v in run.items() if k not in ("polls", "body", "log", "resumed")}
 
 
 def _log_entry(code: str, description: str, **details) -> dict:
