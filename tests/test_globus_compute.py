@@ -18,6 +18,7 @@ from bluesky_ptycho.federation import (
     ExecutorRunner,
     FrameChunk,
     ReconstructionJob,
+    RemoteJobError,
     RemoteRequest,
     reconstruct_files,
     reconstruct_remote,
@@ -119,6 +120,18 @@ def test_the_payload_is_measured_as_globus_compute_serialises_it(compute_endpoin
         runner.submit(job).result(60)
     assert len(compute_endpoint.task_bytes) == sent  # refused here, before it was sent
     runner.shutdown()
+
+
+def test_the_endpoint_stand_in_refuses_what_the_service_refuses(compute_endpoint, sim):
+    """A runner that did not measure would send 11 MB: the stand-in refuses it, as the service's 10 MB limit does."""
+    frames = np.ones((128, 128, 128), np.float32)
+    job = ReconstructionJob("big", sim.data.geometry, ReconstructionSettings(), frames, np.zeros((128, 2)), 1)
+    unchecked = ExecutorRunner(compute_endpoint.executor(), payload_limit=10**9, retries=0)
+    with pytest.raises(
+        RemoteJobError, match=r"413 task payload of 11\d{6} bytes exceeds the limit of 10000000"
+    ):
+        unchecked.submit(job).result(60)
+    unchecked.shutdown()
 
 
 def test_with_a_staging_directory_each_frame_crosses_once(compute_endpoint, sim, tmp_path):
