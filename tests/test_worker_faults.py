@@ -58,7 +58,7 @@ def test_a_killed_worker_fails_its_scan_and_the_next_scan_is_reconstructed():
     assert second["exit_status"] == "success", second["reason"]
     events_of_second = [e for e in recon.named("event") if e["data"]["final"]]
     assert events_of_second[-1]["data"]["n_frames"] == 60
-    assert runner._lost_scans == {}  # both scans are over: the runner keeps nothing of them
+    assert runner._lanes == {}  # both scans are over: the runner keeps nothing of them
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")

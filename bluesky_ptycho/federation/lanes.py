@@ -1,4 +1,4 @@
-"""Per-scan ordering, a limit on scans in flight, and bounded retries, for the remote runners.
+"""Per-scan ordering, a limit on scans in flight, and bounded retries, for every runner.
 
 Jobs of one scan must run one after another (each continues from the
 previous result); jobs of different scans may run side by side, up to a
@@ -76,7 +76,7 @@ class _Lane(Generic[ScanState]):
 
 
 class LaneRunner(ABC, Generic[ScanState]):
-    """A runner that keeps per-scan state on this side and runs each job remotely.
+    """A runner that keeps per-scan state on this side and runs each job, here or remotely.
 
     Subclasses implement :meth:`new_scan` (the state of a new scan) and
     :meth:`run_job` (one job, blocking until its result is back).
@@ -84,7 +84,7 @@ class LaneRunner(ABC, Generic[ScanState]):
     Parameters
     ----------
     max_in_flight
-        Scans whose jobs may run remotely at the same time.
+        Scans whose jobs may run at the same time.
     """
 
     location: str
@@ -93,7 +93,7 @@ class LaneRunner(ABC, Generic[ScanState]):
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.max_in_flight = max_in_flight
-        self._dispatch = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="ptycho-remote")
+        self._dispatch = ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="ptycho-lane")
         self._lanes: dict[str, _Lane[ScanState]] = {}
         self._lock = threading.Lock()
 
@@ -103,7 +103,7 @@ class LaneRunner(ABC, Generic[ScanState]):
 
     @abstractmethod
     def run_job(self, state: ScanState, job: ReconstructionJob) -> ReconstructionResult:
-        """Run one job of a scan remotely and return its result (blocking)."""
+        """Run one job of a scan and return its result (blocking)."""
 
     def forget_scan(self, state: ScanState, succeeded: bool) -> None:
         """Called after a scan's final job; ``succeeded`` says whether it gave a result."""

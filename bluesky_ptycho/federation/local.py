@@ -1,34 +1,31 @@
-"""Reconstructions on this machine, on the CPU or a local GPU: in a worker thread or a worker process."""
+"""Reconstructions on this machine, on the CPU or a local GPU: in a lane thread or one worker process."""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
+import pickle
 import socket
 import threading
-import uuid
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 from ..solver.data import ReconstructionResult
 from ..solver.reconstructor import Reconstructor
 from .jobs import ReconstructionJob
+from .lanes import LaneRunner
 
 logger = logging.getLogger(__name__)
 
-#: The reconstructors of the scans in progress, in the process that runs them, by (runner, scan uid).
-_reconstructors: dict[tuple[str, str], Reconstructor] = {}
 
-
-def run_job(runner_id: str, job: ReconstructionJob) -> ReconstructionResult:
-    """Do ``job``, continuing from the scan's previous job in this process; a final job forgets the scan."""
-    key = (runner_id, job.scan_uid)
+def continue_scan(reconstructors: dict[str, Reconstructor], job: ReconstructionJob) -> ReconstructionResult:
+    """Do ``job`` with the scan's reconstructor in ``reconstructors`` (made for its first job); a final job removes it."""
     try:
-        reconstructor = _reconstructors.get(key)
+        reconstructor = reconstructors.get(job.scan_uid)
         if reconstructor is None:
             reconstructor = Reconstructor(job.geometry, job.settings, mask=job.mask, probe=job.probe)
-            _reconstructors[key] = reconstructor
+            reconstructors[job.scan_uid] = reconstructor
         reconstructor.use_settings(job.settings)
         if len(job.frames):
             reconstructor.add_frames(job.frames, job.positions)
@@ -36,19 +33,73 @@ def run_job(runner_id: str, job: ReconstructionJob) -> ReconstructionResult:
         return reconstructor.result()
     finally:
         if job.final:
-            _reconstructors.pop(key, None)
+            reconstructors.pop(job.scan_uid, None)
 
 
-def _lower_priority(niceness: int) -> None:
+def _serve(connection: Connection, niceness: int) -> None:
+    """The worker process: do the jobs sent on ``connection`` until it sends None."""
     os.nice(niceness)
+    reconstructors: dict[str, Reconstructor] = {}
+    while (job := connection.recv()) is not None:
+        try:
+            reply: tuple[bool, object] = (True, continue_scan(reconstructors, job))
+        except Exception as error:
+            reply = (False, error)
+        try:
+            connection.send(reply)
+        except (pickle.PicklingError, TypeError, AttributeError):  # an error that does not pickle
+            connection.send((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
 
 
 class WorkerDiedError(RuntimeError):
     """The worker process holding a scan's reconstruction died; that scan cannot continue."""
 
 
-class LocalRunner:
-    """Runs jobs one after another on this machine.
+class _Worker:
+    """One spawned worker process at lower priority, and the pipe to it."""
+
+    def __init__(self, niceness: int) -> None:
+        self._connection, theirs = multiprocessing.Pipe()
+        self._process = multiprocessing.get_context("spawn").Process(
+            target=_serve, args=(theirs, niceness), name="ptycho-worker", daemon=True
+        )
+        self._process.start()
+        theirs.close()
+        self.died: str | None = None  # why, once it has
+
+    def run(self, job: ReconstructionJob) -> ReconstructionResult:
+        try:
+            self._connection.send(job)
+            ok, reply = self._connection.recv()
+        except (EOFError, OSError) as error:
+            self._process.join(5)
+            self.died = (
+                f"the reconstruction worker process died (exit code {self._process.exitcode}, "
+                f"{type(error).__name__}); the scan's earlier work is lost"
+            )
+            raise WorkerDiedError(self.died) from error
+        if not ok:
+            raise reply
+        return reply
+
+    def stop(self) -> None:
+        try:
+            self._connection.send(None)
+        except OSError:
+            pass
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+        self._connection.close()
+
+
+@dataclass
+class _LocalScan:
+    worker: _Worker | None = None  # in a process: the worker that holds the scan's reconstructor
+
+
+class LocalRunner(LaneRunner[_LocalScan]):
+    """Runs jobs on this machine, one at a time by default.
 
     The scan's :class:`~bluesky_ptycho.solver.Reconstructor` stays in memory
     between jobs, so each preview continues from the previous estimate with
@@ -57,7 +108,7 @@ class LocalRunner:
     Parameters
     ----------
     process
-        False (default): a worker thread of this process. True: one worker
+        False (default): in a thread of this process. True: in one worker
         process (started on first use), so the reconstruction does not
         compete with the RunEngine for the interpreter lock; frames travel
         to it by pickling. If the worker dies (killed, out of memory), the
@@ -66,65 +117,42 @@ class LocalRunner:
     niceness
         With ``process``, how much to lower the worker's scheduling priority
         (0-19), so that on a machine with few cores the RunEngine comes first.
+    max_in_flight
+        Scans reconstructed side by side (each on its own thread; with
+        ``process``, they take turns in the one worker).
     """
 
-    def __init__(self, process: bool = False, niceness: int = 10) -> None:
-        self._id = uuid.uuid4().hex
+    def __init__(self, process: bool = False, niceness: int = 10, max_in_flight: int = 1) -> None:
+        super().__init__(max_in_flight)
         self._process = process
         self._niceness = niceness
-        self._lock = threading.Lock()
-        self._scans_in_worker: set[str] = set()  # unfinished scans whose state the worker holds
-        self._lost_scans: dict[str, str] = {}  # scan uid -> why its state is gone
-        self._executor = self._new_executor()
+        self._reconstructors: dict[str, Reconstructor] = {}  # in a thread: the scans' state, here
+        self._worker: _Worker | None = None
+        self._worker_lock = threading.Lock()  # one job at a time in the worker
         kind = "process" if process else "thread"
         self.location = f"local:{socket.gethostname()}:{kind}"
 
-    def _new_executor(self) -> Executor:
-        if self._process:
-            return ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_lower_priority,
-                initargs=(self._niceness,),
-            )
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptycho-local")
+    def new_scan(self, job: ReconstructionJob) -> _LocalScan:
+        return _LocalScan()
 
-    def submit(self, job: ReconstructionJob) -> Future[ReconstructionResult]:
-        with self._lock:
-            lost = self._lost_scans.get(job.scan_uid)
-            if lost is not None:
-                if job.final:
-                    del self._lost_scans[job.scan_uid]
-                failed: Future[ReconstructionResult] = Future()
-                failed.set_exception(WorkerDiedError(lost))
-                return failed
-            executor = self._executor
-            self._scans_in_worker.add(job.scan_uid)
-            try:
-                future = executor.submit(run_job, self._id, job)
-            except BrokenProcessPool as error:  # it died since the last job came back
-                future = Future()
-                future.set_exception(error)
-        future.add_done_callback(lambda done: self._check_worker(done, executor, job))
-        return future
-
-    def _check_worker(self, future: Future, executor: Executor, job: ReconstructionJob) -> None:
-        error = future.exception()
-        with self._lock:
-            died = isinstance(error, BrokenProcessPool) and executor is self._executor
-            if died:
-                reason = f"the reconstruction worker process died ({error}); the scan's earlier work is lost"
-                logger.error(
-                    "%s; %d scan(s) affected, starting a new worker", reason, len(self._scans_in_worker)
-                )
-                self._lost_scans.update(dict.fromkeys(self._scans_in_worker, reason))
-                self._scans_in_worker = set()
-                self._executor = self._new_executor()
-            if job.final:  # the scan is over: nothing more to remember of it
-                self._scans_in_worker.discard(job.scan_uid)
-                self._lost_scans.pop(job.scan_uid, None)
-        if died:
-            executor.shutdown(wait=False)
+    def run_job(self, state: _LocalScan, job: ReconstructionJob) -> ReconstructionResult:
+        if not self._process:
+            return continue_scan(self._reconstructors, job)
+        with self._worker_lock:
+            if state.worker is not None and state.worker.died:
+                raise WorkerDiedError(state.worker.died)
+            if self._worker is None or self._worker.died:
+                if self._worker is not None:
+                    logger.error("%s; starting a new worker", self._worker.died)
+                self._worker = _Worker(self._niceness)
+            state.worker = self._worker
+            return self._worker.run(job)
 
     def shutdown(self, wait: bool = True) -> None:
-        self._executor.shutdown(wait=wait)
+        super().shutdown(wait)
+        if not wait:  # a job may still be running in the worker; the worker, a daemon, ends with this process
+            return
+        with self._worker_lock:
+            if self._worker is not None:
+                self._worker.stop()
+                self._worker = None
