@@ -457,13 +457,15 @@ def demo_command(points, preview_every, catalog, catalog_dir, output_dir, **opti
     )
 
 
-def _add_globus_commands() -> None:
+def _add_subcommands() -> None:
     from .cli_globus import globus_group
+    from .cli_service import serve_command
 
     main.add_command(globus_group)
+    main.add_command(serve_command)
 
 
-_add_globus_commands()
+_add_subcommands()
 
 
 if __name__ == "__main__":

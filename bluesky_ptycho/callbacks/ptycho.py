@@ -16,6 +16,8 @@ It never blocks the RunEngine (the work runs on the runner) and never raises
 into it: ``RE.ignore_callback_exceptions`` is False by default, so an
 exception escaping a callback would abort the user's scan. Problems are
 logged with the run uid and recorded in the reconstruction run instead.
+Documents of runs it did not see start (a service that joined mid-scan) are
+held back by :class:`~.arrivals.RunArrivals` and recorded as not reconstructed.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
 from event_model import RunRouter
 
-from ..catalog.documents import DocumentCallback
+from ..catalog.documents import DocumentCallback, ReconstructionRunWriter
 from ..catalog.queries import latest_probe_for
 from ..federation.jobs import Runner
 from ..federation.local import LocalRunner
@@ -40,6 +42,7 @@ from ..scan_metadata import ConfigurationSignals, configuration_metadata
 from ..solver.data import Geometry, ReconstructionResult
 from ..solver.probe import reusable_probe
 from ..solver.settings import ReconstructionSettings
+from .arrivals import RunArrivals
 from .scan import Problems, ScanReconstruction
 
 logger = logging.getLogger(__name__)
@@ -152,13 +155,16 @@ class PtychoCallback:
         self.configuration_signals = dict(configuration_signals or {})
         configuration_metadata({}, self.configuration_signals)  # a key that cannot be configured fails here
         self._router = RunRouter([self._factory])
+        self._arrivals = RunArrivals(self._missed)
         self._scans: dict[str, ScanReconstruction] = {}  # open, by run uid: for what the router cannot place
+        self._unrecorded: dict[str, ScanReconstruction] = {}  # whose reconstruction is not recorded yet
         self._unattributed = Problems("(unknown run)")  # documents of no open run
         self._pending: list[threading.Event] = []
 
     def __call__(self, name: str, doc: dict) -> tuple[str, dict]:
         try:
-            self._router(name, doc)
+            if self._arrivals.admit(name, doc):
+                self._router(name, doc)
         except Exception as error:  # never let an exception reach the RunEngine
             self._problems_of(name, doc).add(
                 f"{name}:{type(error).__name__}", f"{name}: {type(error).__name__}: {error}", exc_info=error
@@ -177,6 +183,8 @@ class PtychoCallback:
         """The callbacks of one run: its scan reconstruction, behind a normalizer of legacy documents."""
         scan = ScanReconstruction(self, start)
         self._scans[start["uid"]] = scan
+        self._unrecorded = {uid: each for uid, each in self._unrecorded.items() if not each.recorded}
+        self._unrecorded[start["uid"]] = scan
         normalizer = RunNormalizer()
         normalizer.subscribe(scan)
         return [normalizer], []
@@ -184,6 +192,38 @@ class PtychoCallback:
     def closed(self, scan: ScanReconstruction) -> None:
         """``scan`` had its stop document."""
         self._scans.pop(scan.uid, None)
+
+    def abandon(self, reason: str, *, running: bool = False) -> int:
+        """Give up the scans still taking frames (with ``running``, also those still reconstructing).
+
+        Each is recorded as failed with ``reason`` (a scan already recorded
+        keeps its record); their later documents and results are dropped.
+        A service calls this when it stops, or when its bus lost documents.
+        Returns how many reconstructions were recorded as failed.
+        """
+        scans = list(self._unrecorded.values() if running else self._scans.values())
+        for scan in scans:
+            self._scans.pop(scan.uid, None)
+        return sum(scan.abandon(reason) for scan in scans)
+
+    def _missed(self, run_uid: str, descriptor: dict | None) -> None:
+        """Record a scan whose documents came without its start: not reconstructed, and why."""
+        keys = [self.geometry_overrides.get(key) for key in ("data_key", "x_key", "y_key")]
+        if descriptor is None or not _has_frames(descriptor["data_keys"], keys):
+            logger.warning("run %s: documents without its start document were ignored", run_uid)
+            return
+        reason = (
+            "not reconstructed: its start document never came here (the reconstruction began "
+            "listening during the scan, or the document bus lost documents)"
+        )
+        logger.error("scan %s: %s", run_uid, reason)
+        writer = ReconstructionRunWriter(
+            self.emit_reconstruction,
+            {"uid": run_uid},
+            self.settings.to_dict(),
+            getattr(self.runner, "location", "?"),
+        )
+        writer.close("fail", reason=reason)
 
     def look_up_probe(self, geometry: Geometry) -> Future | None:
         """Start finding the initial probe for a scan of ``geometry`` (see ``initial_probe``); None: build it.
@@ -232,6 +272,13 @@ class PtychoCallback:
         Returns False if ``timeout`` seconds passed first.
         """
         return all(event.wait(timeout) for event in list(self._pending))
+
+
+def _has_frames(data_keys: dict, keys: list[str | None]) -> bool:
+    """Whether a descriptor's ``data_keys`` hold diffraction frames: the configured keys, or any image."""
+    if keys[0] is not None:
+        return all(key in data_keys for key in keys if key is not None)
+    return any(sum(n > 1 for n in spec.get("shape") or []) >= 2 for spec in data_keys.values())
 
 
 class _Broadcast:

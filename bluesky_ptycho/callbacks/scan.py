@@ -124,10 +124,33 @@ class ScanReconstruction(DocumentRouter):
         self.jobs = 0
         self.probe_lookup: Future | None = None  # of (probe, where it came from)
         self.probe_source: str | None = None  # where the initial probe came from, when the callback gave one
+        self.stopped = False
+        self.abandoned = False
         if not set(owner.configuration_signals) - set(self.metadata):  # complete without a descriptor
             self._describe(self.metadata)
 
+    @property
+    def recorded(self) -> bool:
+        """Whether nothing more will be recorded of this scan (its record is closed, or there is none to make)."""
+        return self.writer.closed or self.abandoned or (self.stopped and not self.is_ptycho)
+
+    def abandon(self, reason: str) -> bool:
+        """Stop following the scan and record it as failed with ``reason``; False if already recorded."""
+        recorded = self.recorded
+        self.abandoned = True
+        self.external.close()
+        if recorded or not self.is_ptycho:
+            return False
+        logger.error("scan %s: %s", self.uid, reason)
+        self.writer.close("fail", reason=reason)
+        return True
+
     # --- documents ---------------------------------------------------------
+
+    def __call__(self, name: str, doc: dict):
+        if self.abandoned:
+            return name, doc
+        return super().__call__(name, doc)
 
     def _describe(self, metadata: dict) -> None:
         """Set the scan geometry from its complete ``metadata``, or record why it cannot be."""
@@ -220,6 +243,7 @@ class ScanReconstruction(DocumentRouter):
             self._preview()
 
     def stop(self, doc: dict) -> None:
+        self.stopped = True
         self.owner.closed(self)
         self.external.close()
         if not self.is_ptycho:  # an alignment scan, a count: nothing to reconstruct, nothing to record
@@ -291,6 +315,8 @@ class ScanReconstruction(DocumentRouter):
         self.owner.when_done(future, self._previewed)
 
     def _previewed(self, future: Future) -> None:
+        if self.abandoned:
+            return
         error = future.exception()
         if error is not None:
             self.problems.add(f"preview:{type(error).__name__}", f"preview failed: {error}")
@@ -299,6 +325,8 @@ class ScanReconstruction(DocumentRouter):
         self.owner.notify(self.uid, future.result(), final=False)
 
     def _finish(self, future: Future, partial: bool, exit_status: str) -> None:
+        if self.abandoned:
+            return
         error = future.exception()
         if error is not None:
             logger.error("scan %s: reconstruction failed: %s", self.uid, error)

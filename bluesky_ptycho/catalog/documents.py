@@ -8,6 +8,7 @@ its stop document says honestly how it ended.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from .. import __version__
 from ..solver.data import ReconstructionResult
 from ..solver.scan_area import ObjectCanvas, ScanArea
 
+logger = logging.getLogger(__name__)
 DocumentCallback = Callable[[str, dict], Any]
 PLAN_NAME = "ptycho_reconstruction"
 
@@ -167,6 +169,11 @@ class ReconstructionRunWriter:
         """uid of the reconstruction run."""
         return self._bundle.start_doc["uid"]
 
+    @property
+    def closed(self) -> bool:
+        """Whether the stop document was emitted."""
+        return self._closed
+
     def _start(self, result: ReconstructionResult | None = None) -> None:
         if not self._started:
             if result is not None and result.geometry is not None:
@@ -188,6 +195,9 @@ class ReconstructionRunWriter:
             If the object does not fit the planned scan area's canvas.
         """
         with self._lock:
+            if self._closed:  # given up (the service stopped, the scan was abandoned): nothing more to say
+                logger.info("reconstruction %s is already closed: a late result is dropped", self.uid)
+                return
             if self.scan_area is not None and self._canvas is None:
                 self._canvas = self.scan_area.canvas_for(result)
             if self._canvas is None:

@@ -1,0 +1,284 @@
+"""Document buses the service reads: Bluesky's 0MQ proxy, NATS JetStream, Kafka.
+
+Each bus delivers ``(name, doc)`` pairs in the order it receives them,
+reconnects by itself with exponential backoff when its server goes away,
+and reports an outage once (:class:`BusHealth`), so a service that runs for
+months logs one line per outage, not one per attempt. A message that cannot
+be decoded is logged and skipped: a bad document never stops the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Protocol
+
+from .config import BusConfig, KafkaBusConfig, NatsBusConfig, ZmqBusConfig
+
+logger = logging.getLogger(__name__)
+
+Deliver = Callable[[str, dict], None]
+FIRST_RETRY_S = 0.1
+
+
+class BusHealth:
+    """Whether the bus is reachable; each outage is logged once, when it starts and when it ends.
+
+    Parameters
+    ----------
+    what
+        The bus, in words, for the log.
+    on_outage
+        Called once when an outage starts, with its cause.
+    """
+
+    def __init__(self, what: str, on_outage: Callable[[str], None] = lambda cause: None) -> None:
+        self.what = what
+        self.on_outage = on_outage
+        self.down_since: float | None = None
+        self.connected = threading.Event()
+        self.outages = 0
+
+    def down(self, cause: str) -> None:
+        if self.down_since is not None:
+            return
+        self.down_since = time.monotonic()
+        self.connected.clear()
+        self.outages += 1
+        logger.warning("document bus %s is unreachable (%s): retrying with backoff", self.what, cause)
+        self.on_outage(cause)
+
+    def up(self) -> None:
+        if self.down_since is not None:
+            logger.warning(
+                "document bus %s is back after %.1f s", self.what, time.monotonic() - self.down_since
+            )
+        elif not self.connected.is_set():
+            logger.info("connected to the document bus %s", self.what)
+        self.down_since = None
+        self.connected.set()
+
+
+class Bus(Protocol):
+    """A source of documents."""
+
+    #: The bus, in words.
+    description: str
+    #: True: documents published while the service is disconnected are lost (0MQ);
+    #: False: the bus keeps them and delivers them on reconnection (JetStream, Kafka).
+    lossy: bool
+
+    def run(self, deliver: Deliver, health: BusHealth, stopping: threading.Event) -> None:
+        """Deliver documents until ``stopping`` is set."""
+        ...
+
+
+def make_bus(config: BusConfig) -> Bus:
+    """The bus the configuration describes."""
+    return {"zmq": ZmqBus, "nats": NatsBus, "kafka": KafkaBus}[config.kind](config)
+
+
+def _skip(what: str, error: Exception, message: bytes) -> None:
+    logger.warning(
+        "skipped a message from %s that could not be decoded (%s: %s): %.80r",
+        what,
+        type(error).__name__,
+        error,
+        message,
+    )
+
+
+class ZmqBus:
+    """A subscriber of Bluesky's 0MQ proxy (what ``bluesky.callbacks.zmq.RemoteDispatcher`` reads).
+
+    The wire format is bluesky's Publisher's: ``prefix name pickled-document``.
+    RemoteDispatcher itself cannot tell a service that the proxy went away or
+    be stopped from a signal handler, so this reads the same messages from a
+    SUB socket whose monitor reports the connection's state; 0MQ reconnects
+    on its own, every ``RECONNECT_IVL`` doubling up to ``reconnect_max_s``.
+    Pickled documents are code: subscribe only to a proxy on a trusted network.
+    """
+
+    lossy = True
+
+    def __init__(self, config: ZmqBusConfig) -> None:
+        from bluesky.callbacks.zmq import _normalize_address
+
+        self.address = _normalize_address(config.address)
+        self.prefix = config.prefix.encode()
+        self.reconnect_max_s = config.reconnect_max_s
+        self.description = f"0MQ proxy {self.address}"
+
+    def run(self, deliver: Deliver, health: BusHealth, stopping: threading.Event) -> None:
+        import zmq
+        from zmq.utils.monitor import recv_monitor_message
+
+        context = zmq.Context()
+        socket = context.socket(zmq.SUB)
+        socket.setsockopt(zmq.RECONNECT_IVL, int(FIRST_RETRY_S * 1000))
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_max_s * 1000))
+        monitor = socket.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+        )
+        socket.setsockopt(zmq.SUBSCRIBE, self.prefix)
+        socket.connect(self.address)
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        try:
+            while not stopping.is_set():
+                ready = dict(poller.poll(200))
+                if monitor in ready:
+                    event = recv_monitor_message(monitor)["event"]
+                    if event == zmq.EVENT_CONNECTED:
+                        health.up()
+                    else:
+                        health.down(
+                            "connection lost" if event == zmq.EVENT_DISCONNECTED else "connection refused"
+                        )
+                if socket in ready:
+                    self._decode(socket.recv(), deliver)
+        finally:
+            socket.disable_monitor()
+            monitor.close(linger=0)
+            socket.close(linger=0)
+            context.term()
+
+    def _decode(self, message: bytes, deliver: Deliver) -> None:
+        try:
+            prefix, name, payload = message.split(b" ", 2)
+            if self.prefix and prefix != self.prefix:
+                return
+            name, doc = name.decode(), pickle.loads(payload)
+        except Exception as error:  # any garbage on the wire
+            _skip(self.description, error, message)
+            return
+        deliver(name, doc)
+
+
+class NatsBus:
+    """A durable JetStream consumer of the subjects ``bluesky-nats``'s NATSPublisher writes.
+
+    bluesky-nats's own NATSDispatcher uses an ordered (ephemeral) consumer,
+    which replays the whole stream after every restart; a durable pull
+    consumer acknowledges each document once it is handed on, so a restarted
+    service resumes where it stopped and an outage loses nothing.
+    """
+
+    lossy = False
+
+    def __init__(self, config: NatsBusConfig) -> None:
+        self.config = config
+        self.description = (
+            f"NATS {','.join(config.servers)} stream {config.stream} subject {config.subject}.>"
+        )
+
+    def run(self, deliver: Deliver, health: BusHealth, stopping: threading.Event) -> None:
+        asyncio.run(self._run(deliver, health, stopping))
+
+    async def _run(self, deliver: Deliver, health: BusHealth, stopping: threading.Event) -> None:
+        import nats
+        from nats.errors import TimeoutError as NatsTimeout
+        from ormsgpack import unpackb
+
+        wait = FIRST_RETRY_S
+        while not stopping.is_set():
+            try:
+                client = await nats.connect(
+                    self.config.servers,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=FIRST_RETRY_S,
+                    connect_timeout=2,
+                    disconnected_cb=partial(_async_call, health.down, "connection lost"),
+                    reconnected_cb=partial(_async_call, health.up),
+                    error_cb=partial(_async_log),
+                )
+                subscription = await client.jetstream().pull_subscribe(
+                    f"{self.config.subject}.>", durable=self.config.durable, stream=self.config.stream
+                )
+            except Exception as error:  # no server, no stream: retry
+                health.down(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, self.config.reconnect_max_s)
+                continue
+            health.up()
+            wait = FIRST_RETRY_S
+            try:
+                while not stopping.is_set():
+                    try:
+                        messages = await subscription.fetch(100, timeout=0.2)
+                    except NatsTimeout:
+                        continue
+                    except Exception as error:  # the connection is reconnecting: wait for it
+                        health.down(f"{type(error).__name__}: {error}")
+                        await asyncio.sleep(FIRST_RETRY_S)
+                        continue
+                    for message in messages:
+                        try:
+                            name, doc = message.subject.rsplit(".", 1)[-1], unpackb(message.data)
+                        except Exception as error:
+                            _skip(self.description, error, message.data)
+                        else:
+                            deliver(name, doc)
+                        await message.ack()
+            finally:
+                await client.close()
+
+
+async def _async_call(function: Callable, *args) -> None:
+    function(*args)
+
+
+async def _async_log(error: Exception) -> None:
+    logger.debug("NATS: %s", error)
+
+
+class KafkaBus:
+    """A consumer group of the topics ``bluesky-kafka``'s Publisher writes (msgpack with numpy arrays).
+
+    Kafka keeps what was published while the service was away; librdkafka
+    reconnects by itself (``reconnect.backoff.max.ms``).
+    """
+
+    lossy = False
+
+    def __init__(self, config: KafkaBusConfig) -> None:
+        self.config = config
+        self.description = f"Kafka {config.bootstrap_servers} topics {','.join(config.topics)}"
+
+    def consumer(self, deliver: Deliver):
+        """The ``bluesky_kafka.BlueskyConsumer`` this bus polls."""
+        import msgpack
+        import msgpack_numpy
+        from bluesky_kafka import BlueskyConsumer
+
+        return BlueskyConsumer(
+            topics=list(self.config.topics),
+            bootstrap_servers=self.config.bootstrap_servers,
+            group_id=self.config.group_id,
+            consumer_config={
+                "auto.offset.reset": "latest",
+                "reconnect.backoff.max.ms": 30_000,
+                **self.config.consumer_config,
+            },
+            deserializer=partial(msgpack.loads, object_hook=msgpack_numpy.decode),
+            process_document=lambda consumer, topic, name, doc: deliver(name, doc) or True,
+        )
+
+    def run(self, deliver: Deliver, health: BusHealth, stopping: threading.Event) -> None:
+        def message_error(message) -> bool:
+            health.down(str(message.error()))
+            return True
+
+        health.up()
+        self.consumer(deliver).start_polling(
+            continue_polling=lambda: not stopping.is_set(),
+            on_message_error=message_error,
+            on_exception=lambda error: logger.warning("Kafka: %s", error),
+        )

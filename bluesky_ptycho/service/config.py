@@ -1,0 +1,203 @@
+"""The reconstruction service's configuration file (TOML): the bus, the catalog, the runner, the scans, the service.
+
+Every table and field is checked when the file is read; the first problem
+is reported in one line that names the field (``bus.address: Field
+required``), so a service that starts has a configuration that works.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..solver import ReconstructionSettings
+
+
+class ConfigError(ValueError):
+    """The configuration file cannot be used; the message is one line naming the file and the field."""
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ZmqBusConfig(_Table):
+    """Bluesky's 0MQ proxy (``bluesky-0MQ-proxy``): the service subscribes to its out address."""
+
+    kind: Literal["zmq"]
+    address: str = Field(description="the proxy's out address, host:port")
+    prefix: str = Field(
+        "", description="only documents published with this prefix (bluesky's Publisher prefix)"
+    )
+    reconnect_max_s: float = Field(30.0, gt=0, description="the longest wait between reconnection attempts")
+
+
+class NatsBusConfig(_Table):
+    """NATS JetStream, as ``bluesky-nats``'s NATSPublisher publishes (``<subject>.<document name>``)."""
+
+    kind: Literal["nats"]
+    servers: list[str] = Field(default_factory=lambda: ["nats://localhost:4222"])
+    stream: str = "bluesky"
+    subject: str = Field("events.volatile", description="the publisher's subject, without the document name")
+    durable: str = Field(
+        "bluesky-ptycho", description="the durable consumer: a restart resumes where it stopped"
+    )
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+
+class KafkaBusConfig(_Table):
+    """Kafka, as ``bluesky-kafka``'s Publisher publishes (one topic per beamline)."""
+
+    kind: Literal["kafka"]
+    bootstrap_servers: str = Field(description="host:port[,host:port...]")
+    topics: list[str] = Field(min_length=1)
+    group_id: str = "bluesky-ptycho"
+    consumer_config: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="extra librdkafka settings (security.protocol, sasl.*)"
+    )
+
+    @field_validator("consumer_config")
+    @classmethod
+    def _not_twice(cls, values: dict) -> dict:
+        for key, field in (("group.id", "group_id"), ("bootstrap.servers", "bootstrap_servers")):
+            if key in values:
+                raise ValueError(f"give {key!r} as bus.{field}, not in consumer_config")
+        return values
+
+
+BusConfig = Annotated[ZmqBusConfig | NatsBusConfig | KafkaBusConfig, Field(discriminator="kind")]
+
+
+class CatalogConfig(_Table):
+    """Where reconstructions are written: a Tiled URI or profile, or the embedded catalog (no ``uri``)."""
+
+    uri: str | None = None
+    directory: Path | None = Field(None, description="the embedded catalog's directory")
+    api_key_file: Path | None = Field(
+        None, description="a file readable only by its owner holding the API key"
+    )
+    spool_directory: Path | None = Field(None, description="where runs wait while the catalog is down")
+
+    @field_validator("api_key_file")
+    @classmethod
+    def _private(cls, path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError as error:
+            raise ValueError(f"cannot read {path}: {error.strerror}") from None
+        if mode & 0o077:
+            raise ValueError(f"{path} is readable by others (mode {mode:04o}): chmod 600 {path}")
+        return path
+
+    def api_key(self) -> str | None:
+        """The API key from ``api_key_file``, or None (Tiled then reads ``TILED_API_KEY``)."""
+        return self.api_key_file.read_text().strip() if self.api_key_file else None
+
+
+class RunnerConfig(_Table):
+    """Where reconstructions run (docs/federation.md)."""
+
+    kind: Literal["local", "dask", "globus-compute", "globus-flow"] = "local"
+    process: bool = Field(True, description="local: in a worker process at lower priority")
+    scheduler: str | None = Field(None, description="dask: the scheduler address, tcp://host:8786")
+    endpoint_id: str | None = Field(None, description="globus-compute: the endpoint")
+    staging_directory: Path | None = Field(
+        None, description="dask, globus-compute: frames staged as files here"
+    )
+    max_in_flight: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _needs(self) -> RunnerConfig:
+        needed = {"dask": "scheduler", "globus-compute": "endpoint_id"}.get(self.kind)
+        if needed and getattr(self, needed) is None:
+            raise ValueError(f"a {self.kind} runner needs runner.{needed}")
+        if self.kind == "globus-flow" and self.max_in_flight is not None:
+            raise ValueError("a globus-flow runner takes max_in_flight from the Globus settings")
+        return self
+
+
+class ReconstructionConfig(_Table):
+    """What the callback does with each scan (see :class:`~bluesky_ptycho.callbacks.PtychoCallback`)."""
+
+    preview_every: int = Field(50, ge=0)
+    preview_iterations: int = Field(20, ge=0)
+    queue_previews: bool = False
+    initial_probe: str | None = Field(None, description='"latest", or a result file')
+    final: dict[str, Any] = Field(default_factory=dict, description="ReconstructionSettings.final(**final)")
+    preview: dict[str, Any] | None = Field(None, description="ReconstructionSettings(**preview)")
+
+    @field_validator("final", "preview")
+    @classmethod
+    def _settings(cls, values: dict[str, Any] | None) -> dict[str, Any] | None:
+        if values is not None:
+            try:
+                ReconstructionSettings.final(**values)
+            except (TypeError, ValueError) as error:
+                raise ValueError(str(error)) from None
+        return values
+
+    def final_settings(self) -> ReconstructionSettings:
+        return ReconstructionSettings.final(**self.final)
+
+    def preview_settings(self) -> ReconstructionSettings | None:
+        return None if self.preview is None else ReconstructionSettings(**self.preview)
+
+
+class ServiceOptions(_Table):
+    """The service process itself."""
+
+    log_file: Path | None = Field(None, description="None: log to standard error (journald under systemd)")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    stop_grace_s: float = Field(
+        60.0, ge=0, description="on SIGTERM, how long running reconstructions may finish"
+    )
+
+
+class ServiceConfig(_Table):
+    """The whole configuration file."""
+
+    bus: BusConfig
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    reconstruction: ReconstructionConfig = Field(default_factory=ReconstructionConfig)
+    geometry: dict[str, Any] = Field(
+        default_factory=dict, description="PtychoCallback's geometry overrides (data_key, x_key, ...)"
+    )
+    configuration_signals: dict[str, str | tuple[str, float]] = Field(default_factory=dict)
+    service: ServiceOptions = Field(default_factory=ServiceOptions)
+
+
+def load_config(path: str | os.PathLike) -> ServiceConfig:
+    """Read and check the configuration file at ``path``.
+
+    Raises
+    ------
+    ConfigError
+        One line naming the file and the first field that is wrong.
+    """
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the configuration file: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    try:
+        return ServiceConfig.model_validate(values)
+    except ValidationError as invalid:
+        first = invalid.errors()[0]
+        field = ".".join(str(part) for part in first["loc"] if not _is_union_tag(part)) or "(top level)"
+        message = first["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{path}: {field}: {message}") from None
+
+
+def _is_union_tag(part: object) -> bool:
+    """pydantic names the chosen member of a tagged union in an error's location: not a field."""
+    return part in ("zmq", "nats", "kafka")
