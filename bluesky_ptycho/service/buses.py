@@ -265,7 +265,7 @@ class KafkaBus:
             consumer_config={
                 "auto.offset.reset": "latest",
                 "reconnect.backoff.max.ms": 30_000,
-                **self.config.consumer_config,
+                **self.config.librdkafka_settings(),
             },
             deserializer=partial(msgpack.loads, object_hook=msgpack_numpy.decode),
             process_document=lambda consumer, topic, name, doc: deliver(name, doc) or True,

@@ -26,6 +26,19 @@ class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def private_file(path: Path | None) -> Path | None:
+    """``path``, if only its owner can read it (a secret's file); else a ValueError saying how to fix it."""
+    if path is None:
+        return None
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror}") from None
+    if mode & 0o077:
+        raise ValueError(f"{path} is readable by others (mode {mode:04o}): chmod 600 {path}")
+    return path
+
+
 class ZmqBusConfig(_Table):
     """Bluesky's 0MQ proxy (``bluesky-0MQ-proxy``): the service subscribes to its out address."""
 
@@ -58,16 +71,31 @@ class KafkaBusConfig(_Table):
     topics: list[str] = Field(min_length=1)
     group_id: str = "bluesky-ptycho"
     consumer_config: dict[str, str | int | float | bool] = Field(
-        default_factory=dict, description="extra librdkafka settings (security.protocol, sasl.*)"
+        default_factory=dict, description="extra librdkafka settings (security.protocol, sasl.username, ...)"
     )
+    sasl_password_file: Path | None = Field(
+        None, description="a file readable only by its owner: sasl.password"
+    )
+
+    _private = field_validator("sasl_password_file")(private_file)
 
     @field_validator("consumer_config")
     @classmethod
     def _not_twice(cls, values: dict) -> dict:
-        for key, field in (("group.id", "group_id"), ("bootstrap.servers", "bootstrap_servers")):
+        for key, field in (
+            ("group.id", "group_id"),
+            ("bootstrap.servers", "bootstrap_servers"),
+            ("sasl.password", "sasl_password_file"),
+        ):
             if key in values:
                 raise ValueError(f"give {key!r} as bus.{field}, not in consumer_config")
         return values
+
+    def librdkafka_settings(self) -> dict[str, str | int | float | bool]:
+        """``consumer_config`` with the password read from its file."""
+        if self.sasl_password_file is None:
+            return dict(self.consumer_config)
+        return {**self.consumer_config, "sasl.password": self.sasl_password_file.read_text().strip()}
 
 
 BusConfig = Annotated[ZmqBusConfig | NatsBusConfig | KafkaBusConfig, Field(discriminator="kind")]
@@ -83,18 +111,7 @@ class CatalogConfig(_Table):
     )
     spool_directory: Path | None = Field(None, description="where runs wait while the catalog is down")
 
-    @field_validator("api_key_file")
-    @classmethod
-    def _private(cls, path: Path | None) -> Path | None:
-        if path is None:
-            return None
-        try:
-            mode = stat.S_IMODE(path.stat().st_mode)
-        except OSError as error:
-            raise ValueError(f"cannot read {path}: {error.strerror}") from None
-        if mode & 0o077:
-            raise ValueError(f"{path} is readable by others (mode {mode:04o}): chmod 600 {path}")
-        return path
+    _private = field_validator("api_key_file")(private_file)
 
     def api_key(self) -> str | None:
         """The API key from ``api_key_file``, or None (Tiled then reads ``TILED_API_KEY``)."""

@@ -1,0 +1,109 @@
+"""The service's configuration file: a bad one fails in one line naming the field; Kafka's settings reach the consumer."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from bluesky_ptycho.cli import main
+from bluesky_ptycho.service.buses import KafkaBus, make_bus
+from bluesky_ptycho.service.config import load_config
+
+GOOD = """
+[bus]
+kind = "zmq"
+address = "localhost:5578"
+[runner]
+kind = "dask"
+scheduler = "tcp://scheduler:8786"
+[reconstruction]
+preview_every = 25
+final = {algorithm = "lsqml", iterations = 150}
+[geometry]
+data_key = "det_image"
+position_unit = "um"
+"""
+
+
+def check(tmp_path, text: str) -> tuple[int, str]:
+    path = tmp_path / "serve.toml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["serve", str(path), "--check"])
+    return result.exit_code, result.output
+
+
+def test_a_good_file_is_read_into_the_service_settings(tmp_path):
+    code, output = check(tmp_path, GOOD)
+    assert code == 0 and "bus zmq, runner dask, catalog embedded: OK" in output, output
+    config = load_config(tmp_path / "serve.toml")
+    assert config.reconstruction.final_settings().iterations == 150
+    assert config.reconstruction.final_settings().probe_modes == 3  # the final defaults fill the rest
+    assert make_bus(config.bus).address == "tcp://localhost:5578"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("address = ", "adress = "), "bus.address: Field required"),
+        (('kind = "zmq"', 'kind = "mqtt"'), "bus: Input tag 'mqtt' found using 'kind' does not match"),
+        (
+            ("preview_every = 25", "preview_evry = 25"),
+            "reconstruction.preview_evry: Extra inputs are not permitted",
+        ),
+        (('algorithm = "lsqml"', 'algorithm = "lsqm"'), "reconstruction.final: algorithm must be one of"),
+        (('scheduler = "tcp://scheduler:8786"', ""), "runner: a dask runner needs runner.scheduler"),
+        (("[geometry]", "[geometry"), "not valid TOML"),
+    ],
+)
+def test_a_bad_file_fails_in_one_line_naming_the_field(tmp_path, change, message):
+    code, output = check(tmp_path, GOOD.replace(*change))
+    assert code == 1, output
+    (line,) = output.strip().splitlines()
+    assert message in line and "serve.toml" in line, line
+
+
+def test_an_api_key_file_readable_by_others_is_refused(tmp_path):
+    key = tmp_path / "tiled-key"
+    key.write_text("secret\n")
+    os.chmod(key, 0o644)
+    text = GOOD + f'[catalog]\nuri = "http://tiled:8000"\napi_key_file = "{key}"\n'
+    code, output = check(tmp_path, text)
+    assert code == 1 and "catalog.api_key_file" in output and "chmod 600" in output, output
+    os.chmod(key, 0o600)
+    assert check(tmp_path, text)[0] == 0
+    assert load_config(tmp_path / "serve.toml").catalog.api_key() == "secret"
+
+
+KAFKA = """
+[bus]
+kind = "kafka"
+bootstrap_servers = "broker1:9092,broker2:9092"
+topics = ["tst.bluesky.runengine.documents"]
+consumer_config = {"security.protocol" = "SASL_SSL", "sasl.mechanisms" = "PLAIN", "sasl.username" = "beamline"}
+sasl_password_file = "PASSWORD"
+"""
+
+
+def test_a_kafka_bus_configures_bluesky_kafkas_consumer(tmp_path):
+    """No broker runs here: librdkafka itself checks the settings when the consumer is made."""
+    pytest.importorskip("bluesky_kafka")
+    password = tmp_path / "kafka-password"
+    password.write_text("s3cret\n")
+    password.chmod(0o600)
+    kafka = KAFKA.replace("PASSWORD", str(password))
+    assert check(tmp_path, kafka)[0] == 0
+    bus = make_bus(load_config(tmp_path / "serve.toml").bus)
+    assert isinstance(bus, KafkaBus) and not bus.lossy
+    consumer = bus.consumer(lambda name, doc: None)  # librdkafka connects lazily: no broker needed
+    settings = consumer._consumer_config
+    assert settings["bootstrap.servers"] == "broker1:9092,broker2:9092"
+    assert settings["group.id"] == "bluesky-ptycho"
+    assert settings["security.protocol"] == "SASL_SSL" and settings["auto.offset.reset"] == "latest"
+    assert settings["sasl.password"] == "s3cret"
+    consumer.close()
+    code, output = check(
+        tmp_path, kafka.replace('"security.protocol"', '"group.id" = "x", "security.protocol"')
+    )
+    assert code == 1 and "bus.consumer_config: give 'group.id' as bus.group_id" in output, output
