@@ -5,8 +5,8 @@ The geometry lands in ``start["ptycho"]`` (the keys of
 :class:`bluesky_ptycho.callbacks.PtychoCallback` reads.
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: Bluesky Queue Server reads the plans' parameter types
+# from their signatures, and string annotations naming classes outside its namespace fail its checks
 from collections.abc import Generator
 
 import bluesky.plans as bp

@@ -20,6 +20,14 @@
 #
 #     from bluesky_ptycho.federation.flows import GlobusFlowRunner
 #     runner = GlobusFlowRunner()                          # Transfer -> Compute -> Transfer
+#
+# BLUESKY_PTYCHO_PUBLISH_TO (a 0MQ proxy's in address, host:port): reconstruct elsewhere instead. The
+# documents go to the proxy (bluesky-0MQ-proxy), where `bluesky-ptycho serve` reads them
+# (docs/deploying.md); the RunEngine then does no reconstruction work at all.
+import os
+
+from bluesky.callbacks.zmq import Publisher
+
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import latest_final_reconstruction, reconstructions_of  # noqa: F401
 from bluesky_ptycho.federation import ExecutorRunner, LocalRunner  # noqa: F401
@@ -47,4 +55,8 @@ ptycho = PtychoCallback(
     initial_probe="latest",
     catalog=catalog,  # noqa: F821 (00-base.py)
 )
-RE.subscribe(ptycho)  # noqa: F821 (00-base.py)
+publish_to = os.environ.get("BLUESKY_PTYCHO_PUBLISH_TO")
+if publish_to:
+    RE.subscribe(Publisher(publish_to))  # noqa: F821 (00-base.py)
+else:
+    RE.subscribe(ptycho)  # noqa: F821 (00-base.py)
