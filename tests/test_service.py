@@ -139,3 +139,22 @@ def test_a_proxy_outage_mid_scan_fails_that_scan_and_the_next_scan_is_reconstruc
     assert service.terminate() == 0
     assert len(reconstructions_of(catalog, cut_uid)) == 1
     assert service.log_text().count("unreachable") == 1
+
+
+def test_a_reconstruction_given_up_while_running_is_recorded_as_failed_and_its_late_result_dropped():
+    from bluesky_ptycho.callbacks import PtychoCallback
+    from bluesky_ptycho.solver import ReconstructionSettings
+
+    recon = Documents()
+    callback = PtychoCallback(recon, settings=ReconstructionSettings(iterations=300), preview_every=None)
+    RE = RunEngine()
+    RE.subscribe(callback)
+    stage, det = simulated_beamline(seed=1)
+    RE(fermat_spiral_ptycho_scan(det, stage, n_points=60))
+    assert callback.abandon("the service was stopped", running=True) == 1
+    assert callback.wait(120)  # the final result came back after all...
+    callback.runner.shutdown()
+    (stop,) = recon.named("stop")
+    assert stop["exit_status"] == "fail" and stop["reason"] == "the service was stopped"
+    assert recon[-1][0] == "stop" and not recon.named("event")  # ...and was not recorded after the stop
+    assert callback.abandon("again", running=True) == 0

@@ -315,8 +315,6 @@ class ScanReconstruction(DocumentRouter):
         self.owner.when_done(future, self._previewed)
 
     def _previewed(self, future: Future) -> None:
-        if self.abandoned:
-            return
         error = future.exception()
         if error is not None:
             self.problems.add(f"preview:{type(error).__name__}", f"preview failed: {error}")
@@ -325,8 +323,6 @@ class ScanReconstruction(DocumentRouter):
         self.owner.notify(self.uid, future.result(), final=False)
 
     def _finish(self, future: Future, partial: bool, exit_status: str) -> None:
-        if self.abandoned:
-            return
         error = future.exception()
         if error is not None:
             logger.error("scan %s: reconstruction failed: %s", self.uid, error)

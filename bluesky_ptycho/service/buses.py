@@ -189,21 +189,21 @@ class NatsBus:
         wait = FIRST_RETRY_S
         while not stopping.is_set():
             try:
+                # nats-py's own reconnection retries at a fixed interval, and forever inside connect();
+                # this loop reconnects instead, with backoff and a stop between attempts
                 client = await nats.connect(
                     self.config.servers,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
+                    allow_reconnect=False,
+                    max_reconnect_attempts=1,
                     reconnect_time_wait=FIRST_RETRY_S,
                     connect_timeout=2,
-                    disconnected_cb=partial(_async_call, health.down, "connection lost"),
-                    reconnected_cb=partial(_async_call, health.up),
-                    error_cb=partial(_async_log),
+                    error_cb=_quiet,
                 )
                 subscription = await client.jetstream().pull_subscribe(
                     f"{self.config.subject}.>", durable=self.config.durable, stream=self.config.stream
                 )
-            except Exception as error:  # no server, no stream: retry
-                health.down(f"{type(error).__name__}: {error}" if str(error) else type(error).__name__)
+            except Exception as error:  # no server (NoServersError), no stream yet (NotFoundError)
+                health.down(f"{type(error).__name__}: {error}".rstrip(": "))
                 await asyncio.sleep(wait)
                 wait = min(2 * wait, self.config.reconnect_max_s)
                 continue
@@ -213,12 +213,14 @@ class NatsBus:
                 while not stopping.is_set():
                     try:
                         messages = await subscription.fetch(100, timeout=0.2)
-                    except NatsTimeout:
+                    except (NatsTimeout, TimeoutError):  # nothing new (fetch raises either)
+                        if client.is_closed:
+                            health.down("connection lost")
+                            break
                         continue
-                    except Exception as error:  # the connection is reconnecting: wait for it
-                        health.down(f"{type(error).__name__}: {error}")
-                        await asyncio.sleep(FIRST_RETRY_S)
-                        continue
+                    except Exception as error:
+                        health.down(f"{type(error).__name__}: {error}".rstrip(": "))
+                        break
                     for message in messages:
                         try:
                             name, doc = message.subject.rsplit(".", 1)[-1], unpackb(message.data)
@@ -228,15 +230,12 @@ class NatsBus:
                             deliver(name, doc)
                         await message.ack()
             finally:
-                await client.close()
+                if not client.is_closed:
+                    await client.close()
 
 
-async def _async_call(function: Callable, *args) -> None:
-    function(*args)
-
-
-async def _async_log(error: Exception) -> None:
-    logger.debug("NATS: %s", error)
+async def _quiet(error: Exception) -> None:
+    """nats-py reports every failed attempt here; the bus's health reports the outage once."""
 
 
 class KafkaBus:

@@ -172,6 +172,6 @@ def log_to(path, level: str) -> None:
     handler = logging.StreamHandler() if path is None else logging.handlers.WatchedFileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
-    root.addHandler(handler)
+    root.handlers = [handler]  # not also to standard error: under systemd, journald would have it twice
     root.setLevel(level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per catalog request otherwise
