@@ -5,10 +5,21 @@ Run ``python benchmarks/callback_overhead.py`` (defaults: 500 frames of
 after the other, and each is repeated; the overhead is the ratio of the
 medians. Cases: the callback collecting frames only (previews off: its own
 cost on the RunEngine thread); previews on a worker thread; previews on a
-worker process (``LocalRunner(process=True)``); and, for reference, no
-callback but a lowest-priority busy process beside the scan: what any
-concurrent work costs the RunEngine on this machine. The work left when the
-RunEngine returns is waited for but not counted.
+worker process (``LocalRunner(process=True)``); the RunEngine only publishing
+to a 0MQ proxy (``bluesky-0MQ-proxy``) with no reconstruction running
+(the service idle: the publisher's own cost); publishing while
+``bluesky-ptycho serve`` in another process reconstructs from the proxy;
+and, for reference, no callback but a lowest-priority busy process beside
+the scan: what any concurrent work costs the RunEngine on this machine. The
+work left when the RunEngine returns is waited for but not counted.
+
+Then, with the service, the latencies a scientist sees for a scan of
+``--latency-points`` frames of 128 x 128 (previews every 64 frames, rPIE
+with one mode, the default 100 iterations for the final): from the event
+that completes the first preview's frames to that preview in the catalog,
+and from the stop document to the final reconstruction in the catalog
+(targets 2 s and 5 s). The catalog is polled every 0.1 s from this process
+(a faster poll slows the catalog server that the service writes to).
 """
 
 from __future__ import annotations
@@ -16,14 +27,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+from pathlib import Path
 
 from bluesky import RunEngine
+from bluesky.callbacks.zmq import Publisher
 
 from bluesky_ptycho.callbacks import PtychoCallback
+from bluesky_ptycho.catalog import connect, reconstructions_of
 from bluesky_ptycho.federation import LocalRunner
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings
@@ -40,7 +57,55 @@ def busy_neighbour():
         spinner.wait()
 
 
-def timed_scan(points: int, size: int, case: str) -> float:
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_for_port(port: int) -> None:
+    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+        time.sleep(0.1)
+
+
+class ServiceOnProxy:
+    """A real ``bluesky-0MQ-proxy`` and ``bluesky-ptycho serve`` reading it, into an embedded catalog here."""
+
+    def __init__(self, workdir: Path, preview_every: int) -> None:
+        scripts = Path(sys.executable).parent
+        self.in_port, out_port = _free_port(), _free_port()
+        self.proxy = subprocess.Popen(
+            [str(scripts / "bluesky-0MQ-proxy"), f"--in-address={self.in_port}", f"--out-address={out_port}"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_for_port(out_port)
+        self.catalog = connect(None, workdir / "catalog")
+        self.log = workdir / "serve.log"
+        config = workdir / "serve.toml"
+        config.write_text(
+            f'[bus]\nkind = "zmq"\naddress = "localhost:{out_port}"\nprefix = "bl99"\n'
+            f'[catalog]\ndirectory = "{workdir / "catalog"}"\n'
+            '[runner]\nkind = "local"\nprocess = false\n'
+            f'[reconstruction]\npreview_every = {preview_every}\nfinal = {{algorithm = "rpie", probe_modes = 1, iterations = 100}}\n'
+            f'[service]\nlog_file = "{self.log}"\n'
+        )
+        self.service = subprocess.Popen([str(scripts / "bluesky-ptycho"), "serve", str(config)])
+        while "connected to the document bus" not in (self.log.read_text() if self.log.exists() else ""):
+            time.sleep(0.1)
+        self.publisher = Publisher(f"localhost:{self.in_port}", prefix=b"bl99")
+        # the same proxy, a prefix the service does not subscribe to: the service stays idle
+        self.idle_publisher = Publisher(f"localhost:{self.in_port}", prefix=b"idle")
+        time.sleep(1.0)  # 0MQ's slow joiner
+
+    def close(self) -> None:
+        self.service.terminate()
+        self.service.wait(60)
+        self.proxy.kill()
+        self.proxy.wait()
+
+
+def timed_scan(points: int, size: int, case: str, service: ServiceOnProxy | None = None) -> float:
     RE = RunEngine()
     stage, detector = simulated_beamline(frame_size=size)
     callback = None
@@ -52,15 +117,69 @@ def timed_scan(points: int, size: int, case: str) -> float:
             preview_every=None if case == "collecting only" else 50,
         )
         RE.subscribe(callback)
+    if case == "publisher only":
+        RE.subscribe(service.idle_publisher)
+    elif case == "publisher+service":
+        RE.subscribe(service.publisher)
     step = 0.3 * 64 / size  # the probe is a fixed fraction of the frame
     with busy_neighbour() if case == "busy neighbour" else contextlib.nullcontext():
         start = time.perf_counter()
-        RE(fermat_spiral_ptycho_scan(detector, stage, n_points=points, step_um=step))
+        (uid,) = RE(fermat_spiral_ptycho_scan(detector, stage, n_points=points, step_um=step))
         elapsed = time.perf_counter() - start
     if callback is not None:
         callback.wait()
         callback.runner.shutdown()
+    if case == "publisher+service":
+        wait_for_final(service.catalog, uid)
     return elapsed
+
+
+POLL_S = 0.1
+
+
+def wait_for_final(catalog, raw_uid: str) -> float:
+    """Wait until the final reconstruction of ``raw_uid`` is in the catalog; return when that was seen."""
+    while True:
+        runs = reconstructions_of(catalog, raw_uid)
+        if runs and runs[-1].metadata.get("stop"):
+            return time.time()
+        time.sleep(POLL_S)
+
+
+def latencies(service: ServiceOnProxy, points: int, preview_every: int) -> tuple[float, float]:
+    """(first preview, final) latencies in seconds, for one scan published to the service."""
+    sent: dict[str, float] = {}
+
+    def watch(name: str, doc: dict) -> None:
+        if name == "start":
+            sent["uid"] = doc["uid"]
+        elif name == "event" and doc["seq_num"] == preview_every:
+            sent["frames"] = time.time()
+        elif name == "stop":
+            sent["stop"] = time.time()
+
+    seen: dict[str, float] = {}
+
+    def poll() -> None:
+        while "frames" not in sent:  # nothing to see before the first preview's frames are sent
+            time.sleep(0.01)
+        while "preview" not in seen:
+            runs = reconstructions_of(service.catalog, sent["uid"])
+            with contextlib.suppress(KeyError):  # the stream's columns appear with its first event
+                if runs and len(runs[-1]["primary"]["iteration"].read()):
+                    seen["preview"] = time.time()
+            time.sleep(POLL_S)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    RE = RunEngine()
+    RE.subscribe(service.publisher)
+    RE.subscribe(watch)
+    stage, detector = simulated_beamline(frame_size=128)
+    RE(fermat_spiral_ptycho_scan(detector, stage, n_points=points, step_um=0.15))
+    final = wait_for_final(service.catalog, sent["uid"])
+    poller.join()
+    return seen["preview"] - sent["frames"], final - sent["stop"]
 
 
 def main() -> None:
@@ -68,17 +187,43 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=500)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency-points", type=int, default=516)
     args = parser.parse_args()
-    cases = ["without callback", "collecting only", "worker thread", "worker process", "busy neighbour"]
+    cases = [
+        "without callback",
+        "collecting only",
+        "worker thread",
+        "worker process",
+        "publisher only",
+        "publisher+service",
+        "busy neighbour",
+    ]
     times = {case: [] for case in cases}
-    for _ in range(args.repeats):
-        for case in cases:
-            times[case].append(timed_scan(args.points, args.size, case))
-    print(f"{args.points} frames of {args.size}x{args.size}, {args.repeats} repeats (median)")
-    without = statistics.median(times["without callback"])
-    for name, measured in times.items():
-        median = statistics.median(measured)
-        print(f"RunEngine wall time, {name:16s}: {median:6.2f} s ({100 * (median / without - 1):+.1f} %)")
+    workdir = Path(tempfile.mkdtemp(prefix="ptycho-overhead-"))
+    service = ServiceOnProxy(workdir, preview_every=50)
+    try:
+        for _ in range(args.repeats):
+            for case in cases:
+                times[case].append(timed_scan(args.points, args.size, case, service))
+        print(f"{args.points} frames of {args.size}x{args.size}, {args.repeats} repeats (median)")
+        without = statistics.median(times["without callback"])
+        for name, measured in times.items():
+            median = statistics.median(measured)
+            print(f"RunEngine wall time, {name:17s}: {median:6.2f} s ({100 * (median / without - 1):+.1f} %)")
+    finally:
+        service.close()
+    service = ServiceOnProxy(workdir / "latency", preview_every=64)
+    try:
+        first, final = zip(
+            *(latencies(service, args.latency_points, 64) for _ in range(args.repeats)), strict=True
+        )
+    finally:
+        service.close()
+    print(
+        f"service latency, {args.latency_points} frames of 128x128 (median of {args.repeats}): first preview "
+        f"{statistics.median(first):.2f} s after its frames (target <= 2 s); final (rPIE, 100 iterations) "
+        f"{statistics.median(final):.2f} s after the stop document (target <= 5 s)"
+    )
 
 
 if __name__ == "__main__":

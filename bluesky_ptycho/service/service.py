@@ -81,7 +81,8 @@ class ReconstructionService:
     ) -> None:
         self.config = config
         self.catalog = open_catalog(config.catalog) if catalog is None else catalog
-        self.writer = DurableCatalogWriter(self.catalog, config.catalog.spool_directory)
+        # each preview is one event: written at once, not when a batch of them has gathered
+        self.writer = DurableCatalogWriter(self.catalog, config.catalog.spool_directory, batch_size=1)
         self.bus = make_bus(config.bus) if bus is None else bus
         self.health = BusHealth(self.bus.description, self._outage)
         recon = config.reconstruction
