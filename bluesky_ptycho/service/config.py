@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..scan_metadata import GEOMETRY_KEYS, PTYCHO_KEYS
 from ..solver import ReconstructionSettings
 
 
@@ -187,8 +188,26 @@ class ServiceConfig(_Table):
     geometry: dict[str, Any] = Field(
         default_factory=dict, description="PtychoCallback's geometry overrides (data_key, x_key, ...)"
     )
-    configuration_signals: dict[str, str | tuple[str, float]] = Field(default_factory=dict)
+    configuration_signals: dict[str, str | tuple[str, float]] = Field(
+        default_factory=dict, description="geometry keys read from the detector's configuration signals"
+    )
     service: ServiceOptions = Field(default_factory=ServiceOptions)
+
+    @field_validator("geometry")
+    @classmethod
+    def _geometry_keys(cls, values: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(values) - set(PTYCHO_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; the keys are {sorted(PTYCHO_KEYS)}")
+        return values
+
+    @field_validator("configuration_signals")
+    @classmethod
+    def _configurable_keys(cls, values: dict) -> dict:
+        unknown = sorted(set(values) - set(GEOMETRY_KEYS))
+        if unknown:
+            raise ValueError(f"unknown key(s) {unknown}; the keys are {sorted(GEOMETRY_KEYS)}")
+        return values
 
 
 def load_config(path: str | os.PathLike) -> ServiceConfig:
