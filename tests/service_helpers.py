@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import socket
 import subprocess
@@ -137,7 +136,3 @@ def recorded(catalog, raw_uid: str, timeout: float = 120) -> dict:
         return runs[-1].metadata["stop"] if runs else None
 
     return wait_until(stop, timeout, f"a reconstruction of {raw_uid} in the catalog", interval=0.5)
-
-
-def have(program: str) -> bool:
-    return shutil.which(program) is not None

@@ -11,8 +11,10 @@ from bluesky.callbacks.zmq import Publisher
 from helpers import Documents
 from service_helpers import Service, ZmqProxy, recorded, service_config
 
+from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import connect, reconstructions_of
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
+from bluesky_ptycho.solver import ReconstructionSettings
 
 
 @pytest.fixture
@@ -142,9 +144,6 @@ def test_a_proxy_outage_mid_scan_fails_that_scan_and_the_next_scan_is_reconstruc
 
 
 def test_a_reconstruction_given_up_while_running_is_recorded_as_failed_and_its_late_result_dropped():
-    from bluesky_ptycho.callbacks import PtychoCallback
-    from bluesky_ptycho.solver import ReconstructionSettings
-
     recon = Documents()
     callback = PtychoCallback(recon, settings=ReconstructionSettings(iterations=300), preview_every=None)
     RE = RunEngine()
