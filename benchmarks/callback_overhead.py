@@ -86,7 +86,7 @@ class ServiceOnProxy:
         config.write_text(
             f'[bus]\nkind = "zmq"\naddress = "localhost:{out_port}"\nprefix = "bl99"\n'
             f'[catalog]\ndirectory = "{workdir / "catalog"}"\n'
-            '[runner]\nkind = "local"\nprocess = false\n'
+            '[runner]\nkind = "local"\nprocess = true\n'
             f'[reconstruction]\npreview_every = {preview_every}\nfinal = {{algorithm = "rpie", probe_modes = 1, iterations = 100}}\n'
             f'[service]\nlog_file = "{self.log}"\n'
         )

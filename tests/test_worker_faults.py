@@ -36,7 +36,8 @@ def kill_worker():
 
 def test_a_killed_worker_fails_its_scan_and_the_next_scan_is_reconstructed():
     stage, det = simulated_beamline(seed=1)
-    runner = LocalRunner(process=True)
+    runner = LocalRunner(process=True).start_worker()
+    assert len(worker_processes()) == 1  # started before the first job, as a service does
     recon = Documents()
     callback = PtychoCallback(
         recon,

@@ -132,6 +132,14 @@ class LocalRunner(LaneRunner[_LocalScan]):
         kind = "process" if process else "thread"
         self.location = f"local:{socket.gethostname()}:{kind}"
 
+    def start_worker(self) -> LocalRunner:
+        """With ``process``, start the worker now rather than with the first job (which then waits for its imports)."""
+        if self._process:
+            with self._worker_lock:
+                if self._worker is None:
+                    self._worker = _Worker(self._niceness)
+        return self
+
     def new_scan(self, job: ReconstructionJob) -> _LocalScan:
         return _LocalScan()
 
