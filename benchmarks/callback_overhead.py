@@ -99,6 +99,9 @@ class ServiceOnProxy:
         time.sleep(1.0)  # 0MQ's slow joiner
 
     def close(self) -> None:
+        for publisher in (self.publisher, self.idle_publisher):  # no lingering on a proxy about to go
+            publisher._socket.close(linger=0)
+            publisher._context.term()
         self.service.terminate()
         self.service.wait(60)
         self.proxy.kill()

@@ -54,20 +54,30 @@ def scan(n_points: int = 60, seed: int = 1) -> Documents:
     return documents
 
 
-def publisher(proxy: ZmqProxy) -> Publisher:
-    publisher = Publisher(f"localhost:{proxy.in_port}")
-    time.sleep(1.0)  # 0MQ's slow joiner: the first messages of a new connection are dropped
-    return publisher
+@pytest.fixture
+def publisher(proxy):
+    """Makes Publishers to the proxy; closed at the end without lingering on a proxy that may be gone."""
+    made = []
+
+    def make() -> Publisher:
+        made.append(Publisher(f"localhost:{proxy.in_port}"))
+        time.sleep(1.0)  # 0MQ's slow joiner: the first messages of a new connection are dropped
+        return made[-1]
+
+    yield make
+    for each in made:  # else collecting its context waits forever to deliver to a stopped proxy
+        each._socket.close(linger=0)
+        each._context.term()
 
 
 def test_the_service_reconstructs_from_the_proxy_records_what_it_could_not_and_stops_on_sigterm(
-    proxy, serve, catalog
+    proxy, serve, catalog, publisher
 ):
     service = serve()
     service.wait_for_log("unreachable")  # the proxy is not up yet: the service waits for it
     proxy.start()
     service.wait_for_log("is back after")
-    send = publisher(proxy)
+    send = publisher()
 
     # garbage on the wire: skipped
     garbage = zmq.Context.instance().socket(zmq.PUB)
@@ -75,6 +85,8 @@ def test_the_service_reconstructs_from_the_proxy_records_what_it_could_not_and_s
     time.sleep(0.5)
     garbage.send(b"no-spaces-at-all")
     garbage.send(b" start \x80not-a-pickle")
+    time.sleep(0.5)
+    garbage.close(linger=0)
 
     # a scan the service joins after its start: recorded as not reconstructed
     joined = scan(seed=2)
@@ -114,11 +126,13 @@ def test_the_service_reconstructs_from_the_proxy_records_what_it_could_not_and_s
     assert "HTTP Request" not in log  # the catalog client's every request is not the service's news
 
 
-def test_a_proxy_outage_mid_scan_fails_that_scan_and_the_next_scan_is_reconstructed(proxy, serve, catalog):
+def test_a_proxy_outage_mid_scan_fails_that_scan_and_the_next_scan_is_reconstructed(
+    proxy, serve, catalog, publisher
+):
     proxy.start()
     service = serve()
     service.wait_for_log("connected to the document bus")
-    send = publisher(proxy)
+    send = publisher()
     cut = scan(seed=4)
     for name, doc in cut[:25]:
         send(name, doc)
