@@ -217,13 +217,17 @@ class PtychoCallback:
             "listening during the scan, or the document bus lost documents)"
         )
         logger.error("scan %s: %s", run_uid, reason)
-        writer = ReconstructionRunWriter(
+        self.record_of({"uid": run_uid}).close("fail", reason=reason)
+
+    def record_of(self, raw_start: dict) -> ReconstructionRunWriter:
+        """The record of the reconstruction of the scan that ``raw_start`` began, with these settings."""
+        return ReconstructionRunWriter(
             self.emit_reconstruction,
-            {"uid": run_uid},
+            raw_start,
             self.settings.to_dict(),
             getattr(self.runner, "location", "?"),
+            probe_modes=max(self.settings.probe_modes, self.preview_settings.probe_modes),
         )
-        writer.close("fail", reason=reason)
 
     def look_up_probe(self, geometry: Geometry) -> Future | None:
         """Start finding the initial probe for a scan of ``geometry`` (see ``initial_probe``); None: build it.

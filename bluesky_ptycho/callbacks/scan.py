@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 from event_model import DocumentRouter
 
-from ..catalog.documents import ReconstructionRunWriter
 from ..federation.jobs import ReconstructionJob
 from ..scan_metadata import ScanGeometry, configuration_metadata, start_metadata
 from ..solver.data import ReconstructionResult
@@ -100,13 +99,7 @@ class ScanReconstruction(DocumentRouter):
         self.start_doc = start
         self.uid = start["uid"]
         self.problems = Problems(self.uid)
-        self.writer = ReconstructionRunWriter(
-            owner.emit_reconstruction,
-            start,
-            owner.settings.to_dict(),
-            getattr(owner.runner, "location", "?"),
-            probe_modes=max(owner.settings.probe_modes, owner.preview_settings.probe_modes),
-        )
+        self.writer = owner.record_of(start)
         self.metadata = start_metadata(start, owner.geometry_overrides)  # completed by a descriptor
         self.scan: ScanGeometry | None = None  # None until the metadata are complete
         self.error: str | None = None

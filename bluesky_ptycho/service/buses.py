@@ -41,15 +41,12 @@ class BusHealth:
         self.what = what
         self.on_outage = on_outage
         self.down_since: float | None = None
-        self.connected = threading.Event()
-        self.outages = 0
+        self.ever_connected = False
 
     def down(self, cause: str) -> None:
         if self.down_since is not None:
             return
         self.down_since = time.monotonic()
-        self.connected.clear()
-        self.outages += 1
         logger.warning("document bus %s is unreachable (%s): retrying with backoff", self.what, cause)
         self.on_outage(cause)
 
@@ -58,10 +55,10 @@ class BusHealth:
             logger.warning(
                 "document bus %s is back after %.1f s", self.what, time.monotonic() - self.down_since
             )
-        elif not self.connected.is_set():
+        elif not self.ever_connected:
             logger.info("connected to the document bus %s", self.what)
         self.down_since = None
-        self.connected.set()
+        self.ever_connected = True
 
 
 class Bus(Protocol):
@@ -203,7 +200,7 @@ class NatsBus:
                     f"{self.config.subject}.>", durable=self.config.durable, stream=self.config.stream
                 )
             except Exception as error:  # no server (NoServersError), no stream yet (NotFoundError)
-                health.down(f"{type(error).__name__}: {error}".rstrip(": "))
+                health.down(_cause(error))
                 await asyncio.sleep(wait)
                 wait = min(2 * wait, self.config.reconnect_max_s)
                 continue
@@ -219,7 +216,7 @@ class NatsBus:
                             break
                         continue
                     except Exception as error:
-                        health.down(f"{type(error).__name__}: {error}".rstrip(": "))
+                        health.down(_cause(error))
                         break
                     for message in messages:
                         try:
@@ -232,6 +229,11 @@ class NatsBus:
             finally:
                 if not client.is_closed:
                     await client.close()
+
+
+def _cause(error: Exception) -> str:
+    """An error in words for the log: its type, and its message when it has one."""
+    return f"{type(error).__name__}: {error}".rstrip(": ")
 
 
 async def _quiet(error: Exception) -> None:

@@ -13,7 +13,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ..scan_metadata import GEOMETRY_KEYS, PTYCHO_KEYS
 from ..solver import ReconstructionSettings
@@ -153,19 +161,23 @@ class ReconstructionConfig(_Table):
 
     @field_validator("final", "preview")
     @classmethod
-    def _settings(cls, values: dict[str, Any] | None) -> dict[str, Any] | None:
+    def _settings(cls, values: dict[str, Any] | None, info: ValidationInfo) -> dict[str, Any] | None:
         if values is not None:
             try:
-                ReconstructionSettings.final(**values)
+                _SETTINGS_FROM[info.field_name](**values)  # what the service will make of them
             except (TypeError, ValueError) as error:
                 raise ValueError(str(error)) from None
         return values
 
     def final_settings(self) -> ReconstructionSettings:
-        return ReconstructionSettings.final(**self.final)
+        return _SETTINGS_FROM["final"](**self.final)
 
     def preview_settings(self) -> ReconstructionSettings | None:
-        return None if self.preview is None else ReconstructionSettings(**self.preview)
+        return None if self.preview is None else _SETTINGS_FROM["preview"](**self.preview)
+
+
+# the final's table overrides the final defaults; the preview's is a whole settings of its own
+_SETTINGS_FROM = {"final": ReconstructionSettings.final, "preview": ReconstructionSettings}
 
 
 class ServiceOptions(_Table):
@@ -229,11 +241,10 @@ def load_config(path: str | os.PathLike) -> ServiceConfig:
         return ServiceConfig.model_validate(values)
     except ValidationError as invalid:
         first = invalid.errors()[0]
-        field = ".".join(str(part) for part in first["loc"] if not _is_union_tag(part)) or "(top level)"
+        location = list(first["loc"])
+        bus = values.get("bus")
+        if location[:1] == ["bus"] and isinstance(bus, dict) and location[1:2] == [bus.get("kind")]:
+            del location[1]  # pydantic names the bus kind chosen (the tagged union's member): not a field
+        field = ".".join(str(part) for part in location) or "(top level)"
         message = first["msg"].removeprefix("Value error, ")
         raise ConfigError(f"{path}: {field}: {message}") from None
-
-
-def _is_union_tag(part: object) -> bool:
-    """pydantic names the chosen member of a tagged union in an error's location: not a field."""
-    return part in ("zmq", "nats", "kafka")

@@ -112,7 +112,7 @@ class ReconstructionService:
             getattr(self.catalog, "uri", "?"),
         )
         try:
-            self.bus.run(self._deliver, self.health, self.stopping)
+            self.bus.run(self.callback, self.health, self.stopping)  # the callback never raises
         finally:
             self._wind_down()
 
@@ -125,12 +125,6 @@ class ReconstructionService:
         """
         self._why_stopped = why
         self.stopping.set()
-
-    def _deliver(self, name: str, doc: dict) -> None:
-        try:
-            self.callback(name, doc)
-        except Exception:  # the callback keeps its own problems; this is the last guard
-            logger.exception("a %s document could not be handled", name)
 
     def _outage(self, cause: str) -> None:
         if self.bus.lossy:
