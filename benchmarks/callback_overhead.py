@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from bluesky.callbacks.zmq import Publisher
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import connect, reconstructions_of
 from bluesky_ptycho.federation import LocalRunner
+from bluesky_ptycho.service.testing import Service, ZmqProxy, close_publisher, service_config
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings
 
@@ -57,55 +57,35 @@ def busy_neighbour():
         spinner.wait()
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_for_port(port: int) -> None:
-    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        time.sleep(0.1)
-
-
 class ServiceOnProxy:
     """A real ``bluesky-0MQ-proxy`` and ``bluesky-ptycho serve`` reading it, into an embedded catalog here."""
 
     def __init__(self, workdir: Path, preview_every: int) -> None:
-        scripts = Path(sys.executable).parent
-        self.in_port, out_port = _free_port(), _free_port()
-        self.proxy = subprocess.Popen(
-            [str(scripts / "bluesky-0MQ-proxy"), f"--in-address={self.in_port}", f"--out-address={out_port}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        _wait_for_port(out_port)
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.proxy = ZmqProxy().start()
         self.catalog = connect(None, workdir / "catalog")
-        self.log = workdir / "serve.log"
-        config = workdir / "serve.toml"
-        config.write_text(
-            f'[bus]\nkind = "zmq"\naddress = "localhost:{out_port}"\nprefix = "bl99"\n'
-            f'[catalog]\ndirectory = "{workdir / "catalog"}"\n'
-            '[runner]\nkind = "local"\nprocess = true\n'
-            f'[reconstruction]\npreview_every = {preview_every}\nfinal = {{algorithm = "rpie", probe_modes = 1, iterations = 100}}\n'
-            f'[service]\nlog_file = "{self.log}"\n'
+        bus = f'kind = "zmq"\naddress = "localhost:{self.proxy.out_port}"\nprefix = "bl99"'
+        config = service_config(
+            workdir,
+            bus,
+            process=True,
+            preview_every=str(preview_every),
+            preview_iterations="20",
+            final='{algorithm = "rpie", probe_modes = 1, iterations = 100}',
         )
-        self.service = subprocess.Popen([str(scripts / "bluesky-ptycho"), "serve", str(config)])
-        while "connected to the document bus" not in (self.log.read_text() if self.log.exists() else ""):
-            time.sleep(0.1)
-        self.publisher = Publisher(f"localhost:{self.in_port}", prefix=b"bl99")
+        self.service = Service(config, workdir)
+        self.service.wait_for_log("connected to the document bus")
+        address = f"localhost:{self.proxy.in_port}"
+        self.publisher = Publisher(address, prefix=b"bl99")
         # the same proxy, a prefix the service does not subscribe to: the service stays idle
-        self.idle_publisher = Publisher(f"localhost:{self.in_port}", prefix=b"idle")
+        self.idle_publisher = Publisher(address, prefix=b"idle")
         time.sleep(1.0)  # 0MQ's slow joiner
 
     def close(self) -> None:
-        for publisher in (self.publisher, self.idle_publisher):  # no lingering on a proxy about to go
-            publisher._socket.close(linger=0)
-            publisher._context.term()
+        for publisher in (self.publisher, self.idle_publisher):
+            close_publisher(publisher)
         self.service.terminate()
-        self.service.wait(60)
-        self.proxy.kill()
-        self.proxy.wait()
+        self.proxy.stop()
 
 
 def timed_scan(points: int, size: int, case: str, service: ServiceOnProxy | None = None) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bluesky_ptycho.service.testing import free_port
 from bluesky_ptycho.solver import simulate
 from bluesky_ptycho.solver.backend import FFTW_INSTALLED, STRICT_DEVICE, gpu_available
 from bluesky_ptycho.solver.simulate import aperture_probe
@@ -79,9 +79,7 @@ def _start_postgresql(directory: Path) -> str:
         check=True,
         capture_output=True,
     )
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1"
     subprocess.run(
         [*run_as, "pg_ctl", "-D", str(data), "-o", options, "-l", str(directory / "log"), "-w", "start"],

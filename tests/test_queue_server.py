@@ -12,7 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from service_helpers import (
+
+from bluesky_ptycho.catalog import connect
+from bluesky_ptycho.service.testing import (
     SCRIPTS,
     Service,
     ZmqProxy,
@@ -22,8 +24,6 @@ from service_helpers import (
     service_config,
     wait_until,
 )
-
-from bluesky_ptycho.catalog import connect
 
 pytest.importorskip("bluesky_queueserver_api")
 PROFILE = Path(__file__).resolve().parents[1] / "profile_collection" / "startup"

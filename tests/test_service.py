@@ -9,10 +9,10 @@ import zmq
 from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
 from helpers import Documents
-from service_helpers import Service, ZmqProxy, recorded, service_config
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import connect, reconstructions_of
+from bluesky_ptycho.service.testing import Service, ZmqProxy, close_publisher, recorded, service_config
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings
 
@@ -65,9 +65,8 @@ def publisher(proxy):
         return made[-1]
 
     yield make
-    for each in made:  # else collecting its context waits forever to deliver to a stopped proxy
-        each._socket.close(linger=0)
-        each._context.term()
+    for each in made:
+        close_publisher(each)
 
 
 def test_the_service_reconstructs_from_the_proxy_records_what_it_could_not_and_stops_on_sigterm(

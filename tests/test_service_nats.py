@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 from bluesky import RunEngine
-from service_helpers import Service, free_port, listening, recorded, service_config, wait_until
 
 from bluesky_ptycho.catalog import connect
+from bluesky_ptycho.service.testing import Service, free_port, listening, recorded, service_config, wait_until
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 
 pytest.importorskip("bluesky_nats")

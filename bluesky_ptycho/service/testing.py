@@ -1,4 +1,4 @@
-"""Real document buses and a real ``bluesky-ptycho serve`` process, for the service tests."""
+"""Real document buses and a real ``bluesky-ptycho serve`` process, for tests and benchmarks."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ SCRIPTS = Path(sys.executable).parent
 
 
 def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -32,6 +33,7 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.2):
 
 
 def listening(port: int) -> bool:
+    """Whether something accepts connections on loopback ``port``."""
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
@@ -101,8 +103,18 @@ class Service:
             self.process.wait(10)
 
 
-def service_config(tmp_path: Path, bus: str, **reconstruction: str) -> str:
-    """A configuration file's text: ``bus`` (the [bus] table's lines), the embedded catalog in ``tmp_path``."""
+def close_publisher(publisher) -> None:
+    """Close a bluesky 0MQ ``Publisher`` at once: its own ``close`` waits forever to deliver to a stopped proxy."""
+    publisher._socket.close(linger=0)
+    publisher._context.term()
+
+
+def service_config(tmp_path: Path, bus: str, process: bool = False, **reconstruction: str) -> str:
+    """A configuration file's text: ``bus`` (the [bus] table's lines), the embedded catalog in ``tmp_path``.
+
+    The reconstructions run in a thread of the service, or with ``process`` in its worker process;
+    ``reconstruction`` overrides the [reconstruction] table's (short) values, as TOML text.
+    """
     recon = {
         "preview_every": "20",
         "preview_iterations": "5",
@@ -118,7 +130,7 @@ def service_config(tmp_path: Path, bus: str, **reconstruction: str) -> str:
             f'spool_directory = "{tmp_path / "spool"}"',
             "[runner]",
             'kind = "local"',
-            "process = false",
+            f"process = {str(process).lower()}",
             "[reconstruction]",
             *(f"{key} = {value}" for key, value in recon.items()),
             "[service]",
