@@ -18,8 +18,9 @@ Then, with the service, the latencies a scientist sees for a scan of
 with one mode, the default 100 iterations for the final): from the event
 that completes the first preview's frames to that preview in the catalog,
 and from the stop document to the final reconstruction in the catalog
-(targets 2 s and 5 s). The catalog is polled every 0.1 s from this process
-(a faster poll slows the catalog server that the service writes to).
+(targets 2 s and 5 s). The catalog is polled every 0.1 s from this process,
+one request a poll once the reconstruction run is found (a heavier or faster
+poll slows the catalog server that the service writes to).
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ from pathlib import Path
 
 from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
+from tiled.client import from_context
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import connect, reconstructions_of
+from bluesky_ptycho.catalog.embedded import RUNS
 from bluesky_ptycho.federation import LocalRunner
 from bluesky_ptycho.service.testing import Service, ZmqProxy, close_publisher, service_config
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
@@ -120,13 +123,34 @@ def timed_scan(points: int, size: int, case: str, service: ServiceOnProxy | None
 POLL_S = 0.1
 
 
+def reconstruction_uid(catalog, raw_uid: str) -> str:
+    """Wait until a reconstruction run of ``raw_uid`` is in the catalog; return its uid."""
+    while not (runs := reconstructions_of(catalog, raw_uid)):
+        time.sleep(POLL_S)
+    return runs[-1].metadata["start"]["uid"]
+
+
 def wait_for_final(catalog, raw_uid: str) -> float:
     """Wait until the final reconstruction of ``raw_uid`` is in the catalog; return when that was seen."""
-    while True:
-        runs = reconstructions_of(catalog, raw_uid)
-        if runs and runs[-1].metadata.get("stop"):
-            return time.time()
+    uid = reconstruction_uid(catalog, raw_uid)
+    while not catalog[uid].metadata.get("stop"):  # one request a poll
         time.sleep(POLL_S)
+    return time.time()
+
+
+def wait_for_first_event(catalog, raw_uid: str) -> float:
+    """Wait until the first event (a preview) of ``raw_uid``'s reconstruction is in the catalog; return when."""
+    uid = reconstruction_uid(catalog, raw_uid)
+    # the run's table of scalars is written last, one request a poll
+    run = from_context(catalog.context, structure_clients="numpy")[RUNS][uid]
+    while True:
+        with contextlib.suppress(KeyError):  # the table appears with the first event
+            table = run["primary"].base["internal"]
+            break
+        time.sleep(POLL_S)
+    while not len(table.read(["seq_num"])):
+        time.sleep(POLL_S)
+    return time.time()
 
 
 def latencies(service: ServiceOnProxy, points: int, preview_every: int) -> tuple[float, float]:
@@ -146,12 +170,7 @@ def latencies(service: ServiceOnProxy, points: int, preview_every: int) -> tuple
     def poll() -> None:
         while "frames" not in sent:  # nothing to see before the first preview's frames are sent
             time.sleep(0.01)
-        while "preview" not in seen:
-            runs = reconstructions_of(service.catalog, sent["uid"])
-            with contextlib.suppress(KeyError):  # the stream's columns appear with its first event
-                if runs and len(runs[-1]["primary"]["iteration"].read()):
-                    seen["preview"] = time.time()
-            time.sleep(POLL_S)
+        seen["preview"] = wait_for_first_event(service.catalog, sent["uid"])
 
     poller = threading.Thread(target=poll)
     poller.start()
@@ -160,8 +179,8 @@ def latencies(service: ServiceOnProxy, points: int, preview_every: int) -> tuple
     RE.subscribe(watch)
     stage, detector = simulated_beamline(frame_size=128)
     RE(fermat_spiral_ptycho_scan(detector, stage, n_points=points, step_um=0.15))
-    final = wait_for_final(service.catalog, sent["uid"])
     poller.join()
+    final = wait_for_final(service.catalog, sent["uid"])
     return seen["preview"] - sent["frames"], final - sent["stop"]
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bluesky_tiled_plugins import TiledWriter
-
 from .callbacks import PtychoCallback
 from .catalog import raw_scan_documents
 from .catalog.queries import full_uid
+from .catalog.tiled_writer import CatalogWriter
 from .solver import ReconstructionResult, ReconstructionSettings
 
 
@@ -36,7 +35,7 @@ def reconstruct_archived_scan(
     raw_uid = full_uid(catalog, raw_uid)
     if raw_uid not in catalog:
         raise KeyError(f"the catalog has no run {raw_uid!r}")
-    writer = TiledWriter(catalog, batch_size=1)
+    writer = CatalogWriter(catalog, batch_size=1)
     callback = PtychoCallback(
         writer,
         settings=settings,

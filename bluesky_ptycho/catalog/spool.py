@@ -3,7 +3,7 @@
 :class:`DurableCatalogWriter` is a document callback for ``RE.subscribe`` or
 ``PtychoCallback(...)``. It queues each document and returns at once; a
 background thread first appends the document to an on-disk spool (a write-ahead
-log: JSON lines, arrays as ``.npy`` files), then hands it to a ``TiledWriter``.
+log: JSON lines, arrays as ``.npy`` files), then hands it to a :class:`~.tiled_writer.CatalogWriter`.
 When the catalog has taken a run's stop document, the run's spool is deleted.
 When a write fails (the server is down, the network is gone), the rest of that
 run goes to the spool only, and complete spooled runs are written again when
@@ -205,9 +205,9 @@ def replay_spool(
 
 
 def _tiled_writer(catalog) -> Callable:
-    from bluesky_tiled_plugins import TiledWriter
+    from .tiled_writer import CatalogWriter  # bluesky-tiled-plugins takes a second to import
 
-    return TiledWriter(catalog, batch_size=1)
+    return CatalogWriter(catalog, batch_size=1)
 
 
 class DurableCatalogWriter:
@@ -222,9 +222,9 @@ class DurableCatalogWriter:
     retry_interval
         Seconds between attempts to write spooled runs while the catalog is down.
     writer_factory
-        ``f(catalog) -> callback``; default ``TiledWriter(catalog, batch_size=...)``.
+        ``f(catalog) -> callback``; default ``CatalogWriter(catalog, batch_size=...)``.
     batch_size
-        Events per write of the default ``TiledWriter`` (small: the run is visible live).
+        Events per write of the default :class:`~.tiled_writer.CatalogWriter` (small: the run is visible live).
     """
 
     def __init__(
@@ -236,12 +236,12 @@ class DurableCatalogWriter:
         writer_factory: Callable[[Any], Callable] | None = None,
         batch_size: int = 5,
     ) -> None:
-        from bluesky_tiled_plugins import TiledWriter
+        from .tiled_writer import CatalogWriter
 
         self.catalog = catalog
         self.spool = DocumentSpool(spool_directory)
         self.retry_interval = retry_interval
-        self._writer_factory = writer_factory or (lambda client: TiledWriter(client, batch_size=batch_size))
+        self._writer_factory = writer_factory or (lambda client: CatalogWriter(client, batch_size=batch_size))
         self._writer = self._writer_factory(catalog)
         self._queue: queue.Queue[tuple[str, dict] | None] = queue.Queue()
         self._runs_of: dict[str, str] = {}

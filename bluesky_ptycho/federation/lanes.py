@@ -108,6 +108,14 @@ class LaneRunner(ABC, Generic[ScanState]):
     def forget_scan(self, state: ScanState, succeeded: bool) -> None:
         """Called after a scan's final job; ``succeeded`` says whether it gave a result."""
 
+    def final_queued(self, state: ScanState) -> None:
+        """Called when a scan's final job is queued behind its earlier ones.
+
+        A runner that can should cut those previews short (their frames still
+        count): the final result continues from wherever they got to, and it
+        is the one the scientist waits for.
+        """
+
     def submit(self, job: ReconstructionJob) -> Future[ReconstructionResult]:
         """Queue ``job`` behind the earlier jobs of its scan."""
         future: Future[ReconstructionResult] = Future()
@@ -115,6 +123,8 @@ class LaneRunner(ABC, Generic[ScanState]):
             lane = self._lanes.get(job.scan_uid)
             if lane is None:
                 lane = self._lanes[job.scan_uid] = _Lane(self.new_scan(job))
+            if job.final and lane.active:
+                self.final_queued(lane.state)
             lane.jobs.append((job, future))
             if not lane.active:
                 lane.active = True

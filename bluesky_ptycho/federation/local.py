@@ -8,19 +8,29 @@ import os
 import pickle
 import socket
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as EventType
 
 from ..solver.data import ReconstructionResult
 from ..solver.reconstructor import Reconstructor
+from ..solver.settings import ReconstructionSettings
 from .jobs import ReconstructionJob
 from .lanes import LaneRunner
 
 logger = logging.getLogger(__name__)
 
 
-def continue_scan(reconstructors: dict[str, Reconstructor], job: ReconstructionJob) -> ReconstructionResult:
-    """Do ``job`` with the scan's reconstructor in ``reconstructors`` (made for its first job); a final job removes it."""
+def continue_scan(
+    reconstructors: dict[str, Reconstructor],
+    job: ReconstructionJob,
+    cut_short: Callable[[], bool] = lambda: False,
+) -> ReconstructionResult:
+    """Do ``job`` with the scan's reconstructor in ``reconstructors`` (made for its first job); a final job removes it.
+
+    A preview ends its iterations early once ``cut_short()`` says so (a final never does).
+    """
     try:
         reconstructor = reconstructors.get(job.scan_uid)
         if reconstructor is None:
@@ -29,20 +39,40 @@ def continue_scan(reconstructors: dict[str, Reconstructor], job: ReconstructionJ
         reconstructor.use_settings(job.settings)
         if len(job.frames):
             reconstructor.add_frames(job.frames, job.positions)
-        reconstructor.iterate(job.iterations)
+        reconstructor.iterate(job.iterations, stop_early=None if job.final else cut_short)
         return reconstructor.result()
     finally:
         if job.final:
             reconstructors.pop(job.scan_uid, None)
 
 
-def _serve(connection: Connection, niceness: int) -> None:
-    """The worker process: do the jobs sent on ``connection`` until it sends None."""
+def warm_up() -> None:
+    """Reconstruct a tiny simulated scan, so that a scan's first preview does not wait for the solver to start.
+
+    The first reconstruction in a process loads the compiled kernels and the
+    FFT libraries and their thread pools: about a second, or several on a
+    busy machine, of which the first preview would otherwise wait for most.
+    It warms the CPU solver, whatever the scans' settings are.
+    """
+    from ..solver.simulate import simulate
+
+    data = simulate(n_frames=16, frame_size=32, seed=0).data
+    Reconstructor(data.geometry, ReconstructionSettings(iterations=2)).add_frames(
+        data.frames, data.positions
+    ).iterate()
+
+
+def _serve(connection: Connection, niceness: int, cut_short: EventType) -> None:
+    """The worker process: do the jobs sent on ``connection`` until it sends None; ``cut_short`` ends a preview."""
     os.nice(niceness)
+    try:
+        warm_up()
+    except Exception:  # a job then says what is wrong; only the warm-up's time is lost
+        logger.exception("the reconstruction worker's warm-up failed")
     reconstructors: dict[str, Reconstructor] = {}
     while (job := connection.recv()) is not None:
         try:
-            reply: tuple[bool, object] = (True, continue_scan(reconstructors, job))
+            reply: tuple[bool, object] = (True, continue_scan(reconstructors, job, cut_short.is_set))
         except Exception as error:
             reply = (False, error)
         try:
@@ -59,15 +89,22 @@ class _Worker:
     """One spawned worker process at lower priority, and the pipe to it."""
 
     def __init__(self, niceness: int) -> None:
-        self._connection, theirs = multiprocessing.Pipe()
-        self._process = multiprocessing.get_context("spawn").Process(
-            target=_serve, args=(theirs, niceness), name="ptycho-worker", daemon=True
+        context = multiprocessing.get_context("spawn")
+        self._connection, theirs = context.Pipe()
+        self._cut_short = context.Event()
+        self._process = context.Process(
+            target=_serve, args=(theirs, niceness, self._cut_short), name="ptycho-worker", daemon=True
         )
         self._process.start()
         theirs.close()
         self.died: str | None = None  # why, once it has
+        self._preview_of: str | None = None  # the scan whose preview runs now
+        self._lock = threading.Lock()  # so a cut meant for one job never reaches the next
 
     def run(self, job: ReconstructionJob) -> ReconstructionResult:
+        with self._lock:
+            self._cut_short.clear()
+            self._preview_of = None if job.final else job.scan_uid
         try:
             self._connection.send(job)
             ok, reply = self._connection.recv()
@@ -78,9 +115,18 @@ class _Worker:
                 f"{type(error).__name__}); the scan's earlier work is lost"
             )
             raise WorkerDiedError(self.died) from error
+        finally:
+            with self._lock:
+                self._preview_of = None
         if not ok:
             raise reply
         return reply
+
+    def cut_preview_of(self, scan_uid: str) -> None:
+        """End the running job's iterations now if it is a preview of ``scan_uid``."""
+        with self._lock:
+            if self._preview_of == scan_uid:
+                self._cut_short.set()
 
     def stop(self) -> None:
         try:
@@ -95,7 +141,9 @@ class _Worker:
 
 @dataclass
 class _LocalScan:
+    uid: str
     worker: _Worker | None = None  # in a process: the worker that holds the scan's reconstructor
+    final_queued: bool = False  # its previews from now on only add their frames
 
 
 class LocalRunner(LaneRunner[_LocalScan]):
@@ -141,11 +189,18 @@ class LocalRunner(LaneRunner[_LocalScan]):
         return self
 
     def new_scan(self, job: ReconstructionJob) -> _LocalScan:
-        return _LocalScan()
+        return _LocalScan(job.scan_uid)
+
+    def final_queued(self, state: _LocalScan) -> None:
+        state.final_queued = True
+        if state.worker is not None:
+            state.worker.cut_preview_of(state.uid)
 
     def run_job(self, state: _LocalScan, job: ReconstructionJob) -> ReconstructionResult:
+        if state.final_queued and not job.final:
+            job = replace(job, iterations=0)
         if not self._process:
-            return continue_scan(self._reconstructors, job)
+            return continue_scan(self._reconstructors, job, lambda: state.final_queued)
         with self._worker_lock:
             if state.worker is not None and state.worker.died:
                 raise WorkerDiedError(state.worker.died)

@@ -233,10 +233,17 @@ class Reconstructor:
         logger.debug("took %d frames (%d in all)", len(frames), self.state.n_frames)
         return self
 
-    def iterate(self, n: int | None = None, progress: ProgressCallback | None = None) -> Reconstructor:
+    def iterate(
+        self,
+        n: int | None = None,
+        progress: ProgressCallback | None = None,
+        stop_early: Callable[[], bool] | None = None,
+    ) -> Reconstructor:
         """Do ``n`` more iterations (default ``settings.iterations``), from the current estimate.
 
-        ``progress(iteration, cost)`` is called after each iteration.
+        ``progress(iteration, cost)`` is called after each iteration. When
+        ``stop_early()`` (checked before each) says True, the iterations end
+        there: the estimate is as good as it got, ready to continue.
 
         A cost that turns non-finite or rises ``DIVERGENCE_FACTOR`` times over
         its best is divergence: the best state is restored and the engine's
@@ -253,6 +260,8 @@ class Reconstructor:
         start = time.perf_counter()
         try:
             for _ in range(n):
+                if stop_early is not None and stop_early():
+                    break
                 cost = self.engine.iterate(self.state, self.iteration, self.rng) / self._measured_power
                 if self._diverged(cost):
                     self._recover(cost)

@@ -1,0 +1,81 @@
+"""LocalRunner: once a scan's final job is queued, its previews stop iterating (their frames still count)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from bluesky_ptycho.federation import LocalRunner
+from bluesky_ptycho.federation.jobs import ReconstructionJob
+from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, simulate
+
+ENDLESS = 200_000  # iterations (a minute) no test waits for
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return simulate(n_frames=40, frame_size=32, seed=3).data
+
+
+def job(data, uid: str, part: slice, iterations: int, final: bool = False) -> ReconstructionJob:
+    return ReconstructionJob(
+        scan_uid=uid,
+        geometry=data.geometry,
+        settings=ReconstructionSettings(probe_defocus=None),
+        frames=data.frames[part],
+        positions=data.positions[part],
+        iterations=iterations,
+        final=final,
+    )
+
+
+def wait_until_iterating(future, seconds: float = 0.5) -> None:
+    """Give a job time to start iterating (its process to take it, its reconstructor to be made)."""
+    deadline = time.monotonic() + 60
+    while not future.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(seconds)
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+def test_a_queued_final_cuts_the_running_and_the_waiting_previews_short(scan, process):
+    runner = LocalRunner(process=process)
+    try:
+        running = runner.submit(job(scan, "a", slice(0, 20), ENDLESS))
+        wait_until_iterating(running, 2.0 if process else 0.5)
+        waiting = runner.submit(job(scan, "a", slice(20, 30), ENDLESS))
+        final = runner.submit(job(scan, "a", slice(30, 40), 5, final=True))
+        first, second, last = running.result(120), waiting.result(120), final.result(120)
+    finally:
+        runner.shutdown()
+    assert first.iterations < ENDLESS
+    assert second.iterations == first.iterations and second.n_frames == 30  # frames only
+    assert last.iterations == first.iterations + 5 and last.n_frames == 40
+    assert len(last.cost_history) == last.iterations
+
+
+def test_another_scans_final_does_not_cut_a_preview(scan):
+    """One worker, scans take turns: b's final is queued while a's preview runs there; a's runs in full."""
+    runner = LocalRunner(process=True)
+    try:
+        runner.submit(job(scan, "b", slice(0, 10), 2)).result(120)  # b's reconstruction is in the worker
+        preview_a = runner.submit(job(scan, "a", slice(0, 40), 3000))
+        wait_until_iterating(preview_a, 0.0)
+        preview_b = runner.submit(job(scan, "b", slice(10, 20), 300))
+        final_b = runner.submit(job(scan, "b", slice(20, 40), 3, final=True))
+        assert preview_a.result(120).iterations == 3000
+        assert preview_b.result(120).iterations == 2  # queued behind b's own final: frames only
+        assert final_b.result(120).iterations == 2 + 3
+    finally:
+        runner.shutdown()
+
+
+def test_iterations_stop_early_when_asked(scan):
+    reconstructor = Reconstructor(scan.geometry, ReconstructionSettings(probe_defocus=None))
+    reconstructor.add_frames(scan.frames, scan.positions)
+    asked = iter([False, False, False, True])
+    reconstructor.iterate(50, stop_early=lambda: next(asked))
+    assert reconstructor.iteration == 3 and len(reconstructor.cost_history) == 3
+    assert np.isfinite(reconstructor.cost_history).all()
