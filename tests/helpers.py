@@ -153,3 +153,26 @@ def reconstructing_run_engine(catalog, iterations: int):
     RE.subscribe(writer)
     RE.subscribe(ptycho)
     return RE, ptycho
+
+
+def assert_previews_then_final(
+    frames: list[int],
+    iterations: list[int],
+    scheduled: list[int],
+    preview_iterations: int,
+    final_iterations: int,
+) -> None:
+    """Previews at the ``scheduled`` frame counts, each continuing the last; then the final, with every frame.
+
+    ``frames`` and ``iterations`` are the recorded events' ``n_frames`` and
+    ``iteration``. A preview that finishes after the scan's stop is not
+    recorded (the final, queued behind it, continues from it and cuts it
+    short): the recorded previews are the first of ``scheduled``, and the
+    final adds its own iterations and those of the unrecorded previews.
+    """
+    *previews, final = frames
+    assert previews == scheduled[: len(previews)] and final == scheduled[-1], frames
+    steps = np.diff([0, *iterations])
+    assert all(step == preview_iterations for step in steps[:-1]), iterations
+    unrecorded = len(scheduled) - len(previews)
+    assert final_iterations <= steps[-1] <= final_iterations + unrecorded * preview_iterations, iterations

@@ -11,7 +11,7 @@ import pytest
 from bluesky import RunEngine
 from bluesky.utils import RunEngineInterrupted
 from event_model import pack_event_page
-from helpers import Documents, after_event, result_of, scan_positions
+from helpers import Documents, after_event, assert_previews_then_final, result_of, scan_positions
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import from_polar, latest_final_reconstruction, reconstructions_of, summarize
@@ -31,17 +31,6 @@ def RE():
     return RunEngine()
 
 
-def assert_continued(iterations: list[int], preview: int, final: int) -> None:
-    """Each event's iteration count continues the previous one's.
-
-    A preview adds up to ``preview`` iterations: fewer once the scan has
-    stopped (a final job queued behind it cuts it short; its frames still
-    count). The final adds all of its own.
-    """
-    steps = np.diff([0, *iterations])
-    assert all(0 <= step <= preview for step in steps[:-1]) and steps[-1] == final, iterations
-
-
 def test_scan_reconstructed_live_with_previews(RE, beamline):
     stage, det = beamline
     raw, recon = Documents(), Documents()
@@ -56,10 +45,10 @@ def test_scan_reconstructed_live_with_previews(RE, beamline):
     assert start["ptycho_solver"]["settings"]["iterations"] == 60 and start["ptycho_solver"]["location"]
     assert stop["exit_status"] == "success" and stop["reason"] == ""
     events = recon.named("event")
-    assert [e["data"]["n_frames"] for e in events] == [40, 80, 120, 160, 160]
-    assert [e["data"]["final"] for e in events] == [False] * 4 + [True]
+    frames, iterations = ([e["data"][key] for e in events] for key in ("n_frames", "iteration"))
+    assert_previews_then_final(frames, iterations, [40, 80, 120, 160], 20, 60)
+    assert [e["data"]["final"] for e in events] == [False] * (len(events) - 1) + [True]
     final = events[-1]["data"]
-    assert_continued([e["data"]["iteration"] for e in events], 20, 60)
     assert not final["partial"]
     costs = [e["data"]["cost"] for e in events]
     assert costs[-1] < costs[0]
@@ -237,13 +226,14 @@ def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory
     assert catalog[uid]["primary"]["det_image"].read().shape == (80, 64, 64)
     (run,) = reconstructions_of(catalog, uid)
     assert run.metadata["stop"]["exit_status"] == "success"
-    assert list(np.asarray(run["primary"]["n_frames"].read())) == [40, 80, 80]
+    frames, iterations = (list(np.asarray(run["primary"][key].read())) for key in ("n_frames", "iteration"))
+    assert_previews_then_final(frames, iterations, [40, 80], 20, 30)
     # the plan records its scan area and its number of points, so every object sits on one canvas
     # and the positions have one shape: regular arrays (images the web interface shows), not ragged ones
     objects = run["primary"]["object_phase"]
-    assert type(objects).__name__ == "ArrayClient" and objects.shape[0] == 3
+    assert type(objects).__name__ == "ArrayClient" and objects.shape[0] == len(frames)
     positions = run["primary"]["positions"]
-    assert type(positions).__name__ == "ArrayClient" and positions.shape == (3, 80, 2)
+    assert type(positions).__name__ == "ArrayClient" and positions.shape == (len(frames), 80, 2)
     assert np.isnan(positions[0]).any(axis=1).sum() == 40  # the first preview saw 40 frames
     result = latest_final_reconstruction(catalog, uid)
     assert result.object.dtype == np.complex64 and result.n_frames == 80
@@ -256,10 +246,11 @@ def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory
     np.testing.assert_allclose(
         result.object[row : row + rows, column : column + cols], results[-1].object, rtol=1e-5, atol=1e-6
     )
-    assert_continued(list(np.asarray(run["primary"]["iteration"].read())), 20, 30)
-    assert result.extra["final"]
+    assert result.extra["final"] and result.iterations == iterations[-1]
     assert result.cost_history == pytest.approx(results[-1].cost_history)  # the convergence stream
-    assert summarize(run).iterations == 30  # the final's own, not counting the previews it continued
+    assert len(result.cost_history) == result.iterations  # every iteration's cost, previews' included
+    # the final's own, not counting the previews recorded before it
+    assert summarize(run).iterations == iterations[-1] - (iterations[-2] if len(iterations) > 1 else 0)
     with pytest.raises(LookupError):
         latest_final_reconstruction(catalog, "no-such-scan")
 
@@ -367,8 +358,8 @@ def test_a_worker_process_runner_continues_each_scan_from_its_previews(RE, beaml
     runner.shutdown()
     assert recon.named("stop")[0]["exit_status"] == "success", recon.named("stop")[0]["reason"]
     events = recon.named("event")
-    assert [e["data"]["n_frames"] for e in events] == [30, 60, 60]
-    assert_continued([e["data"]["iteration"] for e in events], 20, 20)
+    frames, iterations = ([e["data"][key] for e in events] for key in ("n_frames", "iteration"))
+    assert_previews_then_final(frames, iterations, [30, 60], 20, 20)
     assert recon.named("start")[0]["ptycho_solver"]["location"].endswith(":process")
 
 

@@ -312,6 +312,9 @@ class ScanReconstruction(DocumentRouter):
         if error is not None:
             self.problems.add(f"preview:{type(error).__name__}", f"preview failed: {error}")
             return
+        if self.stopped:  # superseded: the final continues from it, with every frame, and is what is awaited
+            logger.debug("scan %s: a preview that finished after the scan's stop is not recorded", self.uid)
+            return
         self.writer.add_result(self._recorded(future), final=False)
         self.owner.notify(self.uid, future.result(), final=False)
 

@@ -2,8 +2,8 @@
 
 The run's start document links to the raw scan (``raw_uid``, ``raw_scan_id``)
 and records the solver settings, version and where the work ran; its
-``primary`` stream has one event per preview and one for the final result;
-its stop document says honestly how it ended.
+``primary`` stream has one event per preview done while the scan ran and one
+for the final result; its stop document says honestly how it ended.
 """
 
 from __future__ import annotations

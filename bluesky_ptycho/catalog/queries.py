@@ -139,7 +139,8 @@ def summarize(run) -> ReconstructionSummary:
         stream = run["primary"]
         columns = {key: np.asarray(stream[key].read()) for key in last}
         last = {key: column[-1].item() for key, column in columns.items()}
-        # the final's own iterations; the count so far includes the previews it continued from
+        # the final's own iterations (and those of previews done after the scan's stop, never recorded);
+        # the count so far includes the previews it continued from
         counts = columns["iteration"]
         last["iteration"] = int(counts[-1] - (counts[-2] if len(counts) > 1 else 0))
     return ReconstructionSummary(
