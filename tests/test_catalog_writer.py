@@ -7,6 +7,7 @@ import pytest
 from event_model import compose_run
 from tiled.client import from_uri
 
+from bluesky_ptycho.catalog import PLAN_NAME
 from bluesky_ptycho.catalog.tiled_writer import CatalogWriter
 
 KEYS = {
@@ -78,3 +79,26 @@ def test_events_batched_before_a_page_are_all_written_in_order(catalog):
 def test_the_plugin_options_it_does_not_offer_are_refused(catalog):
     with pytest.raises(TypeError, match="backup_directory"):
         CatalogWriter(catalog, backup_directory="/tmp")
+
+
+def test_a_reconstruction_run_is_written_event_by_event_while_a_raw_scan_keeps_its_batches(catalog):
+    writer = CatalogWriter(catalog, batch_size=10)
+    rows = {}
+    for plan in ("raw_scan", PLAN_NAME):
+        run = compose_run(metadata={"plan_name": plan})
+        writer("start", run.start_doc)
+        descriptor = run.compose_descriptor(name="primary", data_keys=KEYS)
+        writer("descriptor", descriptor.descriptor_doc)
+        writer("event", event(descriptor, 1))  # a preview: awaited now, not when nine more have come
+        rows[plan] = table_rows(catalog, run.start_doc["uid"])
+        writer("stop", run.compose_stop())
+    assert rows == {"raw_scan": 0, PLAN_NAME: 1}
+
+
+def table_rows(catalog, uid: str) -> int:
+    """Rows of the run's primary table in the catalog now (0 before any is written)."""
+    try:
+        table = catalog[uid]["primary"].base["internal"]
+    except KeyError:
+        return 0
+    return len(table.read())

@@ -224,7 +224,8 @@ class DurableCatalogWriter:
     writer_factory
         ``f(catalog) -> callback``; default ``CatalogWriter(catalog, batch_size=...)``.
     batch_size
-        Events per write of the default :class:`~.tiled_writer.CatalogWriter` (small: the run is visible live).
+        Events per write of the default :class:`~.tiled_writer.CatalogWriter` (small: the run is visible
+        live); it writes reconstruction runs event by event whatever this is.
     """
 
     def __init__(

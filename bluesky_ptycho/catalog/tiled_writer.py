@@ -1,10 +1,13 @@
-"""bluesky-tiled-plugins' ``TiledWriter``, writing each event page in one request.
+"""bluesky-tiled-plugins' ``TiledWriter``, writing each event page in one request, and reconstructions live.
 
 The plugin unpacks an event page into single events and writes them
 ``batch_size`` at a time. A live writer needs ``batch_size=1`` (each preview
 visible at once), so a page of N rows (a reconstruction's cost per iteration)
 cost N requests: about 3 s for a final of 100 iterations on the embedded
 catalog. Here a page is one batch, whatever ``batch_size`` says for events.
+And a reconstruction run (a few events, each awaited by a scientist) is
+written event by event whatever ``batch_size`` is, while raw scans sharing the
+writer keep their batches.
 
 Built on the plugin's per-run writer (``_RunWriter``, not public API);
 ``tests/test_catalog_writer.py`` counts the requests of a page, so an upgrade
@@ -18,6 +21,8 @@ from collections.abc import Iterator
 
 from bluesky_tiled_plugins import TiledWriter
 from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer, _RunWriter
+
+from .documents import PLAN_NAME
 
 
 class _RunWriterWithBatches(_RunWriter):
@@ -48,7 +53,7 @@ class _PageAtOnceNormalizer(RunNormalizer):
 
 
 class CatalogWriter(TiledWriter):
-    """A ``TiledWriter`` (same arguments) that writes an event page in one request.
+    """A ``TiledWriter`` (same arguments) that writes an event page in one request, and reconstructions live.
 
     Legacy documents are normalised by the plugin's ``RunNormalizer``; the
     plugin's backup options are not offered (:class:`~.spool.DurableCatalogWriter`
@@ -62,9 +67,10 @@ class CatalogWriter(TiledWriter):
         super().__init__(client, batch_size=batch_size, **kwargs)
 
     def _factory(self, name: str, doc: dict):
+        live = doc.get("plan_name") == PLAN_NAME
         run_writer = _RunWriterWithBatches(
             self.client,
-            batch_size=self._batch_size,
+            batch_size=1 if live else self._batch_size,
             max_array_size=self._max_array_size,
             validate=self._validate,
             ignore_errors=self.ignore_errors,

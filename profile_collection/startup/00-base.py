@@ -24,7 +24,7 @@ catalog = connect(
     readable_storage=[frames_directory],
 )
 # Writes go to the catalog from a background thread (small batches: a running scan is visible
-# live). If the catalog fails, runs are kept on disk (BLUESKY_PTYCHO_SPOOL_DIR) and written when
+# live; each reconstruction preview is written as it comes). If the catalog fails, runs are kept on disk (BLUESKY_PTYCHO_SPOOL_DIR) and written when
 # it answers again, or with `bluesky-ptycho catalog replay`. tiled_writer.flush() waits for it.
 tiled_writer = DurableCatalogWriter(catalog, os.environ.get("BLUESKY_PTYCHO_SPOOL_DIR"), batch_size=10)
 
