@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -74,6 +76,45 @@ def test_an_api_key_file_readable_by_others_is_refused(tmp_path):
     os.chmod(key, 0o600)
     assert check(tmp_path, text)[0] == 0
     assert load_config(tmp_path / "serve.toml").catalog.api_key() == "secret"
+
+
+OPEN_CATALOG = """
+import sys
+from bluesky_ptycho.service.config import load_config
+from bluesky_ptycho.service.service import open_catalog
+print(sorted(open_catalog(load_config(sys.argv[1]).catalog)))
+"""
+
+
+def test_a_catalog_named_by_tiled_profile_takes_the_key_from_the_key_file(tmp_path, tiled_server_factory):
+    server = tiled_server_factory()  # it asks for its API key
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "beamline.yml").write_text(f"beamline:\n  uri: {server.uri.split('?')[0]}\n")
+    key = tmp_path / "tiled-key"
+    key.write_text(server.api_key + "\n")
+    os.chmod(key, 0o600)
+    config = tmp_path / "serve.toml"
+    config.write_text(GOOD + f'[catalog]\nuri = "beamline"\napi_key_file = "{key}"\n')
+    # Tiled reads TILED_PROFILES when first imported: a process of its own
+    environment = {**os.environ, "TILED_PROFILES": str(profiles)}
+    opened = subprocess.run(
+        [sys.executable, "-c", OPEN_CATALOG, str(config)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert opened.returncode == 0 and opened.stdout.strip() == "[]", opened.stderr[-2000:]
+    key.write_text("not-the-key\n")
+    refused = subprocess.run(
+        [sys.executable, "-c", OPEN_CATALOG, str(config)],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode != 0 and "requires API key" in refused.stderr, refused.stderr[-2000:]
 
 
 KAFKA = """

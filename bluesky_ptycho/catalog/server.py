@@ -80,6 +80,7 @@ def connect(
     catalog: str | None = None,
     directory: str | Path | None = None,
     readable_storage: list[str | Path] | None = None,
+    api_key: str | None = None,
 ):
     """A Tiled client: the embedded catalog (``catalog`` None), a URI, or a Tiled profile name.
 
@@ -89,16 +90,19 @@ def connect(
     ``catalog["partial uid"]``, ``catalog.v1``/``v2`` and its queries work.
     ``directory`` and ``readable_storage`` configure the embedded server (see :func:`embedded_server`).
     An API key in the URI is sent as a header, never in request URLs (which
-    HTTP libraries log); better still, give it in ``TILED_API_KEY``.
+    HTTP libraries log); better still, give it in ``TILED_API_KEY``, or as
+    ``api_key`` (read from a file only its owner reads), which overrides the
+    URI's or the profile's.
     """
     from tiled.client import from_profile, from_uri
 
     if catalog is None:
         return from_uri(embedded_server(directory, readable_storage).uri)[RUNS]
+    given = {} if api_key is None else {"api_key": api_key}
     if "://" not in catalog:
-        return from_profile(catalog)
-    uri, api_key = _split_api_key(catalog)
-    return from_uri(uri, api_key=api_key) if api_key else from_uri(uri)
+        return from_profile(catalog, **given)
+    uri, in_uri = _split_api_key(catalog)
+    return from_uri(uri, **({"api_key": in_uri} if in_uri else {}), **given)
 
 
 def _split_api_key(uri: str) -> tuple[str, str | None]:

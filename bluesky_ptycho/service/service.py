@@ -30,12 +30,7 @@ def open_catalog(config: CatalogConfig):
     """The Tiled client the configuration names (its API key from the key file, else ``TILED_API_KEY``)."""
     if config.uri is None:
         return connect(None, config.directory)
-    api_key = config.api_key()
-    if api_key is None:
-        return connect(config.uri)
-    from tiled.client import from_uri
-
-    return from_uri(config.uri, api_key=api_key)
+    return connect(config.uri, api_key=config.api_key())
 
 
 def make_runner(config: RunnerConfig) -> Runner:
