@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from click.testing import CliRunner
 
 from bluesky_ptycho.cli import main
-from bluesky_ptycho.service.buses import KafkaBus, make_bus
-from bluesky_ptycho.service.config import load_config
+from bluesky_ptycho.service.buses import BusHealth, KafkaBus, make_bus
+from bluesky_ptycho.service.config import KafkaBusConfig, load_config
+from bluesky_ptycho.service.testing import free_port
 
 GOOD = """
 [bus]
@@ -148,3 +151,23 @@ def test_a_kafka_bus_configures_bluesky_kafkas_consumer(tmp_path):
         tmp_path, kafka.replace('"security.protocol"', '"group.id" = "x", "security.protocol"')
     )
     assert code == 1 and "bus.consumer_config: give 'group.id' as bus.group_id" in output, output
+
+
+def test_a_kafka_bus_with_no_broker_reports_an_outage_and_never_says_connected(tmp_path):
+    pytest.importorskip("bluesky_kafka")
+    port = free_port()  # nothing listens there
+    config = KafkaBusConfig(kind="kafka", bootstrap_servers=f"127.0.0.1:{port}", topics=["bl99.documents"])
+    causes = []
+    health = BusHealth("kafka", causes.append)
+    stopping = threading.Event()
+    follower = threading.Thread(target=KafkaBus(config).run, args=(lambda name, doc: None, health, stopping))
+    follower.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not causes and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stopping.set()
+        follower.join(30)
+    assert len(causes) == 1 and str(port) in causes[0], causes  # once per outage, naming the broker
+    assert not health.ever_connected and not follower.is_alive()

@@ -244,7 +244,8 @@ class KafkaBus:
     """A consumer group of the topics ``bluesky-kafka``'s Publisher writes (msgpack with numpy arrays).
 
     Kafka keeps what was published while the service was away; librdkafka
-    reconnects by itself (``reconnect.backoff.max.ms``).
+    reconnects by itself (``reconnect.backoff.max.ms``). librdkafka says when
+    no broker answers; that the bus is there is known when a document comes.
     """
 
     lossy = False
@@ -253,11 +254,17 @@ class KafkaBus:
         self.config = config
         self.description = f"Kafka {config.bootstrap_servers} topics {','.join(config.topics)}"
 
-    def consumer(self, deliver: Deliver):
-        """The ``bluesky_kafka.BlueskyConsumer`` this bus polls."""
+    def consumer(self, deliver: Deliver, health: BusHealth | None = None):
+        """The ``bluesky_kafka.BlueskyConsumer`` this bus polls; librdkafka's errors go to ``health``."""
         import msgpack
         import msgpack_numpy
         from bluesky_kafka import BlueskyConsumer
+
+        def process(consumer, topic, name, doc) -> bool:
+            if health is not None:
+                health.up()
+            deliver(name, doc)
+            return True
 
         return BlueskyConsumer(
             topics=list(self.config.topics),
@@ -266,10 +273,11 @@ class KafkaBus:
             consumer_config={
                 "auto.offset.reset": "latest",
                 "reconnect.backoff.max.ms": 30_000,
+                **({} if health is None else {"error_cb": partial(_kafka_error, health)}),
                 **self.config.librdkafka_settings(),
             },
             deserializer=partial(msgpack.loads, object_hook=msgpack_numpy.decode),
-            process_document=lambda consumer, topic, name, doc: deliver(name, doc) or True,
+            process_document=process,
         )
 
     def run(self, deliver: Deliver, health: BusHealth, stopping: threading.Event) -> None:
@@ -277,9 +285,19 @@ class KafkaBus:
             health.down(str(message.error()))
             return True
 
-        health.up()
-        self.consumer(deliver).start_polling(
+        logger.info("waiting for documents on the document bus %s", self.description)
+        self.consumer(deliver, health).start_polling(
             continue_polling=lambda: not stopping.is_set(),
             on_message_error=message_error,
             on_exception=lambda error: logger.warning("Kafka: %s", error),
         )
+
+
+def _kafka_error(health: BusHealth, error) -> None:
+    """librdkafka's report of an error outside any message: no broker reachable is an outage."""
+    from confluent_kafka import KafkaError
+
+    if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+        health.down(error.str())
+    else:
+        logger.warning("Kafka: %s", error.str())
