@@ -99,24 +99,16 @@ def test_a_catalog_named_by_tiled_profile_takes_the_key_from_the_key_file(tmp_pa
     os.chmod(key, 0o600)
     config = tmp_path / "serve.toml"
     config.write_text(GOOD + f'[catalog]\nuri = "beamline"\napi_key_file = "{key}"\n')
-    # Tiled reads TILED_PROFILES when first imported: a process of its own
-    environment = {**os.environ, "TILED_PROFILES": str(profiles)}
-    opened = subprocess.run(
-        [sys.executable, "-c", OPEN_CATALOG, str(config)],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+
+    def open_catalog():  # Tiled reads TILED_PROFILES when first imported: a process of its own
+        environment = {**os.environ, "TILED_PROFILES": str(profiles)}
+        command = [sys.executable, "-c", OPEN_CATALOG, str(config)]
+        return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120)
+
+    opened = open_catalog()
     assert opened.returncode == 0 and opened.stdout.strip() == "[]", opened.stderr[-2000:]
     key.write_text("not-the-key\n")
-    refused = subprocess.run(
-        [sys.executable, "-c", OPEN_CATALOG, str(config)],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    refused = open_catalog()
     assert refused.returncode != 0 and "requires API key" in refused.stderr, refused.stderr[-2000:]
 
 
