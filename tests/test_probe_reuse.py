@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import time
+
 import pytest
 from bluesky import RunEngine
 from bluesky_tiled_plugins import TiledWriter
@@ -170,3 +173,48 @@ def test_live_scans_start_from_the_latest_matching_probe(tmp_path, tiled_server_
 def test_latest_needs_a_catalog():
     with pytest.raises(ValueError, match="needs the catalog"):
         PtychoCallback(initial_probe="latest")
+
+
+def test_a_catalog_that_does_not_answer_never_holds_up_the_runengine(
+    tmp_path, tiled_server_factory, monkeypatch
+):
+    """The probe lookup hangs (the catalog's port accepts and never answers): the scan goes on, the final waits."""
+    import tiled.client.utils
+    from helpers import Documents
+
+    from bluesky_ptycho.callbacks import scan as scan_module
+
+    monkeypatch.setattr(scan_module, "PROBE_LOOKUP_WAIT", 3.0)
+    monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_ATTEMPTS", 1)
+    server = tiled_server_factory()
+    catalog = from_uri(server.uri)
+    server.stop()
+    silent = socket.socket()  # where the catalog was: connections are taken, requests never answered
+    silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    silent.bind(("127.0.0.1", server.port))
+    silent.listen(16)
+    recon = Documents()
+    callback = PtychoCallback(
+        recon,
+        settings=ReconstructionSettings(iterations=5),
+        preview_every=10,
+        initial_probe="latest",
+        catalog=catalog,
+    )
+    RE = RunEngine()
+    RE.subscribe(callback)
+    stage, det = simulated_beamline(seed=1)
+    try:
+        start = time.monotonic()
+        RE(fermat_spiral_ptycho_scan(det, stage, n_points=60))
+        scanning = time.monotonic() - start
+        assert callback.wait(120)
+    finally:
+        silent.close()  # the lookup's request fails now
+    assert scanning < scan_module.PROBE_LOOKUP_WAIT  # no document waited for the lookup
+    stop = recon.named("stop")[0]
+    assert stop["exit_status"] == "success"
+    assert (
+        "initial probe refused, built from the frames instead: the catalog did not answer" in stop["reason"]
+    )
+    assert recon.named("event")[-1]["data"]["n_frames"] == 60

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -273,9 +274,16 @@ class PtychoCallback:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every submitted reconstruction is finished and recorded.
 
-        Returns False if ``timeout`` seconds passed first.
+        Work that handling submits (a final that waited for its probe) is
+        waited for too. Returns False if ``timeout`` seconds passed first.
         """
-        return all(event.wait(timeout) for event in list(self._pending))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while pending := [event for event in self._pending if not event.is_set()]:
+            for event in pending:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not event.wait(left):
+                    return False
+        return True
 
 
 def _has_frames(data_keys: dict, keys: list[str | None]) -> bool:

@@ -12,7 +12,10 @@ passes results and failures to its :class:`ReconstructionRunWriter`.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import Future
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, wait
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -116,6 +119,7 @@ class ScanReconstruction(DocumentRouter):
         self.in_flight: Future | None = None
         self.jobs = 0
         self.probe_lookup: Future | None = None  # of (probe, where it came from)
+        self.probe_deadline = 0.0  # time.monotonic() after which the first job stops waiting for it
         self.probe_source: str | None = None  # where the initial probe came from, when the callback gave one
         self.stopped = False
         self.abandoned = False
@@ -258,6 +262,12 @@ class ScanReconstruction(DocumentRouter):
         if self.collected == 0:
             self.writer.close("fail", reason="the scan recorded no diffraction frames")
             return
+        if self._probe_pending():  # the final is the scan's first job: it goes once the lookup answers
+            self._when_probe_known(lambda: self._submit_final(partial, exit_status))
+        else:
+            self._submit_final(partial, exit_status)
+
+    def _submit_final(self, partial: bool, exit_status: str) -> None:
         future = self.owner.runner.submit(self._job(self.owner.settings.iterations, final=True))
         self.owner.when_done(future, lambda f: self._finish(f, partial, exit_status))
 
@@ -283,13 +293,35 @@ class ScanReconstruction(DocumentRouter):
         """Start finding the scan's initial probe (the owner's ``initial_probe``) once its geometry is known."""
         if self.probe_lookup is None and self.scan is not None:
             self.probe_lookup = self.owner.look_up_probe(self.scan.geometry(self.frame_shape))
+            self.probe_deadline = time.monotonic() + PROBE_LOOKUP_WAIT
+
+    def _probe_pending(self) -> bool:
+        """Whether the scan's first job is still to wait for its initial probe (which no job does on the caller's thread)."""
+        return (
+            self.jobs == 0
+            and self.probe_lookup is not None
+            and not self.probe_lookup.done()
+            and time.monotonic() < self.probe_deadline
+        )
+
+    def _when_probe_known(self, then: Callable[[], None]) -> None:
+        """Call ``then()`` once the probe lookup has answered or its time is up, from a thread of its own."""
+        known: Future = Future()
+
+        def wait_for_lookup() -> None:
+            wait([self.probe_lookup], timeout=max(0.0, self.probe_deadline - time.monotonic()))
+            known.set_result(None)
+
+        self.owner.when_done(known, lambda _: then())
+        threading.Thread(target=wait_for_lookup, name="ptycho-probe-wait", daemon=True).start()
 
     def _first_probe(self) -> np.ndarray | None:
         """The initial probe that the scan's lookup found, or None (built from the frames; why is recorded)."""
         if self.probe_lookup is None:
             return None
         try:
-            probe, self.probe_source = self.probe_lookup.result(timeout=PROBE_LOOKUP_WAIT)
+            remaining = max(0.0, self.probe_deadline - time.monotonic())
+            probe, self.probe_source = self.probe_lookup.result(timeout=remaining)
             return probe
         except (LookupError, ValueError) as refused:
             reason = str(refused)
@@ -303,6 +335,8 @@ class ScanReconstruction(DocumentRouter):
     def _preview(self) -> None:
         if not self.owner.queue_previews and self.in_flight is not None and not self.in_flight.done():
             return  # the runner is busy: these frames join the next job
+        if self._probe_pending():
+            return  # the initial probe is still being looked up: these frames join the next job
         future = self.owner.runner.submit(self._job(self.owner.preview_iterations, final=False))
         self.in_flight = future
         self.owner.when_done(future, self._previewed)
