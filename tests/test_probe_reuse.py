@@ -184,7 +184,6 @@ def test_a_catalog_that_does_not_answer_never_holds_up_the_runengine(
 
     from bluesky_ptycho.callbacks import scan as scan_module
 
-    monkeypatch.setattr(scan_module, "PROBE_LOOKUP_WAIT", 3.0)
     monkeypatch.setattr(tiled.client.utils, "TILED_RETRY_ATTEMPTS", 1)
     server = tiled_server_factory()
     catalog = from_uri(server.uri)
