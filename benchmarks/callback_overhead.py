@@ -49,7 +49,7 @@ from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import connect, reconstructions_of
 from bluesky_ptycho.catalog.embedded import RUNS
 from bluesky_ptycho.federation import LocalRunner
-from bluesky_ptycho.service.testing import Service, ZmqProxy, close_publisher, service_config
+from bluesky_ptycho.service.testing import Service, ZmqProxy, close_publisher, service_config, wait_until
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, simulate
 
@@ -126,35 +126,39 @@ def timed_scan(points: int, size: int, case: str, service: ServiceOnProxy | None
 
 
 POLL_S = 0.1
+WAIT_S = 300.0  # a service that has not written by then has failed: the benchmark stops, naming what
 
 
 def reconstruction_uid(catalog, raw_uid: str) -> str:
     """Wait until a reconstruction run of ``raw_uid`` is in the catalog; return its uid."""
-    while not (runs := reconstructions_of(catalog, raw_uid)):
-        time.sleep(POLL_S)
+    runs = wait_until(
+        lambda: reconstructions_of(catalog, raw_uid), WAIT_S, f"a reconstruction of {raw_uid}", POLL_S
+    )
     return runs[-1].metadata["start"]["uid"]
 
 
 def wait_for_final(catalog, raw_uid: str) -> float:
     """Wait until the final reconstruction of ``raw_uid`` is in the catalog; return when that was seen."""
     uid = reconstruction_uid(catalog, raw_uid)
-    while not catalog[uid].metadata.get("stop"):  # one request a poll
-        time.sleep(POLL_S)
+    final = f"the final reconstruction of {raw_uid}"
+    wait_until(lambda: catalog[uid].metadata.get("stop"), WAIT_S, final, POLL_S)  # one request a poll
     return time.time()
 
 
 def wait_for_first_event(catalog, raw_uid: str) -> float:
     """Wait until the first event (a preview) of ``raw_uid``'s reconstruction is in the catalog; return when."""
     uid = reconstruction_uid(catalog, raw_uid)
-    # the run's table of scalars is written last, one request a poll
     run = from_context(catalog.context, structure_clients="numpy")[RUNS][uid]
-    while True:
-        with contextlib.suppress(KeyError):  # the table appears with the first event
-            table = run["primary"].base["internal"]
-            break
-        time.sleep(POLL_S)
-    while not len(table.read(["seq_num"])):
-        time.sleep(POLL_S)
+
+    def table():  # the run's table of scalars, written last; it appears with the first event
+        try:
+            return run["primary"].base["internal"]
+        except KeyError:
+            return None
+
+    first = f"the first preview of {raw_uid} in the catalog"
+    scalars = wait_until(table, WAIT_S, first, POLL_S)
+    wait_until(lambda: len(scalars.read(["seq_num"])), WAIT_S, first, POLL_S)  # one request a poll
     return time.time()
 
 
@@ -203,8 +207,8 @@ def latencies(
     seen: dict[str, float] = {}
 
     def poll() -> None:
-        while "frames" not in sent:  # nothing to see before the first preview's frames are sent
-            time.sleep(0.01)
+        # nothing to see before the first preview's frames are sent
+        wait_until(lambda: "frames" in sent, WAIT_S, "the first preview's frames", interval=0.01)
         seen["preview"] = wait_for_first_event(service.catalog, sent["uid"])
 
     poller = threading.Thread(target=poll)
