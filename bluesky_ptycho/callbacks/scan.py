@@ -295,13 +295,17 @@ class ScanReconstruction(DocumentRouter):
             self.probe_lookup = self.owner.look_up_probe(self.scan.geometry(self.frame_shape))
             self.probe_deadline = time.monotonic() + PROBE_LOOKUP_WAIT
 
+    def _lookup_time_left(self) -> float:
+        """Seconds the scan's first job may still wait for its initial probe's lookup (0: no more)."""
+        return max(0.0, self.probe_deadline - time.monotonic())
+
     def _probe_pending(self) -> bool:
         """Whether the scan's first job is still to wait for its initial probe (which no job does on the caller's thread)."""
         return (
             self.jobs == 0
             and self.probe_lookup is not None
             and not self.probe_lookup.done()
-            and time.monotonic() < self.probe_deadline
+            and self._lookup_time_left() > 0
         )
 
     def _when_probe_known(self, then: Callable[[], None]) -> None:
@@ -309,7 +313,7 @@ class ScanReconstruction(DocumentRouter):
         known: Future = Future()
 
         def wait_for_lookup() -> None:
-            wait([self.probe_lookup], timeout=max(0.0, self.probe_deadline - time.monotonic()))
+            wait([self.probe_lookup], timeout=self._lookup_time_left())
             known.set_result(None)
 
         self.owner.when_done(known, lambda _: then())
@@ -320,8 +324,7 @@ class ScanReconstruction(DocumentRouter):
         if self.probe_lookup is None:
             return None
         try:
-            remaining = max(0.0, self.probe_deadline - time.monotonic())
-            probe, self.probe_source = self.probe_lookup.result(timeout=remaining)
+            probe, self.probe_source = self.probe_lookup.result(timeout=self._lookup_time_left())
             return probe
         except (LookupError, ValueError) as refused:
             reason = str(refused)
