@@ -35,6 +35,7 @@ from tiled.client import from_uri
 from tiled.server import SimpleTiledServer
 
 from bluesky_ptycho.callbacks import PtychoCallback
+from bluesky_ptycho.catalog.table_storage import serialize_duckdb_connections
 from bluesky_ptycho.federation import ExecutorRunner
 from bluesky_ptycho.federation.flows import GlobusFlowRunner
 from bluesky_ptycho.federation.testing import (
@@ -171,6 +172,7 @@ def main() -> None:
     parser.add_argument("--scans", type=int, default=4, help="scans of 200 x 64^2 for throughput (0: skip)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="ptycho-federation-"))
+    serialize_duckdb_connections()
     server = SimpleTiledServer(workdir / "catalog")
     catalog = from_uri(server.uri)
     preview = ReconstructionSettings(iterations=50)

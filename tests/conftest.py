@@ -13,10 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bluesky_ptycho.catalog.table_storage import serialize_duckdb_connections
 from bluesky_ptycho.service.testing import free_port
 from bluesky_ptycho.solver import simulate
 from bluesky_ptycho.solver.backend import FFTW_INSTALLED, STRICT_DEVICE, gpu_available
 from bluesky_ptycho.solver.simulate import aperture_probe
+
+serialize_duckdb_connections()  # the catalog servers started in this process, as the embedded one
 
 DEVICES = [
     "cpu",

@@ -123,3 +123,33 @@ def test_the_cli_runs_as_a_module():
     )
     assert done.returncode == 0, done.stderr
     assert "Usage: python -m bluesky_ptycho.cli globus" in done.stdout
+
+
+def test_reconstruct_a_scan_whose_rows_were_written_twice(tmp_path, tiled_server_factory):
+    """A row append that failed after the server stored it is retried by bluesky-tiled-plugins: its rows come twice."""
+    import numpy as np
+    import pyarrow
+    from bluesky import RunEngine
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
+
+    from bluesky_ptycho.catalog import raw_scan_documents
+    from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
+
+    server = tiled_server_factory()
+    catalog = from_uri(server.uri)
+    RE = RunEngine()
+    RE.subscribe(TiledWriter(catalog, batch_size=10))
+    stage, det = simulated_beamline(seed=1)
+    (raw_uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=30))
+    stream = catalog[raw_uid]["primary"]
+    rows = stream.base["internal"]
+    rows.append_partition(0, pyarrow.Table.from_pandas(rows.read().iloc[10:20], preserve_index=False))
+    assert len(stream["time"].read()) == 40
+
+    events = [doc for name, doc in raw_scan_documents(catalog[raw_uid]) if name == "event_page"]
+    assert [n for page in events for n in page["seq_num"]] == list(range(1, 31))
+    x = np.concatenate([page["data"]["stage_x"] for page in events])
+    np.testing.assert_array_equal(x, np.asarray(stream["stage_x"].read())[:30])
+    result = CliRunner().invoke(main, ["reconstruct", "--uid", raw_uid, "--catalog", server.uri, "-n", "3"])
+    assert result.exit_code == 0 and "30 frames" in result.output, result.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -112,3 +113,34 @@ def test_catalog_serve_serves_until_stopped(session):
         assert server.wait(60) == 0
     assert "stopped" in server.stdout.read()
     assert not (directory / ADDRESS_FILE).exists()
+
+
+def test_the_embedded_catalog_takes_rows_from_writers_at_the_same_time(tmp_path):
+    """A raw scan's writer and a reconstruction's append table rows at once; every row goes in once."""
+    pyarrow = pytest.importorskip("pyarrow")
+    from tiled.client import from_uri
+
+    address = embedded_server(tmp_path / "catalog")
+    schema = pyarrow.schema([("seq_num", pyarrow.int64()), ("time", pyarrow.float64())])
+    failures = []
+
+    def write(key: str) -> None:
+        table = from_uri(address.uri).create_appendable_table(schema, key=key)
+        for seq_num in range(1, 81):  # one request per event, as a live writer sends them
+            try:
+                table.append_partition(0, pyarrow.table({"seq_num": [seq_num], "time": [time.time()]}))
+            except Exception as error:
+                failures.append(repr(error))
+
+    try:
+        writers = [threading.Thread(target=write, args=(f"writer{i}",)) for i in range(3)]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(120)
+        assert not failures, f"{len(failures)} appends failed, first: {failures[0]}"
+        root = from_uri(address.uri)
+        for i in range(3):
+            assert list(root[f"writer{i}"].read()["seq_num"]) == list(range(1, 81))
+    finally:
+        close_embedded_servers()

@@ -160,6 +160,9 @@ def main(arguments: list[str]) -> None:
     """Serve ``arguments[0]`` (readable storage: the rest) until standard input closes."""
     from tiled.server import SimpleTiledServer
 
+    from .table_storage import serialize_duckdb_connections
+
+    serialize_duckdb_connections()
     directory, *readable = arguments
     server = SimpleTiledServer(directory, readable_storage=readable or None)
     ensure_runs_container(server.uri)

@@ -233,8 +233,11 @@ def raw_scan_documents(run, stream: str = "primary", page_size: int = 100) -> It
         "object_keys": {},
     }
     yield "descriptor", descriptor
-    scalars = {key: np.asarray(events[key].read()) for key, d in data_keys.items() if not d["shape"]}
-    times = np.asarray(events["time"].read())
+    # bluesky-tiled-plugins retries a row append the server failed after storing it (and says so in
+    # the run's notes), so a row can be there twice: each event is the first row of its seq_num
+    seq_nums, rows = np.unique(np.asarray(events["seq_num"].read()), return_index=True)
+    scalars = {key: np.asarray(events[key].read())[rows] for key, d in data_keys.items() if not d["shape"]}
+    times = np.asarray(events["time"].read())[rows]
     for first in range(0, len(times), page_size):
         last = min(first + page_size, len(times))
         page_events = []
@@ -248,9 +251,9 @@ def raw_scan_documents(run, stream: str = "primary", page_size: int = 100) -> It
             data.update({key: values[i - first] for key, values in arrays.items()})
             page_events.append(
                 {
-                    "uid": f"{metadata['uid']}-{i + 1}",
+                    "uid": f"{metadata['uid']}-{seq_nums[i]}",
                     "descriptor": metadata["uid"],
-                    "seq_num": i + 1,
+                    "seq_num": int(seq_nums[i]),
                     "time": float(times[i]),
                     "data": data,
                     "timestamps": dict.fromkeys(data, float(times[i])),
