@@ -126,9 +126,7 @@ def test_the_cli_runs_as_a_module():
     assert "Usage: python -m bluesky_ptycho.cli globus" in done.stdout
 
 
-@pytest.mark.parametrize(
-    "tiled_server_factory", ["sqlite"], indirect=True
-)  # the reader's concern, not the server's
+@pytest.mark.parametrize("tiled_server_factory", ["sqlite"], indirect=True)
 def test_reconstruct_a_scan_whose_rows_were_written_twice(tmp_path, tiled_server_factory):
     """A row append that failed after the server stored it is retried by bluesky-tiled-plugins: its rows come twice."""
     import numpy as np
