@@ -24,12 +24,11 @@ the RunEngine elsewhere, as deployed (the scan recorded first, then its
 documents sent to the proxy at the pace they came). And, to read the final's
 latency against, the final's own 100 iterations without the service.
 
-The final is seen as the catalog server pushes the stop document's update
-over Tiled's websocket (its streaming of a container's changes). Polling
-for it costs the server about 16 ms of CPU a request: at 10 Hz, 1.3-1.8 s
-were added to the final on this 2-core machine. The first preview is
-polled, every 0.1 s from this process, one request a poll once the
-reconstruction run is found, until it is there.
+Nothing is polled: the times are the catalog server's own, from Tiled's
+streaming of changes over its websocket (the stop document's update as it
+happens; the run's table replayed from its first rows once the run is
+complete). Polling costs the server about 16 ms of CPU a request: at
+10 Hz it added 1.3-1.8 s to the final it measured on this 2-core machine.
 """
 
 from __future__ import annotations
@@ -41,19 +40,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bluesky import RunEngine
 from bluesky.callbacks.zmq import Publisher
-from tiled.client import from_context
-from tiled.client.stream import ContainerSubscription
+from tiled.client.stream import ContainerSubscription, TableSubscription
 
 from bluesky_ptycho.callbacks import PtychoCallback
-from bluesky_ptycho.catalog import PLAN_NAME, connect, reconstructions_of
-from bluesky_ptycho.catalog.embedded import RUNS
+from bluesky_ptycho.catalog import PLAN_NAME, connect
 from bluesky_ptycho.federation import LocalRunner
 from bluesky_ptycho.service.testing import Service, ZmqProxy, close_publisher, service_config, wait_until
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
@@ -137,30 +133,22 @@ POLL_S = 0.1
 WAIT_S = 300.0  # a service that has not written by then has failed: the benchmark stops, naming what
 
 
-def reconstruction_uid(catalog, raw_uid: str) -> str:
-    """Wait until a reconstruction run of ``raw_uid`` is in the catalog; return its uid."""
-    runs = wait_until(
-        lambda: reconstructions_of(catalog, raw_uid), WAIT_S, f"a reconstruction of {raw_uid}", POLL_S
-    )
-    return runs[-1].metadata["start"]["uid"]
-
-
 class FinalsWatch:
-    """When each reconstruction run's stop document reached ``catalog``, as its server tells (no polling)."""
+    """When each reconstruction run's stop document reached ``catalog``, as its server tells as it happens."""
 
     def __init__(self, catalog) -> None:
-        self._stored: dict[str, float] = {}  # raw scan uid: when its reconstruction's stop was stored
+        self._stored: dict[str, tuple[float, str]] = {}  # raw scan uid: (when, reconstruction run uid)
         self._subscription = ContainerSubscription(catalog.context, catalog.path_parts)
-        self._subscription.child_metadata_updated.add_callback(self._updated)
+        self._subscription.child_metadata_updated.add_callback(self._updated)  # held weakly: a method
         self._subscription.start_in_thread()
 
     def _updated(self, update) -> None:
         start = update.metadata.get("start", {})
         if update.metadata.get("stop") and start.get("plan_name") == PLAN_NAME:
-            self._stored.setdefault(start["raw_uid"], time.time())
+            self._stored.setdefault(start["raw_uid"], (server_time(update), update.key))
 
-    def wait(self, raw_uid: str) -> float:
-        """Wait until the final reconstruction of ``raw_uid`` is in the catalog; return when that was."""
+    def wait(self, raw_uid: str) -> tuple[float, str]:
+        """Wait until the final reconstruction of ``raw_uid`` is in the catalog; return when, and its run's uid."""
         return wait_until(
             lambda: self._stored.get(raw_uid), WAIT_S, f"the final reconstruction of {raw_uid}", POLL_S
         )
@@ -169,21 +157,29 @@ class FinalsWatch:
         self._subscription.disconnect()
 
 
-def wait_for_first_event(catalog, raw_uid: str) -> float:
-    """Wait until the first event (a preview) of ``raw_uid``'s reconstruction is in the catalog; return when."""
-    uid = reconstruction_uid(catalog, raw_uid)
-    run = from_context(catalog.context, structure_clients="numpy")[RUNS][uid]
+def server_time(update) -> float:
+    """When the catalog server stored what ``update`` tells (its clock is this machine's; naive times are local)."""
+    return update.timestamp.timestamp()
 
-    def table():  # the run's table of scalars, written last; it appears with the first event
-        try:
-            return run["primary"].base["internal"]
-        except KeyError:
-            return None
 
-    first = f"the first preview of {raw_uid} in the catalog"
-    scalars = wait_until(table, WAIT_S, first, POLL_S)
-    wait_until(lambda: len(scalars.read(["seq_num"])), WAIT_S, first, POLL_S)  # one request a poll
-    return time.time()
+def first_event_stored(catalog, run_uid: str) -> float:
+    """When the catalog stored the first event (a preview) of the run ``run_uid``: its table's first rows.
+
+    Tiled's stream of the table is replayed from its beginning, so this is
+    asked once the run is complete, with nothing polled while it is written.
+    """
+    first: list[float] = []
+
+    def rows(update) -> None:
+        first.append(server_time(update))
+
+    subscription = TableSubscription(catalog.context, [*catalog.path_parts, run_uid, "primary", "internal"])
+    subscription.new_data.add_callback(rows)
+    subscription.start_in_thread(start=1)
+    try:
+        return wait_until(lambda: first and first[0], WAIT_S, f"the first event of {run_uid}", POLL_S)
+    finally:
+        subscription.disconnect()
 
 
 DocumentCallback = Callable[[str, dict], None]
@@ -228,19 +224,9 @@ def latencies(
         elif name == "stop":
             sent["stop"] = time.time()
 
-    seen: dict[str, float] = {}
-
-    def poll() -> None:
-        # nothing to see before the first preview's frames are sent
-        wait_until(lambda: "frames" in sent, WAIT_S, "the first preview's frames", interval=0.01)
-        seen["preview"] = wait_for_first_event(service.catalog, sent["uid"])
-
-    poller = threading.Thread(target=poll)
-    poller.start()
     scan(points, [service.publisher, watch])
-    poller.join()
-    final = service.finals.wait(sent["uid"])
-    return seen["preview"] - sent["frames"], final - sent["stop"]
+    final, run_uid = service.finals.wait(sent["uid"])
+    return first_event_stored(service.catalog, run_uid) - sent["frames"], final - sent["stop"]
 
 
 def bare_final_seconds(points: int, repeats: int) -> float:
