@@ -12,12 +12,12 @@ from click.testing import CliRunner
 from tiled.client import from_uri
 
 from bluesky_ptycho.callbacks import PtychoCallback
-from bluesky_ptycho.catalog import reconstructions_of
+from bluesky_ptycho.catalog import latest_probe_for, reconstructions_of
 from bluesky_ptycho.cli import main
 from bluesky_ptycho.io import read_result, write_cxi
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings
-from bluesky_ptycho.solver.data import ELECTRON_VOLT
+from bluesky_ptycho.solver.data import ELECTRON_VOLT, Geometry
 from bluesky_ptycho.solver.simulate import realistic
 
 
@@ -147,6 +147,16 @@ def test_live_scans_start_from_the_latest_matching_probe(tmp_path, tiled_server_
     reason = third.metadata["stop"]["reason"]
     assert "initial probe refused" in reason and "photon energy 8000 eV against 9000 eV" in reason
     assert third.metadata["start"]["ptycho_probe_source"] == "defocus estimate"
+
+    # the lookup must answer within PROBE_LOOKUP_WAIT from a remote catalog: a run of another geometry is
+    # passed on its metadata alone, the one found is read a part at a time (key by key took 71 requests)
+    hooks = catalog.context.http_client.event_hooks["request"]
+    sent: list = []
+    hooks.append(sent.append)
+    found = latest_probe_for(catalog, Geometry.from_dict(second.metadata["start"]["ptycho_geometry"]))
+    hooks.remove(sent.append)
+    assert found.extra["run_uid"] == second.metadata["start"]["uid"]
+    assert len(sent) <= 16 and not [r for r in sent if third.metadata["start"]["uid"] in str(r.url)]
 
     cli = CliRunner().invoke(
         main,

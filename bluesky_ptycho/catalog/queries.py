@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from event_model import pack_event_page
 from tiled.queries import Key, Like, NotEq
+from tiled.structures.core import StructureFamily
 
 from ..solver.data import Geometry, ReconstructionResult
 from .documents import PLAN_NAME, from_polar
@@ -20,42 +21,99 @@ def reconstructions_of(catalog, raw_uid: str) -> list:
     return sorted(runs, key=lambda run: run.metadata["start"]["time"])
 
 
+class StreamParts:
+    """A run's stream as bluesky-tiled-plugins stores it (tables of scalar columns beside one array per
+    shaped key), listed once.
+
+    Indexing the stream by key costs three requests a key (it lists its parts twice each time); this
+    lists them once and reads the scalar columns a table at a time.
+    """
+
+    def __init__(self, stream) -> None:
+        parts = dict(stream.base.items())
+        # ragged arrays (the object of a run without a planned scan area) are awkward, not array, nodes
+        self.arrays = {
+            key: part for key, part in parts.items() if part.structure_family != StructureFamily.table
+        }
+        self._tables = [part for part in parts.values() if part.structure_family == StructureFamily.table]
+
+    def columns(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """The scalar columns ``keys``, every row of them, in one request per table that holds any."""
+        found: dict[str, np.ndarray] = {}
+        for table in self._tables:
+            held = [key for key in keys if key in table.structure().columns]
+            if held:
+                frame = table.read(columns=held)
+                found.update({key: frame[key].to_numpy() for key in held})
+        missing = set(keys) - set(found)
+        if missing:
+            raise KeyError(f"the stream has no column {', '.join(sorted(missing))}")
+        return found
+
+
 def without_empty_modes(probe: np.ndarray) -> np.ndarray:
     """``probe`` without the all-zero modes a run stores to give every event the same shape."""
     return probe[np.any(probe != 0, axis=(-2, -1))] if len(probe) > 1 else probe
 
 
-def result_from_run(run, index: int = -1) -> ReconstructionResult:
-    """Event ``index`` (default: the last) of a reconstruction run as a :class:`ReconstructionResult`."""
-    stream = run["primary"]
+def result_from_run(run, index: int = -1, stream: StreamParts | None = None) -> ReconstructionResult:
+    """Event ``index`` (default: the last) of a reconstruction run as a :class:`ReconstructionResult`.
+
+    ``stream``: the run's primary stream, if it was listed already.
+    """
+    stream = stream or StreamParts(run["primary"])
+    scalars = {
+        key: column[index]
+        for key, column in stream.columns(
+            [
+                "iteration",
+                "pixel_size_y",
+                "pixel_size_x",
+                "object_origin_x",
+                "object_origin_y",
+                "wall_time",
+                "final",
+                "partial",
+                "probe_defocus",
+            ]
+        ).items()
+    }
 
     def row(key: str) -> np.ndarray:
-        value = stream[key][index]  # only this event's array leaves the server
+        value = stream.arrays[key][index]  # only this event's array leaves the server
         # a ragged array (object and positions of runs without a planned scan area) converts fast only via lists
         return np.asarray(value if isinstance(value, np.ndarray) else value.tolist())
 
     start = run.metadata["start"]
     positions = row("positions").astype(float)
-    iterations = int(row("iteration"))
-    costs = np.asarray(run["convergence"]["cost"].read()) if "convergence" in run else np.empty(0)
+    iterations = int(scalars["iteration"])
+    costs = StreamParts(run["convergence"]).columns(["cost"])["cost"] if "convergence" in run else np.empty(0)
     return ReconstructionResult(
         object=from_polar(row("object_amplitude"), row("object_phase")),
         probe=without_empty_modes(from_polar(row("probe_amplitude"), row("probe_phase"))),
         positions=positions[~np.isnan(positions).any(axis=1)],  # rows of frames not yet taken are NaN
-        pixel_size=(float(row("pixel_size_y")), float(row("pixel_size_x"))),
-        object_origin=(float(row("object_origin_x")), float(row("object_origin_y"))),
+        pixel_size=(float(scalars["pixel_size_y"]), float(scalars["pixel_size_x"])),
+        object_origin=(float(scalars["object_origin_x"]), float(scalars["object_origin_y"])),
         cost_history=[float(cost) for cost in costs[:iterations]],
         iterations=iterations,
         settings=start["ptycho_solver"]["settings"],
-        wall_time=float(row("wall_time")),
+        wall_time=float(scalars["wall_time"]),
         extra={
-            "final": bool(row("final")),
-            "partial": bool(row("partial")),
-            "probe_defocus": float(row("probe_defocus")),
+            "final": bool(scalars["final"]),
+            "partial": bool(scalars["partial"]),
+            "probe_defocus": float(scalars["probe_defocus"]),
             "run_uid": start["uid"],
         },
         geometry=Geometry.from_dict(start["ptycho_geometry"]) if "ptycho_geometry" in start else None,
     )
+
+
+def final_stream(run) -> StreamParts | None:
+    """The reconstruction run's primary stream if its last event is a final result; None if a preview or none."""
+    if "primary" not in run:
+        return None
+    stream = StreamParts(run["primary"])
+    return stream if stream.columns(["final"])["final"][-1] else None
 
 
 def latest_final_reconstruction(catalog, raw_uid: str) -> ReconstructionResult:
@@ -70,8 +128,8 @@ def latest_final_reconstruction(catalog, raw_uid: str) -> ReconstructionResult:
     runs = reconstructions_of(catalog, raw_uid)
     for run in reversed(runs):
         stop = run.metadata.get("stop") or {}
-        if stop.get("exit_status") == "success" and bool(np.asarray(run["primary"]["final"].read())[-1]):
-            return result_from_run(run)
+        if stop.get("exit_status") == "success" and (stream := final_stream(run)) is not None:
+            return result_from_run(run, stream=stream)
     detail = ""
     if runs:
         newest = runs[-1].metadata
@@ -97,16 +155,16 @@ def latest_probe_for(catalog, geometry: Geometry, limit: int = 50) -> Reconstruc
     passed = []
     for run in found.values().head(limit):
         start, stop = run.metadata["start"], run.metadata.get("stop") or {}
-        if stop.get("exit_status") != "success" or "primary" not in run:
+        if stop.get("exit_status") != "success":
             continue
         if "ptycho_geometry" not in start:
             passed.append(f"{start['uid'][:8]} records no geometry")
             continue
         mismatches = Geometry.from_dict(start["ptycho_geometry"]).mismatches(geometry)
-        if mismatches:
+        if mismatches:  # found from the metadata alone: a remote catalog's requests are slow
             passed.append(f"{start['uid'][:8]} has {', '.join(mismatches)}")
-        elif bool(np.asarray(run["primary"]["final"].read())[-1]):
-            return result_from_run(run)
+        elif (stream := final_stream(run)) is not None:
+            return result_from_run(run, stream=stream)
     detail = f"; the newest: {passed[0]}" if passed else ""
     raise LookupError(
         f"no successful final reconstruction in the catalog was recorded with this scan's geometry{detail}"
@@ -136,8 +194,7 @@ def summarize(run) -> ReconstructionSummary:
     solver = start.get("ptycho_solver", {})
     last: dict = {"n_frames": None, "iteration": None, "cost": None}
     if "primary" in run:
-        stream = run["primary"]
-        columns = {key: np.asarray(stream[key].read()) for key in last}
+        columns = StreamParts(run["primary"]).columns(list(last))
         last = {key: column[-1].item() for key, column in columns.items()}
         # the final's own iterations (and those of previews done after the scan's stop, never recorded);
         # the count so far includes the previews it continued from
@@ -218,6 +275,7 @@ def raw_scan_documents(run, stream: str = "primary", page_size: int = 100) -> It
     yield "start", start
     events = run[stream]
     metadata = events.metadata
+    parts = StreamParts(events)
     data_keys = {
         key: {name: value for name, value in described.items() if name != "external"}
         for key, described in metadata["data_keys"].items()
@@ -235,14 +293,16 @@ def raw_scan_documents(run, stream: str = "primary", page_size: int = 100) -> It
     yield "descriptor", descriptor
     # bluesky-tiled-plugins retries a row append the server failed after storing it (and says so in
     # the run's notes), so a row can be there twice: each event is the first row of its seq_num
-    seq_nums, rows = np.unique(np.asarray(events["seq_num"].read()), return_index=True)
-    scalars = {key: np.asarray(events[key].read())[rows] for key, d in data_keys.items() if not d["shape"]}
-    times = np.asarray(events["time"].read())[rows]
+    scalar_keys = [key for key, described in data_keys.items() if not described["shape"]]
+    columns = parts.columns(["seq_num", "time", *scalar_keys])
+    seq_nums, rows = np.unique(columns["seq_num"], return_index=True)
+    scalars = {key: columns[key][rows] for key in scalar_keys}
+    times = columns["time"][rows]
     for first in range(0, len(times), page_size):
         last = min(first + page_size, len(times))
         page_events = []
         arrays = {
-            key: np.asarray(events[key][first:last]).reshape(last - first, *d["shape"])
+            key: np.asarray(parts.arrays[key][first:last]).reshape(last - first, *d["shape"])
             for key, d in data_keys.items()
             if d["shape"]
         }
