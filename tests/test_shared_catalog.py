@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -84,6 +86,17 @@ def test_a_stale_address_is_not_trusted(tmp_path):
     assert started_here(server) and ServerAddress.read(directory) == server
     close_embedded_servers()
     assert not (directory / ADDRESS_FILE).exists()
+
+
+def test_a_busy_server_is_not_replaced(tmp_path):
+    busy = socket.create_server(("127.0.0.1", 0))  # it takes connections and never answers
+    port = busy.getsockname()[1]
+    try:
+        address = ServerAddress(f"http://127.0.0.1:{port}/api/v1", port, "key", os.getpid())
+        assert address.alive()
+    finally:
+        busy.close()
+    assert not address.alive()  # nothing listens there now
 
 
 def test_catalog_serve_serves_until_stopped(session):

@@ -90,6 +90,8 @@ class ServerAddress:
             reply = httpx.get(
                 f"http://127.0.0.1:{self.port}/healthz", timeout=ALIVE_TIMEOUT_S, trust_env=False
             )
+        except httpx.TimeoutException:  # busy: a second server started on its files would corrupt them
+            return True
         except httpx.HTTPError:
             return False
         return reply.status_code == 200
