@@ -12,6 +12,7 @@ from bluesky_ptycho.solver import (
     object_error,
     simulate,
 )
+from bluesky_ptycho.solver.engine import CHUNK_BYTES
 
 ITERATIONS = {"rpie": 100, "epie": 150, "dm": 100, "lsqml": 100}
 CASES = [*ITERATIONS.items(), ("lsqml-gaussian", 100)]
@@ -120,3 +121,23 @@ def test_a_reconstruction_continues_with_other_settings(noisy_sim):
     assert result.probe.shape[0] == 3 and result.settings["algorithm"] == "lsqml"
     assert reconstructor.cost_history[30] < 2 * before and result.final_cost <= before
     assert "divergence" not in result.extra
+
+
+@pytest.mark.parametrize(
+    ("frame", "modes", "threads"),
+    [(256, 3, 2), (256, 5, 2), (256, 1, 2), (128, 3, 2), (64, 5, 2), (64, 3, 4)],
+)
+def test_chunks_share_their_transforms_out_evenly_among_the_fft_threads(frame, modes, threads):
+    sim = simulate(n_frames=4, frame_size=frame, photons=1e5, seed=0)
+    settings = ReconstructionSettings(probe_modes=modes, fft_workers=threads)
+    reconstructor = Reconstructor(sim.data.geometry, settings)
+    reconstructor.add_frames(sim.data.frames, sim.data.positions).iterate(1)
+    state, batch = reconstructor.state, np.arange(201)
+    chunks = reconstructor.engine.chunks(batch, state)
+    assert np.array_equal(np.concatenate(chunks), batch)
+    *whole, _ = chunks  # the last takes what is left
+    assert all(len(chunk) * modes % threads == 0 for chunk in whole)
+    frames_per_share = threads // np.gcd(threads, modes)
+    largest = max(CHUNK_BYTES, frames_per_share * state.probe.nbytes)
+    assert max(len(chunk) for chunk in chunks) * state.probe.nbytes <= largest
+    assert max(map(len, whole)) - min(map(len, whole)) <= frames_per_share  # balanced

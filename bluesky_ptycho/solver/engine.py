@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING
@@ -50,10 +51,17 @@ class Engine(ABC):
         A batch's per-frame work (exit waves, FFTs, Fourier change, update
         sums) then runs part by part in cache: with K probe modes the waves of
         a whole batch are K times larger and would stream from memory.
+        Each part's transforms (frames x modes) come in multiples of the FFT
+        threads, which share out whole transforms: with two threads, three
+        transforms take as long as four.
         """
-        frame_bytes = state.probe.nbytes
-        size = max(1, CHUNK_BYTES // frame_bytes)
-        return np.array_split(batch, math.ceil(len(batch) / size))
+        threads = state.backend.workers
+        step = threads // math.gcd(threads, state.probe.shape[0])  # frames whose transforms share out evenly
+        steps_per_part = max(1, CHUNK_BYTES // (state.probe.nbytes * step))
+        n_steps = math.ceil(len(batch) / step)
+        n_parts = math.ceil(n_steps / steps_per_part)
+        edges = [min(len(batch), part * n_steps // n_parts * step) for part in range(n_parts + 1)]
+        return [batch[first:last] for first, last in itertools.pairwise(edges)]
 
     def orthogonalizes(self, iteration: int) -> bool:
         """Whether the probe modes are orthogonalised after ``iteration``'s probe update."""
