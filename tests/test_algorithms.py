@@ -66,7 +66,7 @@ def test_probe_modes_stay_orthogonal(noisy_sim, wrong_probe):
     assert np.all(np.diff(powers) <= 0), "modes must be sorted strongest first"
 
 
-@pytest.mark.parametrize("algorithm", ["rpie", "lsqml"])
+@pytest.mark.parametrize("algorithm", ["rpie", "lsqml", "dm"])
 def test_position_correction_reduces_position_error(algorithm, wrong_probe):
     sim = simulate(n_frames=200, frame_size=64, photons=1e6, position_error=1.0, seed=6)
     px = sim.data.geometry.sample_pixel_size[1]

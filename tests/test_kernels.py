@@ -17,7 +17,7 @@ from bluesky_ptycho.solver.dm import fourier_update
 from bluesky_ptycho.solver.forward import exit_waves_at, fourier_change
 from bluesky_ptycho.solver.lsqml import step_products
 from bluesky_ptycho.solver.state import SolverState
-from bluesky_ptycho.solver.updates import add_regularised_step, update_terms
+from bluesky_ptycho.solver.updates import add_regularised_step, patch_overlap, update_terms
 
 SHAPE = (16, 12)
 
@@ -106,6 +106,25 @@ def test_update_terms(problem, modes):
                 assert getattr(compiled, name) is None
             else:
                 assert_close(getattr(compiled, name), expected)
+
+
+def test_patch_overlap(problem):
+    rng, obj, probe, corners, _, _ = problem
+    state = SolverState(COMPILED, obj, probe, None, None, corners.astype(float), corners, np.zeros(2), (1, 1))
+    changed = obj + 0.1 * random_complex(rng, obj.shape)
+
+    def overlap(state, first, second, kernels):
+        return patch_overlap(
+            replace(state, backend=COMPILED if kernels is not None else ARRAYS), first, second
+        )
+
+    (compiled, _), (arrays, _) = both_ways(overlap, state, obj, changed)
+    assert_close(compiled, arrays)
+    expected = sum(
+        obj[r : r + SHAPE[0], c : c + SHAPE[1]].conj() * changed[r : r + SHAPE[0], c : c + SHAPE[1]]
+        for r, c in corners
+    )
+    assert_close(compiled, expected.astype(np.complex64))
 
 
 def test_add_regularised_step(problem):

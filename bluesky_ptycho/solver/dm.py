@@ -9,9 +9,18 @@ oscillations that noise drives.
 The exit waves are kept in Fourier space, where ``F(2 O P - psi)`` is
 ``2 F(O P) - F(psi)``: each iteration needs one forward FFT (of the model,
 which also gives the cost) and one inverse FFT (of the updated exit waves)
-per frame. The overlap projection updates the object from the exit waves and
-the probe, then the probe from the exit waves and the new object. All frames
-form one batch: the overlap projection is global.
+per frame. All frames form one batch: the overlap projection is global.
+
+The overlap projection updates the object from the exit waves and the probe,
+then the probe from the exit waves and the new object ``O'``. Both come from
+one pass over the frames, so the updated exit waves are never stored (with
+several modes they would outgrow the cache). The probe fits ``psi = P O'``
+weighted by the object the pass had, ``O``:
+``P = sum_j conj(O_j) psi_j / sum_j conj(O_j) O'_j``. Where ``O' = O`` this
+is the usual update; the pass gives the numerator, one pass over the object
+patches the denominator. Weighting by ``O'`` instead would need the exit
+waves again; updating the probe from ``O`` alone (denominator
+``sum_j |O_j|^2``) ignores the object's change and diverges.
 """
 
 from __future__ import annotations
@@ -30,10 +39,10 @@ from .forward import (
     model_amplitude,
 )
 from .options import AlgorithmOptions, option
-from .positions import refine_positions
+from .positions import bounded_shifts, gradient_shifts
 from .probe import rotate_modes, shift_ramp
 from .state import SolverState
-from .updates import update_terms
+from .updates import patch_overlap, update_terms
 
 OVERLAP_DAMPING = 1e-3
 # mixing the modes is a pass over every stored exit wave, and DM's fixed point
@@ -68,17 +77,18 @@ class DifferenceMap(Engine):
             exit_waves_at(state.object, state.corners[index], state.probe, kernels=backend.kernels)
         )
         self.farfield = new if self.farfield is None else xp.concatenate([self.farfield, new])
-        self.workspace = empty_aligned(self.farfield.shape, self.farfield.dtype, xp)
+        largest = max(len(chunk) for chunk in self.chunks(np.arange(state.n_frames), state))
+        self.workspace = empty_aligned((largest, *self.farfield.shape[1:]), self.farfield.dtype, xp)
 
     def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
         cost, terms, backend = 0.0, None, state.backend
-        # the Fourier side and the object sums run chunk by chunk, in cache;
-        # the updated exit waves psi are kept whole for the probe's sums
+        probe_too = self.updates_probe(iteration)
+        # one pass, chunk by chunk in cache: Fourier side, then the object's and the probe's sums
         for chunk in self.chunks(np.arange(state.n_frames), state):
             part = slice(int(chunk[0]), int(chunk[-1]) + 1)
             corners = state.corners[part]
             model = exit_waves_at(
-                state.object, corners, state.probe, out=self.workspace[part], kernels=backend.kernels
+                state.object, corners, state.probe, out=self.workspace[: len(chunk)], kernels=backend.kernels
             )
             model = backend.fft2(model, overwrite_x=True)
             cost += fourier_update(
@@ -91,20 +101,33 @@ class DifferenceMap(Engine):
             )
             model[...] = self.farfield[part]
             psi = backend.ifft2(model, overwrite_x=True)
-            if not state.xp.may_share_memory(psi, self.workspace):  # not transformed in place
-                self.workspace[part] = psi
-            terms = update_terms(state, corners, psi, for_probe=False, terms=terms)
-        psi = self.workspace
+            terms = update_terms(state, corners, psi, for_probe=probe_too, terms=terms)
+        previous = state.object
         state.object = damped_quotient(terms.object_numerator, terms.illumination, state.object)
-        if self.updates_probe(iteration):
-            terms = update_terms(state, state.corners, psi, for_object=False)
-            state.probe = damped_quotient(terms.probe_numerator, terms.probe_weights, state.probe)
+        if probe_too:
+            overlap = patch_overlap(state, previous, state.object)  # see the module docstring
+            state.probe = damped_quotient(terms.probe_numerator, overlap, state.probe)
             self.finish_probe(state, iteration)
         if self.refines_positions(iteration):
-            everything = np.arange(state.n_frames)
-            chi = psi - exit_waves_at(state.object, state.corners, state.probe, kernels=backend.kernels)
-            refine_positions(state, everything, chi, self.settings.max_position_step)
+            self.refine_positions(state)
         return cost
+
+    def refine_positions(self, state: SolverState) -> None:
+        """Move every position along the gradient of the updated model's misfit to the exit waves.
+
+        The exit waves come back from the stored far fields, chunk by chunk.
+        """
+        backend, shifts = state.backend, []
+        for chunk in self.chunks(np.arange(state.n_frames), state):
+            part = slice(int(chunk[0]), int(chunk[-1]) + 1)
+            corners = state.corners[part]
+            waves = self.workspace[: len(chunk)]
+            waves[...] = self.farfield[part]
+            chi = backend.ifft2(waves, overwrite_x=True)
+            chi -= exit_waves_at(state.object, corners, state.probe, kernels=backend.kernels)
+            shifts.append(gradient_shifts(state, corners, chi))
+        moves = bounded_shifts(np.concatenate(shifts), self.settings.max_position_step)
+        state.set_positions(state.positions + moves)
 
     def orthogonalizes(self, iteration: int) -> bool:
         """Every ``ORTHOGONALIZE_EVERY`` iterations: each time the stored exit waves are rotated too."""
@@ -155,9 +178,9 @@ def fourier_update(model, farfield, amplitude, mask, beta: float, kernels=None) 
 
 
 def damped_quotient(numerator, weights, previous):
-    """``(numerator + d * previous) / (weights + d)`` with ``d`` a small fraction of max(weights).
+    """``(numerator + d * previous) / (weights + d)`` with ``d`` a small fraction of max(|weights|).
 
     Where nothing illuminates a pixel it keeps its previous value.
     """
-    damping = OVERLAP_DAMPING * weights.max() + 1e-30
+    damping = OVERLAP_DAMPING * abs(weights).max() + 1e-30
     return ((numerator + damping * previous) / (weights + damping)).astype(previous.dtype, copy=False)

@@ -185,6 +185,20 @@ def accumulate_probe_terms(diff, corners, obj, numerator, weights):
 
 
 @_compile
+def accumulate_patch_overlap(first, second, corners, overlap):
+    """Add ``sum_j conj(first[patch_j]) * second[patch_j]`` to ``overlap`` (h, w), in place."""
+    h, w = overlap.shape
+    for j in range(corners.shape[0]):
+        r, c = corners[j, 0], corners[j, 1]
+        for y in range(h):
+            first_row = first[r + y, c : c + w]
+            second_row = second[r + y, c : c + w]
+            overlap_row = overlap[y]
+            for x in range(w):
+                overlap_row[x] += np.conj(first_row[x]) * second_row[x]
+
+
+@_compile
 def add_regularised_step(target, numerator, weights, alpha, step):
     """``target += step * numerator / ((1 - alpha) * weights + alpha * max(weights))``, in place.
 

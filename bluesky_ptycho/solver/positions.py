@@ -41,6 +41,11 @@ def position_shifts(state: SolverState, corners, chi, max_step: float) -> np.nda
     (B, 2) host array of shifts, with the batch's mean shift removed (a common
     translation of every position is not determined by the data).
     """
+    return bounded_shifts(gradient_shifts(state, corners, chi), max_step)
+
+
+def gradient_shifts(state: SolverState, corners, chi) -> np.ndarray:
+    """The least-squares shifts of :func:`position_shifts`, as they are: (B, 2) host array."""
     xp = state.xp
     shape = state.frame_shape
     shifts = []
@@ -49,9 +54,12 @@ def position_shifts(state: SolverState, corners, chi, max_step: float) -> np.nda
         numerator = xp.sum((derivative.conj() * chi).real, axis=(1, 2, 3))
         denominator = xp.sum(derivative.real**2 + derivative.imag**2, axis=(1, 2, 3))
         shifts.append(numerator / (denominator + 1e-6 * denominator.max() + 1e-30))
-    shifts = to_numpy(xp.stack(shifts, axis=1)).astype(np.float64)
-    shifts -= shifts.mean(axis=0)
-    return np.clip(shifts, -max_step, max_step)
+    return to_numpy(xp.stack(shifts, axis=1)).astype(np.float64)
+
+
+def bounded_shifts(shifts: np.ndarray, max_step: float) -> np.ndarray:
+    """``shifts`` (B, 2) without their mean, each within ``max_step`` pixels."""
+    return np.clip(shifts - shifts.mean(axis=0), -max_step, max_step)
 
 
 def refine_positions(state: SolverState, batch: np.ndarray, chi, max_step: float) -> None:

@@ -91,6 +91,17 @@ def update_terms(
     return terms
 
 
+def patch_overlap(state: SolverState, first, second):
+    """``sum_j conj(first[patch_j]) * second[patch_j]`` over every frame's patch of two objects, (h, w)."""
+    kernels = state.backend.kernels
+    if kernels is not None:
+        overlap = state.xp.zeros(state.frame_shape, second.dtype)
+        kernels.accumulate_patch_overlap(first, second, state.corners, overlap)
+        return overlap
+    patches = gather_patches(first, state.corners, state.frame_shape).conj()
+    return (patches * gather_patches(second, state.corners, state.frame_shape)).sum(axis=0)
+
+
 def regularised_step(numerator, weights, alpha: float):
     """``numerator / ((1 - alpha) * weights + alpha * max(weights))`` (rPIE's preconditioner)."""
     largest = weights.max()
