@@ -77,18 +77,28 @@ class DifferenceMap(Engine):
             exit_waves_at(state.object, state.corners[index], state.probe, kernels=backend.kernels)
         )
         self.farfield = new if self.farfield is None else xp.concatenate([self.farfield, new])
-        largest = max(len(chunk) for chunk in self.chunks(np.arange(state.n_frames), state))
+        largest = max(part.stop - part.start for part in self.parts(state))
         self.workspace = empty_aligned((largest, *self.farfield.shape[1:]), self.farfield.dtype, xp)
+
+    def parts(self, state: SolverState) -> list[slice]:
+        """Every frame, in :meth:`chunks` of consecutive frames."""
+        return [
+            slice(int(chunk[0]), int(chunk[-1]) + 1)
+            for chunk in self.chunks(np.arange(state.n_frames), state)
+        ]
 
     def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
         cost, terms, backend = 0.0, None, state.backend
         probe_too = self.updates_probe(iteration)
         # one pass, chunk by chunk in cache: Fourier side, then the object's and the probe's sums
-        for chunk in self.chunks(np.arange(state.n_frames), state):
-            part = slice(int(chunk[0]), int(chunk[-1]) + 1)
+        for part in self.parts(state):
             corners = state.corners[part]
             model = exit_waves_at(
-                state.object, corners, state.probe, out=self.workspace[: len(chunk)], kernels=backend.kernels
+                state.object,
+                corners,
+                state.probe,
+                out=self.workspace[: len(corners)],
+                kernels=backend.kernels,
             )
             model = backend.fft2(model, overwrite_x=True)
             cost += fourier_update(
@@ -118,10 +128,9 @@ class DifferenceMap(Engine):
         The exit waves come back from the stored far fields, chunk by chunk.
         """
         backend, shifts = state.backend, []
-        for chunk in self.chunks(np.arange(state.n_frames), state):
-            part = slice(int(chunk[0]), int(chunk[-1]) + 1)
+        for part in self.parts(state):
             corners = state.corners[part]
-            waves = self.workspace[: len(chunk)]
+            waves = self.workspace[: len(corners)]
             waves[...] = self.farfield[part]
             chi = backend.ifft2(waves, overwrite_x=True)
             chi -= exit_waves_at(state.object, corners, state.probe, kernels=backend.kernels)
