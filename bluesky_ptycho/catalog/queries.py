@@ -110,9 +110,10 @@ def result_from_run(run, index: int = -1, stream: StreamParts | None = None) -> 
 
 def final_stream(run) -> StreamParts | None:
     """The reconstruction run's primary stream if its last event is a final result; None if a preview or none."""
-    if "primary" not in run:
+    try:
+        stream = StreamParts(run["primary"])
+    except KeyError:  # asking first would cost a request more
         return None
-    stream = StreamParts(run["primary"])
     return stream if stream.columns(["final"])["final"][-1] else None
 
 
