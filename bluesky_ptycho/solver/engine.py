@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .probe import mode_rotation, recentre, rotate_modes
+from .regions import spatial_blocks
 from .state import SolverState
 
 if TYPE_CHECKING:
@@ -40,10 +41,20 @@ class Engine(ABC):
         s = self.settings
         return s.position_correction and iteration >= s.position_correction_start
 
-    def batches(self, n_frames: int, rng: np.random.Generator) -> list[np.ndarray]:
-        """Frame indices split into the batches of one iteration, in random order."""
-        size = self.settings.options.effective_batch_size(n_frames)
-        return np.array_split(rng.permutation(n_frames), math.ceil(n_frames / size))
+    def batches(self, state: SolverState, rng: np.random.Generator) -> list[np.ndarray]:
+        """Frame indices split into the batches of one iteration, in random order.
+
+        Each batch is a random draw from one of the scan's
+        :func:`~.regions.spatial_blocks` (the whole scan up to
+        ``BLOCK_FRAMES`` frames); the blocks come in random order.
+        """
+        size = self.settings.options.effective_batch_size(state.n_frames)
+        blocks = spatial_blocks(state.positions)
+        order = rng.permutation(len(blocks)) if len(blocks) > 1 else [0]
+        batches = []
+        for block in (blocks[b] for b in order):
+            batches += np.array_split(block[rng.permutation(len(block))], math.ceil(len(block) / size))
+        return batches
 
     def chunks(self, batch: np.ndarray, state: SolverState) -> list[np.ndarray]:
         """``batch`` split so that each part's exit waves (frames x modes) take about ``CHUNK_BYTES``.

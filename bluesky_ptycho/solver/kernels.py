@@ -215,6 +215,61 @@ def add_regularised_step(target, numerator, weights, alpha, step):
 
 
 @_compile
+def _run_rows(runs, k, tile, n_rows):
+    """First and last (exclusive) canvas rows of run ``k`` of a :class:`~.regions.CanvasRegion`."""
+    top = runs[k, 0] * tile
+    return top, min(top + tile, n_rows)
+
+
+# the largest weight may reorder its comparisons (it vectorises so): the
+# weights are sums of |P|^2 and |O|^2, never NaN unless the sums already are
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _largest_in(weights, runs, tile):
+    """The largest of the non-negative ``weights`` on the region ``runs``."""
+    largest = weights.dtype.type(0)
+    for k in range(runs.shape[0]):
+        top, bottom = _run_rows(runs, k, tile, weights.shape[0])
+        for y in range(top, bottom):
+            row = weights[y]
+            for x in range(runs[k, 1], runs[k, 2]):
+                largest = max(largest, row[x])
+    return largest
+
+
+@_compile
+def regularised_step_in(numerator, weights, runs, tile, alpha):
+    """On the region ``runs``: ``numerator`` becomes its regularised step, ``weights`` zero, in place.
+
+    The step is ``numerator / ((1 - alpha) * weights + alpha * max(weights))``,
+    the maximum taken over the region (the weights are zero elsewhere).
+    """
+    spread = weights.dtype.type(1 - alpha)
+    floor = weights.dtype.type((alpha + 1e-6) * _largest_in(weights, runs, tile) + 1e-30)
+    for k in range(runs.shape[0]):
+        top, bottom = _run_rows(runs, k, tile, weights.shape[0])
+        for y in range(top, bottom):
+            numerator_row = numerator[y]
+            weights_row = weights[y]
+            for x in range(runs[k, 1], runs[k, 2]):
+                numerator_row[x] *= _ONE / (spread * weights_row[x] + floor)
+                weights_row[x] = 0
+
+
+@_compile
+def add_scaled_in(target, source, runs, tile, scale):
+    """On the region ``runs``: ``target += scale * source``, then ``source`` zero, in place."""
+    factor = source.real.dtype.type(scale)
+    for k in range(runs.shape[0]):
+        top, bottom = _run_rows(runs, k, tile, target.shape[0])
+        for y in range(top, bottom):
+            target_row = target[y]
+            source_row = source[y]
+            for x in range(runs[k, 1], runs[k, 2]):
+                target_row[x] += factor * source_row[x]
+                source_row[x] = 0
+
+
+@_compile
 def difference_map_fourier(model, farfield, amplitude, mask, beta):
     """The difference map's Fourier-space update of the stored far fields, in place.
 

@@ -22,9 +22,10 @@ import numpy as np
 from .engine import Engine
 from .forward import exit_wave_update, gather_patches
 from .options import NOISE_MODELS, MinibatchOptions, check_alpha, option
-from .positions import refine_positions
+from .positions import move_positions, position_shifts
+from .regions import CanvasRegion
 from .state import SolverState, mode_power
-from .updates import mode_sum, regularised_step, update_terms
+from .updates import UpdateTerms, add_scaled_in, mode_sum, regularised_step, regularised_step_in, update_terms
 
 STEP_REGULARISATION = 1e-3
 
@@ -101,8 +102,11 @@ class LSQML(Engine):
         xp = state.xp
         update_probe = self.updates_probe(iteration)
         cost = 0.0
-        for batch in self.batches(state.n_frames, rng):
-            terms, parts = None, []
+        kernels = state.backend.kernels
+        for batch in self.batches(state, rng):
+            numerator, illumination = state.object_sums()
+            terms, parts = UpdateTerms(numerator, illumination), []
+            region = CanvasRegion.covering(state.host_corners[batch], state.frame_shape, state.object.shape)
             for chunk in self.chunks(batch, state):
                 index = xp.asarray(chunk)
                 corners = state.corners[index]
@@ -119,7 +123,8 @@ class LSQML(Engine):
                 cost += chunk_cost
                 terms = update_terms(state, corners, chi, for_probe=update_probe, terms=terms)
                 parts.append((chunk, corners, chi))
-            object_direction = regularised_step(terms.object_numerator, terms.illumination, options.alpha)
+            regularised_step_in(region, numerator, illumination, options.alpha, kernels)
+            object_direction = numerator
             probe_direction = None
             if update_probe:
                 probe_direction = regularised_step(terms.probe_numerator, terms.probe_weights, options.alpha)
@@ -131,7 +136,7 @@ class LSQML(Engine):
                     probe_direction,
                     corners,
                     chi,
-                    state.backend.kernels,
+                    kernels,
                 )
                 for _, corners, chi in parts
             ]
@@ -143,12 +148,18 @@ class LSQML(Engine):
                 step_object, step_probe = solve_steps(a11, a22, a12, r1, r2)
             else:
                 step_object = r1 / (a11 * (1 + STEP_REGULARISATION) + 1e-30)
+            moves = []
             if self.refines_positions(iteration):
-                for chunk, _, chi in parts:
-                    refine_positions(state, chunk, chi, s.max_position_step)
-            state.object += np.float32(s.object_step * mean_step(step_object)) * object_direction
+                moves = [
+                    (chunk, position_shifts(state, corners, chi, s.max_position_step))
+                    for chunk, corners, chi in parts
+                ]
+            add_scaled_in(
+                region, state.object, object_direction, s.object_step * mean_step(step_object), kernels
+            )
             if update_probe:
                 state.probe += np.float32(s.probe_step * mean_step(step_probe)) * probe_direction
+            move_positions(state, moves)
         if update_probe:
             self.finish_probe(state, iteration)
         return cost

@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import array_module, to_numpy
+from .backend import to_numpy
 from .forward import gather_patches
 from .state import SolverState
 
 
-def object_gradients(obj):
-    """Central-difference derivatives (d/drow, d/dcolumn) of the object."""
-    xp = array_module(obj)
-    d_row, d_col = xp.gradient(obj)
-    return d_row.astype(obj.dtype, copy=False), d_col.astype(obj.dtype, copy=False)
+def patch_gradients(obj, corners, shape: tuple[int, int]):
+    """Central-difference derivatives (d/drow, d/dcolumn) of the object patches at ``corners``, each (B, h, w).
+
+    Read from patches one pixel larger on every side (the canvas keeps that
+    pixel around every patch), so a batch touches only its own patches.
+    """
+    h, w = shape
+    grown = gather_patches(obj, corners - 1, (h + 2, w + 2))
+    half = obj.real.dtype.type(0.5)
+    return (
+        (grown[:, 2:, 1:-1] - grown[:, :-2, 1:-1]) * half,
+        (grown[:, 1:-1, 2:] - grown[:, 1:-1, :-2]) * half,
+    )
 
 
 def position_shifts(state: SolverState, corners, chi, max_step: float) -> np.ndarray:
@@ -49,8 +57,8 @@ def gradient_shifts(state: SolverState, corners, chi) -> np.ndarray:
     xp = state.xp
     shape = state.frame_shape
     shifts = []
-    for gradient in object_gradients(state.object):
-        derivative = state.probe[None] * gather_patches(gradient, corners, shape)[:, None]
+    for gradient in patch_gradients(state.object, corners, shape):
+        derivative = state.probe[None] * gradient[:, None]
         numerator = xp.sum((derivative.conj() * chi).real, axis=(1, 2, 3))
         denominator = xp.sum(derivative.real**2 + derivative.imag**2, axis=(1, 2, 3))
         shifts.append(numerator / (denominator + 1e-6 * denominator.max() + 1e-30))
@@ -62,9 +70,16 @@ def bounded_shifts(shifts: np.ndarray, max_step: float) -> np.ndarray:
     return np.clip(shifts - shifts.mean(axis=0), -max_step, max_step)
 
 
-def refine_positions(state: SolverState, batch: np.ndarray, chi, max_step: float) -> None:
-    """Move the positions of the frames ``batch`` along their cost gradient, in place."""
-    shifts = position_shifts(state, state.corners[state.xp.asarray(batch)], chi, max_step)
+def move_positions(state: SolverState, moves: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Add each ``(frames, shifts)`` pair's shifts (B, 2) to the positions of its frames, in place.
+
+    The algorithms move a batch's positions after its object update: the
+    canvas may grow here, and the batch's sums are the size of the canvas
+    they were taken on.
+    """
+    if not moves:
+        return
     positions = state.positions.copy()
-    positions[batch] += shifts
+    for frames, shifts in moves:
+        positions[frames] += shifts
     state.set_positions(positions)

@@ -2,7 +2,8 @@
 
 Frames of a batch are updated together: their object and probe numerators
 are summed and divided by the summed illumination, regularised by ``alpha``
-(``alpha = 1`` gives ePIE's step ``1 / max|P|^2``).
+(``alpha = 1`` gives ePIE's step ``1 / max|P|^2``). The object's step is
+taken on the canvas region the batch's patches cover (:mod:`.regions`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import numpy as np
 from .engine import Engine
 from .forward import exit_wave_update
 from .options import MinibatchOptions, check_alpha, option
-from .positions import refine_positions
+from .positions import move_positions, position_shifts
+from .regions import CanvasRegion
 from .state import SolverState
-from .updates import add_regularised_step, update_terms
+from .updates import UpdateTerms, add_regularised_step, add_scaled_in, regularised_step_in, update_terms
 
 
 @dataclass
@@ -48,8 +50,10 @@ class RPIE(Engine):
         update_probe = self.updates_probe(iteration)
         kernels = state.backend.kernels
         cost = 0.0
-        for batch in self.batches(state.n_frames, rng):
-            terms = None
+        for batch in self.batches(state, rng):
+            numerator, illumination = state.object_sums()
+            terms, moves = UpdateTerms(numerator, illumination), []
+            region = CanvasRegion.covering(state.host_corners[batch], state.frame_shape, state.object.shape)
             for chunk in self.chunks(batch, state):
                 index = state.xp.asarray(chunk)
                 corners = state.corners[index]
@@ -59,14 +63,14 @@ class RPIE(Engine):
                 cost += chunk_cost
                 terms = update_terms(state, corners, diff, for_probe=update_probe, terms=terms)
                 if self.refines_positions(iteration):
-                    refine_positions(state, chunk, diff, s.max_position_step)
+                    moves.append((chunk, position_shifts(state, corners, diff, s.max_position_step)))
             if update_probe:
                 add_regularised_step(
                     state.probe, terms.probe_numerator, terms.probe_weights, alpha, s.probe_step, kernels
                 )
-            add_regularised_step(
-                state.object, terms.object_numerator, terms.illumination, alpha, s.object_step, kernels
-            )
+            regularised_step_in(region, numerator, illumination, alpha, kernels)
+            add_scaled_in(region, state.object, numerator, s.object_step, kernels)
+            move_positions(state, moves)
         if update_probe:
             self.finish_probe(state, iteration)
         return cost

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import numpy as np
@@ -43,6 +43,8 @@ class SolverState:
         pixel on the object canvas, fractional.
     corners
         (N, 2) integer device array: ``positions`` rounded.
+    host_corners
+        The same corners, a host array.
     origin
         (x, y) in metres of canvas pixel (0, 0) as a patch corner.
     pixel_size
@@ -58,6 +60,8 @@ class SolverState:
     corners: object
     origin: np.ndarray
     pixel_size: tuple[float, float]
+    host_corners: np.ndarray | None = None
+    _object_sums: tuple | None = field(default=None, repr=False)
 
     @property
     def xp(self) -> ModuleType:
@@ -76,12 +80,13 @@ class SolverState:
         """Store new positions (pixels), growing the canvas so every patch fits.
 
         Padding before the canvas moves ``origin`` so that the object stays
-        where it is in metres.
+        where it is in metres. Every patch keeps at least one pixel of canvas
+        on each side (the central differences of :mod:`.positions` read it).
         """
         h, w = self.frame_shape
         margin = canvas_margin(self.frame_shape)
         low = np.floor(positions.min(axis=0))
-        before = np.where(low < 0, margin - low, 0).astype(int)
+        before = np.where(low < 1, margin - low, 0).astype(int)
         high = np.ceil(positions.max(axis=0)) + (h, w) + 1 - self.object.shape
         after = np.where(high > 0, high + margin, 0).astype(int)
         if before.any() or after.any():
@@ -93,7 +98,21 @@ class SolverState:
             )
         self.positions = positions + before
         self.origin = self.origin - before[::-1] * self.pixel_size[::-1]
-        self.corners = self.xp.asarray(np.rint(self.positions).astype(np.int64))
+        self.host_corners = np.rint(self.positions).astype(np.int64)
+        self.corners = self.xp.asarray(self.host_corners)
+
+    def object_sums(self) -> tuple:
+        """Canvas-sized buffers for a batch's object numerator and illumination (complex, real).
+
+        Kept from batch to batch, and zero but where a batch's sums are
+        under way: whoever fills them clears what it wrote
+        (:func:`.updates.regularised_step_in`, :func:`.updates.add_scaled_in`),
+        so no batch pays for zeroing the whole canvas.
+        """
+        if self._object_sums is None or self._object_sums[0].shape != self.object.shape:
+            real = self.object.real.dtype
+            self._object_sums = (self.xp.zeros_like(self.object), self.xp.zeros(self.object.shape, real))
+        return self._object_sums
 
     def metres(self, pixels: np.ndarray) -> np.ndarray:
         """(x, y) metres of canvas positions (rows, columns)."""

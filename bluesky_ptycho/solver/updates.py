@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .backend import array_module
 from .forward import gather_patches, scatter_patches, stamp_patch
+from .regions import CanvasRegion
 from .state import SolverState, mode_power
 
 
@@ -122,3 +124,30 @@ def add_regularised_step(target, numerator, weights, alpha: float, step: float, 
         )
         return
     target += step * regularised_step(numerator, weights, alpha)
+
+
+def regularised_step_in(region: CanvasRegion, numerator, weights, alpha: float, kernels=None) -> None:
+    """On ``region`` of the canvas: ``numerator`` becomes :func:`regularised_step`, ``weights`` zero, in place.
+
+    The canvas-sized ``numerator`` and ``weights`` are zero outside
+    ``region`` (a batch's sums), so the largest weight is the region's.
+    ``kernels``: the compiled kernels, or None for the array expression.
+    """
+    if kernels is not None:
+        kernels.regularised_step_in(numerator, weights, region.runs, region.tile, alpha)
+        return
+    index = region.flat_index(array_module(numerator))
+    flat_numerator, flat_weights = numerator.reshape(-1), weights.reshape(-1)
+    flat_numerator[index] = regularised_step(flat_numerator[index], flat_weights[index], alpha)
+    flat_weights[index] = 0
+
+
+def add_scaled_in(region: CanvasRegion, target, source, scale: float, kernels=None) -> None:
+    """On ``region`` of the canvas: ``target += scale * source``, then ``source`` zero, in place."""
+    if kernels is not None:
+        kernels.add_scaled_in(target, source, region.runs, region.tile, scale)
+        return
+    index = region.flat_index(array_module(target))
+    flat_target, flat_source = target.reshape(-1), source.reshape(-1)
+    flat_target[index] += source.real.dtype.type(scale) * flat_source[index]
+    flat_source[index] = 0
