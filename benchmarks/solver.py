@@ -9,11 +9,20 @@ and "x floor" divides an iteration by the floor of the library it used.
 Then, per algorithm, the cost of 2, 3 and 5 probe modes relative to one
 (target: at most 1.1 x K for K modes); every time is the fastest of three
 measurements taken in the same run.
+
+``--scaling`` prints instead how the cost per frame grows with the scan:
+seconds per frame per iteration of scans of 1,000, 10,000 and 50,000
+frames (``--frames``) of 128² and 256² (``--sizes``) on a Fermat spiral,
+for every algorithm with one probe mode and with three modes and position
+refinement, and each as a ratio to the 1,000-frame scan's (target: at most
+1.2). A scan whose arrays would not fit in this machine's memory is
+skipped with its estimate.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -24,10 +33,21 @@ from bluesky_ptycho.solver.backend import (
     FFTW_INSTALLED,
     ArrayBackend,
     default_fft_library,
+    fft2,
     gpu_available,
     make_backend,
 )
-from bluesky_ptycho.solver.simulate import aperture_probe
+from bluesky_ptycho.solver.data import Geometry
+from bluesky_ptycho.solver.forward import exit_waves, gather_patches, model_amplitude
+from bluesky_ptycho.solver.simulate import (
+    DEFAULT_DISTANCE,
+    DEFAULT_ENERGY_J,
+    DEFAULT_PIXEL,
+    aperture_probe,
+    fermat_spiral,
+    probe_diameter,
+    test_object,
+)
 
 CASES = [(200, 64, 100), (516, 128, 20), (1000, 256, 4)]
 
@@ -114,13 +134,89 @@ def run_case(n_frames: int, size: int, iterations: int, device: str, library: st
         print(f"{algorithm:>10} " + " ".join(f"{cell:>16}" for cell in cells))
 
 
+SCALING_FRAMES = (1000, 10000, 50000)
+SCALING_SIZES = (128, 256)
+SCALING_VARIANTS = {"1 mode": {}, "3 modes + positions": {"probe_modes": 3, "position_correction": True}}
+
+
+def large_scan(n_frames: int, size: int, chunk: int = 500) -> tuple[Geometry, np.ndarray, np.ndarray]:
+    """Noise-free frames of a Fermat-spiral scan of any length, simulated ``chunk`` frames at a time.
+
+    Returns the geometry, the (N, size, size) float32 frames and the (N, 2)
+    positions (x, y) in metres.
+    """
+    shape = (size, size)
+    geometry = Geometry.from_energy(DEFAULT_ENERGY_J, DEFAULT_DISTANCE, DEFAULT_PIXEL, shape)
+    probe = aperture_probe(shape, size / 3)[None].astype(np.complex64) * np.float32(30)
+    pixels = np.round(fermat_spiral(n_frames, probe_diameter(probe) * 0.3))
+    pixels -= pixels.min(axis=0) - 4
+    corners = pixels[:, ::-1].astype(np.int64)
+    obj = test_object(tuple(int(e) for e in corners.max(axis=0) + shape + 4)).astype(np.complex64)
+    frames = np.empty((n_frames, *shape), np.float32)
+    for first in range(0, n_frames, chunk):
+        patches = gather_patches(obj, corners[first : first + chunk], shape)
+        amplitude = model_amplitude(fft2(exit_waves(probe, patches)))
+        frames[first : first + chunk] = np.fft.fftshift(amplitude**2, axes=(-2, -1))
+    py, px = geometry.sample_pixel_size
+    return geometry, frames, pixels * (px, py)
+
+
+def scan_bytes(n_frames: int, size: int, algorithm: str, modes: int) -> int:
+    """Peak bytes of a scaling case: the frames, their amplitudes and DM's stored far fields."""
+    frame = size * size * 4
+    return n_frames * frame * (2 + (2 * modes if algorithm == "dm" else 0))
+
+
+def run_scaling(frame_counts: list[int], sizes: list[int], device: str, library: str) -> None:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for size in sizes:
+        print(f"\nseconds per frame per iteration, {size}x{size} frames ({device}, {library} FFTs)")
+        header = " ".join(f"{f'{n} frames':>18}" for n in frame_counts)
+        print(f"{'algorithm':>10} {'variant':>20} {header}")
+        scans = {}
+        for algorithm in ALGORITHMS:
+            for variant, options in SCALING_VARIANTS.items():
+                cells, first = [], None
+                for n_frames in frame_counts:
+                    needed = scan_bytes(n_frames, size, algorithm, options.get("probe_modes", 1))
+                    if needed > 0.8 * memory:
+                        cells.append(f"({needed / 2**30:.0f} GiB: skipped)")
+                        continue
+                    if n_frames not in scans:
+                        scans.clear()  # one scan in memory at a time
+                        scans[n_frames] = large_scan(n_frames, size)
+                    geometry, frames, positions = scans[n_frames]
+                    settings = ReconstructionSettings(
+                        algorithm=algorithm,
+                        device=device,
+                        fft_library=library if device == "cpu" else None,
+                        probe_defocus=0.0,
+                        position_correction_start=0,
+                        **options,
+                    )
+                    reconstructor = Reconstructor(geometry, settings).add_frames(frames, positions).prepare()
+                    seconds = seconds_per_iteration(reconstructor, 1, reconstructor.xp, rounds=2) / n_frames
+                    del reconstructor
+                    first = first or seconds
+                    cells.append(f"{seconds * 1e3:8.4f} ms ({seconds / first:4.2f}x)")
+                print(
+                    f"{algorithm:>10} {variant:>20} " + " ".join(f"{cell:>18}" for cell in cells), flush=True
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the 200 x 64x64 case")
     parser.add_argument("--fft", choices=FFT_LIBRARIES, default=default_fft_library(), help="CPU FFT library")
+    parser.add_argument("--scaling", action="store_true", help="cost per frame against the scan's size")
+    parser.add_argument("--frames", type=int, nargs="+", default=list(SCALING_FRAMES), help="with --scaling")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SCALING_SIZES), help="with --scaling")
     args = parser.parse_args()
     devices = ["cpu"] + (["gpu"] if gpu_available() else [])
     for device in devices:
+        if args.scaling:
+            run_scaling(args.frames, args.sizes, device, args.fft)
+            continue
         for n_frames, size, iterations in CASES[:1] if args.quick else CASES:
             run_case(n_frames, size, iterations, device, args.fft)
 

@@ -5,6 +5,8 @@ documents that point into them. :class:`ExternalFrames` resolves those
 pointers while the files are still being written (SWMR readers, refreshed
 before every read). Legacy Resource/Datum documents reach it converted to
 StreamResource/StreamDatum (by bluesky-tiled-plugins' ``RunNormalizer``).
+Compressed frames read through the HDF5 filters ``hdf5plugin`` registers
+(bitshuffle-LZ4 as Dectris Eiger detectors write, LZ4, zstd, Blosc and more).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import h5py
+import hdf5plugin
 import numpy as np
 
 HDF5_MIMETYPE = "application/x-hdf5"
@@ -26,6 +29,17 @@ class _Source:
     path: Path
     dataset: str
     frames_per_point: int = 1
+
+
+def _missing_filters(dataset: h5py.Dataset) -> list[str]:
+    """The filters of ``dataset``'s pipeline that this process cannot apply, as "name (id)"."""
+    pipeline = dataset.id.get_create_plist()
+    filters = (pipeline.get_filter(i) for i in range(pipeline.get_nfilters()))
+    return [
+        f"{name.decode(errors='replace') or 'unnamed'} ({code})"
+        for code, _, _, name in filters
+        if not h5py.h5z.filter_avail(code)
+    ]
 
 
 class ExternalFrames:
@@ -80,7 +94,17 @@ class ExternalFrames:
                 f"{source.path}:{source.dataset} holds {dataset.shape[0]} frames; "
                 f"the documents refer to frames {first} to {last - 1}"
             )
-        frames = np.asarray(dataset[first:last])
+        try:
+            frames = np.asarray(dataset[first:last])
+        except OSError as error:
+            missing = _missing_filters(dataset)
+            if not missing:
+                raise
+            raise ValueError(
+                f"{source.path}:{source.dataset} cannot be decompressed: its HDF5 filter "
+                f"{', '.join(missing)} is not available here (registered: HDF5's own and hdf5plugin "
+                f"{hdf5plugin.version}'s {', '.join(hdf5plugin.FILTERS)}): {error}"
+            ) from error
         if per_point == 1:
             return frames
         return frames.reshape(stop - start, per_point, *frames.shape[1:]).sum(axis=1, dtype=frames.dtype)

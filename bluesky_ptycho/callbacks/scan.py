@@ -260,7 +260,8 @@ class ScanReconstruction(DocumentRouter):
             self.writer.close("fail", reason=self.error or "no descriptor of the frames came")
             return
         if self.collected == 0:
-            self.writer.close("fail", reason="the scan recorded no diffraction frames")
+            reason = "; ".join(["the scan recorded no diffraction frames", *self.problems.summary()])
+            self.writer.close("fail", reason=reason)
             return
         if self._probe_pending():  # the final is the scan's first job: it goes once the lookup answers
             self._when_probe_known(lambda: self._submit_final(partial, exit_status))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import h5py
+import hdf5plugin
 import numpy as np
 from event_model import StreamRange, compose_resource, compose_stream_resource
 from ophyd import Component, Device, Signal
@@ -79,6 +80,14 @@ class PtychoDetector(Device):
 AD_HDF5_DATASET = "/entry/data/data"
 
 
+#: HDF5 filters the simulated detector can compress its frames with (hdf5plugin's), by name
+COMPRESSION = {
+    "bitshuffle-lz4": lambda: hdf5plugin.Bitshuffle(cname="lz4"),
+    "lz4": hdf5plugin.LZ4,
+    "zstd": hdf5plugin.Zstd,
+}
+
+
 class HDF5PtychoDetector(PtychoDetector):
     """A :class:`PtychoDetector` that writes its frames to HDF5 files, as an area detector does.
 
@@ -98,16 +107,30 @@ class HDF5PtychoDetector(PtychoDetector):
         Where the files go (a catalog reading them must be allowed to read it).
     asset_docs
         ``"stream"`` or ``"resource"``.
+    compression
+        None, or the name of an HDF5 filter of :data:`COMPRESSION` that
+        compresses each frame's chunk: ``"bitshuffle-lz4"`` as Dectris Eiger
+        file writers do, ``"lz4"``, ``"zstd"``.
     **kwargs
         As for :class:`PtychoDetector`.
     """
 
-    def __init__(self, *args, directory: str | Path, asset_docs: AssetDocs = "stream", **kwargs):
+    def __init__(
+        self,
+        *args,
+        directory: str | Path,
+        asset_docs: AssetDocs = "stream",
+        compression: str | None = None,
+        **kwargs,
+    ):
         if asset_docs not in ("stream", "resource"):
             raise ValueError(f"asset_docs must be 'stream' or 'resource', not {asset_docs!r}")
+        if compression is not None and compression not in COMPRESSION:
+            raise ValueError(f"compression must be None or one of {sorted(COMPRESSION)}, not {compression!r}")
         super().__init__(*args, **kwargs)
         self.directory = Path(directory)
         self.asset_docs = asset_docs
+        self.compression = compression
         self._file: h5py.File | None = None
         self._frames: h5py.Dataset | None = None
         self._new_docs: deque[tuple[str, dict]] = deque()
@@ -119,7 +142,12 @@ class HDF5PtychoDetector(PtychoDetector):
         self._file = h5py.File(path, "w", libver="latest")
         shape = self.sample.geometry.frame_shape
         self._frames = self._file.create_dataset(
-            AD_HDF5_DATASET, shape=(0, *shape), maxshape=(None, *shape), dtype="<u4", chunks=(1, *shape)
+            AD_HDF5_DATASET,
+            shape=(0, *shape),
+            maxshape=(None, *shape),
+            dtype="<u4",
+            chunks=(1, *shape),
+            **(COMPRESSION[self.compression]() if self.compression else {}),
         )
         self._file.swmr_mode = True
         if self.asset_docs == "stream":
@@ -203,13 +231,15 @@ def simulated_beamline(
     hdf5_directory: str | Path | None = None,
     asset_docs: AssetDocs = "stream",
     object_size: int | None = None,
+    compression: str | None = None,
 ) -> tuple[SampleStage, PtychoDetector]:
     """A stage and detector, named "stage" and "det" (sample: :meth:`SimulatedSample.create`).
 
     ``object_size`` (pixels; default 4 frames) sets how far the stage may move.
 
     With ``hdf5_directory`` the detector is an :class:`HDF5PtychoDetector`
-    writing there and emitting ``asset_docs``; otherwise frames are inline.
+    writing there (its frames compressed by ``compression``) and emitting
+    ``asset_docs``; otherwise frames are inline.
     """
     stage = SampleStage(name="stage")
     sample = SimulatedSample.create(
@@ -218,6 +248,12 @@ def simulated_beamline(
     if hdf5_directory is None:
         return stage, PtychoDetector(name="det", stage=stage, sample=sample, seed=seed)
     detector = HDF5PtychoDetector(
-        name="det", stage=stage, sample=sample, seed=seed, directory=hdf5_directory, asset_docs=asset_docs
+        name="det",
+        stage=stage,
+        sample=sample,
+        seed=seed,
+        directory=hdf5_directory,
+        asset_docs=asset_docs,
+        compression=compression,
     )
     return stage, detector
