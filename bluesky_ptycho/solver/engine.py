@@ -50,11 +50,13 @@ class Engine(ABC):
         """
         size = self.settings.options.effective_batch_size(state.n_frames)
         blocks = spatial_blocks(state.positions)
+        batches = [
+            batch
+            for block in blocks
+            for batch in np.array_split(block[rng.permutation(len(block))], math.ceil(len(block) / size))
+        ]
         if len(blocks) == 1:
-            return np.array_split(rng.permutation(state.n_frames), math.ceil(state.n_frames / size))
-        batches = []
-        for block in blocks:
-            batches += np.array_split(block[rng.permutation(len(block))], math.ceil(len(block) / size))
+            return batches
         return [batches[b] for b in rng.permutation(len(batches))]
 
     def chunks(self, batch: np.ndarray, state: SolverState) -> list[np.ndarray]:

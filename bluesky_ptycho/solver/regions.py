@@ -14,7 +14,7 @@ random draws from the whole scan, as ever.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -65,6 +65,7 @@ class CanvasRegion:
     runs: np.ndarray
     canvas_shape: tuple[int, int]
     tile: int = TILE
+    _on_device: dict = field(default_factory=dict, repr=False)  # pixel_index by array module
 
     @classmethod
     def covering(
@@ -91,11 +92,6 @@ class CanvasRegion:
         runs = np.stack([tile_row, start * tile, np.minimum(end * tile, canvas_shape[1])], axis=1)
         return cls(runs.astype(np.int64), tuple(int(n) for n in canvas_shape), tile)
 
-    @property
-    def n_pixels(self) -> int:
-        """Canvas pixels in the region."""
-        return int(self.pixel_index.size)
-
     @cached_property
     def pixel_index(self) -> np.ndarray:
         """Flat indices into the canvas of every pixel of the region, (P,) int64 host array, each once."""
@@ -108,5 +104,7 @@ class CanvasRegion:
         return np.repeat(starts, length) + offsets
 
     def flat_index(self, xp):
-        """:attr:`pixel_index` on the array module ``xp``."""
-        return xp.asarray(self.pixel_index)
+        """:attr:`pixel_index` on the array module ``xp``, copied there once."""
+        if xp.__name__ not in self._on_device:
+            self._on_device[xp.__name__] = xp.asarray(self.pixel_index)
+        return self._on_device[xp.__name__]
