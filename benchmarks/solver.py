@@ -12,7 +12,7 @@ measurements taken in the same run.
 
 ``--scaling`` prints instead how the cost per frame grows with the scan:
 seconds per frame per iteration of scans of 1,000, 10,000 and 50,000
-frames (``--frames``) of 128² and 256² (``--sizes``) on a Fermat spiral,
+noise-free frames (``--frames``) of 128² and 256² (``--sizes``) simulated on a Fermat spiral,
 for every algorithm with one probe mode and with three modes and position
 refinement, and each as a ratio to the 1,000-frame scan's (target: at most
 1.2). A scan whose arrays would not fit in this machine's memory is
@@ -33,21 +33,10 @@ from bluesky_ptycho.solver.backend import (
     FFTW_INSTALLED,
     ArrayBackend,
     default_fft_library,
-    fft2,
     gpu_available,
     make_backend,
 )
-from bluesky_ptycho.solver.data import Geometry
-from bluesky_ptycho.solver.forward import exit_waves, gather_patches, model_amplitude
-from bluesky_ptycho.solver.simulate import (
-    DEFAULT_DISTANCE,
-    DEFAULT_ENERGY_J,
-    DEFAULT_PIXEL,
-    aperture_probe,
-    fermat_spiral,
-    probe_diameter,
-    test_object,
-)
+from bluesky_ptycho.solver.simulate import aperture_probe
 
 CASES = [(200, 64, 100), (516, 128, 20), (1000, 256, 4)]
 
@@ -139,32 +128,11 @@ SCALING_SIZES = (128, 256)
 SCALING_VARIANTS = {"1 mode": {}, "3 modes + positions": {"probe_modes": 3, "position_correction": True}}
 
 
-def large_scan(n_frames: int, size: int, chunk: int = 500) -> tuple[Geometry, np.ndarray, np.ndarray]:
-    """Noise-free frames of a Fermat-spiral scan of any length, simulated ``chunk`` frames at a time.
-
-    Returns the geometry, the (N, size, size) float32 frames and the (N, 2)
-    positions (x, y) in metres.
-    """
-    shape = (size, size)
-    geometry = Geometry.from_energy(DEFAULT_ENERGY_J, DEFAULT_DISTANCE, DEFAULT_PIXEL, shape)
-    probe = aperture_probe(shape, size / 3)[None].astype(np.complex64) * np.float32(30)
-    pixels = np.round(fermat_spiral(n_frames, probe_diameter(probe) * 0.3))
-    pixels -= pixels.min(axis=0) - 4
-    corners = pixels[:, ::-1].astype(np.int64)
-    obj = test_object(tuple(int(e) for e in corners.max(axis=0) + shape + 4)).astype(np.complex64)
-    frames = np.empty((n_frames, *shape), np.float32)
-    for first in range(0, n_frames, chunk):
-        patches = gather_patches(obj, corners[first : first + chunk], shape)
-        amplitude = model_amplitude(fft2(exit_waves(probe, patches)))
-        frames[first : first + chunk] = np.fft.fftshift(amplitude**2, axes=(-2, -1))
-    py, px = geometry.sample_pixel_size
-    return geometry, frames, pixels * (px, py)
-
-
 def scan_bytes(n_frames: int, size: int, algorithm: str, modes: int) -> int:
-    """Peak bytes of a scaling case: the frames, their amplitudes and DM's stored far fields."""
-    frame = size * size * 4
-    return n_frames * frame * (2 + (2 * modes if algorithm == "dm" else 0))
+    """Peak bytes of a scaling case, per pixel of its frames: 12 while they are simulated (double precision,
+    then kept as single), then 8 for the frames and their amplitudes, and DM's stored far fields."""
+    solving = 8 + (8 * modes if algorithm == "dm" else 0)
+    return n_frames * size * size * max(12, solving)
 
 
 def run_scaling(frame_counts: list[int], sizes: list[int], device: str, library: str) -> None:
@@ -183,8 +151,9 @@ def run_scaling(frame_counts: list[int], sizes: list[int], device: str, library:
                         cells.append(f"({needed / 2**30:.0f} GiB: skipped)")
                         continue
                     if n_frames not in scans:
-                        scans.clear()  # one scan in memory at a time
-                        scans[n_frames] = large_scan(n_frames, size)
+                        scans.clear()  # one scan in memory at a time, its frames as the solver takes them
+                        data = simulate(n_frames=n_frames, frame_size=size, photons=None, seed=0).data
+                        scans[n_frames] = (data.geometry, data.frames.astype(np.float32), data.positions)
                     geometry, frames, positions = scans[n_frames]
                     settings = ReconstructionSettings(
                         algorithm=algorithm,

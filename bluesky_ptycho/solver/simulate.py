@@ -16,6 +16,8 @@ DEFAULT_ENERGY_J = 8000 * 1.602176634e-19
 DEFAULT_DISTANCE = 2.0
 DEFAULT_PIXEL = 75e-6
 OBJECT_KINDS = ("star", "weak_phase")
+# exit waves simulated at a time: a scan of any length needs memory for its frames only
+SIMULATION_CHUNK_BYTES = 2**30
 
 
 def siemens_star(shape: tuple[int, int], spokes: int = 24, low: float = 0.3) -> np.ndarray:
@@ -228,6 +230,24 @@ def true_corners(sim: SimulatedData) -> np.ndarray:
     return np.rint(offset).astype(np.int64)
 
 
+def far_field_intensity(obj: np.ndarray, corners: np.ndarray, probe: np.ndarray) -> np.ndarray:
+    """Noise-free detector intensities (N, h, w), zero frequency centred, of ``probe`` on the patches at ``corners``.
+
+    Computed ``SIMULATION_CHUNK_BYTES`` of exit waves at a time, in the
+    precision of ``obj`` and ``probe``.
+    """
+    shape = probe.shape[-2:]
+    per_chunk = max(1, SIMULATION_CHUNK_BYTES // (probe.size * np.result_type(obj, probe).itemsize))
+    intensity = None
+    for first in range(0, len(corners), per_chunk):
+        patches = gather_patches(obj, corners[first : first + per_chunk], shape)
+        amplitude = model_amplitude(fft2(exit_waves(probe, patches)))
+        if intensity is None:
+            intensity = np.empty((len(corners), *shape), amplitude.dtype)
+        intensity[first : first + per_chunk] = np.fft.fftshift(amplitude**2, axes=(-2, -1))
+    return intensity
+
+
 def simulate(
     n_frames: int = 200,
     frame_size: int = 64,
@@ -329,8 +349,7 @@ def simulate(
     extent = tuple(int(e) for e in corners.max(axis=0) + shape + margin)
     obj = test_object(extent) if object_kind == "star" else weak_phase_object(extent)
     probe = normalize_power(probe, 1e6 if photons is None else photons)
-    amplitude = model_amplitude(fft2(exit_waves(probe, gather_patches(obj, corners, shape))))
-    intensity = np.fft.fftshift(amplitude**2, axes=(-2, -1))
+    intensity = far_field_intensity(obj, corners, probe)
     mask = None
     if photons is None:
         frames = intensity
