@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import h5py
 import hdf5plugin
 import numpy as np
@@ -71,3 +75,27 @@ def test_a_file_whose_filter_is_missing_fails_the_record_naming_file_and_filter(
     with h5py.File(path, "r") as file:
         assert file["/entry/data/data"].shape[0] == 20, "the raw file is untouched and reads again"
         assert file["/entry/data/data"][()].sum() > 0
+
+
+def test_the_frame_reader_registers_the_filters_itself(RE, tmp_path):
+    """A process that only reads frames (a worker, the service) imports no simulated detector."""
+    _, _, raw, path = recorded_scan(RE, tmp_path / "frames", "bitshuffle-lz4", n_points=5)
+    (resource,) = raw.named("stream_resource")
+    datum = raw.named("stream_datum")[-1]
+    reader = """
+import json, sys
+import numpy as np
+from bluesky_ptycho.callbacks.external import ExternalFrames
+frames = ExternalFrames()
+frames.add_stream_resource(json.loads(sys.argv[1]))
+np.save(sys.argv[3], frames.read_stream_datum(json.loads(sys.argv[2])))
+assert "bluesky_ptycho.sim" not in sys.modules
+"""
+    out = tmp_path / "read.npy"
+    subprocess.run(
+        [sys.executable, "-c", reader, json.dumps(resource), json.dumps(datum), str(out)],
+        check=True,
+        timeout=120,
+    )
+    with h5py.File(path, "r") as file:
+        np.testing.assert_array_equal(np.load(out), file["/entry/data/data"][4:5])
