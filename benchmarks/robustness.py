@@ -2,7 +2,9 @@
 
 Run ``python benchmarks/robustness.py`` (``--quick``: four cases; ``--final``:
 also compare the candidates for the default final reconstruction;
-``--preview``: judge the preview defaults instead of the final ones). On a grid of
+``--preview``: judge the preview defaults instead of the final ones;
+``--precision``: R with the frames held in half precision, the default,
+against single). On a grid of
 measured-like simulations (:func:`bluesky_ptycho.solver.simulate.realistic`:
 zone plate with central stop, partially coherent beam, weak-phase object,
 detector noise and bad pixels, position errors; defocus 0.2-3 mm of both signs,
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -132,6 +134,24 @@ def final_candidates(cases: list[Case], n_frames: int) -> None:
     print(f"{'mean':>20} " + " ".join(f"{cell:>26}" for cell in cells))
 
 
+def frame_precisions(cases: list[Case], n_frames: int, settings: ReconstructionSettings) -> None:
+    """R with the frames held as float16 amplitudes (the default) against float32, case by case."""
+    print(
+        f"\nframes held in half against single precision ({n_frames} frames of 128x128, {settings.algorithm})"
+    )
+    print(f"{'case':>20} {'R half':>8} {'R single':>9} {'change':>8} {'err half':>9} {'err single':>11}")
+    changes = []
+    for case in cases:
+        sim = simulate_case(case, n_frames)
+        r_half, e_half, _, _ = run(sim, replace(settings, frame_precision="half"))
+        r_single, e_single, _, _ = run(sim, replace(settings, frame_precision="single"))
+        changes.append(r_half / r_single - 1)
+        print(
+            f"{case.label():>20} {r_half:8.4f} {r_single:9.4f} {changes[-1]:+8.3%} {e_half:9.4f} {e_single:11.4f}"
+        )
+    print(f"largest change of R: {max(changes, key=abs):+.3%} (target: within 0.5 %)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="four cases instead of the whole grid")
@@ -144,10 +164,19 @@ def main() -> None:
         action="store_true",
         help="judge the preview defaults (rPIE, one mode) instead of the final",
     )
+    parser.add_argument(
+        "--precision",
+        action="store_true",
+        help="compare frames held as float16 amplitudes (the default) with float32, instead",
+    )
     args = parser.parse_args()
     cases = QUICK if args.quick else GRID
     final = ReconstructionSettings.final()
-    defaults_against_true_probe(cases, args.frames, final.for_preview() if args.preview else final)
+    settings = final.for_preview() if args.preview else final
+    if args.precision:
+        frame_precisions(cases, args.frames, settings)
+        return
+    defaults_against_true_probe(cases, args.frames, settings)
     if args.final:
         final_candidates(QUICK, 516)
 

@@ -15,13 +15,12 @@ import argparse
 import ctypes
 import gc
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 from bluesky import RunEngine
+from peak_memory import PeakMemory
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import DurableCatalogWriter, connect, recent_reconstructions
@@ -30,28 +29,6 @@ from bluesky_ptycho.solver import ReconstructionSettings
 from bluesky_ptycho.solver.simulate import fermat_spiral
 
 MiB = 2**20
-
-
-class PeakMemory:
-    """Samples this process's resident memory every ``interval`` seconds, keeping the peak."""
-
-    def __init__(self, interval: float = 0.1) -> None:
-        self.process = psutil.Process()
-        self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True)
-        self._thread.start()
-
-    def _sample(self, interval: float) -> None:
-        while not self._stop.wait(interval):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def now(self) -> int:
-        return self.process.memory_info().rss
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def return_free_heap() -> bool:

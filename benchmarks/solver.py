@@ -12,11 +12,16 @@ measurements taken in the same run.
 
 ``--scaling`` prints instead how the cost per frame grows with the scan:
 seconds per frame per iteration of scans of 1,000, 10,000 and 50,000
-noise-free frames (``--frames``) of 128² and 256² (``--sizes``) simulated on a Fermat spiral,
+frames of 16-bit counts (``--frames``) of 128² and 256² (``--sizes``) simulated on a Fermat spiral,
 for every algorithm with one probe mode and with three modes and position
 refinement, and each as a ratio to the 1,000-frame scan's (target: at most
 1.2). A scan whose arrays would not fit in this machine's memory is
 skipped with its estimate.
+
+``--memory`` simulates scans of photon counts (16-bit, as a detector
+records them; ``--frames`` and ``--sizes``, e.g. ``--frames 50000 --sizes
+256``) and prints the peak resident memory of reconstructing each, counts
+included, against the counts (target: at most 2.5x).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import os
 import time
 
 import numpy as np
+from peak_memory import PeakMemory
 
 from bluesky_ptycho.solver import ALGORITHMS, ReconstructionSettings, Reconstructor, object_error, simulate
 from bluesky_ptycho.solver.backend import (
@@ -125,14 +131,14 @@ def run_case(n_frames: int, size: int, iterations: int, device: str, library: st
 
 SCALING_FRAMES = (1000, 10000, 50000)
 SCALING_SIZES = (128, 256)
+SCALING_PHOTONS = 3e5  # per frame: 16-bit counts at 128² and 256²
 SCALING_VARIANTS = {"1 mode": {}, "3 modes + positions": {"probe_modes": 3, "position_correction": True}}
 
 
 def scan_bytes(n_frames: int, size: int, algorithm: str, modes: int) -> int:
-    """Peak bytes of a scaling case, per pixel of its frames: 12 while they are simulated (double precision,
-    then kept as single), then 8 for the frames and their amplitudes, and DM's stored far fields."""
-    solving = 8 + (8 * modes if algorithm == "dm" else 0)
-    return n_frames * size * size * max(12, solving)
+    """Peak bytes of a scaling case: per pixel of its frames, 2 for the 16-bit counts, 2 for the solver's
+    float16 amplitudes, and DM's stored far fields (complex64 per mode)."""
+    return n_frames * size * size * (4 + (8 * modes if algorithm == "dm" else 0))
 
 
 def run_scaling(frame_counts: list[int], sizes: list[int], device: str, library: str) -> None:
@@ -152,8 +158,10 @@ def run_scaling(frame_counts: list[int], sizes: list[int], device: str, library:
                         continue
                     if n_frames not in scans:
                         scans.clear()  # one scan in memory at a time, its frames as the solver takes them
-                        data = simulate(n_frames=n_frames, frame_size=size, photons=None, seed=0).data
-                        scans[n_frames] = (data.geometry, data.frames.astype(np.float32), data.positions)
+                        data = simulate(
+                            n_frames=n_frames, frame_size=size, photons=SCALING_PHOTONS, seed=0
+                        ).data
+                        scans[n_frames] = (data.geometry, data.frames, data.positions)
                     geometry, frames, positions = scans[n_frames]
                     settings = ReconstructionSettings(
                         algorithm=algorithm,
@@ -173,6 +181,38 @@ def run_scaling(frame_counts: list[int], sizes: list[int], device: str, library:
                 )
 
 
+def run_memory(n_frames: int, size: int, device: str, library: str) -> None:
+    """A scan of photon counts simulated, then reconstructed (rPIE, one iteration): peak memory against its 16-bit counts."""
+    print(f"\nmemory, {n_frames} frames of {size}x{size} photon counts ({device}, {library} FFTs)")
+    with PeakMemory(0.005) as simulating:
+        before = simulating.now()
+        data = simulate(n_frames=n_frames, frame_size=size, photons=SCALING_PHOTONS, seed=0).data
+    counts = data.frames.size * 2  # as 16-bit counts
+    settings = ReconstructionSettings(device=device, fft_library=library if device == "cpu" else None)
+    start = time.perf_counter()
+    with PeakMemory(0.005) as solving:
+        reconstructor = Reconstructor(data.geometry, settings).add_frames(data.frames, data.positions)
+        reconstructor.prepare()
+        prepared = time.perf_counter()
+        reconstructor.iterate(1)
+        synchronize(reconstructor.xp)
+    iteration = time.perf_counter() - prepared
+    held = reconstructor.state.measured.nbytes
+    gib = 2**30
+    print(
+        f"counts ({data.frames.dtype}): {data.frames.nbytes / gib:.2f} GiB; held by the solver: "
+        f"{held / gib:.2f} GiB; the process before the scan: {before / gib:.2f} GiB"
+    )
+    print(
+        f"peak while simulating: {simulating.peak / gib:.2f} GiB ({simulating.peak / counts:.2f}x the counts)"
+    )
+    print(
+        f"peak while reconstructing (counts, solver and all): {solving.peak / gib:.2f} GiB "
+        f"({solving.peak / counts:.2f}x the counts; target 2.5x)"
+    )
+    print(f"taking the frames: {prepared - start:.1f} s; one iteration: {iteration:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="only the 200 x 64x64 case")
@@ -180,9 +220,17 @@ def main() -> None:
     parser.add_argument("--scaling", action="store_true", help="cost per frame against the scan's size")
     parser.add_argument("--frames", type=int, nargs="+", default=list(SCALING_FRAMES), help="with --scaling")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SCALING_SIZES), help="with --scaling")
+    parser.add_argument(
+        "--memory", action="store_true", help="peak memory of a scan of counts (--frames, --sizes)"
+    )
     args = parser.parse_args()
     devices = ["cpu"] + (["gpu"] if gpu_available() else [])
     for device in devices:
+        if args.memory:
+            for n_frames in args.frames:
+                for size in args.sizes:
+                    run_memory(n_frames, size, device, args.fft)
+            continue
         if args.scaling:
             run_scaling(args.frames, args.sizes, device, args.fft)
             continue

@@ -76,9 +76,8 @@ def test_exit_waves(problem, modes):
 def test_fourier_change(problem, modes, noise_model, masked):
     rng, _, _, _, amplitude, mask = problem
     farfield = random_complex(rng, (9, modes, *SHAPE))
-    frames = rng.permutation(12)[:9]
     (cost, (changed, *_)), (array_cost, (array_changed, *_)) = both_ways(
-        fourier_change, farfield, amplitude, frames, mask if masked else None, noise_model
+        fourier_change, farfield, amplitude[:9], mask if masked else None, noise_model
     )
     assert cost == pytest.approx(array_cost, rel=1e-5)
     assert_close(changed, array_changed)

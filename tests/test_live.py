@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import bluesky.plan_stubs as bps
 import bluesky.plans as bp
@@ -34,7 +35,9 @@ def RE():
 def test_scan_reconstructed_live_with_previews(RE, beamline):
     stage, det = beamline
     raw, recon = Documents(), Documents()
-    callback = PtychoCallback(recon, settings=SETTINGS, preview_every=40, queue_previews=True)
+    callback = PtychoCallback(
+        recon, settings=SETTINGS, preview_every=40, queue_previews=True, preview_seconds=math.inf
+    )
     RE.subscribe(raw)
     RE.subscribe(callback)
     (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=160))
@@ -217,6 +220,7 @@ def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory
         settings=ReconstructionSettings(iterations=30),
         preview_every=40,
         queue_previews=True,
+        preview_seconds=math.inf,
         on_result=lambda raw_uid, result, final: results.append(result),
     )
     RE.subscribe(writer)
@@ -351,6 +355,7 @@ def test_a_worker_process_runner_continues_each_scan_from_its_previews(RE, beaml
         settings=ReconstructionSettings(iterations=20),
         preview_every=30,
         queue_previews=True,
+        preview_seconds=math.inf,
     )
     RE.subscribe(callback)
     RE(fermat_spiral_ptycho_scan(det, stage, n_points=60))

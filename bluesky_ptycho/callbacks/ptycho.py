@@ -2,8 +2,8 @@
 
 :class:`PtychoCallback` is subscribed to the RunEngine (or a document bus).
 An event-model ``RunRouter`` gives every run its own
-:class:`~.scan.ScanReconstruction`, behind bluesky-tiled-plugins'
-``RunNormalizer`` (legacy Resource/Datum become StreamResource/StreamDatum),
+:class:`~.scan.ScanReconstruction`, behind a :class:`~.normalizing.LegacyNormalizer`
+(legacy Resource/Datum become StreamResource/StreamDatum),
 so per-run state lives in one object. The scan reads its metadata
 (:mod:`bluesky_ptycho.scan_metadata`), collects frames and positions from
 events and event pages (frames inline, or in HDF5 files that
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from bluesky_tiled_plugins.writing.tiled_writer import RunNormalizer
 from event_model import RunRouter
 
 from ..catalog.documents import DocumentCallback, ReconstructionRunWriter
@@ -44,6 +43,7 @@ from ..solver.data import Geometry, ReconstructionResult
 from ..solver.probe import reusable_probe
 from ..solver.settings import ReconstructionSettings
 from .arrivals import RunArrivals
+from .normalizing import LegacyNormalizer
 from .scan import Problems, ScanReconstruction
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,15 @@ class PtychoCallback:
     preview_every
         Frames between previews (0 or None: no previews).
     preview_iterations
-        Iterations of each preview.
+        Iterations of each preview, at most.
+    preview_seconds
+        Each preview's time budget (:meth:`.Reconstructor.preview`): its
+        iterations visit the frames new since the last preview first, then
+        as many of the others as the time allows, so a preview's cost stays
+        bounded however large the scan has grown. None (default): 0.8 of
+        the time its frames took to arrive (at least ``PREVIEW_MIN_SECONDS``),
+        so that it ends before the next preview's frames are in.
+        ``math.inf``: every iteration over every frame.
     queue_previews
         False (default): while the runner is still busy with a preview, new
         frames wait and join the next one, so a slow runner never falls
@@ -126,6 +134,7 @@ class PtychoCallback:
         preview_settings: ReconstructionSettings | None = None,
         preview_every: int | None = 50,
         preview_iterations: int = 20,
+        preview_seconds: float | None = None,
         queue_previews: bool = False,
         on_result: Callable[[str, ReconstructionResult, bool], Any] | None = None,
         initial_probe: str | Path | ReconstructionResult | None = None,
@@ -145,6 +154,11 @@ class PtychoCallback:
         self.preview_settings = preview_settings or self.settings.for_preview()
         self.preview_every = preview_every or 0
         self.preview_iterations = preview_iterations
+        if preview_seconds is not None and not preview_seconds > 0:
+            raise ValueError(
+                f"preview_seconds must be a positive number of seconds or None, got {preview_seconds!r}"
+            )
+        self.preview_seconds = preview_seconds
         self.queue_previews = queue_previews
         self.on_result = on_result
         self.initial_probe = initial_probe
@@ -186,7 +200,7 @@ class PtychoCallback:
         self._scans[start["uid"]] = scan
         self._unrecorded = {uid: each for uid, each in self._unrecorded.items() if not each.recorded}
         self._unrecorded[start["uid"]] = scan
-        normalizer = RunNormalizer()
+        normalizer = LegacyNormalizer()
         normalizer.subscribe(scan)
         return [normalizer], []
 

@@ -2,7 +2,7 @@
 
 :class:`ScanReconstruction` is the per-run callback that
 :class:`~.ptycho.PtychoCallback`'s ``RunRouter`` makes for every run, behind a
-``RunNormalizer`` (bluesky-tiled-plugins) that turns legacy Resource/Datum
+:class:`~.normalizing.LegacyNormalizer` that turns legacy Resource/Datum
 into StreamResource/StreamDatum, so frames have one read path. It reads the
 scan's metadata (:mod:`bluesky_ptycho.scan_metadata`), pairs frames with
 positions, checks frames, hands preview and final jobs to the runner and
@@ -12,6 +12,7 @@ passes results and failures to its :class:`ReconstructionRunWriter`.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 # how long a scan's first job waits for its initial probe's lookup (begun at its first descriptor)
 PROBE_LOOKUP_WAIT = 5.0
+# a preview's time budget, unless the callback sets one: this share of the time its frames took to
+# arrive (so that it ends before the next preview's are in), and at least PREVIEW_MIN_SECONDS
+PREVIEW_SHARE = 0.8
+PREVIEW_MIN_SECONDS = 1.0
 
 
 class Problems:
@@ -77,7 +82,7 @@ def _frame_problem(
         return "frame shape", f"frame shape {frame.shape} != {frame_shape}"
     if not np.issubdtype(frame.dtype, np.number) or np.issubdtype(frame.dtype, np.complexfloating):
         return "frame type", f"frame of type {frame.dtype} is not photon counts"
-    if not np.all(np.isfinite(frame)):
+    if frame.dtype.kind == "f" and not np.all(np.isfinite(frame)):  # integer counts always are
         return "non-finite frame", "frame holds NaN or infinite counts"
     if not all(np.isfinite(position)):
         return "non-finite position", f"position {position} is not finite"
@@ -109,6 +114,7 @@ class ScanReconstruction(DocumentRouter):
         self.is_ptycho = "ptycho" in start  # or: a descriptor with the frames and both positions
         self.frame_descriptors: set[str] = set()
         self.frames: list[np.ndarray] = []  # not yet handed to the runner
+        self.frames_since = 0.0  # time.monotonic() when the first of them arrived
         self.positions: list[tuple[float, float]] = []
         self.frame_shape: tuple[int, int] | None = None
         self.external = ExternalFrames()
@@ -226,13 +232,15 @@ class ScanReconstruction(DocumentRouter):
             kind, message = problem
             self.problems.add(kind, f"event {seq_num}: {message} (skipped)")
             return
-        if frame.min() < 0:
+        if frame.dtype.kind != "u" and frame.min() < 0:
             self.problems.add("negative counts", f"event {seq_num}: negative counts, set to 0")
             frame = np.clip(frame, 0, None)
         if self.frame_shape != frame.shape:
             self.frame_shape = frame.shape
             self._look_up_probe()
         self.seq_nums.add(seq_num)
+        if not self.frames:
+            self.frames_since = time.monotonic()
         self.frames.append(frame)
         self.positions.append(position)
         self.collected += 1
@@ -275,7 +283,8 @@ class ScanReconstruction(DocumentRouter):
     # --- work --------------------------------------------------------------
 
     def _job(self, iterations: int, final: bool) -> ReconstructionJob:
-        frames = np.asarray(self.frames, dtype=np.float32).reshape(-1, *self.frame_shape)
+        seconds = None if final else self._preview_seconds()
+        frames = np.asarray(self.frames).reshape(-1, *self.frame_shape)  # counts as recorded
         positions = np.asarray(self.positions, dtype=float).reshape(-1, 2)
         self.frames, self.positions = [], []  # the runner holds them from now on
         self.jobs += 1
@@ -288,7 +297,15 @@ class ScanReconstruction(DocumentRouter):
             iterations=iterations,
             final=final,
             probe=self._first_probe() if self.jobs == 1 else None,
+            seconds=seconds,
         )
+
+    def _preview_seconds(self) -> float | None:
+        """The next preview's time budget: the callback's, or a share of the time its frames took to arrive."""
+        given = self.owner.preview_seconds
+        if given is not None:
+            return None if given == math.inf else given
+        return max(PREVIEW_MIN_SECONDS, PREVIEW_SHARE * (time.monotonic() - self.frames_since))
 
     def _look_up_probe(self) -> None:
         """Start finding the scan's initial probe (the owner's ``initial_probe``) once its geometry is known."""

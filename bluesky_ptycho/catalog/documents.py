@@ -85,12 +85,22 @@ def reconstruction_data_keys(
         "object_origin_y": _data_key("number", [], "m", "y of the object's first pixel"),
         "iteration": _data_key("integer", [], description="iterations so far, previews included"),
         "n_frames": _data_key("integer", []),
+        "frames_visited": _data_key(
+            "integer",
+            [],
+            description="frames this result's iterations visited (a preview's share of n_frames)",
+        ),
         "cost": _data_key("number", []),
         "wall_time": _data_key("number", [], "s"),
         "probe_defocus": _data_key("number", [], "m", "initial-probe defocus used (given or estimated)"),
         "final": _data_key("boolean", []),
         "partial": _data_key("boolean", []),
     }
+
+
+def frames_visited(result: ReconstructionResult) -> int:
+    """Frames the iterations of the job that gave ``result`` visited: a time-bounded preview's share, or all."""
+    return int(result.extra.get("preview", {}).get("frames_visited", result.n_frames))
 
 
 def _data_key(
@@ -230,6 +240,7 @@ class ReconstructionRunWriter:
                 "object_origin_y": float(origin[1]),
                 "iteration": result.iterations,
                 "n_frames": result.n_frames,
+                "frames_visited": frames_visited(result),
                 "cost": result.final_cost,
                 "wall_time": result.wall_time,
                 "probe_defocus": float(result.extra.get("probe_defocus", np.nan)),

@@ -34,6 +34,10 @@ class ReconstructionJob:
     probe
         The initial probe (modes, H, W) for the scan's first job (None: built
         from the data); later jobs continue from the scan's own probe.
+    seconds
+        A preview's time budget: its iterations visit the newest frames first
+        and end after about this long (:meth:`.Reconstructor.preview`).
+        None: every iteration over every frame (a final, always).
     """
 
     scan_uid: str
@@ -45,6 +49,7 @@ class ReconstructionJob:
     final: bool = False
     mask: np.ndarray | None = None
     probe: np.ndarray | None = None
+    seconds: float | None = None
 
 
 class Runner(Protocol):

@@ -29,7 +29,8 @@ def continue_scan(
 ) -> ReconstructionResult:
     """Do ``job`` with the scan's reconstructor in ``reconstructors`` (made for its first job); a final job removes it.
 
-    A preview ends its iterations early once ``cut_short()`` says so (a final never does).
+    A preview keeps to its time budget (``job.seconds``) and ends its
+    iterations early once ``cut_short()`` says so (a final does neither).
     """
     try:
         reconstructor = reconstructors.get(job.scan_uid)
@@ -39,7 +40,12 @@ def continue_scan(
         reconstructor.use_settings(job.settings)
         if len(job.frames):
             reconstructor.add_frames(job.frames, job.positions)
-        reconstructor.iterate(job.iterations, stop_early=None if job.final else cut_short)
+        if job.final:
+            reconstructor.iterate(job.iterations)
+        elif job.seconds is None:
+            reconstructor.iterate(job.iterations, stop_early=cut_short)
+        else:
+            reconstructor.preview(job.seconds, job.iterations, stop_early=cut_short)
         return reconstructor.result()
     finally:
         if job.final:

@@ -128,18 +128,21 @@ def continue_reconstruction(
     """
     started = time.perf_counter()
     settings = facility_settings(settings)
-    frames = np.concatenate([chunk.frames for chunk in chunks])
     positions = np.concatenate([chunk.positions for chunk in chunks]).astype(float)
     if previous is None:
         reconstructor = Reconstructor(geometry, settings, mask=mask, probe=probe)
     else:
-        if previous.n_frames > len(frames):
+        if previous.n_frames > len(positions):
             raise ValueError(
-                f"the previous result used {previous.n_frames} frames but this job has only {len(frames)}"
+                f"the previous result used {previous.n_frames} frames but this job has only {len(positions)}"
             )
         reconstructor = Reconstructor.resume(previous, geometry, settings, mask=mask)
         positions[: previous.n_frames] = previous.positions
-    result = reconstructor.add_frames(frames, positions).iterate(iterations).result()
+    first = 0
+    for chunk in chunks:  # each as it came: the frames are never copied into one array
+        reconstructor.add_frames(chunk.frames, positions[first : first + len(chunk.frames)])
+        first += len(chunk.frames)
+    result = reconstructor.iterate(iterations).result()
     result.extra["compute_s"] = time.perf_counter() - started
     result.extra["device"] = settings.device
     return result

@@ -81,7 +81,7 @@ def read_cxi(path: str | Path) -> PtychoData:
         frames_path = next((p for p in FRAMES if p in file), None)
         if frames_path is None:
             raise CXIFormatError(f"{path}: missing required field /{FRAMES[0]} (diffraction frames)")
-        frames = np.asarray(file[frames_path][()], dtype=np.float32)
+        frames = file[frames_path][()]  # counts as recorded (uint16 from a detector: two bytes a pixel)
         if frames.ndim != 3:
             raise CXIFormatError(f"{path}: /{frames_path} must be (N, H, W), got shape {frames.shape}")
         distance = _scalar(file, f"{DETECTOR}/distance", "detector distance in m")

@@ -169,7 +169,9 @@ class PtychoData:
     Parameters
     ----------
     frames
-        Photon counts, (N, H, W), zero frequency at the frame centre.
+        Photon counts, (N, H, W), zero frequency at the frame centre, as
+        recorded (unsigned 16- or 32-bit integers from a detector; reals
+        are taken too).
     positions
         Sample positions in metres, (N, 2), columns (x, y).
     geometry
@@ -209,14 +211,14 @@ class PtychoData:
 def validate_frames_and_positions(
     frames: Any, positions: Any, frame_shape: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Check frames and positions and return them as float32 / float64 arrays.
+    """Check frames and positions; return the frames as given (counts as recorded: no copy) and the positions as float64.
 
     Raises
     ------
     ValueError
         Naming the problem: wrong dimensions, different lengths, no frames,
-        a frame shape other than ``frame_shape``, non-finite or negative counts,
-        non-finite positions.
+        a frame shape other than ``frame_shape``, frames that are not real
+        numbers, non-finite or negative counts, non-finite positions.
     """
     frames = np.asarray(frames)
     positions = np.asarray(positions, dtype=np.float64)
@@ -237,11 +239,13 @@ def validate_frames_and_positions(
         )
     if frame_shape is not None and tuple(frames.shape[1:]) != tuple(frame_shape):
         raise ValueError(f"frames have shape {frames.shape[1:]}, the geometry expects {frame_shape}")
-    frames = frames.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(frames)):
+    if frames.dtype.kind not in "uif":
+        raise ValueError(f"frames must be photon counts (integers or reals), got type {frames.dtype}")
+    # reductions, not element-wise tests: no temporary the size of the frames
+    if frames.dtype.kind == "f" and not np.isfinite(frames.sum(dtype=np.float64)):
         bad = int(np.count_nonzero(~np.isfinite(frames)))
         raise ValueError(f"frames contain {bad} non-finite (NaN or inf) values")
-    if np.any(frames < 0):
+    if frames.dtype.kind != "u" and frames.min() < 0:
         bad = int(np.count_nonzero(frames < 0))
         raise ValueError(f"frames contain {bad} negative counts")
     if not np.all(np.isfinite(positions)):

@@ -63,7 +63,9 @@ class DMOptions(AlgorithmOptions):
 
 
 class DifferenceMap(Engine):
-    """Difference map (``algorithm="dm"``)."""
+    """Difference map (``algorithm="dm"``): every iteration visits every frame (its far fields are one state)."""
+
+    visits_some_frames = False
 
     def __init__(self, settings) -> None:
         super().__init__(settings)
@@ -87,7 +89,9 @@ class DifferenceMap(Engine):
             for chunk in self.chunks(np.arange(state.n_frames), state)
         ]
 
-    def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
+    def iterate(
+        self, state: SolverState, iteration: int, rng: np.random.Generator, frames: np.ndarray | None = None
+    ) -> float:
         cost, terms, backend = 0.0, None, state.backend
         probe_too = self.updates_probe(iteration)
         # one pass, chunk by chunk in cache: Fourier side, then the object's and the probe's sums
@@ -104,7 +108,7 @@ class DifferenceMap(Engine):
             cost += fourier_update(
                 model,
                 self.farfield[part],
-                state.amplitude[part],
+                state.measured.gather(part),
                 state.mask,
                 self.settings.options.relaxation,
                 backend.kernels,

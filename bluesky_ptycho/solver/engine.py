@@ -22,6 +22,10 @@ CHUNK_BYTES = 2 * 2**20
 class Engine(ABC):
     """One reconstruction algorithm: iterates a :class:`SolverState` in place."""
 
+    #: whether an iteration can visit some of the frames only (the minibatch
+    #: algorithms); one that cannot visits every frame whatever it is given
+    visits_some_frames = True
+
     def __init__(self, settings: ReconstructionSettings) -> None:
         self.settings = settings
 
@@ -29,8 +33,10 @@ class Engine(ABC):
         """Called after frames ``n_before:`` were appended to ``state``."""
 
     @abstractmethod
-    def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
-        """Do one iteration (0-based number ``iteration``); return the amplitude misfit."""
+    def iterate(
+        self, state: SolverState, iteration: int, rng: np.random.Generator, frames: np.ndarray | None = None
+    ) -> float:
+        """Do one iteration (0-based number ``iteration``) over ``frames`` (None: all); return their amplitude misfit."""
 
     def updates_probe(self, iteration: int) -> bool:
         """Whether the probe is updated in ``iteration``."""
@@ -41,15 +47,18 @@ class Engine(ABC):
         s = self.settings
         return s.position_correction and iteration >= s.position_correction_start
 
-    def batches(self, state: SolverState, rng: np.random.Generator) -> list[np.ndarray]:
-        """Frame indices split into the batches of one iteration, in random order.
+    def batches(
+        self, state: SolverState, rng: np.random.Generator, frames: np.ndarray | None = None
+    ) -> list[np.ndarray]:
+        """Frame indices (of ``frames``, None: all) split into the batches of one iteration, in random order.
 
-        Each batch is a random draw from one of the scan's
-        :func:`~.regions.spatial_blocks` (the whole scan up to
+        Each batch is a random draw from one of the
+        :func:`~.regions.spatial_blocks` of those frames (all of them up to
         ``BLOCK_FRAMES`` frames); the blocks come in random order.
         """
-        size = self.settings.options.effective_batch_size(state.n_frames)
-        blocks = spatial_blocks(state.positions)
+        frames = np.arange(state.n_frames) if frames is None else np.asarray(frames)
+        size = self.settings.options.effective_batch_size(len(frames))
+        blocks = [frames[block] for block in spatial_blocks(state.positions[frames])]
         batches = [
             batch
             for block in blocks

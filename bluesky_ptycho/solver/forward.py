@@ -135,9 +135,7 @@ def kernel_mask(mask, shape: tuple[int, int], dtype):
     return np.ones(shape, dtype) if mask is None else mask.astype(dtype)
 
 
-def fourier_change(
-    farfield, amplitude, frames=None, mask=None, noise_model: str = "gaussian", kernels=None
-) -> float:
+def fourier_change(farfield, amplitude, mask=None, noise_model: str = "gaussian", kernels=None) -> float:
     """Replace far fields by the change the measured amplitudes ask for, in place.
 
     Parameters
@@ -147,9 +145,7 @@ def fourier_change(
         ``(factor - 1) * F`` with the factor of
         :func:`measured_amplitude_factor`: the projected minus the modelled far field.
     amplitude
-        (N, h, w) square roots of the measured counts, FFT order.
-    frames
-        Indices into ``amplitude`` of the B frames (None: all N, N == B).
+        (B, h, w) square roots of the measured counts, FFT order.
     mask
         Optional (h, w) boolean in FFT order, True where the pixel is good.
     noise_model
@@ -162,13 +158,11 @@ def fourier_change(
     The amplitude misfit of the far fields before the change.
     """
     if kernels is not None:
-        frames = np.arange(len(farfield)) if frames is None else frames
         mask = kernel_mask(mask, farfield.shape[-2:], amplitude.dtype)
-        return kernels.fourier_change(farfield, amplitude, frames, mask, noise_model == "poisson")
-    measured = amplitude if frames is None else amplitude[frames]
+        return kernels.fourier_change(farfield, amplitude, mask, noise_model == "poisson")
     model_amp = model_amplitude(farfield)
-    cost = amplitude_misfit(model_amp, measured, mask)
-    farfield *= (measured_amplitude_factor(model_amp, measured, mask, noise_model) - 1)[:, None]
+    cost = amplitude_misfit(model_amp, amplitude, mask)
+    farfield *= (measured_amplitude_factor(model_amp, amplitude, mask, noise_model) - 1)[:, None]
     return cost
 
 
@@ -178,14 +172,13 @@ def exit_wave_update(
     obj,
     corners,
     amplitude,
-    frames=None,
     mask=None,
     noise_model: str = "gaussian",
 ):
     """Propagate, apply the measured moduli and back-propagate, with ``backend``'s FFTs and kernels.
 
-    ``frames`` index the rows of ``amplitude`` that the patches at ``corners``
-    gave (None: all); see :func:`fourier_change` for the other parameters.
+    ``amplitude`` (B, h, w) holds the measured amplitudes of the B patches at
+    ``corners``; see :func:`fourier_change` for the other parameters.
 
     Returns
     -------
@@ -196,7 +189,7 @@ def exit_wave_update(
         The amplitude misfit of the modelled exit waves.
     """
     farfield = backend.fft2(exit_waves_at(obj, corners, probe, kernels=backend.kernels), overwrite_x=True)
-    cost = fourier_change(farfield, amplitude, frames, mask, noise_model, backend.kernels)
+    cost = fourier_change(farfield, amplitude, mask, noise_model, backend.kernels)
     return backend.ifft2(farfield, overwrite_x=True), cost
 
 

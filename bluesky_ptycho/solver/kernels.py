@@ -58,6 +58,8 @@ _compile = numba.njit(cache=True, nogil=True, fastmath=_FAST, error_model="numpy
 _ONE = np.float32(1)
 _TWO = np.float32(2)
 _FLOOR = np.float32(AMPLITUDE_FLOOR)
+# a float16's bits moved into a float32's (<< 13) give its value times 2**-112, subnormals included
+_HALF_BITS_TO_SINGLE = np.float32(2.0**112)
 
 
 @_compile
@@ -106,12 +108,12 @@ def rotate_modes(waves, rotation):
 
 
 @_compile
-def fourier_change(farfield, amplitude, frames, mask, poisson):
+def fourier_change(farfield, amplitude, mask, poisson):
     """Turn far fields into the change the measured amplitudes ask for, in place.
 
     ``farfield`` (B, M, h, w) becomes ``(factor - 1) * farfield`` with the
     factor of the noise model (see :func:`.forward.fourier_change`);
-    ``amplitude[frames[j]]`` is frame j's measured amplitude. Returns the
+    ``amplitude[j]`` is frame j's measured amplitude. Returns the
     amplitude misfit ``sum mask * (|farfield| - amplitude)^2`` before the change.
     """
     n_frames, n_modes, h, w = farfield.shape
@@ -119,7 +121,7 @@ def fourier_change(farfield, amplitude, frames, mask, poisson):
     change = np.empty(w, dtype=amplitude.dtype)
     cost = 0.0
     for j in range(n_frames):
-        measured = amplitude[frames[j]]
+        measured = amplitude[j]
         for y in range(h):
             power[:] = 0
             for m in range(n_modes):
@@ -361,3 +363,24 @@ def lsqml_step_products(obj, object_direction, probe, probe_direction, corners, 
             products[3, j] += r2
             products[4, j] += a12
     return products
+
+
+@_compile
+def single_from_half(bits, rows, targets, unscale, out):
+    """``out[targets[j]] = page[rows[j]] * unscale`` in float32, for a float16 page given as its uint16 ``bits``.
+
+    The values are non-negative (amplitudes): a float16's exponent and
+    mantissa, shifted into a float32's, then scaled by ``2**112``, are its
+    value exactly. See :func:`.frames.single_from_stored`.
+    """
+    h, w = bits.shape[1:]
+    for j in range(rows.shape[0]):
+        source = bits[rows[j]]
+        target = out[targets[j]]
+        target_bits = target.view(np.uint32)
+        for y in range(h):
+            for x in range(w):
+                target_bits[y, x] = np.uint32(source[y, x] & 0x7FFF) << 13
+            for x in range(w):
+                target[y, x] *= _HALF_BITS_TO_SINGLE
+                target[y, x] *= unscale

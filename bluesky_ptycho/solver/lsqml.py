@@ -96,14 +96,16 @@ class LSQMLOptions(MinibatchOptions):
 class LSQML(Engine):
     """LSQ-ML with minibatches, Gaussian or Poisson noise model."""
 
-    def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
+    def iterate(
+        self, state: SolverState, iteration: int, rng: np.random.Generator, frames: np.ndarray | None = None
+    ) -> float:
         s = self.settings
         options = s.options
         xp = state.xp
         update_probe = self.updates_probe(iteration)
         cost = 0.0
         kernels = state.backend.kernels
-        for batch in self.batches(state, rng):
+        for batch in self.batches(state, rng, frames):
             numerator, illumination = state.object_sums()
             terms, parts = UpdateTerms(numerator, illumination), []
             region = CanvasRegion.covering(state.host_corners[batch], state.frame_shape, state.object.shape)
@@ -115,8 +117,7 @@ class LSQML(Engine):
                     state.probe,
                     state.object,
                     corners,
-                    state.amplitude,
-                    index,
+                    state.measured.gather(chunk),
                     state.mask,
                     options.noise_model,
                 )

@@ -29,6 +29,7 @@ from .data import (
     validate_probe,
 )
 from .defocus import check_defocus_sign, estimate_defocus
+from .frames import MeasuredAmplitudes
 from .probe import add_modes, normalize_power, orthogonalize_modes, probe_from_mean_pattern
 from .settings import ReconstructionSettings
 from .state import SolverState, canvas_margin
@@ -42,6 +43,14 @@ ProgressCallback = Callable[[int, float], None]
 DIVERGENCE_FACTOR = 10.0
 # recoveries (best state restored, step lowered) before a diverging run fails
 MAX_RECOVERIES = 3
+
+
+def frame_photons(frames: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Photons in the good pixels of each frame of ``frames`` (N, H, W), with no temporary the size of the frames."""
+    photons = frames.sum(axis=(1, 2), dtype=np.float64)
+    if mask is not None:
+        photons -= frames[:, ~mask].sum(axis=1, dtype=np.float64)
+    return photons
 
 
 class Reconstructor:
@@ -115,7 +124,10 @@ class Reconstructor:
         self.cost_history: list[float] = []
         self.wall_time = 0.0
         self.extra: dict = {}
-        self._measured_power = 0.0
+        self._photons = np.zeros(0)  # in each frame's good pixels: what the cost is normalised by
+        self._previewed = 0  # frames the previews have visited as new ones
+        self._seconds_per_frame: float | None = None  # of an iteration, as last measured
+        self._coverage: dict | None = None  # what the last preview visited
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._best: tuple[float, object, object, np.ndarray] | None = None
         for warning in geometry_warnings(geometry):
@@ -215,22 +227,23 @@ class Reconstructor:
             if self.state is None:
                 raise ValueError("the dataset is empty: add frames before iterating")
             return self
-        frames = np.concatenate([f for f, _ in self._pending])
-        positions = np.concatenate([p for _, p in self._pending])
-        self._pending = []
-        amplitude = np.sqrt(np.fft.ifftshift(frames, axes=(-2, -1)))
-        self._measured_power += float(np.sum(frames if self.mask is None else frames * self.mask))
+        pending, self._pending = self._pending, []
+        positions = np.concatenate([p for _, p in pending])
+        self._photons = np.concatenate([self._photons, *(frame_photons(f, self.mask) for f, _ in pending)])
         if self.state is None:
             self._check_overlap(positions)
-            self.state = self._initial_state(frames, positions, amplitude)
+            # the initial probe and canvas are made from these frames, as one array
+            first = pending[0][0] if len(pending) == 1 else np.concatenate([f for f, _ in pending])
+            self.state = self._initial_state(first, positions)
             n_before = 0
         else:
             n_before = self.state.n_frames
-            self.state.amplitude = self.xp.concatenate([self.state.amplitude, self.xp.asarray(amplitude)])
             self.state.set_positions(np.concatenate([self.state.positions, self.state.pixels(positions)]))
+        for frames, _ in pending:
+            self.state.measured.append(frames)
         self.engine.frames_added(self.state, n_before)
         self._best = None
-        logger.debug("took %d frames (%d in all)", len(frames), self.state.n_frames)
+        logger.debug("took %d frames (%d in all)", len(positions), self.state.n_frames)
         return self
 
     def iterate(
@@ -256,24 +269,98 @@ class Reconstructor:
             again after ``MAX_RECOVERIES`` recoveries.
         """
         self.prepare()
+        self._coverage = None
         n = self.settings.iterations if n is None else int(n)
+        for _ in range(n):
+            if stop_early is not None and stop_early():
+                break
+            cost = self._step()
+            if progress is not None:
+                progress(self.iteration, cost)
+        return self
+
+    def preview(
+        self, seconds: float, n: int | None = None, stop_early: Callable[[], bool] | None = None
+    ) -> Reconstructor:
+        """Up to ``n`` iterations (default ``settings.iterations``) in about ``seconds``, the newest frames first.
+
+        Each iteration visits the frames added since the last preview and as
+        many of the others (a new random draw each time) as the time left
+        allows at the cost per frame measured so far; no iteration starts
+        once ``seconds`` have passed since the call (a first preview's set-up,
+        building the probe, counts), but one always runs. A preview's cost
+        is then bounded whatever the scan's size. An engine that visits every
+        frame in each iteration (DM) is bounded by whole iterations only.
+        ``stop_early`` as in :meth:`iterate`. What the preview visited goes
+        into :meth:`result`'s ``extra["preview"]``.
+        """
+        start = time.perf_counter()
+        self.prepare()
+        n = self.settings.iterations if n is None else int(n)
+        new = np.arange(self._previewed, self.state.n_frames)
+        visited = np.zeros(self.state.n_frames, bool)
+        done = 0
+        while done < n and not (stop_early is not None and stop_early()):
+            left = seconds - (time.perf_counter() - start)
+            if done and left <= 0:
+                break
+            frames = self._preview_frames(new, left, n - done)
+            visited[slice(None) if frames is None else frames] = True
+            self._step(frames)
+            done += 1
+        self._previewed = self.state.n_frames
+        self._coverage = {
+            "frames_new": len(new),
+            "frames_visited": int(visited.sum()),
+            "iterations": done,
+            "seconds": time.perf_counter() - start,
+            "seconds_allowed": float(seconds),
+        }
+        return self
+
+    def _preview_frames(self, new: np.ndarray, seconds: float, iterations: int) -> np.ndarray | None:
+        """The frames the next of ``iterations`` preview iterations in ``seconds`` visits (None: all).
+
+        The new frames first: all of them if the time left holds them, else
+        as many as it does; then a random draw of the others, the time left
+        shared between the iterations left. Never less than one batch; with
+        nothing measured yet, one batch, which measures the cost per frame.
+        """
+        n_frames = self.state.n_frames
+        if not self.engine.visits_some_frames:
+            return None
+        count = self.settings.options.effective_batch_size(n_frames)
+        if self._seconds_per_frame is not None:
+            fits = seconds / self._seconds_per_frame
+            count = max(count, min(len(new), int(fits)), int(fits / iterations))
+        if count >= n_frames:
+            return None
+        if count <= len(new):
+            return np.sort(self.rng.choice(new, count, replace=False))
+        older = self.rng.choice(n_frames - len(new), count - len(new), replace=False)
+        return np.sort(np.concatenate([new, np.setdiff1d(np.arange(n_frames), new)[older]]))
+
+    def _step(self, frames: np.ndarray | None = None) -> float:
+        """One iteration over ``frames`` (None: all), with the divergence check; its normalised cost."""
         start = time.perf_counter()
         try:
-            for _ in range(n):
-                if stop_early is not None and stop_early():
-                    break
-                cost = self.engine.iterate(self.state, self.iteration, self.rng) / self._measured_power
-                if self._diverged(cost):
-                    self._recover(cost)
-                else:
-                    self.cost_history.append(cost)
-                    self._keep_if_best(cost)
-                self.iteration += 1
-                if progress is not None:
-                    progress(self.iteration, cost)
+            misfit = self.engine.iterate(self.state, self.iteration, self.rng, frames)
         finally:
-            self.wall_time += time.perf_counter() - start
-        return self
+            seconds = time.perf_counter() - start
+            self.wall_time += seconds
+        visited = self.state.n_frames if frames is None or not self.engine.visits_some_frames else len(frames)
+        self._seconds_per_frame = seconds / visited
+        photons = (
+            self._photons if frames is None or not self.engine.visits_some_frames else self._photons[frames]
+        )
+        cost = misfit / float(photons.sum())
+        if self._diverged(cost):
+            self._recover(cost)
+        else:
+            self.cost_history.append(cost)
+            self._keep_if_best(cost)
+        self.iteration += 1
+        return cost
 
     def _diverged(self, cost: float) -> bool:
         return not np.isfinite(cost) or (self._best is not None and cost > DIVERGENCE_FACTOR * self._best[0])
@@ -321,11 +408,15 @@ class Reconstructor:
             iterations=self.iteration,
             settings=self.settings.to_dict(),
             wall_time=self.wall_time,
-            extra={**self.extra, "backend": self.backend.describe()},
+            extra={
+                **self.extra,
+                "backend": self.backend.describe(),
+                **({} if self._coverage is None else {"preview": dict(self._coverage)}),
+            },
             geometry=self.geometry,
         )
 
-    def _initial_state(self, frames, positions, amplitude) -> SolverState:
+    def _initial_state(self, frames, positions) -> SolverState:
         xp = self.xp
         h, w = self.geometry.frame_shape
         py, px = self.pixel_size
@@ -333,7 +424,7 @@ class Reconstructor:
         if self._origin is None:
             self._origin = positions.min(axis=0) - margin[::-1] * (px, py)
         pixels = (positions - self._origin)[:, ::-1] / (py, px)
-        mean_counts = self._measured_power / len(frames)
+        mean_counts = float(self._photons.mean())
         probe = self._initial_probe
         if probe is not None:
             self.extra.setdefault("probe_source", self._probe_source)
@@ -352,7 +443,9 @@ class Reconstructor:
             backend=self.backend,
             object=xp.asarray(obj),
             probe=xp.asarray(probe.astype(np.complex64)),
-            amplitude=xp.asarray(amplitude),
+            measured=MeasuredAmplitudes(
+                self.backend, self.geometry.frame_shape, self.settings.frame_precision
+            ),
             mask=mask,
             positions=pixels,
             corners=None,

@@ -44,13 +44,15 @@ class EPIEOptions(RPIEOptions):
 class RPIE(Engine):
     """Regularised PIE: ``algorithm="rpie"``, and ``"epie"`` (:class:`EPIEOptions`)."""
 
-    def iterate(self, state: SolverState, iteration: int, rng: np.random.Generator) -> float:
+    def iterate(
+        self, state: SolverState, iteration: int, rng: np.random.Generator, frames: np.ndarray | None = None
+    ) -> float:
         s = self.settings
         alpha = s.options.alpha
         update_probe = self.updates_probe(iteration)
         kernels = state.backend.kernels
         cost = 0.0
-        for batch in self.batches(state, rng):
+        for batch in self.batches(state, rng, frames):
             numerator, illumination = state.object_sums()
             terms, moves = UpdateTerms(numerator, illumination), []
             region = CanvasRegion.covering(state.host_corners[batch], state.frame_shape, state.object.shape)
@@ -58,7 +60,12 @@ class RPIE(Engine):
                 index = state.xp.asarray(chunk)
                 corners = state.corners[index]
                 diff, chunk_cost = exit_wave_update(
-                    state.backend, state.probe, state.object, corners, state.amplitude, index, state.mask
+                    state.backend,
+                    state.probe,
+                    state.object,
+                    corners,
+                    state.measured.gather(chunk),
+                    mask=state.mask,
                 )
                 cost += chunk_cost
                 terms = update_terms(state, corners, diff, for_probe=update_probe, terms=terms)

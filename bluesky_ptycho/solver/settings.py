@@ -7,6 +7,7 @@ from typing import Any
 
 from .algorithms import REGISTRY
 from .backend import FFT_LIBRARIES
+from .frames import PRECISIONS
 from .options import AlgorithmOptions
 
 ALGORITHMS = tuple(REGISTRY)
@@ -66,6 +67,9 @@ class ReconstructionSettings:
         Threads for CPU FFTs; None uses every core available.
     seed
         Seed of the random numbers used for initial probe modes.
+    frame_precision
+        How the measured frames are held (:mod:`.frames`): "half" (float16
+        amplitudes, two bytes a pixel, the default) or "single" (float32).
     """
 
     algorithm: str = "rpie"
@@ -83,6 +87,7 @@ class ReconstructionSettings:
     fft_library: str | None = None
     fft_workers: int | None = None
     seed: int = 0
+    frame_precision: str = "half"
 
     def __post_init__(self) -> None:
         self.algorithm = str(self.algorithm).lower()
@@ -91,6 +96,10 @@ class ReconstructionSettings:
         self.options = algorithm_options(self.algorithm, self.options)
         if self.fft_library is not None and self.fft_library not in FFT_LIBRARIES:
             raise ValueError(f"fft_library must be one of {FFT_LIBRARIES} or None, got {self.fft_library!r}")
+        if self.frame_precision not in PRECISIONS:
+            raise ValueError(
+                f"frame_precision must be one of {sorted(PRECISIONS)}, got {self.frame_precision!r}"
+            )
         if self.iterations < 0:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.probe_modes < 1:

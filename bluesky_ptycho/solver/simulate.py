@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -179,7 +180,7 @@ class DetectorModel:
     beamstop_radius: float = 0.0
 
     def record(self, intensity: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Counts (N, H, W) float32 from expected photons ``intensity`` (centred), and the good-pixel mask."""
+        """Counts (N, H, W) from expected photons ``intensity`` (centred), as :func:`counts_type` says, and the good-pixel mask."""
         h, w = intensity.shape[-2:]
         y, x = np.indices((h, w))
         radius = np.hypot(y - h / 2, x - w / 2)
@@ -193,8 +194,8 @@ class DetectorModel:
         dead = rng.random((h, w)) < self.dead_fraction
         hot = rng.random((h, w)) < self.hot_fraction
         counts[:, dead | ~mask] = 0
-        counts[:, hot] = np.float32(10 * max(float(intensity.max()), 1.0))
-        return counts, mask & ~dead & ~hot
+        counts[:, hot] = np.rint(10 * max(float(intensity.max()), 1.0))
+        return counts.astype(counts_type(float(counts.max()))), mask & ~dead & ~hot
 
 
 @dataclass
@@ -230,22 +231,54 @@ def true_corners(sim: SimulatedData) -> np.ndarray:
     return np.rint(offset).astype(np.int64)
 
 
-def far_field_intensity(obj: np.ndarray, corners: np.ndarray, probe: np.ndarray) -> np.ndarray:
-    """Noise-free detector intensities (N, h, w), zero frequency centred, of ``probe`` on the patches at ``corners``.
+def counts_type(largest: float) -> type:
+    """The unsigned integer type a counting detector records counts up to ``largest`` in: 16 bits, or 32."""
+    return np.uint16 if largest <= np.iinfo(np.uint16).max else np.uint32
+
+
+def poisson_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Poisson counts of ``expected`` photons (N, h, w), as :func:`counts_type` says (the draws of one ``rng.poisson``).
+
+    Drawn a frame at a time: no temporary of 64-bit integers the size of the scan.
+    """
+    counts = np.empty(expected.shape, np.uint16)
+    for frame, photons in enumerate(expected):
+        drawn = rng.poisson(photons)
+        if counts.dtype != counts_type(float(drawn.max())):
+            counts = counts.astype(np.uint32)
+        counts[frame] = drawn
+    return counts
+
+
+def far_field_intensity(
+    obj: np.ndarray,
+    corners: np.ndarray,
+    probe: np.ndarray,
+    record: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Detector intensities (N, h, w), zero frequency centred, of ``probe`` on the patches at ``corners``.
 
     Computed ``SIMULATION_CHUNK_BYTES`` of exit waves at a time, in the
-    precision of ``obj`` and ``probe``.
+    precision of ``obj`` and ``probe``. ``record`` (expected photons of some
+    frames -> what the detector records of them) turns each chunk into
+    counts as it comes: a scan of any length then needs memory for its
+    counts only. None: the noise-free intensities.
     """
     shape = probe.shape[-2:]
     per_chunk = max(1, SIMULATION_CHUNK_BYTES // (probe.size * np.result_type(obj, probe).itemsize))
-    intensity = None
+    frames = None
     for first in range(0, len(corners), per_chunk):
         patches = gather_patches(obj, corners[first : first + per_chunk], shape)
         amplitude = model_amplitude(fft2(exit_waves(probe, patches)))
-        if intensity is None:
-            intensity = np.empty((len(corners), *shape), amplitude.dtype)
-        intensity[first : first + per_chunk] = np.fft.fftshift(amplitude**2, axes=(-2, -1))
-    return intensity
+        chunk = np.fft.fftshift(amplitude**2, axes=(-2, -1))
+        if record is not None:
+            chunk = record(chunk)
+        if frames is None:
+            frames = np.empty((len(corners), *shape), chunk.dtype)
+        elif frames.dtype != np.result_type(frames, chunk):  # 16-bit counts that need 32 bits now
+            frames = frames.astype(np.result_type(frames, chunk))
+        frames[first : first + per_chunk] = chunk
+    return frames
 
 
 def simulate(
@@ -349,14 +382,13 @@ def simulate(
     extent = tuple(int(e) for e in corners.max(axis=0) + shape + margin)
     obj = test_object(extent) if object_kind == "star" else weak_phase_object(extent)
     probe = normalize_power(probe, 1e6 if photons is None else photons)
-    intensity = far_field_intensity(obj, corners, probe)
     mask = None
     if photons is None:
-        frames = intensity
+        frames = far_field_intensity(obj, corners, probe)
     elif detector is None:
-        frames = rng.poisson(intensity).astype(np.float32)
+        frames = far_field_intensity(obj, corners, probe, lambda expected: poisson_counts(expected, rng))
     else:
-        frames, mask = detector.record(intensity, rng)
+        frames, mask = detector.record(far_field_intensity(obj, corners, probe), rng)
     nominal = positions + rng.normal(scale=position_error, size=positions.shape) * (px, py)
     data = PtychoData(frames=frames, positions=nominal, geometry=geometry, mask=mask)
     return SimulatedData(

@@ -8,6 +8,7 @@ from types import ModuleType
 import numpy as np
 
 from .backend import ArrayBackend
+from .frames import MeasuredAmplitudes
 
 
 def canvas_margin(frame_shape: tuple[int, int]) -> np.ndarray:
@@ -33,9 +34,9 @@ class SolverState:
         (Ho, Wo) complex64 object canvas.
     probe
         (modes, h, w) complex64 probe, centred.
-    amplitude
-        (N, h, w) float32 square roots of the measured counts, zero frequency
-        at index 0.
+    measured
+        The square roots of the measured counts, zero frequency at index 0
+        (float16, read as float32 a few frames at a time).
     mask
         (h, w) boolean in FFT order, True for good pixels, or None.
     positions
@@ -54,7 +55,7 @@ class SolverState:
     backend: ArrayBackend
     object: object
     probe: object
-    amplitude: object
+    measured: MeasuredAmplitudes
     mask: object | None
     positions: np.ndarray
     corners: object

@@ -1,0 +1,46 @@
+"""The peak resident memory of this process, sampled on a thread: what the benchmarks print."""
+
+from __future__ import annotations
+
+import threading
+
+import psutil
+
+
+class PeakMemory:
+    """Samples this process's resident memory every ``interval`` seconds, keeping the peak (also a ``with`` block).
+
+    ``children_peak`` is the largest resident memory any child process
+    (a worker) had at a sample.
+    """
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.process = psutil.Process()
+        self.peak = self.process.memory_info().rss
+        self.children_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            for child in self.process.children():
+                try:
+                    self.children_peak = max(self.children_peak, child.memory_info().rss)
+                except psutil.NoSuchProcess:  # ended between the listing and the reading
+                    pass
+
+    def now(self) -> int:
+        return self.process.memory_info().rss
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.now())
+
+    def __enter__(self) -> PeakMemory:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,94 @@
+"""Previews keep to a time budget, newest frames first, and the record says what each covered."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from helpers import Documents
+
+from bluesky_ptycho.callbacks import PtychoCallback
+from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
+from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor
+from bluesky_ptycho.solver.simulate import simulate
+
+NO_TIME = 1e-9  # one iteration, one batch
+ALL_THE_TIME = 1e9
+
+
+@pytest.fixture(scope="module")
+def data():
+    return simulate(n_frames=600, frame_size=32, seed=5).data
+
+
+def coverage(reconstructor: Reconstructor) -> dict:
+    return reconstructor.result().extra["preview"]
+
+
+def test_a_preview_visits_the_new_frames_first_then_what_its_time_allows(data):
+    reconstructor = Reconstructor(data.geometry, ReconstructionSettings(iterations=50))
+    reconstructor.add_frames(data.frames[:400], data.positions[:400]).preview(ALL_THE_TIME, 3)
+    first = coverage(reconstructor)
+    assert (first["frames_new"], first["frames_visited"], first["iterations"]) == (400, 400, 3)
+    assert first["seconds_allowed"] == ALL_THE_TIME and 0 < first["seconds"]
+
+    reconstructor.add_frames(data.frames[400:430], data.positions[400:430]).preview(NO_TIME, 3)
+    second = coverage(reconstructor)
+    # no time left: one iteration of one batch (64 frames), the 30 new ones and 34 of the others
+    assert (second["frames_new"], second["frames_visited"], second["iterations"]) == (30, 64, 1)
+
+    reconstructor.add_frames(data.frames[430:], data.positions[430:]).preview(NO_TIME, 3)
+    third = coverage(reconstructor)
+    assert (third["frames_new"], third["frames_visited"], third["iterations"]) == (170, 64, 1)
+    assert len(reconstructor.cost_history) == 5 and np.all(np.isfinite(reconstructor.cost_history))
+
+    reconstructor.preview(ALL_THE_TIME, 2)  # time for everything: every frame, every iteration
+    assert (coverage(reconstructor)["frames_visited"], coverage(reconstructor)["iterations"]) == (600, 2)
+    reconstructor.iterate(2)  # an iteration as a final does it: no preview's coverage in its result
+    assert "preview" not in reconstructor.result().extra
+
+
+def test_difference_map_previews_visit_every_frame(data):
+    reconstructor = Reconstructor(data.geometry, ReconstructionSettings(algorithm="dm"))
+    reconstructor.add_frames(data.frames[:300], data.positions[:300]).preview(ALL_THE_TIME, 2)
+    reconstructor.add_frames(data.frames[300:], data.positions[300:]).preview(NO_TIME, 4)
+    assert coverage(reconstructor) | {"seconds": 0} == {
+        "frames_new": 300,
+        "frames_visited": 600,
+        "iterations": 1,
+        "seconds": 0,
+        "seconds_allowed": NO_TIME,
+    }
+
+
+def test_live_previews_record_what_they_covered():
+    """With no time to spare, each preview is one batch; the final visits every frame and continues from them."""
+    RE = RunEngine()
+    stage, det = simulated_beamline(seed=1)
+    recon = Documents()
+    callback = PtychoCallback(
+        recon,
+        settings=ReconstructionSettings(iterations=10),
+        preview_every=40,
+        queue_previews=True,
+        preview_seconds=NO_TIME,
+    )
+    RE.subscribe(callback)
+    RE(fermat_spiral_ptycho_scan(det, stage, n_points=160))
+    assert callback.wait(120)
+    assert recon.named("stop")[0]["exit_status"] == "success"
+    events = [e["data"] for e in recon.named("event")]
+    *previews, final = events
+    assert previews, "at least the first preview finished before the scan's stop"
+    assert previews[0]["frames_visited"] == 40  # the first: its new frames, all of them
+    assert all(p["frames_visited"] == 64 for p in previews[1:])  # later: one batch, the 40 new ones first
+    assert all(b["iteration"] - a["iteration"] == 1 for a, b in itertools.pairwise(previews))
+    assert final["final"] and final["frames_visited"] == final["n_frames"] == 160
+    assert final["iteration"] >= previews[-1]["iteration"] + 10
+
+
+def test_preview_seconds_must_be_positive():
+    with pytest.raises(ValueError, match="preview_seconds"):
+        PtychoCallback(preview_seconds=0)
