@@ -38,6 +38,7 @@ from event_model import StreamRange, compose_run, compose_stream_resource
 from peak_memory import PeakMemory
 
 from bluesky_ptycho.callbacks import PtychoCallback
+from bluesky_ptycho.catalog.documents import frames_visited
 from bluesky_ptycho.federation import LocalRunner
 from bluesky_ptycho.solver import ReconstructionSettings, object_error, simulate
 from bluesky_ptycho.solver.data import ELECTRON_VOLT
@@ -165,9 +166,7 @@ def run_case(n_frames: int, size: int, source: str, rate: float) -> None:
     previews = [(when, result) for when, result, final in results if not final and when < stopped]
     (final_time, final, _) = next(item for item in results if item[2])
     delays = [when - replay.sent[result.n_frames - 1] for when, result in previews]
-    visited = [
-        result.extra.get("preview", {}).get("frames_visited", result.n_frames) for _, result in previews
-    ]
+    visited = [frames_visited(result) for _, result in previews]
     print(
         f"{n_frames:>7} {size:>4}² {source:>6} {rate or float('inf'):>6.0f} "
         f"{n_frames / replay.inside:>9.0f} {cpu / wall:>6.2f} "
