@@ -157,7 +157,8 @@ def reconstruct_command(
         raise click.UsageError("give either FILE.cxi or --uid RAW_UID")
     if input_file is not None and (scan_metadata["configuration_signals"] or len(scan_metadata) > 1):
         raise click.UsageError(
-            "the scan-metadata options (--data-key ... --configuration-signal) are for --uid"
+            "the scan-metadata and detector options (--data-key ... --configuration-signal, "
+            "--frame-size ... --pixel-mask) are for --uid"
         )
     if probe_file is not None and probe_from is not None:
         raise click.UsageError("give either --probe FILE or --probe-from UID, not both")

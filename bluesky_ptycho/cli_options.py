@@ -7,7 +7,8 @@ from dataclasses import Field
 import click
 from rich.console import Console
 
-from .solver import ALGORITHMS, ReconstructionSettings
+from .io.pixel_mask import read_pixel_mask
+from .solver import ALGORITHMS, DetectorSettings, ReconstructionSettings
 from .solver.algorithms import REGISTRY
 from .solver.backend import DEVICES
 from .solver.data import LENGTH_UNITS
@@ -146,8 +147,44 @@ def parse_configuration_signal(value: str) -> tuple[str, tuple[str, float]]:
     return key.strip(), (signal.strip(), float(factor) if factor else 1.0)
 
 
+detector_options = [
+    click.option(
+        "--frame-size",
+        type=click.IntRange(min=2),
+        default=None,
+        help="With --uid: reconstruct a square of this many (binned) pixels around the beam centre.",
+    ),
+    click.option(
+        "--beam-centre",
+        type=(float, float),
+        default=None,
+        metavar="ROW COLUMN",
+        help="With --uid: the direct beam on the detector, in its pixels (default: measured).",
+    ),
+    click.option(
+        "--binning",
+        type=click.IntRange(min=1),
+        default=1,
+        help="With --uid: detector pixels per edge summed.",
+    ),
+    click.option(
+        "--saturation",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="With --uid: counts at and above which a pixel is not trusted.",
+    ),
+    click.option(
+        "--pixel-mask",
+        default=None,
+        metavar="FILE.h5[:DATASET]|FILE.npy",
+        help="With --uid: the detector's pixel mask (0 good), default dataset the Eiger master file's.",
+    ),
+]
+DETECTOR_OPTIONS = ("frame_size", "beam_centre", "binning", "saturation", "pixel_mask")
+
+
 def scan_metadata_options(function):
-    """``--data-key`` ... ``--detector-pixel-size-m`` and ``--configuration-signal``: the scan-metadata overrides."""
+    """``--data-key`` ... ``--detector-pixel-size-m``, the detector's region and ``--configuration-signal``."""
     from .scan_metadata import PTYCHO_KEYS
 
     options = [
@@ -161,6 +198,7 @@ def scan_metadata_options(function):
         for key, description in PTYCHO_KEYS.items()
         if key != "scan_area"
     ]
+    options += detector_options
     options.append(
         click.option(
             "--configuration-signal",
@@ -177,16 +215,18 @@ def scan_metadata_options(function):
 
 
 def scan_metadata_from(options: dict) -> dict:
-    """Take the scan-metadata options out of ``options``: the overrides and ``configuration_signals``.
+    """Take the scan-metadata options out of ``options``: the overrides, ``configuration_signals`` and ``detector_settings``.
 
     Raises
     ------
     click.UsageError
-        For a configuration signal that is not KEY=SIGNAL[*FACTOR] or names no geometry key.
+        For a configuration signal that is not KEY=SIGNAL[*FACTOR] or names no geometry key,
+        or a pixel mask that cannot be read.
     """
     from .scan_metadata import PTYCHO_KEYS, configuration_metadata
 
     given = {key: options.pop(key) for key in list(options) if key in PTYCHO_KEYS}
+    detector = {key: options.pop(key) for key in DETECTOR_OPTIONS}
     try:
         signals = dict(
             parse_configuration_signal(value) for value in options.pop("configuration_signals", ())
@@ -194,7 +234,16 @@ def scan_metadata_from(options: dict) -> dict:
         configuration_metadata({}, signals)
     except ValueError as error:
         raise click.UsageError(f"--configuration-signal: {error}") from None
-    return {
+    if detector["pixel_mask"] is not None:
+        try:
+            detector["pixel_mask"] = read_pixel_mask(detector["pixel_mask"])
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--pixel-mask") from None
+    metadata = {
         **{key: value for key, value in given.items() if value is not None},
         "configuration_signals": signals,
     }
+    settings = DetectorSettings(**detector)
+    if settings != DetectorSettings() or settings.pixel_mask is not None:
+        metadata["detector_settings"] = settings
+    return metadata

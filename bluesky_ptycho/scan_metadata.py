@@ -96,6 +96,7 @@ class ScanGeometry:
     detector_distance_m: float
     detector_pixel_size_m: float
     scan_area: ScanArea | None = None
+    binning: int = 1  # detector pixels along each edge of a reconstruction pixel (DetectorSettings.binning)
 
     @classmethod
     def from_metadata(cls, metadata: dict, configured: ConfigurationSignals | None = None) -> ScanGeometry:
@@ -155,10 +156,10 @@ class ScanGeometry:
         return self.geometry((2, 2)).field_of_view
 
     def geometry(self, frame_shape: tuple[int, int]) -> Geometry:
-        """The solver's geometry for frames of ``frame_shape``."""
+        """The solver's geometry for frames of ``frame_shape`` (of binned pixels)."""
         return Geometry.from_energy(
             self.photon_energy_ev * ELECTRON_VOLT,
             self.detector_distance_m,
-            self.detector_pixel_size_m,
+            self.detector_pixel_size_m * self.binning,
             frame_shape,
         )

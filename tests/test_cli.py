@@ -155,3 +155,32 @@ def test_reconstruct_a_scan_whose_rows_were_written_twice(tmp_path, tiled_server
     np.testing.assert_array_equal(x, np.asarray(stream["stage_x"].read())[:30])
     result = CliRunner().invoke(main, ["reconstruct", "--uid", raw_uid, "--catalog", server.uri, "-n", "3"])
     assert result.exit_code == 0 and "30 frames" in result.output, result.output
+
+
+@pytest.mark.parametrize("tiled_server_factory", ["sqlite"], indirect=True)
+def test_reconstruct_a_raw_detector_scan_cut_around_its_beam(tmp_path, tiled_server_factory):
+    """`reconstruct --uid --frame-size --pixel-mask`: the archived frames of a gapped detector, cut as the profile would."""
+    from bluesky import RunEngine
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
+
+    from bluesky_ptycho.catalog import find_reconstruction
+    from bluesky_ptycho.sim import DetectorLayout, fermat_spiral_ptycho_scan, simulated_beamline
+
+    server = tiled_server_factory(readable_storage=[tmp_path / "frames"])
+    catalog = from_uri(server.uri)
+    RE = RunEngine()
+    RE.subscribe(TiledWriter(catalog, batch_size=10))
+    layout = DetectorLayout(shape=(150, 140), module_shape=(70, 140), gap=(6, 0), beam_centre=(60, 75))
+    stage, det = simulated_beamline(seed=1, hdf5_directory=tmp_path / "frames", layout=layout)
+    (raw_uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=30))
+    (master,) = (tmp_path / "frames").glob("*.h5")
+    where = ["reconstruct", "--uid", raw_uid, "--catalog", server.uri, "-n", "3", "--frame-size", "64"]
+    result = CliRunner().invoke(main, [*where, "--pixel-mask", str(master)])
+    assert result.exit_code == 0 and "success" in result.output, result.output
+    start = find_reconstruction(catalog, raw_uid).metadata["start"]
+    assert start["ptycho_geometry"]["frame_shape"] == [64, 64]
+    region = start["ptycho_detector_region"]
+    assert region["rows"] == [28, 92] and region["masked_pixels"] >= 6 * 64, "the module gap at rows 70-75"
+    missing = CliRunner().invoke(main, [*where, "--pixel-mask", f"{master}:/no/such/dataset"])
+    assert missing.exit_code == 2 and "has no dataset /no/such/dataset" in missing.output

@@ -27,6 +27,7 @@ def test_the_documented_service_configuration_is_accepted(tmp_path):
     )
     assert config.configuration_signals["photon_energy_ev"] == "det_photon_energy"
     assert config.reconstruction.final_settings().algorithm == "lsqml"
+    assert config.detector.settings().frame_size == 256 and config.detector.settings().measures_centre
     for other, kind in ((nats, "nats"), (kafka, "kafka")):
         password = tmp_path / "kafka-password"
         password.write_text("x")
@@ -41,6 +42,15 @@ def test_a_misspelt_geometry_key_is_named(tmp_path):
     path = tmp_path / "serve.toml"
     path.write_text(toml_blocks()[0].replace("x_key =", "xkey ="))
     with pytest.raises(ConfigError, match=r"geometry: unknown key\(s\) \['xkey'\]"):
+        load_config(path)
+
+
+def test_a_pixel_mask_file_that_is_not_there_is_named(tmp_path):
+    path = tmp_path / "serve.toml"
+    path.write_text(toml_blocks()[0].replace("binning = 1", 'binning = 1\npixel_mask = "/no/such/mask.h5"'))
+    with pytest.raises(
+        ConfigError, match=r"detector.pixel_mask: pixel mask file /no/such/mask.h5 does not exist"
+    ):
         load_config(path)
 
 

@@ -7,6 +7,8 @@ before every read). Legacy Resource/Datum documents reach it converted to
 StreamResource/StreamDatum (by bluesky-tiled-plugins' ``RunNormalizer``).
 Compressed frames read through the HDF5 filters ``hdf5plugin`` registers
 (bitshuffle-LZ4 as Dectris Eiger detectors write, LZ4, zstd, Blosc and more).
+A file that holds an Eiger master file's pixel mask and count cutoff gives
+them to the scan's :class:`~bluesky_ptycho.solver.detector.FramePreparation`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from urllib.parse import unquote, urlparse
 import h5py
 import hdf5plugin
 import numpy as np
+
+from ..solver.detector import EIGER_PIXEL_MASK, EIGER_SATURATION
 
 HDF5_MIMETYPE = "application/x-hdf5"
 
@@ -82,6 +86,14 @@ class ExternalFrames:
         """The frames (n, H, W) of a StreamDatum, one per sequence number it covers."""
         source = self._sources[doc["stream_resource"]]
         return self._read(source, doc["indices"]["start"], doc["indices"]["stop"])
+
+    def detector_file_facts(self, stream_resource: str) -> tuple[np.ndarray | None, float | None]:
+        """The pixel mask and saturation cutoff the frames' file holds (as an Eiger master file does), or None."""
+        source = self._sources[stream_resource]
+        file = self._dataset(source).file
+        mask = np.asarray(file[EIGER_PIXEL_MASK]) if EIGER_PIXEL_MASK in file else None
+        cutoff = float(np.asarray(file[EIGER_SATURATION])) if EIGER_SATURATION in file else None
+        return mask, cutoff
 
     def _read(self, source: _Source, start: int, stop: int) -> np.ndarray:
         dataset = self._dataset(source)

@@ -40,6 +40,7 @@ from ..federation.local import LocalRunner
 from ..io import read_result
 from ..scan_metadata import ConfigurationSignals, configuration_metadata
 from ..solver.data import Geometry, ReconstructionResult
+from ..solver.detector import DetectorSettings
 from ..solver.probe import reusable_probe
 from ..solver.settings import ReconstructionSettings
 from .arrivals import RunArrivals
@@ -117,6 +118,12 @@ class PtychoCallback:
         not give them: ``{"photon_energy_ev": "mono_energy", ...}``, or a
         (signal name, factor) pair whose factor converts the signal's unit
         to the key's (``("mono_energy", 1000.0)`` for keV).
+    detector_settings
+        How raw detector frames become reconstruction frames: the region
+        around the beam centre (given, or measured from the bright field),
+        binning, saturation and pixel mask (:class:`DetectorSettings`).
+        Default: frames as recorded, masked by the pixel mask of the
+        detector's file where it holds one (an Eiger master file).
     **geometry
         Overrides of ``start["ptycho"]`` keys (``data_key``, ``x_key``,
         ``y_key``, ``position_unit``, ``photon_energy_ev``,
@@ -140,6 +147,7 @@ class PtychoCallback:
         initial_probe: str | Path | ReconstructionResult | None = None,
         catalog: Any = None,
         configuration_signals: ConfigurationSignals | None = None,
+        detector_settings: DetectorSettings | None = None,
         **geometry: Any,
     ) -> None:
         if initial_probe == "latest" and catalog is None:
@@ -167,6 +175,7 @@ class PtychoCallback:
         self.catalog = catalog
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ptycho-probe-lookup")
         self.geometry_overrides = geometry
+        self.detector_settings = detector_settings or DetectorSettings()
         self.configuration_signals = dict(configuration_signals or {})
         configuration_metadata({}, self.configuration_signals)  # a key that cannot be configured fails here
         self._router = RunRouter([self._factory])

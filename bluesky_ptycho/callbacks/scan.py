@@ -5,7 +5,8 @@
 :class:`~.normalizing.LegacyNormalizer` that turns legacy Resource/Datum
 into StreamResource/StreamDatum, so frames have one read path. It reads the
 scan's metadata (:mod:`bluesky_ptycho.scan_metadata`), pairs frames with
-positions, checks frames, hands preview and final jobs to the runner and
+positions, checks frames, cuts them from the raw detector frames
+(:class:`~bluesky_ptycho.solver.detector.FramePreparation`), hands preview and final jobs to the runner and
 passes results and failures to its :class:`ReconstructionRunWriter`.
 """
 
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, wait
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,6 +27,7 @@ from event_model import DocumentRouter
 from ..federation.jobs import ReconstructionJob
 from ..scan_metadata import ScanGeometry, configuration_metadata, start_metadata
 from ..solver.data import ReconstructionResult
+from ..solver.detector import CENTRE_FRAMES, DetectorError, FramePreparation
 from .external import ExternalFrames
 
 if TYPE_CHECKING:
@@ -116,7 +119,11 @@ class ScanReconstruction(DocumentRouter):
         self.frames: list[np.ndarray] = []  # not yet handed to the runner
         self.frames_since = 0.0  # time.monotonic() when the first of them arrived
         self.positions: list[tuple[float, float]] = []
-        self.frame_shape: tuple[int, int] | None = None
+        self.detector_shape: tuple[int, int] | None = None  # of the frames as recorded
+        self.frame_shape: tuple[int, int] | None = None  # of the frames reconstructed
+        self.preparation: FramePreparation | None = None  # fixed by the first frames
+        self.unprepared: list[tuple[int, np.ndarray, tuple[float, float]]] = []  # the frames that fix it
+        self.detector_file_facts: tuple | None = None  # pixel mask and cutoff of the frames' file, once read
         self.external = ExternalFrames()
         self.frames_by_seq_num: dict[int, np.ndarray] = {}  # waiting for their positions
         self.positions_by_seq_num: dict[int, tuple[float, float]] = {}  # and the reverse
@@ -158,7 +165,10 @@ class ScanReconstruction(DocumentRouter):
     def _describe(self, metadata: dict) -> None:
         """Set the scan geometry from its complete ``metadata``, or record why it cannot be."""
         try:
-            self.scan = ScanGeometry.from_metadata(metadata, self.owner.configuration_signals)
+            self.scan = replace(
+                ScanGeometry.from_metadata(metadata, self.owner.configuration_signals),
+                binning=self.owner.detector_settings.binning,
+            )
         except ValueError as invalid:
             self.error = str(invalid)
             if self.is_ptycho:
@@ -183,9 +193,8 @@ class ScanReconstruction(DocumentRouter):
             return
         self.frame_descriptors.add(doc["uid"])
         shape = [n for n in doc["data_keys"][self.scan.data_key].get("shape") or [] if n != 1]
-        if self.frame_shape is None and len(shape) == 2 and min(shape) > 1:
-            self.frame_shape = (int(shape[0]), int(shape[1]))  # as the detector declares it
-            self._look_up_probe()
+        if self.detector_shape is None and len(shape) == 2 and min(shape) > 1:
+            self._set_detector_shape((int(shape[0]), int(shape[1])))  # as the detector declares it
 
     def event(self, doc: dict) -> None:
         if doc["descriptor"] not in self.frame_descriptors:
@@ -205,6 +214,8 @@ class ScanReconstruction(DocumentRouter):
     def stream_datum(self, doc: dict) -> None:
         if not self.external.knows(doc["stream_resource"]):
             return  # another detector's
+        if self.detector_file_facts is None:
+            self.detector_file_facts = self.external.detector_file_facts(doc["stream_resource"])
         frames = self.external.read_stream_datum(doc)
         for seq_num, frame in zip(
             range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"]), frames, strict=True
@@ -222,7 +233,7 @@ class ScanReconstruction(DocumentRouter):
 
     def _accept(self, seq_num: int, frame: np.ndarray, position: tuple[float, float]) -> None:
         frame = _as_image(frame)
-        problem = _frame_problem(frame, position, self.frame_shape)
+        problem = _frame_problem(frame, position, self.detector_shape)
         if problem is None and seq_num in self.seq_nums:
             problem = ("duplicate seq_num", "a second frame with this seq_num")
         area = self.scan.scan_area
@@ -232,15 +243,50 @@ class ScanReconstruction(DocumentRouter):
             kind, message = problem
             self.problems.add(kind, f"event {seq_num}: {message} (skipped)")
             return
+        if self.detector_shape is None:
+            self._set_detector_shape(frame.shape)
+        self.seq_nums.add(seq_num)
+        if not self.frames and not self.unprepared:
+            self.frames_since = time.monotonic()
+        if self.preparation is not None:
+            self._collect(seq_num, frame, position)
+            return
+        self.unprepared.append((seq_num, frame, position))
+        if len(self.unprepared) >= (CENTRE_FRAMES if self.owner.detector_settings.measures_centre else 1):
+            self._prepare_frames()
+
+    def _set_detector_shape(self, shape: tuple[int, int]) -> None:
+        """The frames as recorded are of ``shape``: the reconstruction's are known, and its probe can be looked up."""
+        self.detector_shape = shape
+        self.frame_shape = self.owner.detector_settings.frame_shape(shape)
+        self._look_up_probe()
+
+    def _prepare_frames(self) -> None:
+        """Fix the region and mask of the frames from the first ones, and take those; the scan fails if none fits."""
+        first, self.unprepared = self.unprepared, []
+        preparation = FramePreparation(self.owner.detector_settings, *(self.detector_file_facts or ()))
+        try:
+            preparation.fix(np.asarray([frame for _, frame, _ in first]))
+        except DetectorError as error:
+            self.owner.closed(self)
+            self.abandon(f"the detector frames cannot be used: {error}")
+            return
+        self.preparation = preparation
+        for seq_num, frame, position in first:
+            self._collect(seq_num, frame, position)
+
+    def _collect(self, seq_num: int, raw: np.ndarray, position: tuple[float, float]) -> None:
+        """Take one checked frame as recorded (``raw``) into the next job."""
+        if saturated := self.preparation.saturated(raw):
+            self.problems.add(
+                "saturated",
+                f"event {seq_num}: {saturated} pixels at or above the saturation count "
+                f"{self.preparation.saturation:g}, used as recorded",
+            )
+        frame = self.preparation.prepare(raw)
         if frame.dtype.kind != "u" and frame.min() < 0:
             self.problems.add("negative counts", f"event {seq_num}: negative counts, set to 0")
             frame = np.clip(frame, 0, None)
-        if self.frame_shape != frame.shape:
-            self.frame_shape = frame.shape
-            self._look_up_probe()
-        self.seq_nums.add(seq_num)
-        if not self.frames:
-            self.frames_since = time.monotonic()
         self.frames.append(frame)
         self.positions.append(position)
         self.collected += 1
@@ -248,6 +294,10 @@ class ScanReconstruction(DocumentRouter):
             self._preview()
 
     def stop(self, doc: dict) -> None:
+        if self.unprepared:  # fewer frames than fixing the region waits for
+            self._prepare_frames()
+            if self.abandoned:
+                return
         self.stopped = True
         self.owner.closed(self)
         self.external.close()
@@ -298,6 +348,7 @@ class ScanReconstruction(DocumentRouter):
             final=final,
             probe=self._first_probe() if self.jobs == 1 else None,
             seconds=seconds,
+            mask=self.preparation.mask,
         )
 
     def _preview_seconds(self) -> float | None:
@@ -394,4 +445,6 @@ class ScanReconstruction(DocumentRouter):
         result = future.result()
         if self.probe_source is not None:
             result.extra["probe_source"] = self.probe_source
+        if self.owner.detector_settings.reshapes:
+            result.extra["detector_region"] = self.preparation.record()
         return result

@@ -188,8 +188,9 @@ class ReconstructionRunWriter:
         if not self._started:
             if result is not None and result.geometry is not None:
                 self._bundle.start_doc["ptycho_geometry"] = result.geometry.to_dict()
-            if result is not None and "probe_source" in result.extra:
-                self._bundle.start_doc["ptycho_probe_source"] = result.extra["probe_source"]
+            for key in ("probe_source", "detector_region"):  # where the probe came from, the frames' region
+                if result is not None and key in result.extra:
+                    self._bundle.start_doc[f"ptycho_{key}"] = result.extra[key]
             self._emit("start", self._bundle.start_doc)
             self._started = True
 

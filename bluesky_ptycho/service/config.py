@@ -23,8 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from ..io.pixel_mask import read_pixel_mask
 from ..scan_metadata import GEOMETRY_KEYS, PTYCHO_KEYS
-from ..solver import ReconstructionSettings
+from ..solver import DetectorSettings, ReconstructionSettings
 
 
 class ConfigError(ValueError):
@@ -180,6 +181,29 @@ class ReconstructionConfig(_Table):
 _SETTINGS_FROM = {"final": ReconstructionSettings.final, "preview": ReconstructionSettings}
 
 
+class DetectorConfig(_Table):
+    """How raw detector frames become reconstruction frames (:class:`~bluesky_ptycho.solver.DetectorSettings`)."""
+
+    frame_size: int | None = Field(None, ge=2, description="the square reconstructed around the beam")
+    beam_centre: tuple[float, float] | None = Field(None, description="(row, column); None: measured")
+    binning: int = Field(1, ge=1)
+    saturation: float | None = Field(None, gt=0)
+    pixel_mask: str | None = Field(None, description="FILE.h5[:DATASET] or FILE.npy (0 good)")
+
+    @field_validator("pixel_mask")
+    @classmethod
+    def _readable(cls, spec: str | None) -> str | None:
+        if spec is not None:
+            read_pixel_mask(spec)
+        return spec
+
+    def settings(self) -> DetectorSettings:
+        values = self.model_dump()
+        if self.pixel_mask is not None:
+            values["pixel_mask"] = read_pixel_mask(self.pixel_mask)
+        return DetectorSettings(**values)
+
+
 class ServiceOptions(_Table):
     """The service process itself."""
 
@@ -197,6 +221,7 @@ class ServiceConfig(_Table):
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     reconstruction: ReconstructionConfig = Field(default_factory=ReconstructionConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
     geometry: dict[str, Any] = Field(
         default_factory=dict, description="PtychoCallback's geometry overrides (data_key, x_key, ...)"
     )

@@ -93,6 +93,7 @@ class ReconstructionService:
             initial_probe=recon.initial_probe,
             catalog=self.catalog if recon.initial_probe == "latest" else None,
             configuration_signals=config.configuration_signals,
+            detector_settings=config.detector.settings(),
             **config.geometry,
         )
         self.stopping = threading.Event()

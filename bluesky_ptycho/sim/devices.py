@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,7 @@ from ophyd.sim import SynAxis
 from ophyd.status import StatusBase
 
 from ..solver.data import ELECTRON_VOLT
+from ..solver.detector import EIGER_PIXEL_MASK, EIGER_SATURATION
 from .sample import SimulatedSample
 
 MICROMETRE = 1e-6
@@ -88,6 +90,72 @@ COMPRESSION = {
 }
 
 
+#: Dectris pixel-mask bits of the simulated detector's bad pixels
+GAP, DEAD, HOT = 1, 2, 16
+
+
+@dataclass(frozen=True)
+class DetectorLayout:
+    """A pixel detector larger than the reconstruction's frames, as an Eiger's: modules and gaps, the beam off-centre.
+
+    Parameters
+    ----------
+    shape
+        (rows, columns) of the detector; default an Eiger2 1M's.
+    module_shape, gap
+        Each module's (rows, columns), and the (rows, columns) of the gaps
+        between modules (they read 0 and are masked).
+    beam_centre
+        (row, column) on which the sample's frame (its zero frequency) falls;
+        default: off the detector's centre.
+    dead_fraction, hot_fraction
+        Fractions of pixels that read 0 and that read the saturation count.
+    saturation
+        The count cutoff: no pixel reads more (a saturated pixel reads it).
+    seed
+        Seed of which pixels are dead and hot.
+    """
+
+    shape: tuple[int, int] = (1062, 1028)
+    module_shape: tuple[int, int] = (514, 1028)
+    gap: tuple[int, int] = (34, 0)
+    beam_centre: tuple[int, int] | None = None
+    dead_fraction: float = 1e-3
+    hot_fraction: float = 2e-4
+    saturation: int = 2**20
+    seed: int = 1
+
+    @property
+    def centre(self) -> tuple[int, int]:
+        """Where the beam falls: ``beam_centre``, or a third of the way into the detector."""
+        return self.beam_centre or (self.shape[0] // 3, 2 * self.shape[1] // 5)
+
+    def pixel_mask(self) -> np.ndarray:
+        """The Eiger-style pixel mask (0 good; :data:`GAP`, :data:`DEAD`, :data:`HOT` bits)."""
+        rows, columns = np.indices(self.shape)
+        pitch = np.add(self.module_shape, self.gap)
+        in_gap = (rows % pitch[0] >= self.module_shape[0]) | (columns % pitch[1] >= self.module_shape[1])
+        rng = np.random.default_rng(self.seed)
+        mask = np.where(in_gap, GAP, 0).astype(np.uint32)
+        mask[rng.random(self.shape) < self.dead_fraction] |= DEAD
+        mask[rng.random(self.shape) < self.hot_fraction] |= HOT
+        return mask
+
+    def record(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The detector frame of one centred ``frame`` of counts (given the :meth:`pixel_mask`)."""
+        h, w = frame.shape
+        top, left = self.centre[0] - h // 2, self.centre[1] - w // 2
+        if top < 0 or left < 0 or top + h > self.shape[0] or left + w > self.shape[1]:
+            raise ValueError(
+                f"a {h} x {w} frame centred on {self.centre} does not fit the {self.shape} detector"
+            )
+        raw = np.zeros(self.shape, np.uint32)
+        raw[top : top + h, left : left + w] = np.minimum(frame, self.saturation)
+        raw[mask & (GAP | DEAD) != 0] = 0
+        raw[mask & HOT != 0] = self.saturation
+        return raw
+
+
 class HDF5PtychoDetector(PtychoDetector):
     """A :class:`PtychoDetector` that writes its frames to HDF5 files, as an area detector does.
 
@@ -111,6 +179,11 @@ class HDF5PtychoDetector(PtychoDetector):
         None, or the name of an HDF5 filter of :data:`COMPRESSION` that
         compresses each frame's chunk: ``"bitshuffle-lz4"`` as Dectris Eiger
         file writers do, ``"lz4"``, ``"zstd"``.
+    layout
+        None: frames of the sample's frame shape, centred. A
+        :class:`DetectorLayout`: each frame recorded on that larger, gapped
+        detector, off-centre, with dead, hot and saturated pixels; the file
+        holds the pixel mask and the count cutoff where an Eiger master file does.
     **kwargs
         As for :class:`PtychoDetector`.
     """
@@ -121,6 +194,7 @@ class HDF5PtychoDetector(PtychoDetector):
         directory: str | Path,
         asset_docs: AssetDocs = "stream",
         compression: str | None = None,
+        layout: DetectorLayout | None = None,
         **kwargs,
     ):
         if asset_docs not in ("stream", "resource"):
@@ -131,6 +205,8 @@ class HDF5PtychoDetector(PtychoDetector):
         self.directory = Path(directory)
         self.asset_docs = asset_docs
         self.compression = compression
+        self.layout = layout
+        self._pixel_mask = None if layout is None else layout.pixel_mask()
         self._file: h5py.File | None = None
         self._frames: h5py.Dataset | None = None
         self._new_docs: deque[tuple[str, dict]] = deque()
@@ -140,7 +216,10 @@ class HDF5PtychoDetector(PtychoDetector):
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{uuid.uuid4()}.h5"
         self._file = h5py.File(path, "w", libver="latest")
-        shape = self.sample.geometry.frame_shape
+        shape = self.recorded_shape
+        if self.layout is not None:
+            self._file[EIGER_PIXEL_MASK] = self._pixel_mask
+            self._file[EIGER_SATURATION] = self.layout.saturation
         self._frames = self._file.create_dataset(
             AD_HDF5_DATASET,
             shape=(0, *shape),
@@ -181,7 +260,8 @@ class HDF5PtychoDetector(PtychoDetector):
             raise RuntimeError(f"{self.name} must be staged before it is triggered")
         index = len(self._frames)
         self._frames.resize(index + 1, axis=0)
-        self._frames[index] = self.acquire_frame()
+        frame = self.acquire_frame()
+        self._frames[index] = frame if self.layout is None else self.layout.record(frame, self._pixel_mask)
         self._frames.flush()
         if self.asset_docs == "stream":
             datum = self._compose_datum(
@@ -201,10 +281,15 @@ class HDF5PtychoDetector(PtychoDetector):
             "source": f"file:{self.directory}",
             "dtype": "array",
             "dtype_numpy": "<u4",
-            "shape": list(self.sample.geometry.frame_shape),
+            "shape": list(self.recorded_shape),
             "external": "STREAM:" if self.asset_docs == "stream" else "FILESTORE:",
         }
         return description
+
+    @property
+    def recorded_shape(self) -> tuple[int, int]:
+        """The shape of the frames in the files: the layout's, or the sample's frames'."""
+        return self.sample.geometry.frame_shape if self.layout is None else self.layout.shape
 
     def read(self) -> dict:
         reading = super().read()
@@ -232,14 +317,16 @@ def simulated_beamline(
     asset_docs: AssetDocs = "stream",
     object_size: int | None = None,
     compression: str | None = None,
+    layout: DetectorLayout | None = None,
 ) -> tuple[SampleStage, PtychoDetector]:
     """A stage and detector, named "stage" and "det" (sample: :meth:`SimulatedSample.create`).
 
     ``object_size`` (pixels; default 4 frames) sets how far the stage may move.
 
     With ``hdf5_directory`` the detector is an :class:`HDF5PtychoDetector`
-    writing there (its frames compressed by ``compression``) and emitting
-    ``asset_docs``; otherwise frames are inline.
+    writing there (its frames compressed by ``compression``, recorded on
+    the larger detector of ``layout``) and emitting ``asset_docs``;
+    otherwise frames are inline.
     """
     stage = SampleStage(name="stage")
     sample = SimulatedSample.create(
@@ -255,5 +342,6 @@ def simulated_beamline(
         directory=hdf5_directory,
         asset_docs=asset_docs,
         compression=compression,
+        layout=layout,
     )
     return stage, detector

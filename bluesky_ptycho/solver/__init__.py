@@ -5,6 +5,7 @@ and returns a :class:`ReconstructionResult`.
 """
 
 from .data import Geometry, PtychoData, ReconstructionResult
+from .detector import DetectorSettings
 from .metrics import fourier_r_factor, fourier_ring_correlation, object_error
 from .reconstructor import Reconstructor
 from .settings import ALGORITHMS, ReconstructionSettings
@@ -36,6 +37,7 @@ def warm_up() -> None:
 
 __all__ = [
     "ALGORITHMS",
+    "DetectorSettings",
     "Geometry",
     "PtychoData",
     "ReconstructionResult",

@@ -31,7 +31,7 @@ from bluesky.callbacks.zmq import Publisher
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.catalog import latest_final_reconstruction, reconstructions_of  # noqa: F401
 from bluesky_ptycho.federation import ExecutorRunner, LocalRunner  # noqa: F401
-from bluesky_ptycho.solver import ReconstructionSettings
+from bluesky_ptycho.solver import DetectorSettings, ReconstructionSettings
 
 ptycho = PtychoCallback(
     tiled_writer,  # noqa: F821 (00-base.py)
@@ -54,6 +54,9 @@ ptycho = PtychoCallback(
     # detector distance, pixel size and frame shape (the first scan of a setting: from its own frames)
     initial_probe="latest",
     catalog=catalog,  # noqa: F821 (00-base.py)
+    # raw detector frames (an Eiger's): the square reconstructed around the measured beam centre,
+    # masked by the pixel mask of the detector's file; the simulated detector's frames are already cut
+    detector_settings=DetectorSettings(frame_size=None, binning=1),
 )
 publish_to = os.environ.get("BLUESKY_PTYCHO_PUBLISH_TO")
 if publish_to:
