@@ -25,6 +25,7 @@ import numpy as np
 from event_model import DocumentRouter
 
 from ..federation.jobs import ReconstructionJob
+from ..io.frame_files import FileFrames, FramePoint
 from ..scan_metadata import ScanGeometry, configuration_metadata, start_metadata
 from ..solver.data import ReconstructionResult
 from ..solver.detector import CENTRE_FRAMES, DetectorError, FramePreparation
@@ -75,10 +76,17 @@ def _as_image(frame) -> np.ndarray:
     return frame
 
 
+def _position_problem(position: tuple[float, float]) -> tuple[str, str] | None:
+    """(kind, message) of what makes a position unusable, or None."""
+    if not all(np.isfinite(position)):
+        return "non-finite position", f"position {position} is not finite"
+    return None
+
+
 def _frame_problem(
     frame: np.ndarray, position: tuple[float, float], frame_shape: tuple[int, int] | None
 ) -> tuple[str, str] | None:
-    """(kind, message) of what makes a frame unusable, or None."""
+    """(kind, message) of what makes a frame (or its position) unusable, or None."""
     if frame.ndim != 2 or frame.size == 0:
         return "frame shape", f"a frame of shape {frame.shape} is not an image"
     if frame_shape is not None and frame.shape != frame_shape:
@@ -87,9 +95,7 @@ def _frame_problem(
         return "frame type", f"frame of type {frame.dtype} is not photon counts"
     if frame.dtype.kind == "f" and not np.all(np.isfinite(frame)):  # integer counts always are
         return "non-finite frame", "frame holds NaN or infinite counts"
-    if not all(np.isfinite(position)):
-        return "non-finite position", f"position {position} is not finite"
-    return None
+    return _position_problem(position)
 
 
 class ScanReconstruction(DocumentRouter):
@@ -122,7 +128,9 @@ class ScanReconstruction(DocumentRouter):
         self.detector_shape: tuple[int, int] | None = None  # of the frames as recorded
         self.frame_shape: tuple[int, int] | None = None  # of the frames reconstructed
         self.preparation: FramePreparation | None = None  # fixed by the first frames
-        self.unprepared: list[tuple[int, np.ndarray, tuple[float, float]]] = []  # the frames that fix it
+        # the frames that fix it: (seq_num, frame, position, the frame's reference or None)
+        self.unprepared: list[tuple[int, np.ndarray, tuple[float, float], FramePoint | None]] = []
+        self.by_reference: dict[str, bool] = {}  # stream resource uid -> whether the runner reads its frames
         self.detector_file_facts: tuple | None = None  # pixel mask and cutoff of the frames' file, once read
         self.external = ExternalFrames()
         self.frames_by_seq_num: dict[int, np.ndarray] = {}  # waiting for their positions
@@ -214,13 +222,34 @@ class ScanReconstruction(DocumentRouter):
     def stream_datum(self, doc: dict) -> None:
         if not self.external.knows(doc["stream_resource"]):
             return  # another detector's
+        resource = doc["stream_resource"]
         if self.detector_file_facts is None:
-            self.detector_file_facts = self.external.detector_file_facts(doc["stream_resource"])
-        frames = self.external.read_stream_datum(doc)
+            self.detector_file_facts = self.external.detector_file_facts(resource)
+        if resource not in self.by_reference:
+            self.by_reference[resource] = self._runner_reads(resource)
+        if self.by_reference[resource]:
+            frames = self.external.points_of(doc)
+        else:
+            frames = self.external.read_stream_datum(doc)
         for seq_num, frame in zip(
             range(doc["seq_nums"]["start"], doc["seq_nums"]["stop"]), frames, strict=True
         ):
             self._pair(seq_num, frame=frame)
+
+    def _runner_reads(self, resource: str) -> bool:
+        """Whether the runner's worker reads this resource's frames itself (they are handed on by reference).
+
+        It does when the runner says it reads files (a local one) and the
+        frames are unsigned counts of one shape: nothing the document thread
+        would check in each frame.
+        """
+        frames = self.external.frames_of(resource)
+        return (
+            getattr(self.owner.runner, "reads_files", False)
+            and frames.dtype.kind == "u"
+            and frames.ndim == 3
+            and (self.detector_shape is None or frames.shape[1:] == self.detector_shape)
+        )
 
     def _pair(self, seq_num: int, frame=None, position=None) -> None:
         """Join a frame and a position that arrive in different documents (StreamDatum, event)."""
@@ -231,9 +260,13 @@ class ScanReconstruction(DocumentRouter):
         if seq_num in self.frames_by_seq_num and seq_num in self.positions_by_seq_num:
             self._accept(seq_num, self.frames_by_seq_num.pop(seq_num), self.positions_by_seq_num.pop(seq_num))
 
-    def _accept(self, seq_num: int, frame: np.ndarray, position: tuple[float, float]) -> None:
-        frame = _as_image(frame)
-        problem = _frame_problem(frame, position, self.detector_shape)
+    def _accept(self, seq_num: int, frame: np.ndarray | FramePoint, position: tuple[float, float]) -> None:
+        point = frame if isinstance(frame, FramePoint) else None
+        if point is None or self.preparation is None:
+            frame = _as_image(frame if point is None else self.external.read_point(point))
+            problem = _frame_problem(frame, position, self.detector_shape)
+        else:  # read by the runner's worker: its file's frames are all of one shape and type
+            problem = _position_problem(position)
         if problem is None and seq_num in self.seq_nums:
             problem = ("duplicate seq_num", "a second frame with this seq_num")
         area = self.scan.scan_area
@@ -244,14 +277,14 @@ class ScanReconstruction(DocumentRouter):
             self.problems.add(kind, f"event {seq_num}: {message} (skipped)")
             return
         if self.detector_shape is None:
-            self._set_detector_shape(frame.shape)
+            self._set_detector_shape(frame.shape)  # the first frames are read here, by reference too
         self.seq_nums.add(seq_num)
         if not self.frames and not self.unprepared:
             self.frames_since = time.monotonic()
         if self.preparation is not None:
-            self._collect(seq_num, frame, position)
+            self._collect(seq_num, frame if point is None else point, position)
             return
-        self.unprepared.append((seq_num, frame, position))
+        self.unprepared.append((seq_num, frame, position, point))
         if len(self.unprepared) >= (CENTRE_FRAMES if self.owner.detector_settings.measures_centre else 1):
             self._prepare_frames()
 
@@ -266,17 +299,20 @@ class ScanReconstruction(DocumentRouter):
         first, self.unprepared = self.unprepared, []
         preparation = FramePreparation(self.owner.detector_settings, *(self.detector_file_facts or ()))
         try:
-            preparation.fix(np.asarray([frame for _, frame, _ in first]))
+            preparation.fix(np.asarray([frame for _, frame, _, _ in first]))
         except DetectorError as error:
             self.owner.closed(self)
             self.abandon(f"the detector frames cannot be used: {error}")
             return
         self.preparation = preparation
-        for seq_num, frame, position in first:
-            self._collect(seq_num, frame, position)
+        for seq_num, frame, position, point in first:
+            self._collect(seq_num, frame if point is None else point, position)
 
-    def _collect(self, seq_num: int, raw: np.ndarray, position: tuple[float, float]) -> None:
-        """Take one checked frame as recorded (``raw``) into the next job."""
+    def _collect(self, seq_num: int, raw: np.ndarray | FramePoint, position: tuple[float, float]) -> None:
+        """Take one checked frame as recorded (``raw``, or its reference) into the next job."""
+        if isinstance(raw, FramePoint):
+            self._take(raw, position)
+            return
         if saturated := self.preparation.saturated(raw):
             self.problems.add(
                 "saturated",
@@ -287,6 +323,9 @@ class ScanReconstruction(DocumentRouter):
         if frame.dtype.kind != "u" and frame.min() < 0:
             self.problems.add("negative counts", f"event {seq_num}: negative counts, set to 0")
             frame = np.clip(frame, 0, None)
+        self._take(frame, position)
+
+    def _take(self, frame: np.ndarray | FramePoint, position: tuple[float, float]) -> None:
         self.frames.append(frame)
         self.positions.append(position)
         self.collected += 1
@@ -334,7 +373,7 @@ class ScanReconstruction(DocumentRouter):
 
     def _job(self, iterations: int, final: bool) -> ReconstructionJob:
         seconds = None if final else self._preview_seconds()
-        frames = np.asarray(self.frames).reshape(-1, *self.frame_shape)  # counts as recorded
+        frames = self._job_frames()
         positions = np.asarray(self.positions, dtype=float).reshape(-1, 2)
         self.frames, self.positions = [], []  # the runner holds them from now on
         self.jobs += 1
@@ -350,6 +389,24 @@ class ScanReconstruction(DocumentRouter):
             seconds=seconds,
             mask=self.preparation.mask,
         )
+
+    def _job_frames(self) -> np.ndarray | FileFrames:
+        """The frames taken since the last job: counts as recorded, or references the runner's worker reads."""
+        if self.frames and all(isinstance(frame, FramePoint) for frame in self.frames):
+            reshaped = self.owner.detector_settings.reshapes
+            return FileFrames.of_points(
+                self.frames,
+                region=self.preparation.region if reshaped else None,
+                saturation=self.preparation.saturation,
+                mask=self.preparation.mask,
+            )
+        frames = [
+            self.preparation.prepare(self.external.read_point(frame))
+            if isinstance(frame, FramePoint)
+            else frame
+            for frame in self.frames
+        ]
+        return np.asarray(frames).reshape(-1, *self.frame_shape)
 
     def _preview_seconds(self) -> float | None:
         """The next preview's time budget: the callback's, or a share of the time its frames took to arrive."""
@@ -436,6 +493,13 @@ class ScanReconstruction(DocumentRouter):
             self.writer.close("fail", reason=f"the result could not be recorded: {error}")
             return
         reason = f"partial: the raw scan ended with exit_status {exit_status!r}" if partial else ""
+        saturated = future.result().extra.get("saturated_frames", 0)
+        if saturated:  # counted where the frames were read: the runner's worker
+            self.problems.add(
+                "saturated",
+                f"{saturated} frames read by the worker hold pixels at or above the saturation count "
+                f"{self.preparation.saturation:g}, used as recorded",
+            )
         reason = "; ".join(filter(None, [reason, *self.problems.summary(), *future.result().warnings]))
         self.writer.close("success", reason=reason)
         self.owner.notify(self.uid, future.result(), final=True)

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..io.frame_files import FileFrames
 from ..solver.data import Geometry, ReconstructionResult
 from ..solver.settings import ReconstructionSettings
 
@@ -24,7 +25,9 @@ class ReconstructionJob:
         What to reconstruct and how.
     frames, positions
         Frames (N, H, W) and positions (N, 2, x/y metres) new since the
-        scan's previous job (may be empty).
+        scan's previous job (may be empty). The frames are counts, or, for
+        a runner that ``reads_files``, :class:`~bluesky_ptycho.io.frame_files.FileFrames`
+        its worker reads (:meth:`frame_counts`).
     iterations
         Iterations to do in this job.
     final
@@ -43,7 +46,7 @@ class ReconstructionJob:
     scan_uid: str
     geometry: Geometry
     settings: ReconstructionSettings
-    frames: np.ndarray
+    frames: np.ndarray | FileFrames
     positions: np.ndarray
     iterations: int
     final: bool = False
@@ -51,12 +54,23 @@ class ReconstructionJob:
     probe: np.ndarray | None = None
     seconds: float | None = None
 
+    def frame_counts(self) -> tuple[np.ndarray, int]:
+        """The frames as counts (read from their files here when the job holds references).
+
+        And how many of those read here hold trusted pixels at or above the
+        saturation count (frames the callback read, it counted itself).
+        """
+        return self.frames.read() if isinstance(self.frames, FileFrames) else (self.frames, 0)
+
 
 class Runner(Protocol):
     """Where reconstructions run: takes jobs, returns futures of results."""
 
     #: Where this runner runs work, recorded with every reconstruction.
     location: str
+    #: Optional (default False): whether its jobs may hold frames as references to the
+    #: detector's files (:class:`~bluesky_ptycho.io.frame_files.FileFrames`), read where the job runs.
+    reads_files: bool
 
     def submit(self, job: ReconstructionJob) -> Future[ReconstructionResult]:
         """Queue ``job``; jobs of one scan run in the order they were submitted."""

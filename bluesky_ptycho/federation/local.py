@@ -31,6 +31,7 @@ def continue_scan(
 
     A preview keeps to its time budget (``job.seconds``) and ends its
     iterations early once ``cut_short()`` says so (a final does neither).
+    Frames by reference are read from the detector's files here.
     """
     try:
         reconstructor = reconstructors.get(job.scan_uid)
@@ -39,7 +40,11 @@ def continue_scan(
             reconstructors[job.scan_uid] = reconstructor
         reconstructor.use_settings(job.settings)
         if len(job.frames):
-            reconstructor.add_frames(job.frames, job.positions)
+            frames, saturated = job.frame_counts()
+            reconstructor.add_frames(frames, job.positions)
+            if saturated:
+                extra = reconstructor.extra
+                extra["saturated_frames"] = extra.get("saturated_frames", 0) + saturated
         if job.final:
             reconstructor.iterate(job.iterations)
         elif job.seconds is None:
@@ -167,7 +172,9 @@ class LocalRunner(LaneRunner[_LocalScan]):
         compete with the RunEngine for the interpreter lock; frames travel
         to it by pickling. If the worker dies (killed, out of memory), the
         scans it held fail with :class:`WorkerDiedError` and a new worker
-        takes the next scans.
+        takes the next scans. Frames in the detector's HDF5 files go by
+        reference and are read (and decompressed) where the job runs, in
+        the worker process or the lane's thread, off the document thread.
     niceness
         With ``process``, how much to lower the worker's scheduling priority
         (0-19), so that on a machine with few cores the RunEngine comes first.
@@ -184,6 +191,7 @@ class LocalRunner(LaneRunner[_LocalScan]):
         self._worker: _Worker | None = None
         self._worker_lock = threading.Lock()  # one job at a time in the worker
         kind = "process" if process else "thread"
+        self.reads_files = True  # the detector's files are on this machine: frames go by reference
         self.location = f"local:{socket.gethostname()}:{kind}"
 
     def start_worker(self) -> LocalRunner:

@@ -138,12 +138,57 @@ def bright_field_centre(total: np.ndarray, good: np.ndarray) -> tuple[float, flo
     return float(row), float(column)
 
 
+def binned(image: np.ndarray, binning: int, combine: np.ufunc = np.add) -> np.ndarray:
+    """``image`` (..., H, W) with ``binning`` x ``binning`` blocks of its last two axes combined.
+
+    ``np.add`` sums counts (unsigned ones in 32 bits, as detectors record
+    them); ``np.logical_and``, ``np.logical_or`` combine masks.
+    """
+    if binning == 1:
+        return image
+    h, w = image.shape[-2] // binning, image.shape[-1] // binning
+    blocks = image[..., : h * binning, : w * binning].reshape(*image.shape[:-2], h, binning, w, binning)
+    if combine is np.add:
+        return blocks.sum(axis=(-3, -1), dtype=np.uint32 if image.dtype.kind == "u" else None)
+    return combine.reduce(combine.reduce(blocks, axis=-1), axis=-2)
+
+
+def saturated_pixels(cut: np.ndarray, saturation: float, binning: int, mask: np.ndarray | None) -> np.ndarray:
+    """How many trusted reconstruction pixels of each frame of ``cut`` (..., H, W: a region, not binned) saturate."""
+    over = binned(cut >= saturation, binning, np.logical_or)
+    return np.count_nonzero(over if mask is None else over & mask, axis=(-2, -1))
+
+
+@dataclass(frozen=True)
+class FrameRegion:
+    """Where the reconstruction frames lie on the detector: rows and columns [start, stop), and the binning."""
+
+    rows: tuple[int, int]
+    columns: tuple[int, int]
+    binning: int = 1
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """The region as (rows, columns) slices of a detector frame."""
+        return slice(*self.rows), slice(*self.columns)
+
+    def cut(self, frames: np.ndarray) -> np.ndarray:
+        """The reconstruction frames of detector ``frames`` (..., H, W), a copy (the detector frames are not held)."""
+        rows, columns = self.slices
+        cut = frames[..., rows, columns]
+        return cut.copy() if self.binning == 1 else binned(cut, self.binning)
+
+    def __str__(self) -> str:
+        return f"rows {self.rows[0]}:{self.rows[1]}, columns {self.columns[0]}:{self.columns[1]}"
+
+
 class FramePreparation:
     """One scan's raw frames to reconstruction frames, as :class:`DetectorSettings` say.
 
     The region and the mask are fixed by :meth:`fix` (with the scan's
     first frames, where the beam centre is measured); :meth:`prepare` then
-    cuts and bins every frame.
+    cuts and bins every frame (or its :class:`FrameRegion`, where the frames
+    are read: a worker reading the detector's files itself).
 
     Parameters
     ----------
@@ -162,11 +207,9 @@ class FramePreparation:
         self.settings = settings
         self.file_mask = None if pixel_mask is None else np.asarray(pixel_mask)
         self.saturation = settings.saturation if settings.saturation is not None else saturation
-        self.rows: slice | None = None
-        self.columns: slice | None = None
+        self.region: FrameRegion | None = None  # once fixed
         self.mask: np.ndarray | None = None  # good pixels of the reconstruction frames (None: all)
         self.beam_centre: tuple[float, float] | None = None
-        self.fixed = False
 
     def fix(self, frames: np.ndarray) -> None:
         """Fix the region and the mask from the scan's first ``frames`` (n, detector rows, columns).
@@ -207,23 +250,17 @@ class FramePreparation:
                     f"({centre[0]:.1f}, {centre[1]:.1f}) spans rows {top} to {top + b * h - 1} and columns "
                     f"{left} to {left + b * w - 1}, outside the {shape[0]} x {shape[1]} detector"
                 )
-        self.rows, self.columns = slice(top, top + b * h), slice(left, left + b * w)
-        good = self._bin(~bad[self.rows, self.columns], np.logical_and)
+        region = FrameRegion((top, top + b * h), (left, left + b * w), b)
+        good = binned(~bad[region.slices], b, np.logical_and)
         if not good.any():
-            raise DetectorError(f"the pixel mask marks every pixel of the region {self.region} as bad")
-        self.mask = None if good.all() else good
-        self.fixed = True
-
-    @property
-    def region(self) -> str:
-        """The region, as rows and columns of the detector, in words."""
-        return f"rows {self.rows.start}:{self.rows.stop}, columns {self.columns.start}:{self.columns.stop}"
+            raise DetectorError(f"the pixel mask marks every pixel of the region ({region}) as bad")
+        self.region, self.mask = region, None if good.all() else good
 
     def record(self) -> dict:
         """The region, binning and beam centre, as a reconstruction's record says them."""
         return {
-            "rows": [self.rows.start, self.rows.stop],
-            "columns": [self.columns.start, self.columns.stop],
+            "rows": list(self.region.rows),
+            "columns": list(self.region.columns),
             "binning": self.settings.binning,
             "beam_centre": None if self.beam_centre is None else list(self.beam_centre),
             "beam_centre_measured": self.settings.measures_centre,
@@ -232,29 +269,12 @@ class FramePreparation:
 
     def prepare(self, frame: np.ndarray) -> np.ndarray:
         """The reconstruction frame of one raw ``frame`` (a copy when cut: the raw frame is not held)."""
-        if not self.settings.reshapes:
-            return frame
-        cut = frame[self.rows, self.columns]
-        if self.settings.binning == 1:
-            return cut.copy()
-        return self._bin(cut, np.add)
+        return self.region.cut(frame) if self.settings.reshapes else frame
 
     def saturated(self, frame: np.ndarray) -> int:
         """How many trusted pixels of the region of ``frame`` are saturated."""
         if self.saturation is None:
             return 0
-        over = frame[self.rows, self.columns] >= self.saturation
-        if self.mask is not None:
-            over = self._bin(over, np.logical_or) & self.mask
-        return int(np.count_nonzero(over))
-
-    def _bin(self, image: np.ndarray, combine: np.ufunc) -> np.ndarray:
-        """``image`` with ``binning`` x ``binning`` blocks combined (summed counts, or masks)."""
-        b = self.settings.binning
-        if b == 1:
-            return image
-        h, w = image.shape[0] // b, image.shape[1] // b
-        blocks = image[: h * b, : w * b].reshape(h, b, w, b)
-        if combine is np.add:  # counts: unsigned ones summed in 32 bits, as detectors record them
-            return blocks.sum(axis=(1, 3), dtype=np.uint32 if image.dtype.kind == "u" else None)
-        return combine.reduce(combine.reduce(blocks, axis=3), axis=1)
+        return int(
+            saturated_pixels(frame[self.region.slices], self.saturation, self.region.binning, self.mask)
+        )
