@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import psutil
 
@@ -11,13 +12,16 @@ class PeakMemory:
     """Samples this process's resident memory every ``interval`` seconds, keeping the peak (also a ``with`` block).
 
     ``children_peak`` is the largest resident memory any child process
-    (a worker) had at a sample.
+    (a worker) had at a sample. ``cpu_seconds``: the CPU time the sampling
+    itself has taken (listing the children scans every process), which a
+    benchmark that times this process's CPU takes off.
     """
 
     def __init__(self, interval: float = 0.1) -> None:
         self.process = psutil.Process()
         self.peak = self.process.memory_info().rss
         self.children_peak = 0
+        self.cpu_seconds = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True)
         self._thread.start()
@@ -30,6 +34,7 @@ class PeakMemory:
                     self.children_peak = max(self.children_peak, child.memory_info().rss)
                 except psutil.NoSuchProcess:  # ended between the listing and the reading
                     pass
+            self.cpu_seconds = time.thread_time()
 
     def now(self) -> int:
         return self.process.memory_info().rss

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
+
 import h5py
 import numpy as np
 import pytest
@@ -9,11 +12,15 @@ from bluesky import RunEngine
 from helpers import Documents, result_of, scan_positions
 
 from bluesky_ptycho.callbacks import PtychoCallback
+from bluesky_ptycho.federation import ExecutorRunner, LocalRunner
+from bluesky_ptycho.io.frame_files import FileFrames
 from bluesky_ptycho.sim import DetectorLayout, fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.sim.devices import GAP, HOT
 from bluesky_ptycho.solver import DetectorSettings, ReconstructionSettings, object_error
 from bluesky_ptycho.solver.detector import (
+    CENTRE_FRAMES,
     EIGER_PIXEL_MASK,
+    EIGER_SATURATION,
     DetectorError,
     FramePreparation,
     bright_field_centre,
@@ -39,12 +46,14 @@ def recorded_scan(RE, directory, layout=LAYOUT, n_points=60, **beamline):
     return stage, det, raw, path
 
 
-def replayed(raw, detector, iterations=30):
+def replayed(raw, detector, iterations=30, runner=None, preview_every=None):
     recon = Documents()
     callback = PtychoCallback(
         recon,
+        runner=runner,
         settings=ReconstructionSettings(iterations=iterations),
-        preview_every=None,
+        preview_every=preview_every,
+        preview_seconds=math.inf,
         detector_settings=detector,
     )
     for name, doc in raw:
@@ -149,3 +158,57 @@ def test_frames_that_cannot_be_cut_fail_the_record_and_the_run_engine_runs_on(
     stage, det = simulated_beamline(seed=2)
     assert len(RE(fermat_spiral_ptycho_scan(det, stage, n_points=5))) == 1 and RE.state == "idle"
     assert callback.wait(60)
+
+
+def recording(runner_class):
+    """``runner_class`` keeping the jobs it is given, to show what travels to where they run."""
+
+    class Recording(runner_class):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.jobs = []
+
+        def submit(self, job):
+            self.jobs.append(job)
+            return super().submit(job)
+
+    return Recording
+
+
+def test_a_local_worker_reads_the_detector_files_itself(RE, tmp_path):
+    _, _, raw, path = recorded_scan(RE, tmp_path / "frames")
+    detector = DetectorSettings(frame_size=32, binning=2)
+    runner = recording(LocalRunner)(process=True)
+    try:
+        recon = replayed(raw, detector, iterations=3, runner=runner, preview_every=20)
+    finally:
+        runner.shutdown()
+    stop = recon.named("stop")[0]
+    assert stop["exit_status"] == "success", stop["reason"]
+    assert recon.named("event")[-1]["data"]["n_frames"] == 60
+    assert all(isinstance(job.frames, FileFrames) for job in runner.jobs), "no frame travels as an array"
+    spans = [span for job in runner.jobs for span in job.frames.spans]
+    assert sum(stop - start for _, start, stop in spans) == 60 and all(s.path == path for s, _, _ in spans)
+
+    # what the worker reads is what the callback would have cut from the frames it read
+    with h5py.File(path, "r") as file:
+        recorded = file["/entry/data/data"][()]
+        preparation = FramePreparation(
+            detector, file[EIGER_PIXEL_MASK][()], float(file[EIGER_SATURATION][()])
+        )
+    preparation.fix(recorded[:CENTRE_FRAMES])
+    read, _ = runner.jobs[0].frames.read()
+    np.testing.assert_array_equal(read, [preparation.prepare(frame) for frame in recorded[: len(read)]])
+    np.testing.assert_array_equal(runner.jobs[0].mask, preparation.mask)
+
+
+def test_an_executor_gets_the_frames_themselves(RE, tmp_path):
+    """A runner elsewhere may not see the detector's files: the callback reads them and sends counts."""
+    _, _, raw, _ = recorded_scan(RE, tmp_path / "frames", n_points=20)
+    with ThreadPoolExecutor(1) as executor:
+        runner = recording(ExecutorRunner)(executor)
+        recon = replayed(raw, DetectorSettings(frame_size=64), iterations=3, runner=runner)
+        runner.shutdown()
+    assert recon.named("stop")[0]["exit_status"] == "success"
+    assert runner.jobs and all(isinstance(job.frames, np.ndarray) for job in runner.jobs)
+    assert runner.jobs[-1].frames.shape[1:] == (64, 64)
