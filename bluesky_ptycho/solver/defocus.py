@@ -147,19 +147,23 @@ class ShadowCorrelations:
         pairs = np.array(sorted({tuple(sorted((i, int(j)))) for i, j in enumerate(neighbour[:, 1])}))
         if len(pairs) > MAX_PAIRS:
             pairs = pairs[np.random.default_rng(0).choice(len(pairs), MAX_PAIRS, replace=False)]
+        # the contrast is zero outside the bright field: only its bounding box is transformed,
         # padded so that shifts up to the disc's diameter do not wrap around
-        size = tuple(scipy.fft.next_fast_len(int(n + 2 * radius + 2), real=True) for n in (h, w))
-        safe_mean = np.where(bright, mean, 1)
+        rows, cols = (np.flatnonzero(bright.any(axis=other)) for other in (1, 0))
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] if bright.any() else np.s_[:, :]
+        bright = bright[box]
+        size = tuple(scipy.fft.next_fast_len(int(n + 2 * radius + 2), real=True) for n in bright.shape)
+        safe_mean = np.where(bright, mean[box], 1).astype(np.float32)
 
         def contrast_spectrum(index):
-            contrast = np.where(bright, frames[index] / safe_mean - 1, 0)
+            contrast = np.where(bright, frames[(index, *box)] / safe_mean - 1, np.float32(0))
             contrast -= (contrast.sum(axis=(1, 2)) / bright.sum())[:, None, None] * bright
             contrast /= np.sqrt((contrast**2).sum(axis=(1, 2)))[:, None, None] + 1e-30
             return scipy.fft.rfft2(contrast, s=size)
 
         first, second = contrast_spectrum(pairs[:, 0]), contrast_spectrum(pairs[:, 1])
         correlations = scipy.fft.irfft2(first * second.conj(), s=size)
-        window = scipy.fft.rfft2(bright.astype(np.float64), s=size)
+        window = scipy.fft.rfft2(bright.astype(np.float32), s=size)
         overlap = scipy.fft.irfft2(window * window.conj(), s=size)
         correlations *= bright.sum() / np.maximum(overlap, 0.25 * bright.sum())
         return cls(correlations, pixels[pairs[:, 1]] - pixels[pairs[:, 0]], radius, (h, w))
