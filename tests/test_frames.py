@@ -7,7 +7,7 @@ import pytest
 
 from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor
 from bluesky_ptycho.solver.backend import make_backend, to_numpy
-from bluesky_ptycho.solver.frames import PAGE_FRAMES, MeasuredAmplitudes, single_from_stored
+from bluesky_ptycho.solver.frames import PAGE_FRAMES, MeasuredAmplitudes, single_from_stored, stored
 from bluesky_ptycho.solver.simulate import poisson_counts, simulate
 
 SHAPE = (8, 6)
@@ -103,3 +103,25 @@ def test_the_compiled_read_is_the_array_expression_bit_for_bit():
     expected = single_from_stored(page, rows, unscale)
     assert np.array_equal(compiled[targets], expected)
     assert compiled[targets[0], 0, 1] == np.float32(np.float16(6e-8)) * unscale > 0
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32, np.float32, np.float64])
+@pytest.mark.parametrize("shape", [SHAPE, (7, 5)])
+def test_the_compiled_store_is_the_array_expression_bit_for_bit(dtype, shape):
+    """counts -> float16 amplitudes in FFT order: zeros, subnormals, halfway cases and overflow as NumPy rounds them."""
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(rng.choice([0.0, 2.0, 400.0, 3e5], size=(9, *shape))).astype(dtype)
+    if dtype in (np.float32, np.float64):
+        counts *= rng.random(counts.shape).astype(dtype)  # processed frames: any value
+    counts.reshape(-1)[:4] = [0, 1, 4_000_000_000 if dtype != np.uint16 else 65535, 2]
+    for scale in (2.0**-20, 2.0**-3, 1.0, 2.0**9):
+        compiled = np.zeros((9, *shape), np.uint16)
+        BACKEND.kernels.half_amplitudes(counts, np.float32(scale), compiled)
+        expected = stored(counts, scale, np.float16)
+        assert np.array_equal(compiled, expected.view(np.uint16)), f"scale {scale}"
+    assert np.isinf(compiled.view(np.float16)).any()  # the overflow was there to round
+    halfway = np.float32(1 + 2**-11) ** 2  # amplitude exactly halfway between two float16s
+    BACKEND.kernels.half_amplitudes(
+        np.full((1, 2, 2), halfway, np.float32), np.float32(1), compiled[:1, :2, :2]
+    )
+    assert compiled[0, 0, 0] == np.float16(1 + 2**-11).view(np.uint16) == np.float16(1).view(np.uint16)

@@ -12,16 +12,20 @@ scatter-add, sliding windows) through this module.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
+import platform
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+import platformdirs
 import scipy.fft
 
 from . import strict
@@ -47,6 +51,8 @@ FFT_LIBRARIES = ("scipy", "fftw")
 _FFTW_CHUNK_BYTES = 4 * 2**20
 _FFTW_PLANS_KEPT = 16
 _FFTW_MEASURED_PIXELS = 256 * 256
+# what the solver keeps between runs on this machine: compiled kernels, FFTW's measurements
+USER_CACHE = Path(platformdirs.user_cache_dir("bluesky-ptycho"))
 
 logger = logging.getLogger(__name__)
 _fftw_plans = threading.local()
@@ -158,6 +164,8 @@ def _fftw_plan(shape: tuple[int, ...], dtype, forward: bool, threads: int):
         flags=(effort,),
         threads=threads,
     )
+    if effort == "FFTW_MEASURE":
+        _save_wisdom()
     kept[key] = plan, scratch
     while len(kept) > _FFTW_PLANS_KEPT:
         kept.popitem(last=False)
@@ -185,11 +193,42 @@ def _after_fork_in_child() -> None:
 
 @cache
 def _pyfftw() -> ModuleType:
-    """pyFFTW, imported once; FFTW's threads do not survive a fork, which the child is told."""
+    """pyFFTW, imported once, with the wisdom measured before; FFTW's threads do not survive a fork, which the child is told."""
     import pyfftw
 
     os.register_at_fork(after_in_child=_after_fork_in_child)
+    _load_wisdom(pyfftw)
     return pyfftw
+
+
+def fftw_wisdom_file() -> Path:
+    """Where FFTW's measured plans are kept for this machine (measuring a 256 x 256 plan takes a few 0.1 s)."""
+    return USER_CACHE / f"fftw-wisdom-{platform.node() or 'this-machine'}.json"
+
+
+def _load_wisdom(pyfftw: ModuleType) -> None:
+    try:
+        pyfftw.import_wisdom(tuple(text.encode() for text in json.loads(fftw_wisdom_file().read_text())))
+    except FileNotFoundError:
+        pass
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        AttributeError,
+    ) as error:  # unreadable: the plans are measured again
+        logger.debug("FFTW wisdom in %s not used: %s", fftw_wisdom_file(), error)
+
+
+def _save_wisdom() -> None:
+    path = fftw_wisdom_file()
+    written = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        written.write_text(json.dumps([text.decode() for text in _pyfftw().export_wisdom()]))
+        os.replace(written, path)
+    except OSError as error:  # a read-only cache: plans are measured again next time
+        logger.debug("FFTW wisdom not kept in %s: %s", path, error)
 
 
 def _fftw_transform(x, forward: bool, workers: int, overwrite_x: bool):

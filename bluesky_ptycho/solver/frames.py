@@ -83,21 +83,22 @@ class MeasuredAmplitudes:
             if row == 0:
                 self._pages.append(self.backend.xp.empty((PAGE_FRAMES, *self.frame_shape), self.storage))
             stop = min(len(frames), start + PAGE_FRAMES - row)
-            piece = self._stored(frames[start:stop])
-            self._pages[-1][row : row + len(piece)] = self.backend.xp.asarray(piece)
-            self._n += len(piece)
+            self._store(frames[start:stop], self._pages[-1][row : row + stop - start])
+            self._n += stop - start
             start = stop
 
-    def _stored(self, counts: np.ndarray) -> np.ndarray:
-        """Frames as stored: ``sqrt(counts) * scale`` in FFT order (the store rescaled first if they need it)."""
-        amplitude = np.sqrt(np.fft.ifftshift(counts, axes=(-2, -1)), dtype=np.float32)
-        brightest = float(amplitude.max())
+    def _store(self, counts: np.ndarray, rows) -> None:
+        """Write ``counts`` into a page's ``rows`` as stored (rescaling the store first if they need it)."""
+        brightest = float(np.sqrt(np.float32(counts.max())))
         if self.scale is None:
             self.scale = storage_scale(brightest)
         elif brightest * self.scale > float(np.finfo(self.storage).max):
             self._rescale(storage_scale(brightest))
-        amplitude *= np.float32(self.scale)
-        return amplitude.astype(self.storage)
+        kernels = self.backend.kernels
+        if kernels is not None and self.storage is np.float16:
+            kernels.half_amplitudes(counts, np.float32(self.scale), rows.view(np.uint16))
+        else:
+            rows[...] = self.backend.xp.asarray(stored(counts, self.scale, self.storage))
 
     def _rescale(self, scale: float) -> None:
         """Store every frame times ``scale`` instead (a smaller power of two: exact but for the faintest values)."""
@@ -125,6 +126,16 @@ class MeasuredAmplitudes:
                     self._pages[page], xp.asarray(rows[targets]), unscale
                 )
         return out
+
+
+def stored(counts: np.ndarray, scale: float, storage) -> np.ndarray:
+    """Counts as a store of type ``storage`` holds them: ``sqrt(counts) * scale`` in FFT order.
+
+    The definition of :func:`.kernels.half_amplitudes`.
+    """
+    amplitude = np.sqrt(np.fft.ifftshift(counts, axes=(-2, -1)), dtype=np.float32)
+    amplitude *= np.float32(scale)
+    return amplitude.astype(storage)
 
 
 def single_from_stored(page, rows, unscale):

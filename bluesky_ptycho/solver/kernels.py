@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numba
 import numpy as np
-import platformdirs
 from numba.core.caching import CacheImpl, UserProvidedCacheLocator
 
+from .backend import USER_CACHE
 from .forward import AMPLITUDE_FLOOR
 
 
@@ -32,7 +32,7 @@ class _UserCacheLocator(UserProvidedCacheLocator):
     the stale folder shadows a later (editable) install of the package.
     """
 
-    directory = Path(platformdirs.user_cache_dir("bluesky-ptycho")) / "numba"
+    directory = USER_CACHE / "numba"
 
     def __init__(self, py_func, py_file):
         self._py_file = py_file
@@ -60,6 +60,12 @@ _TWO = np.float32(2)
 _FLOOR = np.float32(AMPLITUDE_FLOOR)
 # a float16's bits moved into a float32's (<< 13) give its value times 2**-112, subnormals included
 _HALF_BITS_TO_SINGLE = np.float32(2.0**112)
+# and back: a float32 at or above float16's smallest normal, its exponent lowered by 112, holds
+# the float16's bits 13 places up; below it a float16 is a whole number of its smallest subnormals
+_SINGLE_TO_HALF_EXPONENT = np.uint32(112 << 23)
+_SMALLEST_NORMAL_HALF = np.float32(2.0**-14)
+_HALF_SUBNORMALS = np.float32(2.0**24)
+_HALF_INFINITY = np.uint32(0x7C00)
 
 
 @_compile
@@ -384,3 +390,30 @@ def single_from_half(bits, rows, targets, unscale, out):
             for x in range(w):
                 target[y, x] *= _HALF_BITS_TO_SINGLE
                 target[y, x] *= unscale
+
+
+@_compile
+def half_amplitudes(counts, scale, out_bits):
+    """``out[j] = float16(sqrt(ifftshift(counts[j])) * scale)``, written as the float16's uint16 ``bits``.
+
+    Counts >= 0 of any real type; the square root in float32, rounded to the
+    nearest float16 (ties to even, overflow to infinity) as NumPy rounds. See
+    :func:`.frames.stored`.
+    """
+    n, h, w = counts.shape
+    half_w = w // 2
+    row = np.empty(w, np.float32)
+    row_bits = row.view(np.uint32)
+    for j in range(n):
+        for y in range(h):
+            source = counts[j, (y + h // 2) % h]
+            for x in range(w - half_w):
+                row[x] = np.sqrt(np.float32(source[x + half_w])) * scale
+            for x in range(half_w):
+                row[w - half_w + x] = np.sqrt(np.float32(source[x])) * scale
+            target = out_bits[j, y]
+            for x in range(w):
+                subnormal = np.uint32(np.rint(row[x] * _HALF_SUBNORMALS))
+                bits = np.uint32(row_bits[x] - _SINGLE_TO_HALF_EXPONENT)
+                normal = min((bits + np.uint32(0x0FFF) + ((bits >> 13) & np.uint32(1))) >> 13, _HALF_INFINITY)
+                target[x] = np.uint16(subnormal if row[x] < _SMALLEST_NORMAL_HALF else normal)
