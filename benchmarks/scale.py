@@ -3,7 +3,8 @@
 Run ``python benchmarks/scale.py`` (defaults: 1,000 and 10,000 frames of
 128² and 256², inline frames and a bitshuffle-LZ4 HDF5 file as an Eiger file
 writer leaves it, at 1 kHz and as fast as possible; ``--frames``,
-``--sizes``, ``--sources``, ``--rates``, 0 for as fast as possible).
+``--sizes``, ``--sources``, ``--rates``, 0 for as fast as possible;
+``--iterations`` of the final, 20).
 
 Each scan's documents are composed in advance (event-model's ``compose_run``:
 a start document with ``start["ptycho"]``, one event per frame with its
@@ -18,7 +19,9 @@ ahead of their events) and replayed into a :class:`PtychoCallback` with
   1 kHz: 0.25);
 - previews: recorded while the scan ran / planned, the delay of each after
   its last frame was sent (target: the first within 2 s, four of five of a
-  10,000-frame scan at 1 kHz), and the frames each visited;
+  10,000-frame scan at 1 kHz) / the seconds of it the worker spent taking
+  the frames in and iterating (the rest: reading or receiving the frames,
+  returning and recording the result), and the frames each visited;
 - final: seconds from the stop document to the final result;
 - peak memory of this process beyond the scan's own data (the frames it
   replays) and of the worker, against the scan's 16-bit counts;
@@ -138,7 +141,7 @@ class Replay:
         return time.monotonic() - start
 
 
-def run_case(n_frames: int, size: int, source: str, rate: float) -> None:
+def run_case(n_frames: int, size: int, source: str, rate: float, iterations: int) -> None:
     sim = simulate(n_frames=n_frames, frame_size=size, photons=3e5, seed=0)
     counts = sim.data.frames.size * 2  # as 16-bit counts
     with tempfile.TemporaryDirectory() as directory:
@@ -147,7 +150,7 @@ def run_case(n_frames: int, size: int, source: str, rate: float) -> None:
         runner = LocalRunner(process=True).start_worker()
         callback = PtychoCallback(
             runner=runner,
-            settings=ReconstructionSettings(iterations=20),
+            settings=ReconstructionSettings(iterations=iterations),
             preview_every=n_frames // PREVIEWS,
             on_result=lambda uid, result, final: results.append((time.monotonic(), result, final)),
         )
@@ -166,12 +169,15 @@ def run_case(n_frames: int, size: int, source: str, rate: float) -> None:
     worker_peak = memory.children_peak
     previews = [(when, result) for when, result, final in results if not final and when < stopped]
     (final_time, final, _) = next(item for item in results if item[2])
-    delays = [when - replay.sent[result.n_frames - 1] for when, result in previews]
+    delays = [
+        f"{when - replay.sent[result.n_frames - 1]:.1f}/{result.extra['preview']['seconds']:.1f}"
+        for when, result in previews
+    ]
     visited = [frames_visited(result) for _, result in previews]
     print(
         f"{n_frames:>7} {size:>4}² {source:>6} {rate or float('inf'):>6.0f} "
         f"{n_frames / replay.inside:>9.0f} {cpu / wall:>6.2f} "
-        f"{len(previews)}/{PREVIEWS - 1:<3} {' '.join(f'{d:.1f}' for d in delays) or '-':>24} "
+        f"{len(previews)}/{PREVIEWS - 1:<3} {' '.join(delays) or '-':>24} "
         f"{' '.join(str(v) for v in visited) or '-':>30} {final_time - stopped:>7.1f} "
         f"{(memory.peak - data_bytes) / counts:>6.2f}x {worker_peak / counts:>6.2f}x "
         f"{object_error(final, sim):>6.3f}",
@@ -185,14 +191,15 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256])
     parser.add_argument("--sources", nargs="+", choices=["inline", "hdf5"], default=["inline", "hdf5"])
     parser.add_argument("--rates", type=float, nargs="+", default=[1000.0, 0.0], help="frames/s, 0: unpaced")
+    parser.add_argument("--iterations", type=int, default=20, help="of the final")
     args = parser.parse_args()
     print(
         f"{'frames':>7} {'size':>5} {'source':>6} {'rate':>6} {'frames/s':>9} {'cores':>6} "
-        f"{'prev':<5} {'preview delays (s)':>24} {'frames visited':>30} {'final s':>7} "
+        f"{'prev':<5} {'delay/in worker (s)':>24} {'frames visited':>30} {'final s':>7} "
         f"{'this':>7} {'worker':>7} {'error':>6}"
     )
     for n_frames, size, source, rate in itertools.product(args.frames, args.sizes, args.sources, args.rates):
-        run_case(n_frames, size, source, rate)
+        run_case(n_frames, size, source, rate, args.iterations)
 
 
 if __name__ == "__main__":

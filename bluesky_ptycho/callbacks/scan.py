@@ -122,7 +122,7 @@ class ScanReconstruction(DocumentRouter):
         self.error: str | None = None
         self.is_ptycho = "ptycho" in start  # or: a descriptor with the frames and both positions
         self.frame_descriptors: set[str] = set()
-        self.frames: list[np.ndarray] = []  # not yet handed to the runner
+        self.frames: list[np.ndarray | FramePoint] = []  # not yet handed to the runner (or references)
         self.frames_since = 0.0  # time.monotonic() when the first of them arrived
         self.positions: list[tuple[float, float]] = []
         self.detector_shape: tuple[int, int] | None = None  # of the frames as recorded
@@ -366,7 +366,9 @@ class ScanReconstruction(DocumentRouter):
             self._submit_final(partial, exit_status)
 
     def _submit_final(self, partial: bool, exit_status: str) -> None:
-        future = self.owner.runner.submit(self._job(self.owner.settings.iterations, final=True))
+        job = self._job(self.owner.settings.iterations, final=True)
+        self.external.close()  # reopened if the last frames had to be read here
+        future = self.owner.runner.submit(job)
         self.owner.when_done(future, lambda f: self._finish(f, partial, exit_status))
 
     # --- work --------------------------------------------------------------
