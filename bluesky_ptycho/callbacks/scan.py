@@ -25,6 +25,7 @@ import numpy as np
 from event_model import DocumentRouter
 
 from ..federation.jobs import ReconstructionJob
+from ..federation.shared_frames import SharedFrames
 from ..io.frame_files import FileFrames, FramePoint
 from ..scan_metadata import ScanGeometry, configuration_metadata, start_metadata
 from ..solver.data import ReconstructionResult
@@ -122,7 +123,8 @@ class ScanReconstruction(DocumentRouter):
         self.error: str | None = None
         self.is_ptycho = "ptycho" in start  # or: a descriptor with the frames and both positions
         self.frame_descriptors: set[str] = set()
-        self.frames: list[np.ndarray | FramePoint] = []  # not yet handed to the runner (or references)
+        # not yet handed to the runner: frames, references or (for a worker process) shared memory
+        self.frames: list[np.ndarray | FramePoint] | SharedFrames = []
         self.frames_since = 0.0  # time.monotonic() when the first of them arrived
         self.positions: list[tuple[float, float]] = []
         self.detector_shape: tuple[int, int] | None = None  # of the frames as recorded
@@ -326,7 +328,15 @@ class ScanReconstruction(DocumentRouter):
         self._take(frame, position)
 
     def _take(self, frame: np.ndarray | FramePoint, position: tuple[float, float]) -> None:
-        self.frames.append(frame)
+        inline = isinstance(frame, np.ndarray)
+        if not self.frames and inline and getattr(self.owner.runner, "shares_memory", False):
+            self.frames = SharedFrames(
+                self.frame_shape
+            )  # the next job's inline frames, for the worker to map
+        if isinstance(self.frames, SharedFrames):
+            self.frames.append(frame if inline else self._read(frame))
+        else:
+            self.frames.append(frame)
         self.positions.append(position)
         self.collected += 1
         if self.owner.preview_every and len(self.frames) >= self.owner.preview_every:
@@ -392,8 +402,10 @@ class ScanReconstruction(DocumentRouter):
             mask=self.preparation.mask,
         )
 
-    def _job_frames(self) -> np.ndarray | FileFrames:
-        """The frames taken since the last job: counts as recorded, or references the runner's worker reads."""
+    def _job_frames(self) -> np.ndarray | FileFrames | SharedFrames:
+        """The frames taken since the last job: counts, in shared memory, or references the runner's worker reads."""
+        if isinstance(self.frames, SharedFrames):
+            return self.frames
         if self.frames and all(isinstance(frame, FramePoint) for frame in self.frames):
             reshaped = self.owner.detector_settings.reshapes
             return FileFrames.of_points(
@@ -402,13 +414,12 @@ class ScanReconstruction(DocumentRouter):
                 saturation=self.preparation.saturation,
                 mask=self.preparation.mask,
             )
-        frames = [
-            self.preparation.prepare(self.external.read_point(frame))
-            if isinstance(frame, FramePoint)
-            else frame
-            for frame in self.frames
-        ]
+        frames = [self._read(frame) if isinstance(frame, FramePoint) else frame for frame in self.frames]
         return np.asarray(frames).reshape(-1, *self.frame_shape)
+
+    def _read(self, point: FramePoint) -> np.ndarray:
+        """A frame by reference read here, prepared (where frames of both kinds come to one job)."""
+        return self.preparation.prepare(self.external.read_point(point))
 
     def _preview_seconds(self) -> float | None:
         """The next preview's time budget: the callback's, or a share of the time its frames took to arrive."""

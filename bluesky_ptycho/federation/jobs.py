@@ -11,6 +11,7 @@ import numpy as np
 from ..io.frame_files import FileFrames
 from ..solver.data import Geometry, ReconstructionResult
 from ..solver.settings import ReconstructionSettings
+from .shared_frames import SharedFrames
 
 
 @dataclass
@@ -46,7 +47,7 @@ class ReconstructionJob:
     scan_uid: str
     geometry: Geometry
     settings: ReconstructionSettings
-    frames: np.ndarray | FileFrames
+    frames: np.ndarray | FileFrames | SharedFrames
     positions: np.ndarray
     iterations: int
     final: bool = False
@@ -60,7 +61,16 @@ class ReconstructionJob:
         And how many of those read here hold trusted pixels at or above the
         saturation count (frames the callback read, it counted itself).
         """
+        if isinstance(self.frames, SharedFrames):
+            return np.concatenate(self.frames.arrays()), 0
         return self.frames.read() if isinstance(self.frames, FileFrames) else (self.frames, 0)
+
+    def frame_blocks(self) -> tuple[list[np.ndarray], int]:
+        """The frames as counts in blocks, with no copy of frames in shared memory; saturated as :meth:`frame_counts`."""
+        if isinstance(self.frames, SharedFrames):
+            return self.frames.arrays(), 0
+        frames, saturated = self.frame_counts()
+        return [frames], saturated
 
 
 class Runner(Protocol):
@@ -71,6 +81,9 @@ class Runner(Protocol):
     #: Optional (default False): whether its jobs may hold frames as references to the
     #: detector's files (:class:`~bluesky_ptycho.io.frame_files.FileFrames`), read where the job runs.
     reads_files: bool
+    #: Optional (default False): whether its jobs may hold inline frames in shared memory
+    #: (:class:`.SharedFrames`), for a worker process on this machine.
+    shares_memory: bool
 
     def submit(self, job: ReconstructionJob) -> Future[ReconstructionResult]:
         """Queue ``job``; jobs of one scan run in the order they were submitted."""

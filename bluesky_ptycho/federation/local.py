@@ -18,6 +18,7 @@ from ..solver.reconstructor import Reconstructor
 from ..solver.settings import ReconstructionSettings
 from .jobs import ReconstructionJob
 from .lanes import LaneRunner
+from .shared_frames import SharedFrames
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,7 @@ def continue_scan(
             reconstructors[job.scan_uid] = reconstructor
         reconstructor.use_settings(job.settings)
         if len(job.frames):
-            frames, saturated = job.frame_counts()
-            reconstructor.add_frames(frames, job.positions)
-            if saturated:
-                extra = reconstructor.extra
-                extra["saturated_frames"] = extra.get("saturated_frames", 0) + saturated
+            _take_frames(reconstructor, job)
         if job.final:
             reconstructor.iterate(job.iterations)
         elif job.seconds is None:
@@ -53,8 +50,23 @@ def continue_scan(
             reconstructor.preview(job.seconds, job.iterations, stop_early=cut_short)
         return reconstructor.result()
     finally:
+        if isinstance(job.frames, SharedFrames):
+            job.frames.close()
         if job.final:
             reconstructors.pop(job.scan_uid, None)
+
+
+def _take_frames(reconstructor: Reconstructor, job: ReconstructionJob) -> None:
+    """Add the job's frames (read from files, or mapped from shared memory) into the reconstruction's store."""
+    blocks, saturated = job.frame_blocks()
+    start = 0
+    for frames in blocks:
+        reconstructor.add_frames(frames, job.positions[start : start + len(frames)])
+        start += len(frames)
+    reconstructor.prepare()  # while shared memory is mapped: the store holds copies from now on
+    if saturated:
+        extra = reconstructor.extra
+        extra["saturated_frames"] = extra.get("saturated_frames", 0) + saturated
 
 
 def warm_up() -> None:
@@ -192,6 +204,7 @@ class LocalRunner(LaneRunner[_LocalScan]):
         self._worker_lock = threading.Lock()  # one job at a time in the worker
         kind = "process" if process else "thread"
         self.reads_files = True  # the detector's files are on this machine: frames go by reference
+        self.shares_memory = process  # inline frames go to the worker process in shared memory
         self.location = f"local:{socket.gethostname()}:{kind}"
 
     def start_worker(self) -> LocalRunner:
@@ -223,7 +236,11 @@ class LocalRunner(LaneRunner[_LocalScan]):
                     logger.error("%s; starting a new worker", self._worker.died)
                 self._worker = _Worker(self._niceness)
             state.worker = self._worker
-            return self._worker.run(job)
+            try:
+                return self._worker.run(job)
+            finally:
+                if isinstance(job.frames, SharedFrames):
+                    job.frames.release()  # taken into the worker's store, or lost with it
 
     def shutdown(self, wait: bool = True) -> None:
         super().shutdown(wait)

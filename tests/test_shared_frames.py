@@ -1,0 +1,133 @@
+"""Inline frames reach a local worker process through shared memory: written once, read in place, freed after."""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing
+import os
+import pickle
+
+import numpy as np
+import pytest
+from bluesky import RunEngine
+from helpers import Documents
+
+from bluesky_ptycho.callbacks import PtychoCallback
+from bluesky_ptycho.federation import LocalRunner
+from bluesky_ptycho.federation.shared_frames import SharedFrames
+from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
+from bluesky_ptycho.solver import ReconstructionSettings
+
+SHM = "/dev/shm"
+pytestmark = pytest.mark.skipif(not os.path.isdir(SHM), reason="POSIX shared memory in /dev/shm (Linux)")
+
+
+def frames(n: int, shape=(32, 24), dtype=np.uint16) -> np.ndarray:
+    return np.random.default_rng(n).poisson(40.0, size=(n, *shape)).astype(dtype)
+
+
+def _sums(connection) -> None:
+    shared = connection.recv()
+    connection.send([block.astype(np.float64).sum(axis=(1, 2)) for block in shared.arrays()])
+    shared.close()
+
+
+def test_a_spawned_process_reads_the_frames_in_place_and_the_owner_frees_them():
+    counts = frames(40)
+    shared = SharedFrames(counts.shape[1:], block_bytes=16 * counts[0].nbytes)
+    for frame in counts:
+        shared.append(frame)
+    shared.append(counts[0].astype(np.float32) + 0.5)  # of another type: a block of its own
+    assert len(shared) == 41 and shared.in_shared_memory
+    names = {block.name for block in shared._blocks}
+    assert len(names) == 4 and all(os.path.exists(f"{SHM}/{name}") for name in names)
+    assert len(pickle.dumps(shared)) < counts[0].nbytes  # names, not frames
+
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    child = context.Process(target=_sums, args=(theirs,))
+    child.start()
+    ours.send(shared)
+    sums = np.concatenate(ours.recv())
+    child.join(60)
+    expected = [
+        *counts.sum(axis=(1, 2), dtype=np.float64),
+        counts[0].sum(dtype=np.float64) + 0.5 * counts[0].size,
+    ]
+    np.testing.assert_array_equal(sums, expected)
+    shared.release()
+    assert not any(os.path.exists(f"{SHM}/{name}") for name in names)
+
+
+def test_frames_that_do_not_fit_in_shared_memory_travel_pickled(caplog):
+    """A block larger than /dev/shm's free space is refused when it is made, not by SIGBUS on a later write."""
+    free = os.statvfs(SHM).f_bavail * os.statvfs(SHM).f_frsize
+    counts = frames(5)
+    shared = SharedFrames(counts.shape[1:], block_bytes=free + 2**30)
+    with caplog.at_level(logging.WARNING):
+        for frame in counts:
+            shared.append(frame)
+    assert not shared.in_shared_memory
+    assert "no shared memory" in caplog.text and "pickled" in caplog.text
+    arrived = pickle.loads(pickle.dumps(shared))
+    np.testing.assert_array_equal(np.concatenate(arrived.arrays()), counts)
+
+
+def test_a_frame_of_another_shape_is_refused():
+    shared = SharedFrames((4, 4))
+    with pytest.raises(ValueError, match=r"shape \(4, 5\) among frames of \(4, 4\)"):
+        shared.append(np.zeros((4, 5), np.uint16))
+    shared.release()
+
+
+class RecordingRunner(LocalRunner):
+    """A worker-process runner that notes what each job's frames were (and still does the jobs)."""
+
+    def __init__(self) -> None:
+        super().__init__(process=True)
+        self.kinds: list[tuple[str, int, bool]] = []
+        self.names: set[str] = set()
+
+    def submit(self, job):
+        shared = isinstance(job.frames, SharedFrames)
+        self.kinds.append(
+            (type(job.frames).__name__, len(job.frames), shared and job.frames.in_shared_memory)
+        )
+        if shared:
+            self.names |= {block.name for block in job.frames._blocks}
+        return super().submit(job)
+
+
+@pytest.fixture
+def beamline():
+    return simulated_beamline(seed=1)
+
+
+@pytest.fixture
+def RE():
+    return RunEngine()
+
+
+def test_a_live_scans_inline_frames_go_to_the_worker_in_shared_memory_and_are_freed(RE, beamline):
+    stage, det = beamline
+    recon = Documents()
+    runner = RecordingRunner()
+    callback = PtychoCallback(
+        recon,
+        runner=runner,
+        settings=ReconstructionSettings(iterations=10),
+        preview_every=30,
+        queue_previews=True,
+        preview_seconds=math.inf,
+    )
+    RE.subscribe(callback)
+    RE(fermat_spiral_ptycho_scan(det, stage, n_points=60))
+    assert callback.wait(120)
+    runner.shutdown()
+    stop = recon.named("stop")[0]
+    assert stop["exit_status"] == "success", stop["reason"]
+    assert recon.named("event")[-1]["data"]["n_frames"] == 60
+    # two previews of 30 frames each; the final adds none
+    assert runner.kinds == [("SharedFrames", 30, True), ("SharedFrames", 30, True), ("ndarray", 0, False)]
+    assert runner.names and not any(os.path.exists(f"{SHM}/{name}") for name in runner.names)
