@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import bluesky.plan_stubs as bps
 import numpy as np
 import pytest
 from bluesky import RunEngine
-from helpers import Documents
+from helpers import Documents, after_event
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
@@ -92,3 +93,29 @@ def test_live_previews_record_what_they_covered():
 def test_preview_seconds_must_be_positive():
     with pytest.raises(ValueError, match="preview_seconds"):
         PtychoCallback(preview_seconds=0)
+
+
+def test_the_first_preview_is_a_quick_look_and_later_ones_keep_to_their_share():
+    """By default the scan's first preview gets PREVIEW_MIN_SECONDS (taking its frames in counts); none gets less."""
+    from bluesky_ptycho.callbacks.scan import PREVIEW_MIN_SECONDS
+
+    RE = RunEngine()
+    stage, det = simulated_beamline(seed=1)
+    results = []
+    callback = PtychoCallback(
+        settings=ReconstructionSettings(iterations=2),
+        preview_every=40,
+        queue_previews=True,
+        on_result=lambda uid, result, final: results.append(result),
+    )
+    RE.subscribe(callback)
+    # the scan pauses after its 50th and 80th frames: the second preview's frames take 2.5 s to arrive
+    plan = after_event(fermat_spiral_ptycho_scan(det, stage, n_points=120), 50, lambda: bps.sleep(2.5))
+    RE(after_event(plan, 80, lambda: bps.sleep(4)))
+    assert callback.wait(120)
+    *previews, final = results
+    allowed = [p.extra["preview"]["seconds_allowed"] for p in previews]
+    assert len(allowed) == 2, "the third preview ends after the stop: superseded by the final"
+    assert allowed[0] == PREVIEW_MIN_SECONDS
+    assert allowed[1] > 1.2 * PREVIEW_MIN_SECONDS  # 0.8 of 2.5 s, less the first one's overrun
+    assert "preview" not in final.extra

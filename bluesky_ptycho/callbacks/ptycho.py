@@ -88,9 +88,12 @@ class PtychoCallback:
         Each preview's time budget (:meth:`.Reconstructor.preview`): its
         iterations visit the frames new since the last preview first, then
         as many of the others as the time allows, so a preview's cost stays
-        bounded however large the scan has grown. None (default): 0.8 of
-        the time its frames took to arrive (at least ``PREVIEW_MIN_SECONDS``),
-        so that it ends before the next preview's frames are in.
+        bounded however large the scan has grown; counted from the job's
+        start in the worker. None (default): ``PREVIEW_MIN_SECONDS`` for the
+        scan's first; for later ones 0.8 of the time their frames took to
+        arrive, less the time the last preview spent outside its job (at
+        least ``PREVIEW_MIN_SECONDS``), so that each ends before the next
+        preview's frames are in.
         ``math.inf``: every iteration over every frame.
     queue_previews
         False (default): while the runner is still busy with a preview, new

@@ -38,8 +38,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 # how long a scan's first job waits for its initial probe's lookup (begun at its first descriptor)
 PROBE_LOOKUP_WAIT = 5.0
-# a preview's time budget, unless the callback sets one: this share of the time its frames took to
-# arrive (so that it ends before the next preview's are in), and at least PREVIEW_MIN_SECONDS
+# a preview's time budget, unless the callback sets one: the scan's first gets PREVIEW_MIN_SECONDS
+# (a first look, as soon as it can be had); later ones this share of the time their frames took to
+# arrive, less what the last preview spent outside its job (waiting for the worker, moving its
+# result), so that each ends before the next one's frames are in; never less than PREVIEW_MIN_SECONDS
 PREVIEW_SHARE = 0.8
 PREVIEW_MIN_SECONDS = 1.0
 
@@ -140,6 +142,7 @@ class ScanReconstruction(DocumentRouter):
         self.collected = 0
         self.seq_nums: set[int] = set()  # of the frames taken
         self.in_flight: Future | None = None
+        self.preview_overhead: float | None = None  # seconds the last preview spent outside its job
         self.jobs = 0
         self.probe_lookup: Future | None = None  # of (probe, where it came from)
         self.probe_deadline = 0.0  # time.monotonic() after which the first job stops waiting for it
@@ -426,7 +429,10 @@ class ScanReconstruction(DocumentRouter):
         given = self.owner.preview_seconds
         if given is not None:
             return None if given == math.inf else given
-        return max(PREVIEW_MIN_SECONDS, PREVIEW_SHARE * (time.monotonic() - self.frames_since))
+        if self.preview_overhead is None:
+            return PREVIEW_MIN_SECONDS
+        share = PREVIEW_SHARE * (time.monotonic() - self.frames_since) - self.preview_overhead
+        return max(PREVIEW_MIN_SECONDS, share)
 
     def _look_up_probe(self) -> None:
         """Start finding the scan's initial probe (the owner's ``initial_probe``) once its geometry is known."""
@@ -479,15 +485,20 @@ class ScanReconstruction(DocumentRouter):
             return  # the runner is busy: these frames join the next job
         if self._probe_pending():
             return  # the initial probe is still being looked up: these frames join the next job
-        future = self.owner.runner.submit(self._job(self.owner.preview_iterations, final=False))
+        job = self._job(self.owner.preview_iterations, final=False)
+        submitted = time.monotonic()
+        future = self.owner.runner.submit(job)
         self.in_flight = future
-        self.owner.when_done(future, self._previewed)
+        self.owner.when_done(future, lambda done: self._previewed(done, submitted))
 
-    def _previewed(self, future: Future) -> None:
+    def _previewed(self, future: Future, submitted: float) -> None:
         error = future.exception()
         if error is not None:
             self.problems.add(f"preview:{type(error).__name__}", f"preview failed: {error}")
             return
+        in_worker = future.result().extra.get("preview", {}).get("seconds")
+        if in_worker is not None:
+            self.preview_overhead = max(0.0, time.monotonic() - submitted - in_worker)
         if self.stopped:  # superseded: the final continues from it, with every frame, and is what is awaited
             logger.debug("scan %s: a preview that finished after the scan's stop is not recorded", self.uid)
             return

@@ -8,6 +8,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
@@ -30,10 +31,12 @@ def continue_scan(
 ) -> ReconstructionResult:
     """Do ``job`` with the scan's reconstructor in ``reconstructors`` (made for its first job); a final job removes it.
 
-    A preview keeps to its time budget (``job.seconds``) and ends its
+    A preview keeps to its time budget (``job.seconds``, from the job's
+    start: reading and storing its frames count) and ends its
     iterations early once ``cut_short()`` says so (a final does neither).
     Frames by reference are read from the detector's files here.
     """
+    started = time.perf_counter()
     try:
         reconstructor = reconstructors.get(job.scan_uid)
         if reconstructor is None:
@@ -47,7 +50,7 @@ def continue_scan(
         elif job.seconds is None:
             reconstructor.iterate(job.iterations, stop_early=cut_short)
         else:
-            reconstructor.preview(job.seconds, job.iterations, stop_early=cut_short)
+            reconstructor.preview(job.seconds, job.iterations, stop_early=cut_short, started=started)
         return reconstructor.result()
     finally:
         if isinstance(job.frames, SharedFrames):

@@ -280,21 +280,26 @@ class Reconstructor:
         return self
 
     def preview(
-        self, seconds: float, n: int | None = None, stop_early: Callable[[], bool] | None = None
+        self,
+        seconds: float,
+        n: int | None = None,
+        stop_early: Callable[[], bool] | None = None,
+        started: float | None = None,
     ) -> Reconstructor:
         """Up to ``n`` iterations (default ``settings.iterations``) in about ``seconds``, the newest frames first.
 
         Each iteration visits the frames added since the last preview and as
         many of the others (a new random draw each time) as the time left
         allows at the cost per frame measured so far; no iteration starts
-        once ``seconds`` have passed since the call (a first preview's set-up,
-        building the probe, counts), but one always runs. A preview's cost
+        once ``seconds`` have passed since ``started`` (a ``time.perf_counter()``;
+        default: the call; a first preview's set-up, building the probe,
+        counts), but one always runs. A preview's cost
         is then bounded whatever the scan's size. An engine that visits every
         frame in each iteration (DM) is bounded by whole iterations only.
         ``stop_early`` as in :meth:`iterate`. What the preview visited goes
         into :meth:`result`'s ``extra["preview"]``.
         """
-        start = time.perf_counter()
+        start = time.perf_counter() if started is None else started
         self.prepare()
         n = self.settings.iterations if n is None else int(n)
         new = np.arange(self._previewed, self.state.n_frames)
