@@ -15,7 +15,7 @@ from helpers import Documents
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.federation import LocalRunner
-from bluesky_ptycho.federation.shared_frames import SharedFrames
+from bluesky_ptycho.federation.shared_frames import BlockPool, SharedFrames
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings
 
@@ -79,6 +79,50 @@ def test_a_frame_of_another_shape_is_refused():
     with pytest.raises(ValueError, match=r"shape \(4, 5\) among frames of \(4, 4\)"):
         shared.append(np.zeros((4, 5), np.uint16))
     shared.release()
+
+
+def names_of(shared: SharedFrames) -> list[str]:
+    return [block.name for block in shared._blocks]
+
+
+def test_released_blocks_are_kept_mapped_for_the_next_frames_up_to_the_pools_limit():
+    """Frames after a release go into the same (already faulted-in) blocks; beyond keep_bytes, blocks are freed."""
+    counts = frames(12)
+    block = 4 * counts[0].nbytes
+    pool = BlockPool(keep_bytes=2 * block)
+    first = SharedFrames(counts.shape[1:], block_bytes=block, pool=pool)
+    for frame in counts:
+        first.append(frame)
+    names = names_of(first)
+    assert len(names) == 3
+    first.release()
+    assert pool.kept_bytes == 2 * block
+    kept = [name for name in names if os.path.exists(f"{SHM}/{name}")]
+    assert len(kept) == 2  # the third was freed
+
+    second = SharedFrames(counts.shape[1:], block_bytes=block, pool=pool)
+    for frame in counts[::-1]:
+        second.append(frame)
+    assert set(kept) <= set(names_of(second)) and pool.kept_bytes == 0
+    arrived = pickle.loads(pickle.dumps(second))
+    np.testing.assert_array_equal(np.concatenate(arrived.arrays()), counts[::-1])  # nothing of the first left
+    arrived.close()
+    second.release()
+    pool.close()
+    assert not any(os.path.exists(f"{SHM}/{name}") for name in {*names, *names_of(second)})
+    assert pool.kept_bytes == 0
+
+
+def test_a_block_of_another_size_is_not_taken_from_the_pool():
+    pool = BlockPool()
+    small = SharedFrames((8, 8), block_bytes=8 * 8 * 2 * 4, pool=pool)
+    small.append(np.ones((8, 8), np.uint16))
+    small.release()
+    other = SharedFrames((8, 8), block_bytes=8 * 8 * 2 * 5, pool=pool)
+    other.append(np.ones((8, 8), np.uint16))
+    assert names_of(other) != names_of(small) and pool.kept_bytes == 8 * 8 * 2 * 4
+    other.release()
+    pool.close()
 
 
 class RecordingRunner(LocalRunner):

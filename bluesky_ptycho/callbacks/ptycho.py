@@ -1,7 +1,7 @@
 """The RunEngine side: collect frames and positions, trigger reconstructions.
 
 :class:`PtychoCallback` is subscribed to the RunEngine (or a document bus).
-An event-model ``RunRouter`` gives every run its own
+An event-model ``RunRouter`` (:class:`~.routing.EventRouter`) gives every run its own
 :class:`~.scan.ScanReconstruction`, behind a :class:`~.normalizing.LegacyNormalizer`
 (legacy Resource/Datum become StreamResource/StreamDatum),
 so per-run state lives in one object. The scan reads its metadata
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from event_model import RunRouter
 
 from ..catalog.documents import DocumentCallback, ReconstructionRunWriter
 from ..catalog.queries import latest_probe_for
@@ -45,6 +44,7 @@ from ..solver.probe import reusable_probe
 from ..solver.settings import ReconstructionSettings
 from .arrivals import RunArrivals
 from .normalizing import LegacyNormalizer
+from .routing import EventRouter
 from .scan import Problems, ScanReconstruction
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class PtychoCallback:
         self.detector_settings = detector_settings or DetectorSettings()
         self.configuration_signals = dict(configuration_signals or {})
         configuration_metadata({}, self.configuration_signals)  # a key that cannot be configured fails here
-        self._router = RunRouter([self._factory])
+        self._router = EventRouter([self._factory])
         self._arrivals = RunArrivals(self._missed)
         self._scans: dict[str, ScanReconstruction] = {}  # open, by run uid: for what the router cannot place
         self._unrecorded: dict[str, ScanReconstruction] = {}  # whose reconstruction is not recorded yet

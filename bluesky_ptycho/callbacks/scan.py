@@ -332,10 +332,9 @@ class ScanReconstruction(DocumentRouter):
 
     def _take(self, frame: np.ndarray | FramePoint, position: tuple[float, float]) -> None:
         inline = isinstance(frame, np.ndarray)
-        if not self.frames and inline and getattr(self.owner.runner, "shares_memory", False):
-            self.frames = SharedFrames(
-                self.frame_shape
-            )  # the next job's inline frames, for the worker to map
+        pool = getattr(self.owner.runner, "block_pool", None)
+        if not self.frames and inline and pool is not None:
+            self.frames = SharedFrames(self.frame_shape, pool=pool)  # the next job's, for the worker to map
         if isinstance(self.frames, SharedFrames):
             self.frames.append(frame if inline else self._read(frame))
         else:

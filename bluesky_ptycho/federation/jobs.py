@@ -11,7 +11,7 @@ import numpy as np
 from ..io.frame_files import FileFrames
 from ..solver.data import Geometry, ReconstructionResult
 from ..solver.settings import ReconstructionSettings
-from .shared_frames import SharedFrames
+from .shared_frames import BlockPool, SharedFrames
 
 
 @dataclass
@@ -81,9 +81,9 @@ class Runner(Protocol):
     #: Optional (default False): whether its jobs may hold frames as references to the
     #: detector's files (:class:`~bluesky_ptycho.io.frame_files.FileFrames`), read where the job runs.
     reads_files: bool
-    #: Optional (default False): whether its jobs may hold inline frames in shared memory
-    #: (:class:`.SharedFrames`), for a worker process on this machine.
-    shares_memory: bool
+    #: Optional (default None): where its jobs' inline frames are held in shared memory
+    #: (:class:`.SharedFrames` of blocks from this pool), for a worker process on this machine.
+    block_pool: BlockPool | None
 
     def submit(self, job: ReconstructionJob) -> Future[ReconstructionResult]:
         """Queue ``job``; jobs of one scan run in the order they were submitted."""

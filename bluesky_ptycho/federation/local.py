@@ -19,7 +19,7 @@ from ..solver.reconstructor import Reconstructor
 from ..solver.settings import ReconstructionSettings
 from .jobs import ReconstructionJob
 from .lanes import LaneRunner
-from .shared_frames import SharedFrames
+from .shared_frames import BlockPool, SharedFrames
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class LocalRunner(LaneRunner[_LocalScan]):
         self._worker_lock = threading.Lock()  # one job at a time in the worker
         kind = "process" if process else "thread"
         self.reads_files = True  # the detector's files are on this machine: frames go by reference
-        self.shares_memory = process  # inline frames go to the worker process in shared memory
+        self.block_pool = BlockPool() if process else None  # inline frames go to the worker in shared memory
         self.location = f"local:{socket.gethostname()}:{kind}"
 
     def start_worker(self) -> LocalRunner:
@@ -253,3 +253,5 @@ class LocalRunner(LaneRunner[_LocalScan]):
             if self._worker is not None:
                 self._worker.stop()
                 self._worker = None
+        if self.block_pool is not None:
+            self.block_pool.close()
