@@ -30,6 +30,7 @@ from .data import (
 )
 from .defocus import check_defocus_sign, estimate_defocus
 from .frames import MeasuredAmplitudes
+from .iteration_cost import IterationCost
 from .probe import add_modes, normalize_power, orthogonalize_modes, probe_from_mean_pattern
 from .settings import ReconstructionSettings
 from .state import SolverState, canvas_margin
@@ -126,7 +127,7 @@ class Reconstructor:
         self.extra: dict = {}
         self._photons = np.zeros(0)  # in each frame's good pixels: what the cost is normalised by
         self._previewed = 0  # frames the previews have visited as new ones
-        self._seconds_per_frame: float | None = None  # of an iteration, as last measured
+        self._iteration_cost = IterationCost()
         self._coverage: dict | None = None  # what the last preview visited
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._best: tuple[float, object, object, np.ndarray] | None = None
@@ -290,10 +291,11 @@ class Reconstructor:
 
         Each iteration visits the frames added since the last preview and as
         many of the others (a new random draw each time) as the time left
-        allows at the cost per frame measured so far; no iteration starts
-        once ``seconds`` have passed since ``started`` (a ``time.perf_counter()``;
-        default: the call; a first preview's set-up, building the probe,
-        counts), but one always runs. A preview's cost
+        allows at the cost measured so far (:class:`IterationCost`); no
+        iteration starts that would not end, at that cost, within ``seconds``
+        of ``started`` (a ``time.perf_counter()``; default: the call; a first
+        preview's set-up, building the probe, counts), but one always runs.
+        A preview's cost
         is then bounded whatever the scan's size. An engine that visits every
         frame in each iteration (DM) is bounded by whole iterations only.
         ``stop_early`` as in :meth:`iterate`. What the preview visited goes
@@ -304,10 +306,15 @@ class Reconstructor:
         n = self.settings.iterations if n is None else int(n)
         new = np.arange(self._previewed, self.state.n_frames)
         visited = np.zeros(self.state.n_frames, bool)
+        smallest = (
+            self.settings.options.effective_batch_size(self.state.n_frames)
+            if self.engine.visits_some_frames
+            else self.state.n_frames
+        )
         done = 0
         while done < n and not (stop_early is not None and stop_early()):
             left = seconds - (time.perf_counter() - start)
-            if done and left <= 0:
+            if done and left < self._iteration_cost.seconds(smallest):
                 break
             frames = self._preview_frames(new, left, n - done)
             visited[slice(None) if frames is None else frames] = True
@@ -328,16 +335,17 @@ class Reconstructor:
 
         The new frames first: all of them if the time left holds them, else
         as many as it does; then a random draw of the others, the time left
-        shared between the iterations left. Never less than one batch; with
-        nothing measured yet, one batch, which measures the cost per frame.
+        shared between the iterations left, each iteration's fixed part
+        (its steps over the whole canvas) counted. Never less than one batch;
+        with nothing measured yet, one batch, which starts the measuring.
         """
         n_frames = self.state.n_frames
         if not self.engine.visits_some_frames:
             return None
         count = self.settings.options.effective_batch_size(n_frames)
-        if self._seconds_per_frame is not None:
-            fits = seconds / self._seconds_per_frame
-            count = max(count, min(len(new), int(fits)), int(fits / iterations))
+        cost = self._iteration_cost
+        if cost.per_frame is not None:
+            count = max(count, min(len(new), cost.frames_in(seconds)), cost.frames_in(seconds / iterations))
         if count >= n_frames:
             return None
         if count <= len(new):
@@ -354,7 +362,7 @@ class Reconstructor:
             seconds = time.perf_counter() - start
             self.wall_time += seconds
         visited = self.state.n_frames if frames is None or not self.engine.visits_some_frames else len(frames)
-        self._seconds_per_frame = seconds / visited
+        self._iteration_cost.add(visited, seconds)
         photons = (
             self._photons if frames is None or not self.engine.visits_some_frames else self._photons[frames]
         )
