@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventType
 
@@ -20,6 +21,7 @@ from ..solver.settings import ReconstructionSettings
 from .jobs import ReconstructionJob
 from .lanes import LaneRunner
 from .shared_frames import BlockPool, SharedFrames
+from .shared_replies import ReplyArea, pack
 
 logger = logging.getLogger(__name__)
 
@@ -96,15 +98,18 @@ def _serve(connection: Connection, niceness: int, cut_short: EventType) -> None:
     except Exception:  # a job then says what is wrong; only the warm-up's time is lost
         logger.exception("the reconstruction worker's warm-up failed")
     reconstructors: dict[str, Reconstructor] = {}
-    while (job := connection.recv()) is not None:
+    mapped: dict[str, shared_memory.SharedMemory] = {}  # the reply blocks, mapped from job to job
+    while (sent := connection.recv()) is not None:
+        job, block = sent
         try:
             reply: tuple[bool, object] = (True, continue_scan(reconstructors, job, cut_short.is_set))
         except Exception as error:
             reply = (False, error)
         try:
-            connection.send(reply)
+            packed = pack(reply, block, mapped)
         except (pickle.PicklingError, TypeError, AttributeError):  # an error that does not pickle
-            connection.send((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")))
+            packed = pack((False, RuntimeError(f"{type(reply[1]).__name__}: {reply[1]}")), None, mapped)
+        connection.send(packed)
 
 
 class WorkerDiedError(RuntimeError):
@@ -126,14 +131,15 @@ class _Worker:
         self.died: str | None = None  # why, once it has
         self._preview_of: str | None = None  # the scan whose preview runs now
         self._lock = threading.Lock()  # so a cut meant for one job never reaches the next
+        self._replies = ReplyArea()  # where the worker writes its results' arrays
 
     def run(self, job: ReconstructionJob) -> ReconstructionResult:
         with self._lock:
             self._cut_short.clear()
             self._preview_of = None if job.final else job.scan_uid
         try:
-            self._connection.send(job)
-            ok, reply = self._connection.recv()
+            self._connection.send((job, self._replies.block))
+            ok, reply = self._replies.unpack(self._connection.recv())
         except (EOFError, OSError) as error:
             self._process.join(5)
             self.died = (
@@ -163,6 +169,7 @@ class _Worker:
         if self._process.is_alive():
             self._process.kill()
         self._connection.close()
+        self._replies.close()
 
 
 @dataclass
@@ -184,8 +191,10 @@ class LocalRunner(LaneRunner[_LocalScan]):
     process
         False (default): in a thread of this process. True: in one worker
         process (started on first use), so the reconstruction does not
-        compete with the RunEngine for the interpreter lock; frames travel
-        to it by pickling. If the worker dies (killed, out of memory), the
+        compete with the RunEngine for the interpreter lock; inline frames
+        travel to it in shared memory (:mod:`.shared_frames`), and its
+        results' arrays come back the same way (:mod:`.shared_replies`).
+        If the worker dies (killed, out of memory), the
         scans it held fail with :class:`WorkerDiedError` and a new worker
         takes the next scans. Frames in the detector's HDF5 files go by
         reference and are read (and decompressed) where the job runs, in

@@ -33,8 +33,8 @@ import numpy as np
 logger = logging.getLogger(__name__)
 # a block holds as many frames as fit in this (at least one)
 BLOCK_BYTES = 64 * 2**20
-# what a BlockPool keeps of the blocks given back: two previews' frames of 2,000 x 256² uint16
-KEEP_BYTES = 8 * BLOCK_BYTES
+# what a BlockPool keeps of the blocks given back: one preview's frames of 2,000 x 256² uint16
+KEEP_BYTES = 4 * BLOCK_BYTES
 
 
 class BlockPool:
@@ -48,7 +48,7 @@ class BlockPool:
         self.keep_bytes = keep_bytes
         self._lock = threading.Lock()
         self._free: list[shared_memory.SharedMemory] = []
-        self._close = weakref.finalize(self, _unlink, self._free)
+        self._close = weakref.finalize(self, unlink_blocks, self._free)
 
     @property
     def kept_bytes(self) -> int:
@@ -61,7 +61,7 @@ class BlockPool:
             for i, memory in enumerate(self._free):
                 if memory.size == size:
                     return self._free.pop(i)
-        return _reserved(size)
+        return reserved_block(size)
 
     def give_back(self, memories: list[shared_memory.SharedMemory]) -> None:
         """Keep ``memories`` (emptied from the list) for reuse; those beyond ``keep_bytes`` are freed."""
@@ -71,7 +71,7 @@ class BlockPool:
                 if sum(kept.size for kept in self._free) + memory.size <= self.keep_bytes:
                     self._free.append(memory)
                 else:
-                    _unlink([memory])
+                    unlink_blocks([memory])
 
     def close(self) -> None:
         """Free the blocks kept (those in use are freed when given back)."""
@@ -119,7 +119,7 @@ class SharedFrames:
         self._pool = pool
         self._blocks: list[_Block] = []
         self._owned: list[shared_memory.SharedMemory] = []
-        let_go = _unlink if pool is None else pool.give_back
+        let_go = unlink_blocks if pool is None else pool.give_back
         self._release = weakref.finalize(self, let_go, self._owned)
 
     def __len__(self) -> int:
@@ -146,7 +146,7 @@ class SharedFrames:
         shape = (block.capacity, *self.frame_shape)
         try:
             size = block.capacity * frame_bytes
-            block.memory = _reserved(size) if self._pool is None else self._pool.take(size)
+            block.memory = reserved_block(size) if self._pool is None else self._pool.take(size)
         except OSError as error:
             logger.warning(
                 "no shared memory for %d frames (%s): they travel to the worker pickled",
@@ -203,10 +203,10 @@ class SharedFrames:
                 block.capacity = block.count
         self._pool = None
         self._owned = []
-        self._release = weakref.finalize(self, _unlink, self._owned)
+        self._release = weakref.finalize(self, unlink_blocks, self._owned)
 
 
-def _reserved(size: int) -> shared_memory.SharedMemory:
+def reserved_block(size: int) -> shared_memory.SharedMemory:
     """A new block of shared memory whose pages are reserved now (OSError: there is not room)."""
     memory = shared_memory.SharedMemory(create=True, size=size)
     try:
@@ -219,7 +219,7 @@ def _reserved(size: int) -> shared_memory.SharedMemory:
     return memory
 
 
-def _unlink(memories: list[shared_memory.SharedMemory]) -> None:
+def unlink_blocks(memories: list[shared_memory.SharedMemory]) -> None:
     while memories:
         memory = memories.pop()
         try:
