@@ -7,6 +7,7 @@ import math
 import multiprocessing
 import os
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -15,9 +16,10 @@ from helpers import Documents
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.federation import LocalRunner
+from bluesky_ptycho.federation.jobs import ReconstructionJob
 from bluesky_ptycho.federation.shared_frames import BlockPool, SharedFrames
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
-from bluesky_ptycho.solver import ReconstructionSettings
+from bluesky_ptycho.solver import ReconstructionSettings, simulate
 
 SHM = "/dev/shm"
 pytestmark = pytest.mark.skipif(not os.path.isdir(SHM), reason="POSIX shared memory in /dev/shm (Linux)")
@@ -175,3 +177,27 @@ def test_a_live_scans_inline_frames_go_to_the_worker_in_shared_memory_and_are_fr
     # two previews of 30 frames each; the final adds none
     assert runner.kinds == [("SharedFrames", 30, True), ("SharedFrames", 30, True), ("ndarray", 0, False)]
     assert runner.names and not any(os.path.exists(f"{SHM}/{name}") for name in runner.names)
+
+
+def test_a_jobs_blocks_go_back_to_the_pool_once_the_worker_has_stored_its_frames():
+    """Not when the job ends: the next frames reuse them while the preview still iterates."""
+    data = simulate(n_frames=40, frame_size=32, seed=3).data
+    runner = LocalRunner(process=True).start_worker()
+    shared = SharedFrames(data.frames.shape[1:], pool=runner.block_pool)
+    for frame in data.frames[:20]:
+        shared.append(frame)
+
+    def job(frames, positions, iterations, final=False):
+        settings = ReconstructionSettings(probe_defocus=None)
+        return ReconstructionJob("a", data.geometry, settings, frames, positions, iterations, final)
+
+    try:
+        preview = runner.submit(job(shared, data.positions[:20], 200_000))
+        deadline = time.monotonic() + 60
+        while runner.block_pool.kept_bytes == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert runner.block_pool.kept_bytes > 0 and not preview.done()  # iterating on, its frames stored
+        final = runner.submit(job(data.frames[20:], data.positions[20:], 2, final=True))  # cuts it short
+        assert preview.result(120).n_frames == 20 and final.result(120).n_frames == 40
+    finally:
+        runner.shutdown()

@@ -24,19 +24,24 @@ from .shared_frames import BlockPool, SharedFrames
 from .shared_replies import ReplyArea, pack
 
 logger = logging.getLogger(__name__)
+# what the worker says once a job's frames in shared memory are stored and unmapped
+FRAMES_TAKEN = "frames taken"
 
 
 def continue_scan(
     reconstructors: dict[str, Reconstructor],
     job: ReconstructionJob,
     cut_short: Callable[[], bool] = lambda: False,
+    frames_taken: Callable[[], None] = lambda: None,
 ) -> ReconstructionResult:
     """Do ``job`` with the scan's reconstructor in ``reconstructors`` (made for its first job); a final job removes it.
 
     A preview keeps to its time budget (``job.seconds``, from the job's
     start: reading and storing its frames count) and ends its
     iterations early once ``cut_short()`` says so (a final does neither).
-    Frames by reference are read from the detector's files here.
+    Frames by reference are read from the detector's files here; frames in
+    shared memory are unmapped once stored, and ``frames_taken()`` is called
+    then, before the iterations.
     """
     started = time.perf_counter()
     try:
@@ -47,6 +52,9 @@ def continue_scan(
         reconstructor.use_settings(job.settings)
         if len(job.frames):
             _take_frames(reconstructor, job)
+        if isinstance(job.frames, SharedFrames):
+            job.frames.close()
+            frames_taken()
         if job.final:
             reconstructor.iterate(job.iterations)
         elif job.seconds is None:
@@ -102,7 +110,8 @@ def _serve(connection: Connection, niceness: int, cut_short: EventType) -> None:
     while (sent := connection.recv()) is not None:
         job, block = sent
         try:
-            reply: tuple[bool, object] = (True, continue_scan(reconstructors, job, cut_short.is_set))
+            taken = lambda: connection.send(FRAMES_TAKEN)  # noqa: E731
+            reply: tuple[bool, object] = (True, continue_scan(reconstructors, job, cut_short.is_set, taken))
         except Exception as error:
             reply = (False, error)
         try:
@@ -139,7 +148,9 @@ class _Worker:
             self._preview_of = None if job.final else job.scan_uid
         try:
             self._connection.send((job, self._replies.block))
-            ok, reply = self._replies.unpack(self._connection.recv())
+            while (message := self._connection.recv()) == FRAMES_TAKEN:
+                job.frames.release()  # stored in the worker: the blocks go back to the pool for new frames
+            ok, reply = self._replies.unpack(message)
         except (EOFError, OSError) as error:
             self._process.join(5)
             self.died = (
