@@ -90,7 +90,7 @@ class PtychoCallback:
         as many of the others as the time allows, so a preview's cost stays
         bounded however large the scan has grown; counted from the job's
         start in the worker. None (default): ``PREVIEW_MIN_SECONDS`` for the
-        scan's first; for later ones 0.8 of the time their frames took to
+        scan's first; for later ones 0.6 of the time their frames took to
         arrive, less the time the last preview spent outside its job (at
         least ``PREVIEW_MIN_SECONDS``), so that each ends before the next
         preview's frames are in.

@@ -41,8 +41,10 @@ PROBE_LOOKUP_WAIT = 5.0
 # a preview's time budget, unless the callback sets one: the scan's first gets PREVIEW_MIN_SECONDS
 # (a first look, as soon as it can be had); later ones this share of the time their frames took to
 # arrive, less what the last preview spent outside its job (waiting for the worker, moving its
-# result), so that each ends before the next one's frames are in; never less than PREVIEW_MIN_SECONDS
-PREVIEW_SHARE = 0.8
+# result), so that each ends before the next one's frames are in, with room for an overrun of
+# half as much again (an iteration longer than its measured cost, a busy machine); never less
+# than PREVIEW_MIN_SECONDS
+PREVIEW_SHARE = 0.6
 PREVIEW_MIN_SECONDS = 1.0
 
 
