@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from event_model import compose_run
 
 from bluesky_ptycho.callbacks.routing import EventRouter
@@ -34,3 +35,16 @@ def test_events_reach_the_runs_callbacks_as_they_came_and_other_runs_see_nothing
     assert received[runs[0].start_doc["uid"]][2][1] is event  # not packed into a page and unpacked
     assert received[runs[0].start_doc["uid"]][3][1]["data"]["x"] == [2.0, 3.0]
     assert [name for name, _ in received[runs[1].start_doc["uid"]]] == ["start", "stop"]
+
+
+def test_an_event_of_an_unknown_descriptor_is_refused_as_event_models_router_refuses_it():
+    router = EventRouter([lambda name, start: ([lambda name, doc: None], [])])
+    run = compose_run()
+    router("start", run.start_doc)
+    stray = run.compose_descriptor(
+        name="primary", data_keys={"x": {"source": "s", "dtype": "number", "shape": []}}
+    )
+    event = stray.compose_event(data={"x": 1.0}, timestamps={"x": 0.0})  # its descriptor never came
+    with pytest.raises(KeyError):
+        router("event", event)
+    assert event["descriptor"] not in router._factory_cbs_by_descriptor

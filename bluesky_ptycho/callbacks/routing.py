@@ -22,6 +22,8 @@ class EventRouter(RunRouter):
 
     def event(self, doc: dict) -> None:
         descriptor = doc["descriptor"]
+        if descriptor not in self._descriptor_to_start:  # as RunRouter.event_page refuses it
+            raise KeyError(f"an event of unknown descriptor {descriptor!r}")
         for callback in self._factory_cbs_by_descriptor[descriptor]:
             callback("event", doc)
         for callback in self._subfactory_cbs_by_descriptor[descriptor]:
