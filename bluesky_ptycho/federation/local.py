@@ -107,10 +107,13 @@ def _serve(connection: Connection, niceness: int, cut_short: EventType) -> None:
         logger.exception("the reconstruction worker's warm-up failed")
     reconstructors: dict[str, Reconstructor] = {}
     mapped: dict[str, shared_memory.SharedMemory] = {}  # the reply blocks, mapped from job to job
+
+    def taken() -> None:
+        connection.send(FRAMES_TAKEN)
+
     while (sent := connection.recv()) is not None:
         job, block = sent
         try:
-            taken = lambda: connection.send(FRAMES_TAKEN)  # noqa: E731
             reply: tuple[bool, object] = (True, continue_scan(reconstructors, job, cut_short.is_set, taken))
         except Exception as error:
             reply = (False, error)

@@ -64,9 +64,7 @@ class ReplyArea:
             return pickle.loads(packed.pickle)
         view, buffers, start = self._memories[0].buf, [], 0
         for size in packed.sizes:
-            buffer = np.empty(size, np.uint8)
-            buffer[:] = np.frombuffer(view, np.uint8, size, start)
-            buffers.append(buffer)
+            buffers.append(np.frombuffer(view, np.uint8, size, start).copy())
             start += size
         return pickle.loads(packed.pickle, buffers=buffers)
 
