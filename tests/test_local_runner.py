@@ -1,4 +1,5 @@
-"""LocalRunner: once a scan's final job is queued, its previews stop iterating (their frames still count)."""
+"""LocalRunner: once a scan's final job is queued, its previews stop iterating (their frames still count);
+frames-only jobs store a scan's frames ahead of its preview, which counts their time in its budget."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def scan():
     return simulate(n_frames=40, frame_size=32, seed=3).data
 
 
-def job(data, uid: str, part: slice, iterations: int, final: bool = False) -> ReconstructionJob:
+def job(data, uid: str, part: slice, iterations: int, final: bool = False, **more) -> ReconstructionJob:
     return ReconstructionJob(
         scan_uid=uid,
         geometry=data.geometry,
@@ -28,6 +29,7 @@ def job(data, uid: str, part: slice, iterations: int, final: bool = False) -> Re
         positions=data.positions[part],
         iterations=iterations,
         final=final,
+        **more,
     )
 
 
@@ -79,3 +81,19 @@ def test_iterations_stop_early_when_asked(scan):
     reconstructor.iterate(50, stop_early=lambda: next(asked))
     assert reconstructor.iteration == 3 and len(reconstructor.cost_history) == 3
     assert np.isfinite(reconstructor.cost_history).all()
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+def test_frames_sent_ahead_are_stored_and_the_preview_after_them_counts_their_time(scan, process):
+    runner = LocalRunner(process=process)
+    try:
+        ahead = [runner.submit(job(scan, "a", slice(i, i + 10), 5, frames_only=True)) for i in (0, 10)]
+        preview = runner.submit(job(scan, "a", slice(20, 30), 50, seconds=1e9)).result(120)
+        final = runner.submit(job(scan, "a", slice(30, 40), 2, final=True)).result(120)
+    finally:
+        runner.shutdown()
+    assert [future.result(120) for future in ahead] == [None, None]  # nothing to record
+    covered = preview.extra["preview"]
+    assert preview.n_frames == covered["frames_new"] == 30 and preview.iterations == 50  # none before it
+    assert covered["intake_seconds"] > 0  # the first frames-only job built the probe and the canvas
+    assert final.n_frames == 40 and final.iterations == 52

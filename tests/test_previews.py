@@ -11,6 +11,8 @@ from bluesky import RunEngine
 from helpers import Documents, after_event
 
 from bluesky_ptycho.callbacks import PtychoCallback
+from bluesky_ptycho.callbacks import scan as scan_module
+from bluesky_ptycho.federation import LocalRunner
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor
 from bluesky_ptycho.solver.simulate import simulate
@@ -51,6 +53,14 @@ def test_a_preview_visits_the_new_frames_first_then_what_its_time_allows(data):
     assert "preview" not in reconstructor.result().extra
 
 
+def test_time_spent_taking_a_previews_frames_in_counts_against_its_budget(data):
+    reconstructor = Reconstructor(data.geometry, ReconstructionSettings(probe_defocus=None))
+    reconstructor.add_frames(data.frames[:400], data.positions[:400]).prepare()
+    first = coverage(reconstructor.preview(1e3, 3, spent=1e3 - NO_TIME))
+    assert (first["frames_visited"], first["iterations"]) == (64, 1)  # as if it had no time at all
+    assert first["intake_seconds"] == 1e3 - NO_TIME
+
+
 def test_difference_map_previews_visit_every_frame(data):
     reconstructor = Reconstructor(data.geometry, ReconstructionSettings(algorithm="dm"))
     reconstructor.add_frames(data.frames[:300], data.positions[:300]).preview(ALL_THE_TIME, 2)
@@ -60,6 +70,7 @@ def test_difference_map_previews_visit_every_frame(data):
         "frames_visited": 600,
         "iterations": 1,
         "seconds": 0,
+        "intake_seconds": 0.0,
         "seconds_allowed": NO_TIME,
     }
 
@@ -88,6 +99,37 @@ def test_live_previews_record_what_they_covered():
     assert all(b["iteration"] - a["iteration"] == 1 for a, b in itertools.pairwise(previews))
     assert final["final"] and final["frames_visited"] == final["n_frames"] == 160
     assert final["iteration"] >= previews[-1]["iteration"] + 10
+
+
+@pytest.mark.parametrize("preview_every", [80, None], ids=["previews", "final only"])
+def test_live_frames_go_to_the_runner_as_they_arrive_and_only_results_are_recorded(
+    monkeypatch, preview_every
+):
+    """Frames-only jobs between previews store the frames as they come; they record nothing themselves."""
+    monkeypatch.setattr(scan_module, "INTAKE_FRAMES", 20)
+    RE = RunEngine()
+    stage, det = simulated_beamline(seed=1)
+    recon, results = Documents(), []
+    callback = PtychoCallback(
+        recon,
+        runner=LocalRunner(process=True),
+        settings=ReconstructionSettings(iterations=3),
+        preview_every=preview_every,
+        on_result=lambda uid, result, final: results.append(result),
+    )
+    RE.subscribe(callback)
+    RE(fermat_spiral_ptycho_scan(det, stage, n_points=160))
+    assert callback.wait(120)
+    callback.runner.shutdown()
+    *previews, final = results
+    assert len(recon.named("event")) == len(results) and recon.named("stop")[0]["exit_status"] == "success"
+    assert final.n_frames == 160 and "preview" not in final.extra
+    if preview_every is None:
+        assert not previews and final.iterations == 3  # the frames sent ahead were only stored
+        return
+    assert previews, "at least the first preview finished before the scan's stop"
+    first = previews[0].extra["preview"]
+    assert first["frames_new"] >= 80 and first["intake_seconds"] > 0  # its first frames were stored ahead
 
 
 def test_preview_seconds_must_be_positive():

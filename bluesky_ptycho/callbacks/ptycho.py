@@ -89,7 +89,9 @@ class PtychoCallback:
         iterations visit the frames new since the last preview first, then
         as many of the others as the time allows, so a preview's cost stays
         bounded however large the scan has grown; counted from the job's
-        start in the worker. None (default): ``PREVIEW_MIN_SECONDS`` for the
+        start in the worker, less what storing its frames took before it (a
+        runner that ``keeps_frames`` gets them as they arrive, in frames-only
+        jobs). None (default): ``PREVIEW_MIN_SECONDS`` for the
         scan's first; for later ones 0.6 of the time their frames took to
         arrive, less the time the last preview spent outside its job (at
         least ``PREVIEW_MIN_SECONDS``), so that each ends before the next

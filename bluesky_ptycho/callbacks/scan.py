@@ -46,6 +46,10 @@ PROBE_LOOKUP_WAIT = 5.0
 # than PREVIEW_MIN_SECONDS
 PREVIEW_SHARE = 0.6
 PREVIEW_MIN_SECONDS = 1.0
+# to a runner that keeps a scan's frames, frames go as they arrive, whenever this many wait and it
+# has nothing of the scan's to do (one page of the solver's frame store): a preview then finds them
+# stored and only iterates, and the final only takes the last ones in
+INTAKE_FRAMES = 256
 
 
 class Problems:
@@ -129,7 +133,8 @@ class ScanReconstruction(DocumentRouter):
         self.frame_descriptors: set[str] = set()
         # not yet handed to the runner: frames, references or (for a worker process) shared memory
         self.frames: list[np.ndarray | FramePoint] | SharedFrames = []
-        self.frames_since = 0.0  # time.monotonic() when the first of them arrived
+        self.since_preview = 0  # frames taken since the last preview's job (sent ahead or not)
+        self.frames_since = 0.0  # time.monotonic() when the first of those arrived
         self.positions: list[tuple[float, float]] = []
         self.detector_shape: tuple[int, int] | None = None  # of the frames as recorded
         self.frame_shape: tuple[int, int] | None = None  # of the frames reconstructed
@@ -286,7 +291,7 @@ class ScanReconstruction(DocumentRouter):
         if self.detector_shape is None:
             self._set_detector_shape(frame.shape)  # the first frames are read here, by reference too
         self.seq_nums.add(seq_num)
-        if not self.frames and not self.unprepared:
+        if not self.since_preview and not self.unprepared:
             self.frames_since = time.monotonic()
         if self.preparation is not None:
             self._collect(seq_num, frame if point is None else point, position)
@@ -343,8 +348,11 @@ class ScanReconstruction(DocumentRouter):
             self.frames.append(frame)
         self.positions.append(position)
         self.collected += 1
-        if self.owner.preview_every and len(self.frames) >= self.owner.preview_every:
+        self.since_preview += 1
+        if self.owner.preview_every and self.since_preview >= self.owner.preview_every:
             self._preview()
+        elif len(self.frames) >= INTAKE_FRAMES and getattr(self.owner.runner, "keeps_frames", False):
+            self._send_frames()
 
     def stop(self, doc: dict) -> None:
         if self.unprepared:  # fewer frames than fixing the region waits for
@@ -387,11 +395,13 @@ class ScanReconstruction(DocumentRouter):
 
     # --- work --------------------------------------------------------------
 
-    def _job(self, iterations: int, final: bool) -> ReconstructionJob:
-        seconds = None if final else self._preview_seconds()
+    def _job(self, iterations: int, final: bool, frames_only: bool = False) -> ReconstructionJob:
+        seconds = None if final or frames_only else self._preview_seconds()
         frames = self._job_frames()
         positions = np.asarray(self.positions, dtype=float).reshape(-1, 2)
         self.frames, self.positions = [], []  # the runner holds them from now on
+        if not frames_only:
+            self.since_preview = 0
         self.jobs += 1
         return ReconstructionJob(
             scan_uid=self.uid,
@@ -404,6 +414,7 @@ class ScanReconstruction(DocumentRouter):
             probe=self._first_probe() if self.jobs == 1 else None,
             seconds=seconds,
             mask=self.preparation.mask,
+            frames_only=frames_only,
         )
 
     def _job_frames(self) -> np.ndarray | FileFrames | SharedFrames:
@@ -481,8 +492,12 @@ class ScanReconstruction(DocumentRouter):
         self.problems.add("initial probe", f"initial probe refused, built from the frames instead: {reason}")
         return None
 
+    def _busy(self) -> bool:
+        """Whether the runner is still doing this scan's last job."""
+        return self.in_flight is not None and not self.in_flight.done()
+
     def _preview(self) -> None:
-        if not self.owner.queue_previews and self.in_flight is not None and not self.in_flight.done():
+        if not self.owner.queue_previews and self._busy():
             return  # the runner is busy: these frames join the next job
         if self._probe_pending():
             return  # the initial probe is still being looked up: these frames join the next job
@@ -491,6 +506,19 @@ class ScanReconstruction(DocumentRouter):
         future = self.owner.runner.submit(job)
         self.in_flight = future
         self.owner.when_done(future, lambda done: self._previewed(done, submitted))
+
+    def _send_frames(self) -> None:
+        """Hand the frames taken so far to the runner to store, unless it is busy with the scan (they wait)."""
+        if self._busy() or self._probe_pending():
+            return
+        future = self.owner.runner.submit(self._job(0, final=False, frames_only=True))
+        self.in_flight = future
+        self.owner.when_done(future, self._frames_sent)
+
+    def _frames_sent(self, future: Future) -> None:
+        error = future.exception()
+        if error is not None:
+            self.problems.add(f"intake:{type(error).__name__}", f"taking frames in failed: {error}")
 
     def _previewed(self, future: Future, submitted: float) -> None:
         error = future.exception()

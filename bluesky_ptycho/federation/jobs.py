@@ -40,8 +40,14 @@ class ReconstructionJob:
         from the data); later jobs continue from the scan's own probe.
     seconds
         A preview's time budget: its iterations visit the newest frames first
-        and end after about this long (:meth:`.Reconstructor.preview`).
+        and end after about this long (:meth:`.Reconstructor.preview`),
+        counting the time the runner spent taking its frames in.
         None: every iteration over every frame (a final, always).
+    frames_only
+        True: only take the frames into the scan's reconstruction (no
+        iterations, no result: the job's future gives None). Sent between
+        previews to a runner that ``keeps_frames``, so that the frames are
+        stored as they arrive and a preview only iterates.
     """
 
     scan_uid: str
@@ -54,6 +60,7 @@ class ReconstructionJob:
     mask: np.ndarray | None = None
     probe: np.ndarray | None = None
     seconds: float | None = None
+    frames_only: bool = False
 
     def frame_counts(self) -> tuple[np.ndarray, int]:
         """The frames as counts (read from their files here when the job holds references).
@@ -84,8 +91,11 @@ class Runner(Protocol):
     #: Optional (default None): where its jobs' inline frames are held in shared memory
     #: (:class:`.SharedFrames` of blocks from this pool), for a worker process on this machine.
     block_pool: BlockPool | None
+    #: Optional (default False): whether it keeps a scan's frames from job to job, so that
+    #: they may go to it as they arrive, in ``frames_only`` jobs between previews.
+    keeps_frames: bool
 
-    def submit(self, job: ReconstructionJob) -> Future[ReconstructionResult]:
+    def submit(self, job: ReconstructionJob) -> Future[ReconstructionResult | None]:
         """Queue ``job``; jobs of one scan run in the order they were submitted."""
         ...
 

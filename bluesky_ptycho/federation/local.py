@@ -28,45 +28,62 @@ logger = logging.getLogger(__name__)
 FRAMES_TAKEN = "frames taken"
 
 
+@dataclass
+class ScanWork:
+    """A scan's reconstruction where its jobs run, and what taking its frames in has cost since its last preview."""
+
+    reconstructor: Reconstructor
+    intake_seconds: float = 0.0  # in frames-only jobs: the next preview's budget counts it
+
+
 def continue_scan(
-    reconstructors: dict[str, Reconstructor],
+    scans: dict[str, ScanWork],
     job: ReconstructionJob,
     cut_short: Callable[[], bool] = lambda: False,
     frames_taken: Callable[[], None] = lambda: None,
-) -> ReconstructionResult:
-    """Do ``job`` with the scan's reconstructor in ``reconstructors`` (made for its first job); a final job removes it.
+) -> ReconstructionResult | None:
+    """Do ``job`` with the scan's reconstruction in ``scans`` (made for its first job); a final job removes it.
 
     A preview keeps to its time budget (``job.seconds``, from the job's
-    start: reading and storing its frames count) and ends its
-    iterations early once ``cut_short()`` says so (a final does neither).
+    start, less what the frames-only jobs since the last preview spent
+    taking its frames in) and ends its iterations early once
+    ``cut_short()`` says so (a final does neither). A frames-only job only
+    takes its frames in and returns None.
     Frames by reference are read from the detector's files here; frames in
     shared memory are unmapped once stored, and ``frames_taken()`` is called
     then, before the iterations.
     """
     started = time.perf_counter()
     try:
-        reconstructor = reconstructors.get(job.scan_uid)
-        if reconstructor is None:
+        work = scans.get(job.scan_uid)
+        if work is None:
             reconstructor = Reconstructor(job.geometry, job.settings, mask=job.mask, probe=job.probe)
-            reconstructors[job.scan_uid] = reconstructor
+            work = scans[job.scan_uid] = ScanWork(reconstructor)
+        reconstructor = work.reconstructor
         reconstructor.use_settings(job.settings)
         if len(job.frames):
             _take_frames(reconstructor, job)
         if isinstance(job.frames, SharedFrames):
             job.frames.close()
             frames_taken()
+        if job.frames_only:
+            work.intake_seconds += time.perf_counter() - started
+            return None
         if job.final:
             reconstructor.iterate(job.iterations)
         elif job.seconds is None:
             reconstructor.iterate(job.iterations, stop_early=cut_short)
         else:
-            reconstructor.preview(job.seconds, job.iterations, stop_early=cut_short, started=started)
+            reconstructor.preview(
+                job.seconds, job.iterations, stop_early=cut_short, started=started, spent=work.intake_seconds
+            )
+            work.intake_seconds = 0.0
         return reconstructor.result()
     finally:
         if isinstance(job.frames, SharedFrames):
             job.frames.close()
         if job.final:
-            reconstructors.pop(job.scan_uid, None)
+            scans.pop(job.scan_uid, None)
 
 
 def _take_frames(reconstructor: Reconstructor, job: ReconstructionJob) -> None:
@@ -105,7 +122,7 @@ def _serve(connection: Connection, niceness: int, cut_short: EventType) -> None:
         warm_up()
     except Exception:  # a job then says what is wrong; only the warm-up's time is lost
         logger.exception("the reconstruction worker's warm-up failed")
-    reconstructors: dict[str, Reconstructor] = {}
+    scans: dict[str, ScanWork] = {}
     mapped: dict[str, shared_memory.SharedMemory] = {}  # the reply blocks, mapped from job to job
 
     def taken() -> None:
@@ -114,7 +131,7 @@ def _serve(connection: Connection, niceness: int, cut_short: EventType) -> None:
     while (sent := connection.recv()) is not None:
         job, block = sent
         try:
-            reply: tuple[bool, object] = (True, continue_scan(reconstructors, job, cut_short.is_set, taken))
+            reply: tuple[bool, object] = (True, continue_scan(scans, job, cut_short.is_set, taken))
         except Exception as error:
             reply = (False, error)
         try:
@@ -145,7 +162,7 @@ class _Worker:
         self._lock = threading.Lock()  # so a cut meant for one job never reaches the next
         self._replies = ReplyArea()  # where the worker writes its results' arrays
 
-    def run(self, job: ReconstructionJob) -> ReconstructionResult:
+    def run(self, job: ReconstructionJob) -> ReconstructionResult | None:
         with self._lock:
             self._cut_short.clear()
             self._preview_of = None if job.final else job.scan_uid
@@ -225,11 +242,12 @@ class LocalRunner(LaneRunner[_LocalScan]):
         super().__init__(max_in_flight)
         self._process = process
         self._niceness = niceness
-        self._reconstructors: dict[str, Reconstructor] = {}  # in a thread: the scans' state, here
+        self._scans: dict[str, ScanWork] = {}  # in a thread: the scans' state, here
         self._worker: _Worker | None = None
         self._worker_lock = threading.Lock()  # one job at a time in the worker
         kind = "process" if process else "thread"
         self.reads_files = True  # the detector's files are on this machine: frames go by reference
+        self.keeps_frames = True  # frames may come as they arrive, in frames-only jobs
         self.block_pool = BlockPool() if process else None  # inline frames go to the worker in shared memory
         self.location = f"local:{socket.gethostname()}:{kind}"
 
@@ -249,11 +267,11 @@ class LocalRunner(LaneRunner[_LocalScan]):
         if state.worker is not None:
             state.worker.cut_preview_of(state.uid)
 
-    def run_job(self, state: _LocalScan, job: ReconstructionJob) -> ReconstructionResult:
+    def run_job(self, state: _LocalScan, job: ReconstructionJob) -> ReconstructionResult | None:
         if state.final_queued and not job.final:
             job = replace(job, iterations=0)
         if not self._process:
-            return continue_scan(self._reconstructors, job, lambda: state.final_queued)
+            return continue_scan(self._scans, job, lambda: state.final_queued)
         with self._worker_lock:
             if state.worker is not None and state.worker.died:
                 raise WorkerDiedError(state.worker.died)

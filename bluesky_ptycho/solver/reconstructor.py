@@ -286,6 +286,7 @@ class Reconstructor:
         n: int | None = None,
         stop_early: Callable[[], bool] | None = None,
         started: float | None = None,
+        spent: float = 0.0,
     ) -> Reconstructor:
         """Up to ``n`` iterations (default ``settings.iterations``) in about ``seconds``, the newest frames first.
 
@@ -294,8 +295,9 @@ class Reconstructor:
         allows at the cost measured so far (:class:`IterationCost`); no
         iteration starts that would not end, at that cost, within ``seconds``
         of ``started`` (a ``time.perf_counter()``; default: the call; a first
-        preview's set-up, building the probe, counts), but one always runs.
-        A preview's cost
+        preview's set-up, building the probe, counts), less ``spent`` (seconds
+        already spent on this preview's frames: taking them in as they
+        arrived), but one always runs. A preview's cost
         is then bounded whatever the scan's size. An engine that visits every
         frame in each iteration (DM) is bounded by whole iterations only.
         ``stop_early`` as in :meth:`iterate`. What the preview visited goes
@@ -313,7 +315,7 @@ class Reconstructor:
         )
         done = 0
         while done < n and not (stop_early is not None and stop_early()):
-            left = seconds - (time.perf_counter() - start)
+            left = seconds - spent - (time.perf_counter() - start)
             if done and left < self._iteration_cost.seconds(smallest):
                 break
             frames = self._preview_frames(new, left, n - done)
@@ -326,6 +328,7 @@ class Reconstructor:
             "frames_visited": int(visited.sum()),
             "iterations": done,
             "seconds": time.perf_counter() - start,
+            "intake_seconds": float(spent),
             "seconds_allowed": float(seconds),
         }
         return self
