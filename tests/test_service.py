@@ -170,3 +170,37 @@ def test_a_reconstruction_given_up_while_running_is_recorded_as_failed_and_its_l
     assert stop["exit_status"] == "fail" and stop["reason"] == "the service was stopped"
     assert recon[-1][0] == "stop" and not recon.named("event")  # ...and was not recorded after the stop
     assert callback.abandon("again", running=True) == 0
+
+
+def test_the_service_keeps_what_comes_while_it_is_held_up(proxy, publisher):
+    """0MQ keeps taking documents off the wire while the service is busy (a result being written holds the
+    interpreter): 2,500 frame-sized documents published at 1 kHz while it takes none all arrive, in order."""
+    import threading
+
+    from bluesky_ptycho.service.buses import BusHealth, ZmqBus
+    from bluesky_ptycho.service.config import ZmqBusConfig
+
+    proxy.start()
+    bus = ZmqBus(ZmqBusConfig(kind="zmq", address=f"localhost:{proxy.out_port}"))
+    published, stopping, received = threading.Event(), threading.Event(), []
+
+    def deliver(name: str, doc: dict) -> None:
+        published.wait(60)  # held up until every document was sent
+        received.append(doc["seq_num"])
+
+    reading = threading.Thread(target=bus.run, args=(deliver, BusHealth("0MQ"), stopping), daemon=True)
+    reading.start()
+    try:
+        send = publisher()
+        for seq_num in range(2500):
+            send("event", {"seq_num": seq_num, "frame": bytes(64 * 1024)})
+            time.sleep(0.001)  # at a detector's pace (a burst would overflow the publisher's own queue)
+        time.sleep(1.0)  # the last of them on their way through the proxy
+        published.set()
+        deadline = time.monotonic() + 20
+        while len(received) < 2500 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stopping.set()
+        reading.join(10)
+    assert received == list(range(2500))

@@ -109,6 +109,7 @@ class ZmqBus:
         self.address = _normalize_address(config.address)
         self.prefix = config.prefix.encode()
         self.reconnect_max_s = config.reconnect_max_s
+        self.receive_queue = config.receive_queue
         self.description = f"0MQ proxy {self.address}"
 
     def run(self, deliver: Deliver, health: BusHealth, stopping: threading.Event) -> None:
@@ -119,6 +120,9 @@ class ZmqBus:
         socket = context.socket(zmq.SUB)
         socket.setsockopt(zmq.RECONNECT_IVL, int(FIRST_RETRY_S * 1000))
         socket.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.reconnect_max_s * 1000))
+        # 0MQ's own thread keeps taking documents off the wire while this one is held up (a result being
+        # written holds the interpreter): at 1 kHz its default of 1,000 is one second, then drops
+        socket.setsockopt(zmq.RCVHWM, self.receive_queue)
         monitor = socket.get_monitor_socket(
             zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
         )

@@ -58,6 +58,12 @@ class ZmqBusConfig(_Table):
         "", description="only documents published with this prefix (bluesky's Publisher prefix)"
     )
     reconnect_max_s: float = Field(30.0, gt=0, description="the longest wait between reconnection attempts")
+    receive_queue: int = Field(
+        20_000,
+        ge=0,
+        description="documents 0MQ holds for the service while it is busy (its RCVHWM; 0: no limit); "
+        "beyond them the proxy drops documents",
+    )
 
 
 class NatsBusConfig(_Table):
