@@ -118,7 +118,8 @@ def test_live_frames_go_to_the_runner_as_they_arrive_and_only_results_are_record
         on_result=lambda uid, result, final: results.append(result),
     )
     RE.subscribe(callback)
-    RE(fermat_spiral_ptycho_scan(det, stage, n_points=160))
+    # a pause after the 100th frame: time for the worker to start and the first preview to end
+    RE(after_event(fermat_spiral_ptycho_scan(det, stage, n_points=160), 100, lambda: bps.sleep(8)))
     assert callback.wait(120)
     callback.runner.shutdown()
     *previews, final = results

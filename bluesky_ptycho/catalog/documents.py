@@ -29,7 +29,7 @@ PLAN_NAME = "ptycho_reconstruction"
 def as_polar(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A complex array as its amplitude and phase (radians), float32 images any viewer shows."""
     array = np.asarray(array)
-    return np.abs(array).astype(np.float32), np.angle(array).astype(np.float32)
+    return np.abs(array).astype(np.float32, copy=False), np.angle(array).astype(np.float32, copy=False)
 
 
 def from_polar(amplitude: np.ndarray, phase: np.ndarray) -> np.ndarray:
