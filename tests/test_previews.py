@@ -162,3 +162,21 @@ def test_the_first_preview_is_a_quick_look_and_later_ones_keep_to_their_share():
     assert allowed[0] == PREVIEW_MIN_SECONDS
     assert allowed[1] > 1.2 * PREVIEW_MIN_SECONDS  # 0.6 of 4 s, less the first one's overrun
     assert "preview" not in final.extra
+
+
+def test_a_canvas_grown_job_by_job_is_copied_a_few_times_and_its_results_show_what_the_scan_covers(data):
+    """Frames sent ahead a few at a time grow the canvas with room to spare (each growth copies all of it);
+    the result shows the scanned area, as a reconstruction given every frame at once does."""
+    at_once = Reconstructor(data.geometry, ReconstructionSettings(probe_defocus=None))
+    at_once.add_frames(data.frames, data.positions)
+    grown = Reconstructor(data.geometry, ReconstructionSettings(probe_defocus=None))
+    canvases = set()
+    for first in range(0, 600, 10):
+        grown.add_frames(data.frames[first : first + 10], data.positions[first : first + 10]).prepare()
+        canvases.add(grown.state.object.shape)
+    assert len(canvases) <= 16  # of 60 jobs (25 canvases when each grew by what it needed)
+    whole, result = at_once.result(), grown.result()
+    assert grown.state.object.size > result.object.size  # the room to spare is not shown
+    # the same area, on a pixel grid anchored at the first frames' corner instead of all frames'
+    assert np.abs(np.subtract(result.object.shape, whole.object.shape)).max() <= 2
+    assert np.abs(np.subtract(result.object_origin, whole.object_origin)).max() <= max(result.pixel_size)

@@ -414,12 +414,13 @@ class Reconstructor:
     def result(self) -> ReconstructionResult:
         """A host-memory snapshot of the current estimate."""
         state = self.prepare().state
+        covered, origin = state.covered()
         return ReconstructionResult(
-            object=to_numpy(state.object).copy(),
+            object=to_numpy(state.object[covered]).copy(),
             probe=orthogonalize_modes(to_numpy(state.probe)).copy(),
             positions=state.metres(state.positions),
             pixel_size=self.pixel_size,
-            object_origin=(float(state.origin[0]), float(state.origin[1])),
+            object_origin=(float(origin[0]), float(origin[1])),
             cost_history=list(self.cost_history),
             iterations=self.iteration,
             settings=self.settings.to_dict(),

@@ -10,6 +10,11 @@ import numpy as np
 from .backend import ArrayBackend
 from .frames import MeasuredAmplitudes
 
+# a canvas that must grow grows by at least this share of its size on that side: a scan whose frames
+# come a few hundred at a time then copies its canvas (hundreds of MB at 50,000 frames) a few dozen
+# times, not with every job
+CANVAS_GROWTH = 1 / 8
+
 
 def canvas_margin(frame_shape: tuple[int, int]) -> np.ndarray:
     """Pixels (rows, columns) kept free around the scanned area of the object canvas."""
@@ -83,6 +88,8 @@ class SolverState:
         Padding before the canvas moves ``origin`` so that the object stays
         where it is in metres. Every patch keeps at least one pixel of canvas
         on each side (the central differences of :mod:`.positions` read it).
+        A side that grows grows by at least ``CANVAS_GROWTH`` of the canvas
+        (:meth:`covered` is what the patches use of it).
         """
         h, w = self.frame_shape
         margin = canvas_margin(self.frame_shape)
@@ -91,6 +98,9 @@ class SolverState:
         high = np.ceil(positions.max(axis=0)) + (h, w) + 1 - self.object.shape
         after = np.where(high > 0, high + margin, 0).astype(int)
         if before.any() or after.any():
+            slack = (np.array(self.object.shape) * CANVAS_GROWTH).astype(int)
+            before = np.where(before > 0, np.maximum(before, slack), 0)
+            after = np.where(after > 0, np.maximum(after, slack), 0)
             # new area starts at the object's mean value, so that it joins the
             # reconstructed area without a jump in phase
             fill = complex(self.object.mean())
@@ -114,6 +124,17 @@ class SolverState:
             real = self.object.real.dtype
             self._object_sums = (self.xp.zeros_like(self.object), self.xp.zeros(self.object.shape, real))
         return self._object_sums
+
+    def covered(self) -> tuple[tuple[slice, slice], np.ndarray]:
+        """The canvas rows and columns the patches cover with the margin around them, and (x, y) metres of its corner.
+
+        What a result shows of the canvas: all of it, unless it grew by more than its scan needed.
+        """
+        margin = canvas_margin(self.frame_shape)
+        low = np.maximum(np.floor(self.positions.min(axis=0)).astype(int) - margin, 0)
+        high = np.ceil(self.positions.max(axis=0)).astype(int) + self.frame_shape + margin + 1
+        high = np.minimum(high, self.object.shape)
+        return (slice(low[0], high[0]), slice(low[1], high[1])), self.metres(low[None].astype(float))[0]
 
     def metres(self, pixels: np.ndarray) -> np.ndarray:
         """(x, y) metres of canvas positions (rows, columns)."""
