@@ -72,7 +72,7 @@ def busy_neighbour():
 class ServiceOnProxy:
     """A real ``bluesky-0MQ-proxy`` and ``bluesky-ptycho serve`` reading it, into an embedded catalog here."""
 
-    def __init__(self, workdir: Path, preview_every: int) -> None:
+    def __init__(self, workdir: Path, preview_every: int, final_iterations: int = 100) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.proxy = ZmqProxy().start()
         self.catalog = connect(None, workdir / "catalog")
@@ -83,7 +83,7 @@ class ServiceOnProxy:
             process=True,
             preview_every=str(preview_every),
             preview_iterations="20",
-            final='{algorithm = "rpie", probe_modes = 1, iterations = 100}',
+            final=f'{{algorithm = "rpie", probe_modes = 1, iterations = {final_iterations}}}',
         )
         self.service = Service(config, workdir)
         self.service.wait_for_log("connected to the document bus")

@@ -9,7 +9,9 @@ import psutil
 
 
 class PeakMemory:
-    """Samples this process's resident memory every ``interval`` seconds, keeping the peak (also a ``with`` block).
+    """Samples a process's resident memory every ``interval`` seconds, keeping the peak (also a ``with`` block).
+
+    The process is this one, or the one of ``pid``.
 
     ``children_peak`` is the largest resident memory any child process
     (a worker) had at a sample. ``cpu_seconds``: the CPU time the sampling
@@ -17,8 +19,8 @@ class PeakMemory:
     benchmark that times this process's CPU takes off.
     """
 
-    def __init__(self, interval: float = 0.1) -> None:
-        self.process = psutil.Process()
+    def __init__(self, interval: float = 0.1, pid: int | None = None) -> None:
+        self.process = psutil.Process(pid)
         self.peak = self.process.memory_info().rss
         self.children_peak = 0
         self.cpu_seconds = 0.0

@@ -26,18 +26,33 @@ ahead of their events) and replayed into a :class:`PtychoCallback` with
 - peak memory of this process beyond the scan's own data (the frames it
   replays) and of the worker, against the scan's 16-bit counts;
 - the final's object error.
+
+With ``--bus``, the documents go instead through a real 0MQ proxy
+(bluesky's ``Publisher``) to ``bluesky-ptycho serve`` in a process of its own
+(a worker process, its catalog embedded), as a beamline deploys the service.
+Then frames/s is the frames over the CPU seconds the service's process spent
+during the scan (its worker's not counted), cores that CPU over the scan's
+wall time, the previews and their delays are read from the service's log
+(delay only), the final is the seconds to its stop document in the catalog,
+the memory is the service's and its worker's peak, and the last column
+gives the frames the final reconstructed (all of them, unless the bus
+dropped some) instead of the object error.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import h5py
 import hdf5plugin
+import psutil
+from callback_overhead import ServiceOnProxy
 from event_model import StreamRange, compose_run, compose_stream_resource
 from peak_memory import PeakMemory
 
@@ -56,6 +71,8 @@ def documents(sim, source: str, directory: Path) -> list[tuple[str, dict]]:
     """The documents of one scan of ``sim``'s frames: inline, or in an HDF5 file written here first."""
     data = sim.data
     n_frames, h, w = data.frames.shape
+    positions = data.positions * 1e6
+    (x_min, y_min), (x_max, y_max) = positions.min(axis=0), positions.max(axis=0)
     run = compose_run(
         metadata={
             "plan_name": "scale",
@@ -68,6 +85,8 @@ def documents(sim, source: str, directory: Path) -> list[tuple[str, dict]]:
                 "photon_energy_ev": data.geometry.energy / ELECTRON_VOLT,
                 "detector_distance_m": data.geometry.detector_distance,
                 "detector_pixel_size_m": data.geometry.detector_pixel_size,
+                # as a plan records it: results stored on one canvas, regular arrays in a catalog
+                "scan_area": [float(x_min), float(x_max), float(y_min), float(y_max)],
             },
         }
     )
@@ -83,7 +102,6 @@ def documents(sim, source: str, directory: Path) -> list[tuple[str, dict]]:
         },
     )
     docs = [("start", run.start_doc), ("descriptor", descriptor.descriptor_doc)]
-    positions = data.positions * 1e6
     if source == "hdf5":
         path = directory / "frames.h5"
         with h5py.File(path, "w") as file:
@@ -141,13 +159,19 @@ class Replay:
         return time.monotonic() - start
 
 
-def run_case(n_frames: int, size: int, source: str, rate: float, iterations: int) -> None:
+def prepared(n_frames: int, size: int, source: str, directory: Path):
+    """The simulated scan, its documents, and its 16-bit counts' bytes; for HDF5 the frames stay in the file only."""
     sim = simulate(n_frames=n_frames, frame_size=size, photons=3e5, seed=0)
-    counts = sim.data.frames.size * 2  # as 16-bit counts
+    counts = sim.data.frames.size * 2
+    docs = documents(sim, source, directory)
+    if source == "hdf5":  # the file holds the frames: this process need not (50,000 x 256² is 6.5 GB)
+        sim.data.frames = sim.data.frames[:0]
+    return sim, docs, counts
+
+
+def run_case(n_frames: int, size: int, source: str, rate: float, iterations: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
-        docs = documents(sim, source, Path(directory))
-        if source == "hdf5":  # the file holds the frames: this process need not (50,000 x 256² is 6.5 GB)
-            sim.data.frames = sim.data.frames[:0]
+        sim, docs, counts = prepared(n_frames, size, source, Path(directory))
         results: list[tuple[float, object, bool]] = []
         runner = LocalRunner(process=True).start_worker()
         callback = PtychoCallback(
@@ -168,21 +192,77 @@ def run_case(n_frames: int, size: int, source: str, rate: float, iterations: int
         callback.wait(3600)
         runner.shutdown()
         memory.stop()
-    worker_peak = memory.children_peak
     previews = [(when, result) for when, result, final in results if not final and when < stopped]
     (final_time, final, _) = next(item for item in results if item[2])
     delays = [
         f"{when - replay.sent[result.n_frames - 1]:.1f}/{result.extra['preview']['seconds']:.1f}"
+        f"+{result.extra['preview']['intake_seconds']:.1f}"
         for when, result in previews
     ]
-    visited = [frames_visited(result) for _, result in previews]
+    visited = " ".join(str(frames_visited(result)) for _, result in previews)
+    print_row(
+        (n_frames, size, source, rate, n_frames / replay.inside, cpu / wall),
+        (len(previews), delays, visited, final_time - stopped),
+        (
+            (memory.peak - data_bytes) / counts,
+            memory.children_peak / counts,
+            f"{object_error(final, sim):.3f}",
+        ),
+    )
+
+
+# a result line of the service's log: its time, and what it was of how many frames
+LOGGED_RESULT = re.compile(
+    r"^(\S+ \S+) INFO \S+: scan \S+: (preview|final reconstruction) of (\d+) frames", re.M
+)
+
+
+def run_case_on_bus(n_frames: int, size: int, source: str, rate: float, iterations: int) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        _, docs, counts = prepared(n_frames, size, source, Path(directory))
+        on_bus = ServiceOnProxy(Path(directory) / "service", n_frames // PREVIEWS, iterations)
+        try:
+            time.sleep(5)  # the worker's warm-up, done before a real scan starts
+            service = psutil.Process(on_bus.service.process.pid)
+            memory = PeakMemory(0.01, pid=service.pid)
+            replay = Replay(on_bus.publisher)
+            clock = time.time() - time.monotonic()  # the log's times are wall-clock times
+            cpu = sum(service.cpu_times()[:2])
+            wall = replay(docs[:-1], rate)
+            cpu = sum(service.cpu_times()[:2]) - cpu
+            stopped = time.time()
+            replay(docs[-1:], 0)
+            final_time, _ = on_bus.finals.wait(docs[0][1]["uid"])
+            memory.stop()
+            logged = [
+                (datetime.strptime(when, "%Y-%m-%d %H:%M:%S,%f").timestamp(), kind, int(frames))
+                for when, kind, frames in LOGGED_RESULT.findall(on_bus.service.log_text())
+            ]
+        finally:
+            on_bus.close()
+    delays = [
+        f"{when - clock - replay.sent[frames - 1]:.1f}"
+        for when, kind, frames in logged
+        if kind == "preview" and when < stopped
+    ]
+    final_frames = next(frames for _, kind, frames in logged if kind != "preview")
+    print_row(
+        (n_frames, size, f"{source}+0MQ", rate, n_frames / cpu, cpu / wall),
+        (len(delays), delays, "-", final_time - stopped),
+        (memory.peak / counts, memory.children_peak / counts, f"{final_frames} fr."),
+    )
+
+
+def print_row(scan: tuple, previews: tuple, ends: tuple) -> None:
+    """One case's line: (frames, size, source, rate, frames/s, cores), (previews, delays, visited, final s),
+    (memory here and in the worker against the counts, the last column)."""
+    n_frames, size, source, rate, absorbed, cores = scan
+    count, delays, visited, final_s = previews
+    here, worker, last = ends
     print(
-        f"{n_frames:>7} {size:>4}² {source:>6} {rate or float('inf'):>6.0f} "
-        f"{n_frames / replay.inside:>9.0f} {cpu / wall:>6.2f} "
-        f"{len(previews)}/{PREVIEWS - 1:<3} {' '.join(delays) or '-':>24} "
-        f"{' '.join(str(v) for v in visited) or '-':>30} {final_time - stopped:>7.1f} "
-        f"{(memory.peak - data_bytes) / counts:>6.2f}x {worker_peak / counts:>6.2f}x "
-        f"{object_error(final, sim):>6.3f}",
+        f"{n_frames:>7} {size:>4}² {source:>11} {rate or float('inf'):>6.0f} {absorbed:>9.0f} {cores:>6.2f} "
+        f"{count}/{PREVIEWS - 1:<3} {' '.join(delays) or '-':>24} {visited or '-':>30} {final_s:>7.1f} "
+        f"{here:>6.2f}x {worker:>6.2f}x {last:>7}",
         flush=True,
     )
 
@@ -194,14 +274,16 @@ def main() -> None:
     parser.add_argument("--sources", nargs="+", choices=["inline", "hdf5"], default=["inline", "hdf5"])
     parser.add_argument("--rates", type=float, nargs="+", default=[1000.0, 0.0], help="frames/s, 0: unpaced")
     parser.add_argument("--iterations", type=int, default=20, help="of the final")
+    parser.add_argument("--bus", action="store_true", help="through a 0MQ proxy to `bluesky-ptycho serve`")
     args = parser.parse_args()
     print(
-        f"{'frames':>7} {'size':>5} {'source':>6} {'rate':>6} {'frames/s':>9} {'cores':>6} "
-        f"{'prev':<5} {'delay/in worker (s)':>24} {'frames visited':>30} {'final s':>7} "
-        f"{'this':>7} {'worker':>7} {'error':>6}"
+        f"{'frames':>7} {'size':>5} {'source':>11} {'rate':>6} {'frames/s':>9} {'cores':>6} "
+        f"{'prev':<5} {'delay/in job+before (s)':>24} {'frames visited':>30} {'final s':>7} "
+        f"{'this':>7} {'worker':>7} {'error':>7}"
     )
+    case = run_case_on_bus if args.bus else run_case
     for n_frames, size, source, rate in itertools.product(args.frames, args.sizes, args.sources, args.rates):
-        run_case(n_frames, size, source, rate, args.iterations)
+        case(n_frames, size, source, rate, args.iterations)
 
 
 if __name__ == "__main__":

@@ -143,42 +143,48 @@ def scan_bytes(n_frames: int, size: int, algorithm: str, modes: int) -> int:
 
 def run_scaling(frame_counts: list[int], sizes: list[int], device: str, library: str) -> None:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    rows = [
+        (algorithm, variant, options)
+        for algorithm in ALGORITHMS
+        for variant, options in SCALING_VARIANTS.items()
+    ]
     for size in sizes:
         print(f"\nseconds per frame per iteration, {size}x{size} frames ({device}, {library} FFTs)")
+        seconds: dict[tuple[str, str], dict[int, float]] = {(a, v): {} for a, v, _ in rows}
+        for n_frames in frame_counts:  # one scan in memory at a time, simulated once for every row
+            data = None
+            for algorithm, variant, options in rows:
+                if scan_bytes(n_frames, size, algorithm, options.get("probe_modes", 1)) > 0.8 * memory:
+                    continue
+                if data is None:
+                    data = simulate(n_frames=n_frames, frame_size=size, photons=SCALING_PHOTONS, seed=0).data
+                settings = ReconstructionSettings(
+                    algorithm=algorithm,
+                    device=device,
+                    fft_library=library if device == "cpu" else None,
+                    probe_defocus=0.0,
+                    position_correction_start=0,
+                    **options,
+                )
+                reconstructor = Reconstructor(data.geometry, settings)
+                reconstructor.add_frames(data.frames, data.positions).prepare()
+                per_frame = seconds_per_iteration(reconstructor, 1, reconstructor.xp, rounds=2) / n_frames
+                seconds[algorithm, variant][n_frames] = per_frame
+                del reconstructor
+                print(f"  {n_frames} frames, {algorithm}, {variant}: {per_frame * 1e3:.4f} ms", flush=True)
+            del data
         header = " ".join(f"{f'{n} frames':>18}" for n in frame_counts)
         print(f"{'algorithm':>10} {'variant':>20} {header}")
-        scans = {}
-        for algorithm in ALGORITHMS:
-            for variant, options in SCALING_VARIANTS.items():
-                cells, first = [], None
-                for n_frames in frame_counts:
-                    needed = scan_bytes(n_frames, size, algorithm, options.get("probe_modes", 1))
-                    if needed > 0.8 * memory:
-                        cells.append(f"({needed / 2**30:.0f} GiB: skipped)")
-                        continue
-                    if n_frames not in scans:
-                        scans.clear()  # one scan in memory at a time, its frames as the solver takes them
-                        data = simulate(
-                            n_frames=n_frames, frame_size=size, photons=SCALING_PHOTONS, seed=0
-                        ).data
-                        scans[n_frames] = (data.geometry, data.frames, data.positions)
-                    geometry, frames, positions = scans[n_frames]
-                    settings = ReconstructionSettings(
-                        algorithm=algorithm,
-                        device=device,
-                        fft_library=library if device == "cpu" else None,
-                        probe_defocus=0.0,
-                        position_correction_start=0,
-                        **options,
-                    )
-                    reconstructor = Reconstructor(geometry, settings).add_frames(frames, positions).prepare()
-                    seconds = seconds_per_iteration(reconstructor, 1, reconstructor.xp, rounds=2) / n_frames
-                    del reconstructor
-                    first = first or seconds
-                    cells.append(f"{seconds * 1e3:8.4f} ms ({seconds / first:4.2f}x)")
-                print(
-                    f"{algorithm:>10} {variant:>20} " + " ".join(f"{cell:>18}" for cell in cells), flush=True
-                )
+        for algorithm, variant, options in rows:
+            measured = seconds[algorithm, variant]
+            first = next(iter(measured.values()), None)
+            cells = [
+                f"{measured[n] * 1e3:8.4f} ms ({measured[n] / first:4.2f}x)"
+                if n in measured
+                else f"({scan_bytes(n, size, algorithm, options.get('probe_modes', 1)) / 2**30:.0f} GiB: skipped)"
+                for n in frame_counts
+            ]
+            print(f"{algorithm:>10} {variant:>20} " + " ".join(f"{cell:>18}" for cell in cells), flush=True)
 
 
 def run_memory(n_frames: int, size: int, device: str, library: str) -> None:
