@@ -72,3 +72,15 @@ def test_suspicious_geometry_is_warned_about(small, caplog):
         reconstructor.add_frames(small.data.frames, small.data.positions)
     assert "photon energy 8 eV" in caplog.text
     assert any("photon energy 8 eV" in w for w in reconstructor.result().warnings)
+
+
+def test_the_best_state_is_kept_in_memory_already_touched():
+    """The best state is copied each time the cost improves: into the same buffers while the shapes stay."""
+    from bluesky_ptycho.solver.reconstructor import copied_into
+
+    canvas, kept = np.arange(12, dtype=np.complex64).reshape(3, 4), np.zeros((3, 4), np.complex64)
+    assert copied_into(kept, canvas) is kept and np.array_equal(kept, canvas)
+    grown = copied_into(kept, np.ones((4, 4), np.complex64))
+    assert grown is not kept and grown.shape == (4, 4) and np.array_equal(kept, canvas)
+    first = copied_into(None, canvas)
+    assert first is not canvas and np.array_equal(first, canvas)

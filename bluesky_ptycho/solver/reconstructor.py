@@ -54,6 +54,18 @@ def frame_photons(frames: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return photons
 
 
+def copied_into(target, source):
+    """A copy of ``source``: into ``target`` when it is of the same shape and type, else a new array.
+
+    Fresh memory is slow to touch the first time (about 1 s for a 400 MB
+    canvas on a virtual machine, 0.03 s into memory already touched).
+    """
+    if target is None or target.shape != source.shape or target.dtype != source.dtype:
+        return source.copy()
+    target[...] = source
+    return target
+
+
 class Reconstructor:
     """A reconstruction that can grow and continue.
 
@@ -130,7 +142,8 @@ class Reconstructor:
         self._iteration_cost = IterationCost()
         self._coverage: dict | None = None  # what the last preview visited
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
-        self._best: tuple[float, object, object, np.ndarray] | None = None
+        self._best: tuple[float, np.ndarray] | None = None  # cost and positions, since the frames changed
+        self._best_arrays: tuple | None = None  # its object and probe, overwritten in place from then on
         for warning in geometry_warnings(geometry):
             logger.warning(warning)
             self.extra.setdefault("warnings", []).append(warning)
@@ -384,7 +397,9 @@ class Reconstructor:
     def _keep_if_best(self, cost: float) -> None:
         if self._best is None or cost < self._best[0]:
             state = self.state
-            self._best = (cost, state.object.copy(), state.probe.copy(), state.positions.copy())
+            kept = self._best_arrays or (None, None)
+            self._best_arrays = tuple(map(copied_into, kept, (state.object, state.probe)))
+            self._best = (cost, state.positions.copy())
 
     def _recover(self, cost: float) -> None:
         """Restore the best state and lower the step, or fail after ``MAX_RECOVERIES``."""
@@ -396,7 +411,7 @@ class Reconstructor:
                 f"against its best {best:.3g}, after {len(recoveries)} recoveries "
                 "(each restored the best state and lowered the step)"
             )
-        _, obj, probe, positions = self._best
+        (_, positions), (obj, probe) = self._best, self._best_arrays
         self.state.object, self.state.probe = obj.copy(), probe.copy()
         self.state.set_positions(positions.copy())
         action = self.engine.calm_down()
