@@ -97,3 +97,14 @@ def test_frames_sent_ahead_are_stored_and_the_preview_after_them_counts_their_ti
     assert preview.n_frames == covered["frames_new"] == 30 and preview.iterations == 50  # none before it
     assert covered["intake_seconds"] > 0  # the first frames-only job built the probe and the canvas
     assert final.n_frames == 40 and final.iterations == 52
+
+
+def test_a_result_serialised_at_once_is_not_copied_first(scan):
+    """The worker process packs its reply into shared memory at once: its result's object needs no copy of its own."""
+    reconstructor = Reconstructor(scan.geometry, ReconstructionSettings(probe_defocus=None))
+    reconstructor.add_frames(scan.frames, scan.positions).iterate(1)
+    assert np.shares_memory(reconstructor.result(copy=False).object, reconstructor.state.object)
+    snapshot = reconstructor.result()
+    assert not np.shares_memory(snapshot.object, reconstructor.state.object)
+    reconstructor.iterate(1)
+    assert not np.array_equal(snapshot.object, reconstructor.result().object)  # the snapshot stays as it was

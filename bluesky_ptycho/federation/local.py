@@ -41,6 +41,7 @@ def continue_scan(
     job: ReconstructionJob,
     cut_short: Callable[[], bool] = lambda: False,
     frames_taken: Callable[[], None] = lambda: None,
+    copy_result: bool = True,
 ) -> ReconstructionResult | None:
     """Do ``job`` with the scan's reconstruction in ``scans`` (made for its first job); a final job removes it.
 
@@ -51,7 +52,8 @@ def continue_scan(
     takes its frames in and returns None.
     Frames by reference are read from the detector's files here; frames in
     shared memory are unmapped once stored, and ``frames_taken()`` is called
-    then, before the iterations.
+    then, before the iterations. ``copy_result=False`` for a caller that
+    serialises the result at once (:meth:`.Reconstructor.result`).
     """
     started = time.perf_counter()
     try:
@@ -78,7 +80,7 @@ def continue_scan(
                 job.seconds, job.iterations, stop_early=cut_short, started=started, spent=work.intake_seconds
             )
             work.intake_seconds = 0.0
-        return reconstructor.result()
+        return reconstructor.result(copy=copy_result)
     finally:
         if isinstance(job.frames, SharedFrames):
             job.frames.close()
@@ -131,7 +133,7 @@ def _serve(connection: Connection, niceness: int, cut_short: EventType) -> None:
     while (sent := connection.recv()) is not None:
         job, block = sent
         try:
-            reply: tuple[bool, object] = (True, continue_scan(scans, job, cut_short.is_set, taken))
+            reply: tuple[bool, object] = (True, continue_scan(scans, job, cut_short.is_set, taken, False))
         except Exception as error:
             reply = (False, error)
         try:

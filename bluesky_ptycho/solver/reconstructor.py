@@ -426,12 +426,18 @@ class Reconstructor:
             action,
         )
 
-    def result(self) -> ReconstructionResult:
-        """A host-memory snapshot of the current estimate."""
+    def result(self, copy: bool = True) -> ReconstructionResult:
+        """A host-memory snapshot of the current estimate.
+
+        ``copy=False`` leaves the object a view of the state where the state
+        is in host memory (on the CPU), for a caller that serialises the
+        result before anything iterates again (a worker process's reply).
+        """
         state = self.prepare().state
         covered, origin = state.covered()
+        obj = to_numpy(state.object[covered])
         return ReconstructionResult(
-            object=to_numpy(state.object[covered]).copy(),
+            object=obj.copy() if copy else obj,
             probe=orthogonalize_modes(to_numpy(state.probe)).copy(),
             positions=state.metres(state.positions),
             pixel_size=self.pixel_size,
