@@ -13,17 +13,22 @@ from helpers import Documents, after_event
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.federation import LocalRunner
+from bluesky_ptycho.service.testing import wait_until
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings
 
 
 def worker_processes() -> list[psutil.Process]:
-    """The spawned multiprocessing workers of this process (not its resource tracker)."""
-    return [
-        child
-        for child in psutil.Process().children(recursive=True)
-        if "spawn_main" in " ".join(child.cmdline()) and "resource_tracker" not in " ".join(child.cmdline())
-    ]
+    """The spawned multiprocessing workers of this process (not its resource tracker; not one already dead)."""
+    workers = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            command = " ".join(child.cmdline())
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):  # killed, not yet reaped
+            continue
+        if "spawn_main" in command and "resource_tracker" not in command:
+            workers.append(child)
+    return workers
 
 
 def kill_worker():
@@ -37,7 +42,8 @@ def kill_worker():
 def test_a_killed_worker_fails_its_scan_and_the_next_scan_is_reconstructed():
     stage, det = simulated_beamline(seed=1)
     runner = LocalRunner(process=True).start_worker()
-    assert len(worker_processes()) == 1  # started before the first job, as a service does
+    # started before the first job, as a service does (its command line is set once it has exec'd)
+    wait_until(lambda: len(worker_processes()) == 1, 30, "the worker process started")
     recon = Documents()
     callback = PtychoCallback(
         recon,
