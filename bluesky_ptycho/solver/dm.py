@@ -9,7 +9,8 @@ oscillations that noise drives.
 The exit waves are kept in Fourier space, where ``F(2 O P - psi)`` is
 ``2 F(O P) - F(psi)``: each iteration needs one forward FFT (of the model,
 which also gives the cost) and one inverse FFT (of the updated exit waves)
-per frame. All frames form one batch: the overlap projection is global.
+per frame. All frames form one batch: the overlap projection is global; on
+several ranks its sums are summed over the ranks (:mod:`.decomposition`).
 
 The overlap projection updates the object from the exit waves and the probe,
 then the probe from the exit waves and the new object ``O'``. Both come from
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import empty_aligned
+from .decomposition import match_canvas
 from .engine import Engine
 from .forward import (
     amplitude_misfit,
@@ -94,6 +96,7 @@ class DifferenceMap(Engine):
     ) -> float:
         cost, terms, backend = 0.0, None, state.backend
         probe_too = self.updates_probe(iteration)
+        match_canvas(state)
         # one pass, chunk by chunk in cache: Fourier side, then the object's and the probe's sums
         for part in self.parts(state):
             corners = state.corners[part]
@@ -116,10 +119,13 @@ class DifferenceMap(Engine):
             model[...] = self.farfield[part]
             psi = backend.ifft2(model, overwrite_x=True)
             terms = update_terms(state, corners, psi, for_probe=probe_too, terms=terms)
+        sums = (terms.object_numerator, terms.illumination, terms.probe_numerator)
+        for partial in sums[: 3 if probe_too else 2]:
+            state.comm.sum(partial)
         previous = state.object
         state.object = damped_quotient(terms.object_numerator, terms.illumination, state.object)
         if probe_too:
-            overlap = patch_overlap(state, previous, state.object)  # see the module docstring
+            overlap = state.comm.sum(patch_overlap(state, previous, state.object))  # see the module docstring
             state.probe = damped_quotient(terms.probe_numerator, overlap, state.probe)
             self.finish_probe(state, iteration)
         if self.refines_positions(iteration):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .decomposition import merge_ranks
 from .engine import Engine
 from .forward import exit_wave_update, gather_patches
 from .options import NOISE_MODELS, MinibatchOptions, check_alpha, option
@@ -161,6 +162,7 @@ class LSQML(Engine):
             if update_probe:
                 state.probe += np.float32(s.probe_step * mean_step(step_probe)) * probe_direction
             move_positions(state, moves)
+        merge_ranks(state, update_probe)
         if update_probe:
             self.finish_probe(state, iteration)
         return cost

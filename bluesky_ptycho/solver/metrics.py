@@ -123,6 +123,14 @@ def fourier_r_factor(result: ReconstructionResult, data: PtychoData, batch: int 
 
     Uses the result's object, probe and refined positions.
     """
+    misfit, total = fourier_r_factor_sums(result, data, batch)
+    return misfit / total
+
+
+def fourier_r_factor_sums(
+    result: ReconstructionResult, data: PtychoData, batch: int = 256
+) -> tuple[float, float]:
+    """The R-factor's numerator and denominator over ``data``'s frames (what ranks of one scan add up)."""
     py, px = result.pixel_size
     pixels = (result.positions - np.asarray(result.object_origin))[:, ::-1] / (py, px)
     corners = np.rint(pixels).astype(np.int64)
@@ -138,7 +146,7 @@ def fourier_r_factor(result: ReconstructionResult, data: PtychoData, batch: int 
         measured = np.sqrt(np.fft.ifftshift(data.frames[start:stop], axes=(-2, -1)))
         misfit += float(np.sum(np.abs(model - measured) * mask))
         total += float(np.sum(measured * mask))
-    return misfit / total
+    return misfit, total
 
 
 def fourier_ring_correlation(

@@ -19,6 +19,7 @@ from scipy.spatial import cKDTree
 
 from .algorithms import REGISTRY
 from .backend import ArrayBackend, make_backend, to_numpy
+from .communicator import Communicator
 from .data import (
     Geometry,
     PtychoData,
@@ -94,6 +95,11 @@ class Reconstructor:
         Where a given ``probe`` came from (a file, a reconstruction's uid),
         recorded as ``extra["probe_source"]``; a built probe records
         "defocus estimate" or "given defocus" with ``extra["probe_defocus"]``.
+    communicator
+        The ranks that share this scan (:mod:`.decomposition`), each with a
+        reconstructor of its own frames, all making the same calls; default:
+        one process. The initial probe and canvas come from every rank's
+        frames; :meth:`preview` runs in one process only.
 
     Examples
     --------
@@ -115,6 +121,7 @@ class Reconstructor:
         object_origin: tuple[float, float] | None = None,
         probe_source: str = "given probe",
         backend: ArrayBackend | None = None,
+        communicator: Communicator | None = None,
     ) -> None:
         self.geometry = geometry
         # a copy: recovering from divergence lowers its steps (and the algorithm's options)
@@ -123,6 +130,7 @@ class Reconstructor:
             self.settings.device, self.settings.fft_library, self.settings.fft_workers
         )
         self.xp = self.backend.xp
+        self.comm = communicator or Communicator()
         self.mask = None if mask is None else validate_mask(mask, geometry.frame_shape)
         self._initial_probe = None if probe is None else validate_probe(probe, geometry.frame_shape)
         self._probe_source = probe_source
@@ -149,12 +157,19 @@ class Reconstructor:
             self.extra.setdefault("warnings", []).append(warning)
 
     @classmethod
-    def from_data(cls, data: PtychoData, settings: ReconstructionSettings | None = None) -> Reconstructor:
-        """A reconstructor holding every frame of ``data``."""
+    def from_data(
+        cls,
+        data: PtychoData,
+        settings: ReconstructionSettings | None = None,
+        communicator: Communicator | None = None,
+    ) -> Reconstructor:
+        """A reconstructor holding every frame of ``data`` (on several ranks: this rank's frames)."""
         settings = settings or ReconstructionSettings()
         if data.probe_defocus is not None and settings.probe_defocus is None:
             settings = replace(settings, probe_defocus=data.probe_defocus)
-        reconstructor = cls(data.geometry, settings, mask=data.mask, probe=data.probe)
+        reconstructor = cls(
+            data.geometry, settings, mask=data.mask, probe=data.probe, communicator=communicator
+        )
         return reconstructor.add_frames(data.frames, data.positions).prepare()
 
     @classmethod
@@ -316,6 +331,8 @@ class Reconstructor:
         ``stop_early`` as in :meth:`iterate`. What the preview visited goes
         into :meth:`result`'s ``extra["preview"]``.
         """
+        if self.comm.size > 1:
+            raise ValueError(f"previews run in one process, not on {self.comm.describe()}: use iterate()")
         start = time.perf_counter() if started is None else started
         self.prepare()
         n = self.settings.iterations if n is None else int(n)
@@ -382,7 +399,7 @@ class Reconstructor:
         photons = (
             self._photons if frames is None or not self.engine.visits_some_frames else self._photons[frames]
         )
-        cost = misfit / float(photons.sum())
+        cost = self.comm.total(misfit) / self.comm.total(photons.sum())
         if self._diverged(cost):
             self._recover(cost)
         else:
@@ -449,6 +466,7 @@ class Reconstructor:
             extra={
                 **self.extra,
                 "backend": self.backend.describe(),
+                **({} if self.comm.size == 1 else {"ranks": self.comm.describe()}),
                 **({} if self._coverage is None else {"preview": dict(self._coverage)}),
             },
             geometry=self.geometry,
@@ -459,23 +477,33 @@ class Reconstructor:
         h, w = self.geometry.frame_shape
         py, px = self.pixel_size
         margin = canvas_margin((h, w))
+        comm = self.comm
+        low, high = comm.extent(positions.min(axis=0), positions.max(axis=0))  # (x, y) of every rank's
         if self._origin is None:
-            self._origin = positions.min(axis=0) - margin[::-1] * (px, py)
+            self._origin = low - margin[::-1] * (px, py)
         pixels = (positions - self._origin)[:, ::-1] / (py, px)
-        mean_counts = float(self._photons.mean())
+        mean_counts = comm.total(self._photons.sum()) / comm.total(len(self._photons))
         probe = self._initial_probe
         if probe is not None:
             self.extra.setdefault("probe_source", self._probe_source)
         else:
-            defocus = self._initial_defocus(frames, positions)
-            probe = probe_from_mean_pattern(frames.mean(axis=0), self.geometry, defocus)[None]
+            # one rank's frames tell the defocus; the mean pattern is every rank's
+            defocus, extra = comm.broadcast(
+                (self._initial_defocus(frames, positions), self.extra) if comm.rank == 0 else None
+            )
+            self.extra.update(extra)
+            pattern = (
+                frames.mean(axis=0)
+                if comm.size == 1
+                else comm.sum(frames.sum(axis=0, dtype=np.float64)) / comm.total(len(frames))
+            )
+            probe = probe_from_mean_pattern(pattern, self.geometry, defocus)[None]
         probe = normalize_power(add_modes(probe, self.settings.probe_modes), mean_counts)
         if self._initial_object is not None:
             obj = self._initial_object
         else:
-            rows = int(np.ceil(pixels[:, 0].max())) + h + margin[0] + 1
-            cols = int(np.ceil(pixels[:, 1].max())) + w + margin[1] + 1
-            obj = np.ones((rows, cols), dtype=np.complex64)
+            far = np.ceil((high - self._origin)[::-1] / (py, px)).astype(int)
+            obj = np.ones((far[0] + h + margin[0] + 1, far[1] + w + margin[1] + 1), dtype=np.complex64)
         mask = None if self.mask is None else xp.asarray(np.fft.ifftshift(self.mask))
         state = SolverState(
             backend=self.backend,
@@ -489,6 +517,7 @@ class Reconstructor:
             corners=None,
             origin=self._origin,
             pixel_size=self.pixel_size,
+            comm=comm,
         )
         state.set_positions(pixels)
         return state

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .decomposition import merge_ranks
 from .engine import Engine
 from .forward import exit_wave_update
 from .options import MinibatchOptions, check_alpha, option
@@ -78,6 +79,7 @@ class RPIE(Engine):
             regularised_step_in(region, numerator, illumination, alpha, kernels)
             add_scaled_in(region, state.object, numerator, s.object_step, kernels)
             move_positions(state, moves)
+        merge_ranks(state, update_probe)
         if update_probe:
             self.finish_probe(state, iteration)
         return cost

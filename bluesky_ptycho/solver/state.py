@@ -7,7 +7,8 @@ from types import ModuleType
 
 import numpy as np
 
-from .backend import ArrayBackend
+from .backend import ArrayBackend, array_module
+from .communicator import Communicator
 from .frames import MeasuredAmplitudes
 
 # a canvas that must grow grows by at least this share of its size on that side: a scan whose frames
@@ -25,6 +26,18 @@ def canvas_margin(frame_shape: tuple[int, int]) -> np.ndarray:
 def mode_power(modes):
     """``sum_m |modes_m|^2`` of (modes, h, w) complex modes: a real (h, w) array."""
     return (modes.real**2 + modes.imag**2).sum(axis=0)
+
+
+def padded(obj, before: np.ndarray, after: np.ndarray):
+    """``obj`` with ``before`` (rows, columns) pixels added before it and ``after`` after it (itself if none).
+
+    The new area starts at the object's mean value, so that it joins the
+    reconstructed area without a jump in phase.
+    """
+    if not (np.any(before) or np.any(after)):
+        return obj
+    xp = array_module(obj)
+    return xp.pad(obj, ((before[0], after[0]), (before[1], after[1])), constant_values=complex(obj.mean()))
 
 
 @dataclass
@@ -51,6 +64,9 @@ class SolverState:
         (N, 2) integer device array: ``positions`` rounded.
     host_corners
         The same corners, a host array.
+    comm
+        The ranks that share this scan, each with its own frames
+        (:mod:`.decomposition`); the default is one process.
     origin
         (x, y) in metres of canvas pixel (0, 0) as a patch corner.
     pixel_size
@@ -67,6 +83,7 @@ class SolverState:
     origin: np.ndarray
     pixel_size: tuple[float, float]
     host_corners: np.ndarray | None = None
+    comm: Communicator = field(default_factory=Communicator)
     _object_sums: tuple | None = field(default=None, repr=False)
 
     @property
@@ -101,13 +118,13 @@ class SolverState:
             slack = (np.array(self.object.shape) * CANVAS_GROWTH).astype(int)
             before = np.where(before > 0, np.maximum(before, slack), 0)
             after = np.where(after > 0, np.maximum(after, slack), 0)
-            # new area starts at the object's mean value, so that it joins the
-            # reconstructed area without a jump in phase
-            fill = complex(self.object.mean())
-            self.object = self.xp.pad(
-                self.object, ((before[0], after[0]), (before[1], after[1])), constant_values=fill
-            )
-        self.positions = positions + before
+        self.positions = positions
+        self.pad_canvas(before, after)
+
+    def pad_canvas(self, before: np.ndarray, after: np.ndarray) -> None:
+        """Add ``before`` (rows, columns) pixels before the canvas and ``after`` after it; the object stays where it is in metres."""
+        self.object = padded(self.object, before, after)
+        self.positions = self.positions + before
         self.origin = self.origin - before[::-1] * self.pixel_size[::-1]
         self.host_corners = np.rint(self.positions).astype(np.int64)
         self.corners = self.xp.asarray(self.host_corners)
@@ -129,10 +146,12 @@ class SolverState:
         """The canvas rows and columns the patches cover with the margin around them, and (x, y) metres of its corner.
 
         What a result shows of the canvas: all of it, unless it grew by more than its scan needed.
+        On several ranks, the patches of every rank (a collective call).
         """
         margin = canvas_margin(self.frame_shape)
-        low = np.maximum(np.floor(self.positions.min(axis=0)).astype(int) - margin, 0)
-        high = np.ceil(self.positions.max(axis=0)).astype(int) + self.frame_shape + margin + 1
+        low, high = self.comm.extent(self.positions.min(axis=0), self.positions.max(axis=0))
+        low = np.maximum(np.floor(low).astype(int) - margin, 0)
+        high = np.ceil(high).astype(int) + self.frame_shape + margin + 1
         high = np.minimum(high, self.object.shape)
         return (slice(low[0], high[0]), slice(low[1], high[1])), self.metres(low[None].astype(float))[0]
 
