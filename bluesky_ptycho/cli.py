@@ -18,6 +18,7 @@ from .solver import (
     fourier_r_factor,
     simulate,
 )
+from .solver.decomposition import DECOMPOSITIONS
 from .solver.probe import reusable_probe
 
 if TYPE_CHECKING:
@@ -141,20 +142,47 @@ def with_catalog_options(function):
     metavar="UID",
     help="Start from the probe of this reconstruction (or the newest one of this raw scan) in the catalog.",
 )
+@click.option(
+    "--ranks",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="MPI ranks that share the scan (FILE.cxi only; starts mpiexec, needs the 'mpi' extra).",
+)
+@click.option(
+    "--decomposition",
+    type=click.Choice(DECOMPOSITIONS),
+    default="stripes",
+    show_default=True,
+    help="With --ranks: how the frames are shared out.",
+)
 @scan_metadata_options
 @settings_options
 def reconstruct_command(
-    input_file, raw_uid, catalog, catalog_dir, output, png, probe_file, probe_from, **options
+    input_file,
+    raw_uid,
+    catalog,
+    catalog_dir,
+    output,
+    png,
+    probe_file,
+    probe_from,
+    ranks,
+    decomposition,
+    **options,
 ):
     """Reconstruct a CXI dataset, or (--uid) a raw scan archived in the catalog.
 
     A file gives a result file (CXI/HDF5) and a summary PNG; a catalog scan
-    gives a new reconstruction run in the same catalog, and the PNG.
+    gives a new reconstruction run in the same catalog, and the PNG. With
+    --ranks N the file's frames are shared out over N MPI processes.
     """
     scan_metadata = scan_metadata_from(options)
     settings = make_settings(**options)
     if (input_file is None) == (raw_uid is None):
         raise click.UsageError("give either FILE.cxi or --uid RAW_UID")
+    if ranks > 1 and (raw_uid is not None or probe_file is not None or probe_from is not None):
+        raise click.UsageError("--ranks takes FILE.cxi, without --uid, --probe or --probe-from")
     if input_file is not None and (scan_metadata["configuration_signals"] or len(scan_metadata) > 1):
         raise click.UsageError(
             "the scan-metadata and detector options (--data-key ... --configuration-signal, "
@@ -167,6 +195,12 @@ def reconstruct_command(
         # the callback reads a file itself, so that the run records the file as the probe's source
         given = probe_file or (previous[0] if previous else None)
         reconstruct_from_catalog(raw_uid, catalog, catalog_dir, png, settings, given, scan_metadata)
+        return
+    stem = input_file.with_suffix("")
+    output = output or Path(f"{stem}_recon.cxi")
+    png = png or Path(f"{stem}_recon.png")
+    if ranks > 1:
+        reconstruct_on_ranks(input_file, output, png, settings, ranks, decomposition)
         return
     try:
         data = read_cxi(input_file)
@@ -190,16 +224,45 @@ def reconstruct_command(
     console.print(f"initial probe: {describe_probe(reconstructor.extra)}")
     run_with_progress(reconstructor, settings.iterations, settings.algorithm)
     result = reconstructor.result()
+    write_result(output, result)
+    summarise_result(result, png, f"{input_file.name}: {settings.algorithm}", fourier_r_factor(result, data))
+    console.print(f"wrote {output} and {png}")
+
+
+def summarise_result(result: ReconstructionResult, png: Path, title: str, r_factor: float) -> None:
+    """The result's warnings, its summary PNG, and its R-factor and time."""
     for warning in result.warnings:
         console.print(f"[yellow]warning: {warning}[/]")
-    stem = input_file.with_suffix("")
-    output = output or Path(f"{stem}_recon.cxi")
-    png = png or Path(f"{stem}_recon.png")
-    write_result(output, result)
     from .plotting import save_summary_png
 
-    save_summary_png(result, png, title=f"{input_file.name}: {settings.algorithm}")
-    console.print(f"R-factor {fourier_r_factor(result, data):.4f}, {result.wall_time:.1f} s")
+    save_summary_png(result, png, title=title)
+    console.print(f"R-factor {r_factor:.4f}, {result.wall_time:.1f} s")
+
+
+def reconstruct_on_ranks(input_file: Path, output: Path, png: Path, settings, ranks: int, decomposition: str):
+    """``reconstruct FILE.cxi --ranks N``: mpiexec runs the ranks, this process shows their progress and the result."""
+    from .federation.mpi import reconstruct_with_mpiexec
+
+    console.print(
+        f"{input_file.name} on {ranks} MPI ranks ({decomposition}), {settings.algorithm}, {settings.device}"
+    )
+    try:
+        result = reconstruct_with_mpiexec(
+            input_file,
+            output,
+            settings,
+            ranks,
+            decomposition,
+            echo=lambda line: console.print(line, highlight=False),
+        )
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
+    distributed = result.extra["distributed"]
+    summarise_result(
+        result, png, f"{input_file.name}: {settings.algorithm}, {ranks} ranks", distributed["r_factor"]
+    )
+    memory = ", ".join(f"{size / 2**30:.2f}" for size in distributed["peak_memory_bytes"])
+    console.print(f"frames per rank {distributed['frames_per_rank']}, peak memory per rank {memory} GiB")
     console.print(f"wrote {output} and {png}")
 
 

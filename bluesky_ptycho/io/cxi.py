@@ -37,6 +37,8 @@ SOURCE = "entry_1/instrument_1/source_1"
 TRANSLATION = "entry_1/sample_1/geometry_1/translation"
 FRAMES = ("entry_1/data_1/data", f"{DETECTOR}/data")
 RESULT = "entry_1/reconstruction_1"
+# a subset of the frames is read this many consecutive frames at a time (HDF5 reads whole chunks anyway)
+READ_BLOCK_FRAMES = 256
 
 
 class CXIFormatError(ValueError):
@@ -60,8 +62,8 @@ def _wavelength(file: h5py.File) -> float:
     raise CXIFormatError(f"{file.filename}: missing required field /{SOURCE}/energy (photon energy in J)")
 
 
-def read_cxi(path: str | Path) -> PtychoData:
-    """Read a ptychography dataset from a CXI file.
+def read_cxi(path: str | Path, frames: np.ndarray | None = None) -> PtychoData:
+    """Read a ptychography dataset from a CXI file: every frame, or the frames of sorted indices ``frames``.
 
     Raises
     ------
@@ -81,9 +83,12 @@ def read_cxi(path: str | Path) -> PtychoData:
         frames_path = next((p for p in FRAMES if p in file), None)
         if frames_path is None:
             raise CXIFormatError(f"{path}: missing required field /{FRAMES[0]} (diffraction frames)")
-        frames = file[frames_path][()]  # counts as recorded (uint16 from a detector: two bytes a pixel)
-        if frames.ndim != 3:
-            raise CXIFormatError(f"{path}: /{frames_path} must be (N, H, W), got shape {frames.shape}")
+        dataset = file[frames_path]
+        if dataset.ndim != 3:
+            raise CXIFormatError(f"{path}: /{frames_path} must be (N, H, W), got shape {dataset.shape}")
+        index = None if frames is None else np.asarray(frames, dtype=np.int64)
+        # counts as recorded (uint16 from a detector: two bytes a pixel)
+        frames = dataset[()] if index is None else _read_frames(dataset, index)
         distance = _scalar(file, f"{DETECTOR}/distance", "detector distance in m")
         x_pixel = _scalar(file, f"{DETECTOR}/x_pixel_size", "detector pixel size in m")
         y_pixel = _scalar(file, f"{DETECTOR}/y_pixel_size", "detector pixel size in m")
@@ -92,11 +97,9 @@ def read_cxi(path: str | Path) -> PtychoData:
                 f"{path}: non-square detector pixels ({x_pixel} x {y_pixel} m) are not supported"
             )
         wavelength = _wavelength(file)
-        if TRANSLATION not in file:
-            raise CXIFormatError(f"{path}: missing required field /{TRANSLATION} (scan positions in m)")
-        translation = np.asarray(file[TRANSLATION][()], dtype=float)
-        if translation.ndim != 2 or translation.shape[1] not in (2, 3):
-            raise CXIFormatError(f"{path}: /{TRANSLATION} must be (N, 3) or (N, 2), got {translation.shape}")
+        translation = _translation(file)
+        if index is not None and len(translation) == len(dataset):
+            translation = translation[index]
         mask = None
         if f"{DETECTOR}/mask" in file:
             mask = np.asarray(file[f"{DETECTOR}/mask"][()]) == 0
@@ -114,6 +117,38 @@ def read_cxi(path: str | Path) -> PtychoData:
         )
     except ValueError as error:
         raise CXIFormatError(f"{path}: {error}") from None
+
+
+def _translation(file: h5py.File) -> np.ndarray:
+    if TRANSLATION not in file:
+        raise CXIFormatError(f"{file.filename}: missing required field /{TRANSLATION} (scan positions in m)")
+    translation = np.asarray(file[TRANSLATION][()], dtype=float)
+    if translation.ndim != 2 or translation.shape[1] not in (2, 3):
+        raise CXIFormatError(
+            f"{file.filename}: /{TRANSLATION} must be (N, 3) or (N, 2), got {translation.shape}"
+        )
+    return translation
+
+
+def _read_frames(dataset: h5py.Dataset, index: np.ndarray) -> np.ndarray:
+    """The frames of sorted ``index`` from ``dataset`` (N, H, W), read a block of consecutive frames at a time."""
+    if len(index) and (np.any(np.diff(index) <= 0) or index[0] < 0 or index[-1] >= len(dataset)):
+        raise ValueError(f"frame indices must be increasing and within 0..{len(dataset) - 1}")
+    out = np.empty((len(index), *dataset.shape[1:]), dtype=dataset.dtype)
+    done = 0
+    while done < len(index):
+        first = index[done]
+        block = dataset[first : min(first + READ_BLOCK_FRAMES, len(dataset))]
+        wanted = index[done:][index[done:] < first + len(block)]
+        out[done : done + len(wanted)] = block[wanted - first]
+        done += len(wanted)
+    return out
+
+
+def read_positions(path: str | Path) -> np.ndarray:
+    """The (N, 2) scan positions (x, y) in metres of a CXI file, without its frames."""
+    with h5py.File(path, "r") as file:
+        return _translation(file)[:, :2]
 
 
 def write_cxi(path: str | Path, data: PtychoData) -> Path:

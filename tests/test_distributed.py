@@ -1,0 +1,199 @@
+"""One scan over MPI ranks: real ``mpiexec -n 2`` runs of every algorithm against one process."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+
+import numpy as np
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from bluesky_ptycho.cli import main
+from bluesky_ptycho.federation.mpi import reconstruct_with_mpiexec
+from bluesky_ptycho.io import read_result, write_cxi
+from bluesky_ptycho.solver import (
+    ReconstructionSettings,
+    Reconstructor,
+    fourier_r_factor,
+    object_error,
+    simulate,
+)
+from bluesky_ptycho.solver.communicator import MPI_MISSING
+from bluesky_ptycho.solver.decomposition import assign_frames
+from bluesky_ptycho.solver.simulate import aperture_probe
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="needs mpi4py")
+# no run here takes more than a few seconds: a hang fails instead of stalling the suite
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def sim():
+    """150 frames of 32², Poisson noise, with a given (wrong) initial probe that both sides start from."""
+    sim = simulate(n_frames=150, frame_size=32, overlap=0.7, photons=1e6, seed=3)
+    probe = aperture_probe((32, 32), 32 / 3 * 1.15, curvature=0.0)
+    return replace(sim, data=replace(sim.data, probe=probe))
+
+
+def on_ranks(tmp_path, data, settings, ranks=2, decomposition="stripes", echo=lambda line: None):
+    """The result of ``mpiexec -n ranks`` on ``data`` written as a CXI file."""
+    path = tmp_path / "scan.cxi"
+    if not path.exists():
+        write_cxi(path, data)
+    return reconstruct_with_mpiexec(
+        path, tmp_path / "result.cxi", settings, ranks, decomposition, timeout=TIMEOUT, echo=echo
+    )
+
+
+def in_one_process(data, settings):
+    reconstructor = Reconstructor.from_data(data, settings).iterate()
+    return reconstructor.result()
+
+
+def test_frames_are_shared_out_in_stripes_across_the_longer_extent_or_in_turn():
+    rng = np.random.default_rng(0)
+    positions = rng.uniform(0, 1, (101, 2)) * (3.0, 1.0)  # wider than high: stripes cut x
+    stripes = assign_frames(positions, 3)
+    assert sorted(np.concatenate(stripes).tolist()) == list(range(101))
+    assert [len(part) for part in stripes] == [34, 34, 33]
+    for left, right in itertools.pairwise(stripes):
+        assert positions[left, 0].max() <= positions[right, 0].min()
+    turns = assign_frames(positions, 3, "round-robin")
+    assert turns[1].tolist() == list(range(1, 101, 3))
+    with pytest.raises(ValueError, match=r"4 ranks for 7 frames.*at most 3 ranks"):
+        assign_frames(positions[:7], 4)
+    with pytest.raises(ValueError, match="decomposition must be one of"):
+        assign_frames(positions, 2, "checkerboard")
+
+
+def test_dm_on_two_ranks_is_dm_in_one_process_to_float32_rounding(tmp_path, sim):
+    """The ranks' sums add the frames in another order; so does one process given the frames reordered.
+
+    DM carries those rounding differences on from iteration to iteration
+    (to a few 1e-4 of the cost after 60 iterations, whichever way): the ranks
+    must be no further from one process than it is from itself.
+    """
+    settings = ReconstructionSettings(algorithm="dm", iterations=30, fft_workers=1)
+    distributed = on_ranks(tmp_path, sim.data, settings)
+    single = in_one_process(sim.data, settings)
+    order = np.random.default_rng(1).permutation(len(sim.data))
+    reordered = in_one_process(
+        replace(sim.data, frames=sim.data.frames[order], positions=sim.data.positions[order]), settings
+    )
+
+    def apart(result) -> np.ndarray:
+        return np.abs(np.asarray(result.cost_history) / single.cost_history - 1)
+
+    assert apart(distributed)[:5].max() < 1e-5
+    assert apart(distributed).max() < max(3 * apart(reordered).max(), 1e-5)
+    errors = [object_error(result, sim) for result in (distributed, single, reordered)]
+    assert abs(errors[0] / errors[1] - 1) < max(3 * abs(errors[2] / errors[1] - 1), 1e-5)
+    record = distributed.extra["distributed"]
+    assert record["frames_per_rank"] == [75, 75]
+    assert record["r_factor"] == pytest.approx(fourier_r_factor(distributed, sim.data), rel=1e-4)
+    assert all(sent > distributed.object.nbytes for sent in record["bytes_sent_per_iteration"])
+
+
+@pytest.mark.parametrize("device", ["cpu", "strict"])
+@pytest.mark.parametrize("algorithm", ["rpie", "epie", "dm", "lsqml"])
+def test_every_algorithm_on_two_ranks_with_modes_and_position_refinement(tmp_path, sim, algorithm, device):
+    settings = ReconstructionSettings(
+        algorithm=algorithm,
+        iterations=30,
+        probe_modes=2,
+        position_correction=True,
+        position_correction_start=10,
+        device=device,
+        fft_workers=1,
+    )
+    distributed = on_ranks(tmp_path, sim.data, settings)
+    single = in_one_process(sim.data, settings)
+    # every frame's refined position comes back in the file's order
+    moved = np.abs(distributed.positions - sim.data.positions).max(axis=0) / distributed.pixel_size[::-1]
+    assert distributed.positions.shape == sim.data.positions.shape
+    assert np.all(moved < 20 * settings.max_position_step)
+    assert distributed.cost_history[-1] < 0.5 * distributed.cost_history[0]
+    r_distributed, r_single = fourier_r_factor(distributed, sim.data), fourier_r_factor(single, sim.data)
+    assert r_distributed < 1.25 * r_single, (r_distributed, r_single)
+    assert distributed.extra["distributed"]["ranks"] == 2
+
+
+def test_reconstruct_ranks_from_the_cli(tmp_path, sim):
+    path = tmp_path / "scan.cxi"
+    write_cxi(path, sim.data)
+    output, png = tmp_path / "out.cxi", tmp_path / "out.png"
+    result = CliRunner().invoke(
+        main,
+        [
+            "reconstruct",
+            str(path),
+            "--ranks",
+            "2",
+            "-a",
+            "lsqml",
+            "-n",
+            "5",
+            "-o",
+            str(output),
+            "--png",
+            str(png),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "iteration 5/5" in result.output and "frames per rank [75, 75]" in result.output
+    assert read_result(output).iterations == 5 and png.stat().st_size > 0
+
+
+def test_more_ranks_than_frames_is_one_clear_error(tmp_path, sim):
+    few = replace(sim.data, frames=sim.data.frames[:5], positions=sim.data.positions[:5])
+    path = tmp_path / "few.cxi"
+    write_cxi(path, few)
+    result = CliRunner().invoke(main, ["reconstruct", str(path), "--ranks", "3", "-n", "2"])
+    assert result.exit_code != 0
+    assert "3 ranks for 5 frames" in result.output and "use at most 2 ranks" in result.output
+    assert not (tmp_path / "few_recon.cxi").exists()
+
+
+def test_without_mpi4py_the_rank_program_says_what_to_install(tmp_path):
+    blocker = tmp_path / "mpi4py"
+    blocker.mkdir()
+    (blocker / "__init__.py").write_text("raise ImportError('No module named mpi4py')\n")
+    process = subprocess.run(
+        [sys.executable, "-m", "bluesky_ptycho.distributed", "in.cxi", "out.cxi"],
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert process.returncode == 2
+    assert MPI_MISSING in process.stderr
+
+
+def test_a_rank_that_dies_ends_the_run_with_an_error_not_a_hang(tmp_path, sim):
+    started = threading.Event()
+    settings = ReconstructionSettings(algorithm="rpie", iterations=100_000, fft_workers=1)
+
+    def kill_one_rank() -> None:
+        started.wait(TIMEOUT)
+        ranks = [
+            process
+            for process in psutil.process_iter(["cmdline"])
+            if "bluesky_ptycho.distributed" in (process.info["cmdline"] or [])
+            and str(tmp_path) in " ".join(process.info["cmdline"])
+            and "mpiexec" not in process.info["cmdline"][0]
+        ]
+        assert len(ranks) == 2
+        ranks[-1].kill()
+
+    killer = threading.Thread(target=kill_one_rank)
+    killer.start()
+    with pytest.raises(RuntimeError, match="mpiexec -n 2 failed"):
+        on_ranks(tmp_path, sim.data, settings, echo=lambda line: started.set())
+    killer.join()
