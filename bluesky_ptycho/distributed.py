@@ -1,6 +1,6 @@
-"""One reconstruction over MPI ranks: ``mpiexec -n N python -m bluesky_ptycho.distributed DATA.cxi RESULT.cxi``.
+"""One reconstruction over MPI ranks: ``mpiexec -n N python -m bluesky_ptycho.distributed DATA.cxi -o RESULT.cxi``.
 
-Every rank reads its own frames of the CXI file (the scan cut into stripes,
+Every rank reads its own frames of the CXI file(s) (the scan cut into stripes,
 :mod:`.solver.decomposition`), and the ranks iterate together
 (:class:`~.solver.communicator.MPICommunicator`); rank 0 writes the result
 (object, probe, every frame's refined position) to RESULT.cxi and prints
@@ -8,7 +8,7 @@ progress. ``bluesky-ptycho reconstruct DATA.cxi --ranks N`` starts this
 through mpiexec (:mod:`.federation.mpi`).
 
 On GPUs (``"device": "gpu"`` in ``--settings``) each rank takes the GPU
-numbered ``BLUESKY_PTYCHO_DEVICE``, or its rank on the node modulo the GPUs
+numbered ``BLUESKY_PTYCHO_GPU``, or its rank on the node modulo the GPUs
 it sees. An error on any rank ends every rank (``MPI_Abort``): none is left
 waiting in a collective.
 """
@@ -26,56 +26,83 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import read_cxi, read_positions, write_result
+from .io import read_cxi, read_positions, read_result, write_result
 from .solver import ReconstructionResult, ReconstructionSettings, Reconstructor
-from .solver.backend import default_workers, gpu_available
+from .solver.backend import default_workers, gpu_available, make_backend
 from .solver.communicator import Communicator, MPICommunicator, local_rank
 from .solver.decomposition import DECOMPOSITIONS, assign_frames
 from .solver.metrics import fourier_r_factor_sums
 
-# the GPU a rank computes on, where the launcher's local rank should not choose it
-DEVICE_VARIABLE = "BLUESKY_PTYCHO_DEVICE"
+# the GPU (its number) a rank computes on, where the launcher's local rank should not choose it
+GPU_VARIABLE = "BLUESKY_PTYCHO_GPU"
 
 
 def reconstruct_on_ranks(
-    input_path: Path,
+    frame_files: list[Path],
     settings: ReconstructionSettings,
     comm: Communicator,
     decomposition: str = "stripes",
+    previous: ReconstructionResult | None = None,
+    iterations: int | None = None,
     progress=None,
 ) -> ReconstructionResult | None:
-    """Reconstruct ``input_path`` with every rank of ``comm`` (a collective call): the result on rank 0, None on the others.
+    """Reconstruct the frames of CXI files with every rank of ``comm`` (a collective call): the result on rank 0, None on the others.
 
-    The result's positions are every frame's, in the file's order; its
+    ``frame_files`` hold the scan's frames in order (one file, or the chunk
+    files a scan was staged in); the geometry, mask, initial probe and
+    defocus come from the first. ``previous``: a result of this scan to
+    continue from (its frames keep its refined positions). ``iterations``:
+    default ``settings.iterations``.
+
+    The result's positions are every frame's, in the files' order; its
     ``extra["distributed"]`` records the ranks, the decomposition, bytes
     each rank sent per iteration, each rank's frames, its peak memory and
     its memory before it read its frames (the interpreter and libraries),
     and the R-factor over every frame.
     """
-    before = _peak_memory()
-    mine = assign_frames(read_positions(input_path), comm.size, decomposition)[comm.rank]
-    data = read_cxi(input_path, mine)
     if settings.fft_workers is None:
         settings = replace(settings, fft_workers=max(1, default_workers() // comm.ranks_on_node()))
-    reconstructor = Reconstructor.from_data(data, settings, communicator=comm)
+    # what the rank holds before its frames: interpreter, libraries, the kernels and the FFT library loaded
+    backend = make_backend(settings.device, settings.fft_library, settings.fft_workers)
+    backend.fft2(backend.xp.zeros((1, 8, 8), np.complex64))
+    before = _peak_memory()
+    positions, starts = _scan_positions(frame_files)
+    mine = assign_frames(positions, comm.size, decomposition)[comm.rank]
+    first = read_cxi(frame_files[0], np.arange(1))  # the scan's geometry, mask, probe and defocus
+    if previous is None:
+        if first.probe_defocus is not None and settings.probe_defocus is None:
+            settings = replace(settings, probe_defocus=first.probe_defocus)
+        reconstructor = Reconstructor(
+            first.geometry, settings, mask=first.mask, probe=first.probe, communicator=comm
+        )
+    else:
+        if previous.n_frames > len(positions):
+            raise ValueError(
+                f"the previous result used {previous.n_frames} frames, the files hold {len(positions)}"
+            )
+        reconstructor = Reconstructor.resume(
+            previous, first.geometry, settings, mask=first.mask, communicator=comm
+        )
+        positions[: previous.n_frames] = previous.positions
+    # each file's part as read: the counts go once the solver holds its amplitudes
+    for index, part in _rank_parts(frame_files, starts, mine):
+        reconstructor.add_frames(part.frames, positions[index])
     sent_before = comm.bytes_sent
-    reconstructor.iterate(progress=progress)
+    reconstructor.iterate(iterations, progress=progress)
     result = reconstructor.result()
-    misfit, total = fourier_r_factor_sums(result, data)
-    r_factor = comm.total(misfit) / comm.total(total)
-    iterations = max(reconstructor.iteration, 1)
+    r_factor = _r_factor(result, frame_files, starts, mine, comm)
+    done = max(reconstructor.iteration - (0 if previous is None else previous.iterations), 1)
     ranks = comm.gather(
         {
             "frames": mine,
             "positions": result.positions,
             "peak_memory_bytes": _peak_memory(),
             "memory_before_bytes": before,
-            "bytes_sent_per_iteration": (comm.bytes_sent - sent_before) / iterations,
+            "bytes_sent_per_iteration": (comm.bytes_sent - sent_before) / done,
         }
     )
     if comm.rank != 0:
         return None
-    positions = np.empty((sum(len(rank["frames"]) for rank in ranks), 2))
     for rank in ranks:
         positions[rank["frames"]] = rank["positions"]
     record = {
@@ -91,16 +118,40 @@ def reconstruct_on_ranks(
     return replace(result, positions=positions, extra={**result.extra, "distributed": record})
 
 
+def _scan_positions(frame_files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame's (x, y) metres, in order, and the index of each file's first frame (one more: the total)."""
+    parts = [read_positions(path) for path in frame_files]
+    return np.concatenate(parts), np.cumsum([0, *map(len, parts)])
+
+
+def _rank_parts(frame_files: list[Path], starts: np.ndarray, mine: np.ndarray):
+    """``(indices, data)`` of each file that holds some of this rank's frames ``mine`` (sorted), read one file at a time."""
+    for path, first, end in zip(frame_files, starts[:-1], starts[1:], strict=True):
+        index = mine[(mine >= first) & (mine < end)]
+        if len(index):
+            yield index, read_cxi(path, index - first)
+
+
+def _r_factor(result, frame_files, starts, mine, comm: Communicator) -> float:
+    """The R-factor of ``result`` over every rank's frames (read again, a file at a time)."""
+    sums, offset = np.zeros(2), 0
+    for index, part in _rank_parts(frame_files, starts, mine):
+        own = replace(result, positions=result.positions[offset : offset + len(index)])
+        sums += fourier_r_factor_sums(own, part)
+        offset += len(index)
+    return comm.total(sums[0]) / comm.total(sums[1])
+
+
 def _peak_memory() -> int:
     """This process's peak resident memory so far, bytes."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def use_rank_gpu() -> int:
-    """Make this rank's GPU CuPy's current device (``DEVICE_VARIABLE``, else the local rank modulo the GPUs); its number."""
+    """Make this rank's GPU CuPy's current device (``GPU_VARIABLE``, else the local rank modulo the GPUs); its number."""
     import cupy
 
-    number = int(os.environ.get(DEVICE_VARIABLE, local_rank() % cupy.cuda.runtime.getDeviceCount()))
+    number = int(os.environ.get(GPU_VARIABLE, local_rank() % cupy.cuda.runtime.getDeviceCount()))
     cupy.cuda.Device(number).use()
     return number
 
@@ -109,12 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bluesky_ptycho.distributed", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("input", type=Path, help="the dataset (CXI)")
-    parser.add_argument("output", type=Path, help="the result file (CXI) rank 0 writes")
+    parser.add_argument("frame_files", type=Path, nargs="+", help="the scan's CXI file(s), in order")
+    parser.add_argument(
+        "--output", "-o", type=Path, required=True, help="the result file (CXI) rank 0 writes"
+    )
     parser.add_argument(
         "--settings", default="{}", help="reconstruction settings as JSON (ReconstructionSettings.to_dict)"
     )
     parser.add_argument("--decomposition", choices=DECOMPOSITIONS, default="stripes")
+    parser.add_argument(
+        "--previous", type=Path, default=None, help="a result file of this scan to continue from"
+    )
+    parser.add_argument("--iterations", type=int, default=None, help="default: the settings' iterations")
     args = parser.parse_args(argv)
     try:
         comm = MPICommunicator()
@@ -127,9 +184,16 @@ def main(argv: list[str] | None = None) -> int:
             use_rank_gpu()
         start = time.perf_counter()
         result = reconstruct_on_ranks(
-            args.input, settings, comm, args.decomposition, progress=_printer(comm, settings.iterations)
+            args.frame_files,
+            settings,
+            comm,
+            args.decomposition,
+            previous=None if args.previous is None else read_result(args.previous),
+            iterations=args.iterations,
+            progress=_printer(comm, settings.iterations if args.iterations is None else args.iterations),
         )
         if result is not None:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
             write_result(args.output, result)
             print(
                 f"{comm.describe()}: R-factor {result.extra['distributed']['r_factor']:.4f}, "

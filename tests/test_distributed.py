@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from bluesky_ptycho.cli import main
 from bluesky_ptycho.federation.mpi import reconstruct_with_mpiexec
+from bluesky_ptycho.federation.remote import reconstruct_files
 from bluesky_ptycho.io import read_result, write_cxi
 from bluesky_ptycho.solver import (
     ReconstructionSettings,
@@ -166,7 +167,7 @@ def test_without_mpi4py_the_rank_program_says_what_to_install(tmp_path):
     blocker.mkdir()
     (blocker / "__init__.py").write_text("raise ImportError('No module named mpi4py')\n")
     process = subprocess.run(
-        [sys.executable, "-m", "bluesky_ptycho.distributed", "in.cxi", "out.cxi"],
+        [sys.executable, "-m", "bluesky_ptycho.distributed", "in.cxi", "-o", "out.cxi"],
         env={**os.environ, "PYTHONPATH": str(tmp_path)},
         capture_output=True,
         text=True,
@@ -197,3 +198,40 @@ def test_a_rank_that_dies_ends_the_run_with_an_error_not_a_hang(tmp_path, sim):
     with pytest.raises(RuntimeError, match="mpiexec -n 2 failed"):
         on_ranks(tmp_path, sim.data, settings, echo=lambda line: started.set())
     killer.join()
+
+
+def test_a_globus_mpi_engine_task_reconstructs_the_staged_scan_on_the_ranks_its_resources_ask_for(
+    tmp_path, sim, monkeypatch
+):
+    """The flow's compute step as a ``GlobusMPIEngine`` worker runs it: Parsl's own launcher prefix, chunk files, a previous result."""
+    from parsl.executors.high_throughput.mpi_prefix_composer import compose_all, validate_resource_spec
+
+    resources = {"num_nodes": 1, "ranks_per_node": 2}  # what the flow input's resource_specification says
+    validate_resource_spec(resources)
+    monkeypatch.setenv(
+        "PARSL_MPI_PREFIX", compose_all("mpiexec", resources, ["localhost"])["PARSL_MPI_PREFIX"]
+    )
+    half = len(sim.data) // 2
+    chunks = [tmp_path / "chunk_0.cxi", tmp_path / "chunk_1.cxi"]
+    for path, part in zip(chunks, (slice(0, half), slice(half, None)), strict=True):
+        write_cxi(path, replace(sim.data, frames=sim.data.frames[part], positions=sim.data.positions[part]))
+    settings = ReconstructionSettings(algorithm="lsqml", probe_modes=2, fft_workers=1).to_dict()
+    first = reconstruct_files([str(chunks[0])], str(tmp_path / "result_0.cxi"), 5, settings)
+    assert first["n_frames"] == half and first["iterations"] == 5
+    summary = reconstruct_files(
+        [str(path) for path in chunks],
+        str(tmp_path / "result_1.cxi"),
+        10,
+        settings,
+        previous_file=first["result_file"],
+        final=True,
+    )
+    result = read_result(summary["result_file"])
+    assert (summary["n_frames"], summary["iterations"]) == (len(sim.data), 15)
+    assert (
+        result.extra["distributed"]["ranks"] == 2
+        and sum(result.extra["distributed"]["frames_per_rank"]) == 150
+    )
+    assert result.cost_history[-1] < result.cost_history[4]  # went on from the previous result's cost
+    # the final job leaves only its result where it ran
+    assert sorted(path.name for path in tmp_path.glob("*.cxi")) == ["result_1.cxi"]

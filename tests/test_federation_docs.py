@@ -6,12 +6,13 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 import uuid
 from pathlib import Path
 
 import pytest
 
-from bluesky_ptycho.federation.globus_settings import load_globus_settings
+from bluesky_ptycho.federation.globus_settings import GlobusSettings, load_globus_settings
 
 DOC = (Path(__file__).parents[1] / "docs" / "federation.md").read_text()
 
@@ -85,6 +86,35 @@ def test_the_documented_endpoint_is_configured_started_and_rendered_by_globus_co
     assert (provider.account, provider.queue, provider.walltime) == ("PtychoAlloc", "prod", "01:00:00")
     assert "BLUESKY_PTYCHO_DEVICE=gpu" in provider.worker_init
     assert executor.max_workers_per_node == 4 and len(executor.available_accelerators) == 4
+
+
+def test_the_documented_mpi_endpoint_gives_tasks_the_ranks_the_flow_asks_for(
+    tmp_path, endpoint_cli, monkeypatch
+):
+    """The MPI template as globus-compute-endpoint renders and loads it, and the settings lines that go with it."""
+    from globus_compute_endpoint.endpoint.config import UserEndpointConfig
+    from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
+    from parsl.executors.high_throughput.mpi_prefix_composer import validate_resource_spec
+
+    files = {n: named_block(n) for n in ENDPOINT_FILES}
+    files["user_config_template.yaml.j2"] = named_block("user_config_template_mpi.yaml.j2")
+    configure_documented_endpoint(tmp_path, endpoint_cli, files)
+    rendered = endpoint_cli(
+        "render-user-config", "-e", "ptycho", "-o", "-", stdin='{"account": "PtychoAlloc", "nodes": 4}'
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    assert "ifname: hsn0" in rendered.stdout  # Polaris: bond0 no longer reaches the login nodes
+    config = load_config_yaml(rendered.stdout.replace("ifname: hsn0", "ifname: lo"))
+    assert isinstance(config, UserEndpointConfig)
+    executor = config.engine.executor
+    config.engine.shutdown()
+    assert type(config.engine).__name__ == "GlobusMPIEngine" and type(executor).__name__ == "MPIExecutor"
+    assert executor.mpi_launcher == "mpiexec" and executor.provider.nodes_per_block == 4
+    settings_lines = tomllib.loads(named_block("globus.toml").replace('"..."', f'"{uuid.uuid4()}"'))
+    monkeypatch.setenv("BLUESKY_PTYCHO_GLOBUS_SETTINGS", str(tmp_path / "none.toml"))
+    resources = GlobusSettings(**settings_lines).compute_resource_specification
+    validate_resource_spec(dict(resources))  # what the MPI executor checks of each task's resources
+    assert resources["num_nodes"] <= settings_lines["compute_user_endpoint_config"]["nodes"]
 
 
 def test_the_documented_schema_refuses_a_misspelt_user_option(tmp_path, endpoint_cli):

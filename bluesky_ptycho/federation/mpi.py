@@ -1,7 +1,8 @@
 """One reconstruction over MPI ranks, started from a process that is not one of them (the CLI, a worker).
 
 Runs ``mpiexec -n N python -m bluesky_ptycho.distributed`` (:mod:`..distributed`)
-on a CXI file and reads back the result file rank 0 writes. The MPICH wheel
+on a scan's CXI file(s) and reads back the result file rank 0 writes; at a
+facility, the launcher Globus Compute's MPI engine gives the task. The MPICH wheel
 that ``pip install 'bluesky-ptycho[mpi]'`` brings puts ``mpiexec`` beside
 this Python; a site's own MPI (``module load``) is found on the PATH.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,8 @@ from ..solver.communicator import MPI_MISSING
 
 # stderr lines kept for the error message of a failed run
 ERROR_LINES = 20
+# what Parsl's MPI executor (Globus Compute's GlobusMPIEngine) tells a task's worker
+PARSL_PREFIX_VARIABLE = "PARSL_MPI_PREFIX"
 
 
 def mpiexec_path() -> str:
@@ -34,13 +38,28 @@ def mpiexec_path() -> str:
     RuntimeError
         Where there is none, saying how to get one.
     """
-    beside = Path(sys.executable).with_name("mpiexec")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("mpiexec")
-    if found is None:
+    found = _beside_python("mpiexec")
+    if shutil.which(found) is None:
         raise RuntimeError(f"no mpiexec found: {MPI_MISSING}")
     return found
+
+
+def _beside_python(program: str) -> str:
+    """``program`` beside this Python where it is there (a virtual environment's, not on the PATH), else as named."""
+    beside = Path(sys.executable).with_name(program)
+    return str(beside) if beside.exists() else program
+
+
+def parsl_launcher() -> list[str] | None:
+    """The MPI launcher a Globus Compute ``GlobusMPIEngine`` worker was given for this task, or None.
+
+    Parsl's MPI executor sets ``PARSL_MPI_PREFIX`` (e.g. ``mpiexec -n 8 -ppn 4
+    --hosts a,b``) from the task's ``resource_specification`` (``num_nodes``,
+    ``ranks_per_node``) in the environment of the task's worker, for Python
+    functions as for an ``MPIFunction``.
+    """
+    prefix = os.environ.get(PARSL_PREFIX_VARIABLE, "").strip()
+    return shlex.split(prefix) if prefix else None
 
 
 def reconstruct_with_mpiexec(
@@ -52,30 +71,57 @@ def reconstruct_with_mpiexec(
     timeout: float | None = None,
     echo: Callable[[str], None] = print,
 ) -> ReconstructionResult:
-    """Reconstruct ``input_path`` on ``ranks`` MPI ranks, write ``output_path`` and return its result.
+    """Reconstruct ``input_path`` on ``ranks`` MPI ranks of this machine (:func:`run_ranks` with ``mpiexec -n ranks``)."""
+    launcher = [mpiexec_path(), "-n", str(ranks)]
+    return run_ranks(
+        launcher, [input_path], output_path, settings, decomposition=decomposition, timeout=timeout, echo=echo
+    )
 
-    Rank 0's progress lines go to ``echo`` as they come.
+
+def run_ranks(
+    launcher: list[str],
+    frame_files: list[Path],
+    output_path: Path,
+    settings: ReconstructionSettings,
+    *,
+    iterations: int | None = None,
+    previous_file: Path | None = None,
+    decomposition: str = "stripes",
+    timeout: float | None = None,
+    echo: Callable[[str], None] = print,
+) -> ReconstructionResult:
+    """Reconstruct the scan in ``frame_files`` on the ranks ``launcher`` starts; write ``output_path`` and return its result.
+
+    ``launcher``: the MPI launcher and its arguments (``mpiexec -n 4``,
+    :func:`parsl_launcher`). ``iterations`` (default: the settings') and
+    ``previous_file`` (a result of this scan to continue from) as for
+    :func:`~bluesky_ptycho.distributed.reconstruct_on_ranks`. Rank 0's
+    progress lines go to ``echo`` as they come.
 
     Raises
     ------
     RuntimeError
-        Naming the exit status and the ranks' last error lines, when mpiexec
-        fails (any rank's error ends every rank), or it ran past ``timeout`` seconds.
+        Naming the exit status and the ranks' last error lines, when the
+        launcher fails (any rank's error ends every rank), or it ran past
+        ``timeout`` seconds.
     """
     command = [
-        mpiexec_path(),
-        "-n",
-        str(ranks),
+        _beside_python(launcher[0]),
+        *launcher[1:],
         sys.executable,
         "-m",
         "bluesky_ptycho.distributed",
-        str(input_path),
+        *map(str, frame_files),
+        "--output",
         str(output_path),
         "--settings",
         json.dumps(settings.to_dict()),
         "--decomposition",
         decomposition,
+        *([] if iterations is None else ["--iterations", str(iterations)]),
+        *([] if previous_file is None else ["--previous", str(previous_file)]),
     ]
+    name = " ".join(launcher)
     errors: deque[str] = deque(maxlen=ERROR_LINES)
     # the ranks share the cores out among their FFT threads (distributed.py): no OpenMP threads beside them
     environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -87,15 +133,13 @@ def reconstruct_with_mpiexec(
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            raise RuntimeError(f"mpiexec -n {ranks} ran past {timeout:g} s and was stopped") from None
+            raise RuntimeError(f"{name} ran past {timeout:g} s and was stopped") from None
         finally:
             for reader in readers:
                 reader.join(timeout=10)
     if process.returncode != 0:
         reasons = [line for line in errors if line.startswith("error")] or list(errors)
-        raise RuntimeError(
-            f"mpiexec -n {ranks} failed (exit status {process.returncode}): " + " | ".join(reasons)
-        )
+        raise RuntimeError(f"{name} failed (exit status {process.returncode}): " + " | ".join(reasons))
     return read_result(output_path)
 
 

@@ -22,6 +22,7 @@ from ..io.cxi import read_cxi, read_result, write_result
 from ..solver.data import Geometry, ReconstructionResult
 from ..solver.reconstructor import Reconstructor
 from ..solver.settings import ReconstructionSettings
+from .mpi import parsl_launcher, run_ranks
 from .staging import RESULT_GLOB
 
 #: Set in a facility worker's environment, the device it reconstructs on ("cpu" or "gpu"), whatever the
@@ -203,6 +204,10 @@ def reconstruct_files(
         files and the scan's older results, so a scan leaves one file (this
         result, until it is fetched) where it was reconstructed.
 
+    On a ``GlobusMPIEngine`` endpoint the task's ``resource_specification``
+    (``num_nodes``, ``ranks_per_node``) sets how many MPI ranks share the
+    scan (:func:`~.mpi.parsl_launcher`, :mod:`bluesky_ptycho.distributed`).
+
     Returns
     -------
     dict
@@ -211,6 +216,19 @@ def reconstruct_files(
     check_client_version(client_version)
     if not frame_files:
         raise ValueError("no frame files to reconstruct")
+    launcher = parsl_launcher()
+    if (
+        launcher is not None
+    ):  # a GlobusMPIEngine task: the scan over the ranks its resource_specification asked for
+        result = run_ranks(
+            launcher,
+            [Path(path) for path in frame_files],
+            Path(result_file),
+            facility_settings(ReconstructionSettings.from_dict(settings or {})),
+            iterations=iterations,
+            previous_file=None if previous_file is None else Path(previous_file),
+        )
+        return _finish(frame_files, Path(result_file), result, final)
     first = read_cxi(frame_files[0])
     chunks = [FrameChunk(first.frames, first.positions)] + [_load(path) for path in frame_files[1:]]
     previous = None if previous_file is None else read_result(previous_file)
@@ -225,8 +243,15 @@ def reconstruct_files(
     )
     Path(result_file).parent.mkdir(parents=True, exist_ok=True)
     write_result(result_file, result)
+    return _finish(frame_files, Path(result_file), result, final)
+
+
+def _finish(
+    frame_files: list[str], result_file: Path, result: ReconstructionResult, final: bool
+) -> dict[str, Any]:
+    """After the result file is written: a final job's clean-up, and the summary the flow gets."""
     if final:
-        _remove_scan_files(frame_files, Path(result_file))
+        _remove_scan_files(frame_files, result_file)
     return {
         "result_file": str(result_file),
         "n_frames": result.n_frames,

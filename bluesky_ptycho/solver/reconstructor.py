@@ -180,6 +180,7 @@ class Reconstructor:
         settings: ReconstructionSettings | None = None,
         *,
         mask: np.ndarray | None = None,
+        communicator: Communicator | None = None,
     ) -> Reconstructor:
         """A reconstructor that continues from a snapshot taken elsewhere.
 
@@ -196,6 +197,7 @@ class Reconstructor:
             probe=previous.probe,
             object=previous.object,
             object_origin=previous.object_origin,
+            communicator=communicator,
         )
         reconstructor.iteration = previous.iterations
         reconstructor.cost_history = list(previous.cost_history)
