@@ -46,6 +46,8 @@ def mpiexec_path() -> str:
 
 def _beside_python(program: str) -> str:
     """``program`` beside this Python where it is there (a virtual environment's, not on the PATH), else as named."""
+    if os.sep in program:
+        return program
     beside = Path(sys.executable).with_name(program)
     return str(beside) if beside.exists() else program
 
