@@ -35,6 +35,10 @@ from .solver.metrics import fourier_r_factor_sums
 
 # the GPU (its number) a rank computes on, where the launcher's local rank should not choose it
 GPU_VARIABLE = "BLUESKY_PTYCHO_GPU"
+# the R-factor at the end reads a rank's frames again this many at a time, beside the solver's amplitudes
+PIECE_FRAMES = 256
+# frames are modelled for the R-factor this many pixels at a time (32 MB of complex64 per array)
+R_FACTOR_PIXELS = 2**22
 
 
 def reconstruct_on_ranks(
@@ -84,7 +88,8 @@ def reconstruct_on_ranks(
             previous, first.geometry, settings, mask=first.mask, communicator=comm
         )
         positions[: previous.n_frames] = previous.positions
-    # each file's part as read: the counts go once the solver holds its amplitudes
+    # each file's part as read (the first prepare builds the probe from them as one array): the counts
+    # go once the solver holds its amplitudes
     for index, part in _rank_parts(frame_files, starts, mine):
         reconstructor.add_frames(part.frames, positions[index])
     sent_before = comm.bytes_sent
@@ -124,20 +129,21 @@ def _scan_positions(frame_files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(parts), np.cumsum([0, *map(len, parts)])
 
 
-def _rank_parts(frame_files: list[Path], starts: np.ndarray, mine: np.ndarray):
-    """``(indices, data)`` of each file that holds some of this rank's frames ``mine`` (sorted), read one file at a time."""
+def _rank_parts(frame_files: list[Path], starts: np.ndarray, mine: np.ndarray, most: int | None = None):
+    """``(indices, data)`` of this rank's frames ``mine`` (sorted), file by file, up to ``most`` at a time (None: a file's)."""
     for path, first, end in zip(frame_files, starts[:-1], starts[1:], strict=True):
         index = mine[(mine >= first) & (mine < end)]
-        if len(index):
-            yield index, read_cxi(path, index - first)
+        pieces = 1 if most is None else -(-len(index) // most)
+        for piece in np.array_split(index, pieces) if len(index) else []:
+            yield piece, read_cxi(path, piece - first)
 
 
 def _r_factor(result, frame_files, starts, mine, comm: Communicator) -> float:
     """The R-factor of ``result`` over every rank's frames (read again, a file at a time)."""
     sums, offset = np.zeros(2), 0
-    for index, part in _rank_parts(frame_files, starts, mine):
+    for index, part in _rank_parts(frame_files, starts, mine, PIECE_FRAMES):
         own = replace(result, positions=result.positions[offset : offset + len(index)])
-        sums += fourier_r_factor_sums(own, part)
+        sums += fourier_r_factor_sums(own, part, batch=max(1, R_FACTOR_PIXELS // part.frames[0].size))
         offset += len(index)
     return comm.total(sums[0]) / comm.total(sums[1])
 
