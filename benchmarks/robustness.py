@@ -4,7 +4,7 @@ Run ``python benchmarks/robustness.py`` (``--quick``: four cases; ``--final``:
 also compare the candidates for the default final reconstruction;
 ``--preview``: judge the preview defaults instead of the final ones;
 ``--precision``: R with the frames held in half precision, the default,
-against single). On a grid of
+against single; ``--ranks N``: R over N MPI ranks against one process). On a grid of
 measured-like simulations (:func:`bluesky_ptycho.solver.simulate.realistic`:
 zone plate with central stop, partially coherent beam, weak-phase object,
 detector noise and bad pixels, position errors; defocus 0.2-3 mm of both signs,
@@ -152,6 +152,42 @@ def frame_precisions(cases: list[Case], n_frames: int, settings: ReconstructionS
     print(f"largest change of R: {max(changes, key=abs):+.3%} (target: within 0.5 %)")
 
 
+def ranks_against_one_process(
+    cases: list[Case], n_frames: int, settings: ReconstructionSettings, ranks: int
+) -> None:
+    """R of the same reconstruction over ``ranks`` MPI ranks (stripes) against one process, case by case."""
+    import tempfile
+    from pathlib import Path
+
+    from bluesky_ptycho.federation.mpi import reconstruct_with_mpiexec
+    from bluesky_ptycho.io import write_cxi
+
+    print(
+        f"\n{ranks} MPI ranks against one process ({n_frames} frames of 128x128, {settings.algorithm}, "
+        f"{settings.probe_modes} modes, {settings.iterations} iterations)"
+    )
+    print(f"{'case':>20} {'R ranks':>8} {'R one':>8} {'change':>8} {'err ranks':>10} {'err one':>8}")
+    changes = []
+    for case in cases:
+        sim = simulate_case(case, n_frames)
+        r_one, e_one, _, _ = run(sim, replace(settings, fft_workers=1))
+        with tempfile.TemporaryDirectory() as directory:
+            path = write_cxi(Path(directory) / "scan.cxi", sim.data)
+            result = reconstruct_with_mpiexec(
+                path,
+                path.with_name("result.cxi"),
+                replace(settings, fft_workers=1),
+                ranks,
+                echo=lambda line: None,
+            )
+        r_ranks, e_ranks = fourier_r_factor(result, sim.data), object_error(result, sim)
+        changes.append(r_ranks / r_one - 1)
+        print(
+            f"{case.label():>20} {r_ranks:8.4f} {r_one:8.4f} {changes[-1]:+8.2%} {e_ranks:10.4f} {e_one:8.4f}"
+        )
+    print(f"largest change of R: {max(changes, key=abs):+.2%} (target: within 2 %)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="four cases instead of the whole grid")
@@ -169,12 +205,21 @@ def main() -> None:
         action="store_true",
         help="compare frames held as float16 amplitudes (the default) with float32, instead",
     )
+    parser.add_argument(
+        "--ranks",
+        type=int,
+        default=None,
+        help="compare a reconstruction over this many MPI ranks with one process",
+    )
     args = parser.parse_args()
     cases = QUICK if args.quick else GRID
     final = ReconstructionSettings.final()
     settings = final.for_preview() if args.preview else final
     if args.precision:
         frame_precisions(cases, args.frames, settings)
+        return
+    if args.ranks:
+        ranks_against_one_process(cases, args.frames, settings, args.ranks)
         return
     defaults_against_true_probe(cases, args.frames, settings)
     if args.final:

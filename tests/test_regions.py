@@ -8,6 +8,7 @@ import pytest
 
 from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor
 from bluesky_ptycho.solver.backend import make_backend, sliding_windows
+from bluesky_ptycho.solver.communicator import Communicator
 from bluesky_ptycho.solver.positions import patch_gradients
 from bluesky_ptycho.solver.regions import CanvasRegion, spatial_blocks
 from bluesky_ptycho.solver.rpie import RPIE
@@ -99,6 +100,7 @@ def test_a_small_scan_is_batched_as_one_block_and_a_large_one_block_by_block():
         def __init__(self, n):
             self.positions = fermat_spiral(n, 10.0)
             self.n_frames = n
+            self.comm = Communicator()
 
     small = engine.batches(Scan(700), np.random.default_rng(1))
     expected = np.array_split(np.random.default_rng(1).permutation(700), 11)

@@ -53,6 +53,10 @@ class Communicator:
         """A number summed over the ranks."""
         return float(value)
 
+    def most(self, value: int) -> int:
+        """The largest of the ranks' ``value``."""
+        return int(value)
+
     def extent(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Element-wise minimum of ``low`` and maximum of ``high`` over the ranks (host arrays)."""
         return low, high
@@ -110,6 +114,10 @@ class MPICommunicator(Communicator):
     def total(self, value: float) -> float:
         self.bytes_sent += 8
         return float(self.comm.allreduce(float(value), op=self._mpi.SUM))
+
+    def most(self, value: int) -> int:
+        self.bytes_sent += 8
+        return int(self.comm.allreduce(int(value), op=self._mpi.MAX))
 
     def extent(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         low, high = np.array(low, dtype=np.float64), np.array(high, dtype=np.float64)

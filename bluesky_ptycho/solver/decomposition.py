@@ -9,9 +9,11 @@ iteration:
   (:meth:`~.communicator.Communicator.sum`), which is the single-process
   update to float32 rounding.
 - The minibatch algorithms (rPIE, ePIE, LSQ-ML) go through their own frames'
-  batches on their own copy, then :func:`merge_ranks` makes one estimate of
-  them. Ranks never wait on each other inside an iteration, whatever their
-  batches.
+  batches in step (as many on every rank, :meth:`~.engine.Engine.batches`):
+  each batch's probe update sums (and LSQ-ML's probe step length) are summed
+  over the ranks, so the probe stays one; each rank updates its own copy of
+  the object from its batches, and :func:`merge_ranks` makes one object of
+  them once per iteration.
 
 "stripes" (the default) gives each rank a compact stripe of the scan across
 its longer extent, so that the ranks' objects overlap only at the stripes'
@@ -74,20 +76,18 @@ def match_canvas(state: SolverState) -> None:
     state.pad_canvas(np.rint(start - low).astype(int), np.rint(high - end).astype(int))
 
 
-def merge_ranks(state: SolverState, probe_updated: bool) -> None:
-    """One object and probe on every rank after an iteration in which each rank updated its own (collective).
+def merge_ranks(state: SolverState) -> None:
+    """One object on every rank after an iteration in which each rank updated its own (collective).
 
     The object is the ranks' objects weighted by the illumination of each
-    rank's frames (rank 0's where no rank's frames illuminate it); the probe,
-    where it was updated, the ranks' probes weighted by their numbers of
-    frames. Called before the probe's modes are orthogonalised and it is
-    recentred (on every rank alike from then on). Nothing happens in one
-    process.
+    rank's frames (rank 0's where no rank's frames illuminate it). The probe
+    needs nothing: its update sums are summed over the ranks batch by batch,
+    so it is the same on every rank. Nothing happens in one process.
 
-    Adding up the ranks' changes instead (as one process applies batch after
-    batch) overshoots: measured on 300 x 64² (40 iterations, R-factor against
-    0.116 in one process), rPIE 0.177 on stripes and 0.585 round-robin,
-    against 0.138 and 0.139 with these weights (0.114 after 100 iterations).
+    Adding up the ranks' object changes instead (as one process applies
+    batch after batch) overshoots: measured on 300 x 64² (rPIE, 40
+    iterations, R-factor against 0.116 in one process), 0.177 on stripes and
+    0.585 round-robin, against 0.138 and 0.139 with these weights.
     """
     comm = state.comm
     if comm.size == 1:
@@ -99,7 +99,3 @@ def merge_ranks(state: SolverState, probe_updated: bool) -> None:
         weights += weights.dtype.type(UNLIT_WEIGHT * float(weights.max()))
     weighted = comm.sum(state.object * weights)
     state.object = (weighted / comm.sum(weights)).astype(state.object.dtype, copy=False)
-    if probe_updated:
-        frames = state.n_frames
-        probe = comm.sum(state.probe * np.float32(frames))
-        state.probe = (probe / np.float32(comm.total(frames))).astype(state.probe.dtype, copy=False)

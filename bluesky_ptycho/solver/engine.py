@@ -54,7 +54,9 @@ class Engine(ABC):
 
         Each batch is a random draw from one of the
         :func:`~.regions.spatial_blocks` of those frames (all of them up to
-        ``BLOCK_FRAMES`` frames); the blocks come in random order.
+        ``BLOCK_FRAMES`` frames); the blocks come in random order. On several
+        ranks, empty batches follow so that every rank has as many (the
+        probe's update sums are summed over the ranks batch by batch).
         """
         frames = np.arange(state.n_frames) if frames is None else np.asarray(frames)
         size = self.settings.options.effective_batch_size(len(frames))
@@ -64,9 +66,10 @@ class Engine(ABC):
             for block in blocks
             for batch in np.array_split(block[rng.permutation(len(block))], math.ceil(len(block) / size))
         ]
-        if len(blocks) == 1:
-            return batches
-        return [batches[b] for b in rng.permutation(len(batches))]
+        if len(blocks) > 1:
+            batches = [batches[b] for b in rng.permutation(len(batches))]
+        missing = state.comm.most(len(batches)) - len(batches)
+        return batches + [frames[:0]] * missing
 
     def chunks(self, batch: np.ndarray, state: SolverState) -> list[np.ndarray]:
         """``batch`` split so that each part's exit waves (frames x modes) take about ``CHUNK_BYTES``.

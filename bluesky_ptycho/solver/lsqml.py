@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .communicator import Communicator
 from .decomposition import merge_ranks
 from .engine import Engine
 from .forward import exit_wave_update, gather_patches
@@ -26,7 +27,15 @@ from .options import NOISE_MODELS, MinibatchOptions, check_alpha, option
 from .positions import move_positions, position_shifts
 from .regions import CanvasRegion
 from .state import SolverState, mode_power
-from .updates import UpdateTerms, add_scaled_in, mode_sum, regularised_step, regularised_step_in, update_terms
+from .updates import (
+    UpdateTerms,
+    add_scaled_in,
+    mode_sum,
+    probe_terms_of_every_rank,
+    regularised_step,
+    regularised_step_in,
+    update_terms,
+)
 
 STEP_REGULARISATION = 1e-3
 
@@ -125,11 +134,16 @@ class LSQML(Engine):
                 cost += chunk_cost
                 terms = update_terms(state, corners, chi, for_probe=update_probe, terms=terms)
                 parts.append((chunk, corners, chi))
-            regularised_step_in(region, numerator, illumination, options.alpha, kernels)
-            object_direction = numerator
             probe_direction = None
             if update_probe:
+                probe_terms_of_every_rank(state, terms)
                 probe_direction = regularised_step(terms.probe_numerator, terms.probe_weights, options.alpha)
+            if not parts:  # on several ranks a batch may be empty (see Engine.batches)
+                if update_probe:
+                    state.probe += np.float32(s.probe_step * mean_step(None, state.comm)) * probe_direction
+                continue
+            regularised_step_in(region, numerator, illumination, options.alpha, kernels)
+            object_direction = numerator
             products = [
                 step_products(
                     state.object,
@@ -160,14 +174,22 @@ class LSQML(Engine):
                 region, state.object, object_direction, s.object_step * mean_step(step_object), kernels
             )
             if update_probe:
-                state.probe += np.float32(s.probe_step * mean_step(step_probe)) * probe_direction
+                state.probe += np.float32(s.probe_step * mean_step(step_probe, state.comm)) * probe_direction
             move_positions(state, moves)
-        merge_ranks(state, update_probe)
+        merge_ranks(state)
         if update_probe:
             self.finish_probe(state, iteration)
         return cost
 
 
-def mean_step(steps) -> float:
-    """Batch step: the mean of the per-frame steps, negative ones counted as zero."""
-    return float(steps.clip(0, None).mean())
+def mean_step(steps, comm: Communicator | None = None) -> float:
+    """Batch step: the mean of the per-frame steps, negative ones counted as zero.
+
+    Given the ranks' ``comm``, the mean over every rank's batch (``steps``
+    None: this rank's was empty).
+    """
+    if comm is None or comm.size == 1:
+        return float(steps.clip(0, None).mean())
+    total = 0.0 if steps is None else float(steps.clip(0, None).sum())
+    count = comm.total(0 if steps is None else len(steps))
+    return comm.total(total) / count if count else 0.0

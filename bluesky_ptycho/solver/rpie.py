@@ -19,7 +19,14 @@ from .options import MinibatchOptions, check_alpha, option
 from .positions import move_positions, position_shifts
 from .regions import CanvasRegion
 from .state import SolverState
-from .updates import UpdateTerms, add_regularised_step, add_scaled_in, regularised_step_in, update_terms
+from .updates import (
+    UpdateTerms,
+    add_regularised_step,
+    add_scaled_in,
+    probe_terms_of_every_rank,
+    regularised_step_in,
+    update_terms,
+)
 
 
 @dataclass
@@ -73,13 +80,15 @@ class RPIE(Engine):
                 if self.refines_positions(iteration):
                     moves.append((chunk, position_shifts(state, corners, diff, s.max_position_step)))
             if update_probe:
+                probe_terms_of_every_rank(state, terms)
                 add_regularised_step(
                     state.probe, terms.probe_numerator, terms.probe_weights, alpha, s.probe_step, kernels
                 )
-            regularised_step_in(region, numerator, illumination, alpha, kernels)
-            add_scaled_in(region, state.object, numerator, s.object_step, kernels)
+            if len(batch):  # on several ranks a batch may be empty (see Engine.batches)
+                regularised_step_in(region, numerator, illumination, alpha, kernels)
+                add_scaled_in(region, state.object, numerator, s.object_step, kernels)
             move_positions(state, moves)
-        merge_ranks(state, update_probe)
+        merge_ranks(state)
         if update_probe:
             self.finish_probe(state, iteration)
         return cost

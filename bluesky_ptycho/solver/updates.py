@@ -93,6 +93,16 @@ def update_terms(
     return terms
 
 
+def probe_terms_of_every_rank(state: SolverState, terms: UpdateTerms) -> UpdateTerms:
+    """``terms``' probe sums summed over the ranks, in place (zero for a rank whose batch was empty)."""
+    if terms.probe_numerator is None:
+        terms.probe_numerator = state.xp.zeros_like(state.probe)
+        terms.probe_weights = state.xp.zeros(state.frame_shape, state.object.real.dtype)
+    state.comm.sum(terms.probe_numerator)
+    state.comm.sum(terms.probe_weights)
+    return terms
+
+
 def patch_overlap(state: SolverState, first, second):
     """``sum_j conj(first[patch_j]) * second[patch_j]`` over every frame's patch of two objects, (h, w)."""
     kernels = state.backend.kernels
