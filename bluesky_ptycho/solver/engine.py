@@ -60,6 +60,9 @@ class Engine(ABC):
         """
         frames = np.arange(state.n_frames) if frames is None else np.asarray(frames)
         size = self.settings.options.effective_batch_size(len(frames))
+        if state.comm.size > 1:  # a batch of the ranks together is a batch of one process
+            everyone = int(state.comm.total(len(frames)))
+            size = max(1, math.ceil(self.settings.options.effective_batch_size(everyone) / state.comm.size))
         blocks = [frames[block] for block in spatial_blocks(state.positions[frames])]
         batches = [
             batch
