@@ -9,7 +9,8 @@ iteration:
   (:meth:`~.communicator.Communicator.sum`), which is the single-process
   update to float32 rounding.
 - The minibatch algorithms (rPIE, ePIE, LSQ-ML) go through their own frames'
-  batches in step (as many on every rank, :meth:`~.engine.Engine.batches`):
+  batches in step (as many on every rank, each ``batch_size / ranks``
+  frames, :meth:`~.engine.Engine.batches`):
   each batch's probe update sums (and LSQ-ML's probe step length) are summed
   over the ranks, so the probe stays one; each rank updates its own copy of
   the object from its batches, and :func:`merge_ranks` makes one object of

@@ -55,8 +55,10 @@ class Engine(ABC):
         Each batch is a random draw from one of the
         :func:`~.regions.spatial_blocks` of those frames (all of them up to
         ``BLOCK_FRAMES`` frames); the blocks come in random order. On several
-        ranks, empty batches follow so that every rank has as many (the
-        probe's update sums are summed over the ranks batch by batch).
+        ranks a rank's batch is ``batch_size / ranks`` frames (the ranks'
+        batches together are one process's), and empty batches follow so
+        that every rank has as many (the probe's update sums are summed over
+        the ranks batch by batch).
         """
         frames = np.arange(state.n_frames) if frames is None else np.asarray(frames)
         size = self.settings.options.effective_batch_size(len(frames))
