@@ -29,9 +29,10 @@ import numpy as np
 from .io import read_cxi, read_positions, read_result, write_result
 from .solver import ReconstructionResult, ReconstructionSettings, Reconstructor
 from .solver.backend import default_workers, gpu_available, make_backend
-from .solver.communicator import Communicator, MPICommunicator, local_rank
+from .solver.communicator import Communicator, MPICommunicator
 from .solver.decomposition import DECOMPOSITIONS, assign_frames
 from .solver.metrics import fourier_r_factor_sums
+from .solver.reconstructor import with_data_defocus
 
 # the GPU (its number) a rank computes on, where the launcher's local rank should not choose it
 GPU_VARIABLE = "BLUESKY_PTYCHO_GPU"
@@ -65,7 +66,7 @@ def reconstruct_on_ranks(
     and the R-factor over every frame.
     """
     if settings.fft_workers is None:
-        settings = replace(settings, fft_workers=max(1, default_workers() // comm.ranks_on_node()))
+        settings = replace(settings, fft_workers=max(1, default_workers() // comm.node()[1]))
     # what the rank holds before its frames: interpreter, libraries, the kernels and the FFT library loaded
     backend = make_backend(settings.device, settings.fft_library, settings.fft_workers)
     backend.fft2(backend.xp.zeros((1, 8, 8), np.complex64))
@@ -73,21 +74,15 @@ def reconstruct_on_ranks(
     positions, starts = _scan_positions(frame_files)
     mine = assign_frames(positions, comm.size, decomposition)[comm.rank]
     first = read_cxi(frame_files[0], np.arange(1))  # the scan's geometry, mask, probe and defocus
-    if previous is None:
-        if first.probe_defocus is not None and settings.probe_defocus is None:
-            settings = replace(settings, probe_defocus=first.probe_defocus)
-        reconstructor = Reconstructor(
-            first.geometry, settings, mask=first.mask, probe=first.probe, communicator=comm
-        )
-    else:
-        if previous.n_frames > len(positions):
-            raise ValueError(
-                f"the previous result used {previous.n_frames} frames, the files hold {len(positions)}"
-            )
-        reconstructor = Reconstructor.resume(
-            previous, first.geometry, settings, mask=first.mask, communicator=comm
-        )
-        positions[: previous.n_frames] = previous.positions
+    reconstructor, positions = Reconstructor.start_or_resume(
+        first.geometry,
+        with_data_defocus(settings, first),
+        positions,
+        mask=first.mask,
+        probe=first.probe,
+        previous=previous,
+        communicator=comm,
+    )
     # each file's part as read (the first prepare builds the probe from them as one array): the counts
     # go once the solver holds its amplitudes
     for index, part in _rank_parts(frame_files, starts, mine):
@@ -153,11 +148,11 @@ def _peak_memory() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def use_rank_gpu() -> int:
-    """Make this rank's GPU CuPy's current device (``GPU_VARIABLE``, else the local rank modulo the GPUs); its number."""
+def use_rank_gpu(comm: Communicator) -> int:
+    """Make this rank's GPU CuPy's current device (``GPU_VARIABLE``, else its rank on the node modulo the GPUs); its number."""
     import cupy
 
-    number = int(os.environ.get(GPU_VARIABLE, local_rank() % cupy.cuda.runtime.getDeviceCount()))
+    number = int(os.environ.get(GPU_VARIABLE, comm.node()[0] % cupy.cuda.runtime.getDeviceCount()))
     cupy.cuda.Device(number).use()
     return number
 
@@ -187,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = ReconstructionSettings.from_dict(json.loads(args.settings))
         if settings.device == "gpu" and gpu_available():  # else the backend names what is missing
-            use_rank_gpu()
+            use_rank_gpu(comm)
         start = time.perf_counter()
         result = reconstruct_on_ranks(
             args.frame_files,

@@ -129,16 +129,14 @@ def continue_reconstruction(
     """
     started = time.perf_counter()
     settings = facility_settings(settings)
-    positions = np.concatenate([chunk.positions for chunk in chunks]).astype(float)
-    if previous is None:
-        reconstructor = Reconstructor(geometry, settings, mask=mask, probe=probe)
-    else:
-        if previous.n_frames > len(positions):
-            raise ValueError(
-                f"the previous result used {previous.n_frames} frames but this job has only {len(positions)}"
-            )
-        reconstructor = Reconstructor.resume(previous, geometry, settings, mask=mask)
-        positions[: previous.n_frames] = previous.positions
+    reconstructor, positions = Reconstructor.start_or_resume(
+        geometry,
+        settings,
+        np.concatenate([chunk.positions for chunk in chunks]).astype(float),
+        mask=mask,
+        probe=probe,
+        previous=previous,
+    )
     first = 0
     for chunk in chunks:  # each as it came: the frames are never copied into one array
         reconstructor.add_frames(chunk.frames, positions[first : first + len(chunk.frames)])

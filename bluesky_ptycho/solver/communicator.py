@@ -1,7 +1,7 @@
 """The communicator: how the processes (ranks) that share one scan combine what they computed.
 
 A reconstruction keeps one communicator on its state, beside the
-:class:`~.backend.ArrayBackend`. :class:`SingleProcess`, the default, is one
+:class:`~.backend.ArrayBackend`. :class:`Communicator`, the default, is one
 rank whose collectives return their input: a reconstruction in one process
 computes exactly what it did before communicators existed.
 :class:`MPICommunicator` wraps an ``mpi4py`` communicator; every rank must
@@ -13,15 +13,12 @@ place, other arrays (CuPy, the strict test module) through host memory.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 
 from .backend import array_module, to_numpy
 
-# what a rank's GPU is chosen by when the launcher says nothing: the local rank of these launchers
-LOCAL_RANK_VARIABLES = ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "PMI_LOCAL_RANK", "SLURM_LOCALID")
 MPI_MISSING = (
     "a reconstruction over several ranks needs mpi4py and an MPI library: "
     "pip install 'bluesky-ptycho[mpi]' (mpi4py with the MPICH wheel)"
@@ -69,9 +66,9 @@ class Communicator:
         """Every rank's ``value``, in rank order, on every rank."""
         return [value]
 
-    def ranks_on_node(self) -> int:
-        """How many of the ranks run on this rank's node (they share its cores)."""
-        return 1
+    def node(self) -> tuple[int, int]:
+        """This rank's rank among the ranks on its node, and how many run there (they share its cores and GPUs)."""
+        return 0, 1
 
     def describe(self) -> str:
         """In words, for the record."""
@@ -132,10 +129,10 @@ class MPICommunicator(Communicator):
     def gather(self, value: Any) -> list[Any]:
         return self.comm.allgather(value)
 
-    def ranks_on_node(self) -> int:
+    def node(self) -> tuple[int, int]:
         node = self.comm.Split_type(self._mpi.COMM_TYPE_SHARED)
         try:
-            return node.Get_size()
+            return node.Get_rank(), node.Get_size()
         finally:
             node.Free()
 
@@ -146,11 +143,3 @@ class MPICommunicator(Communicator):
     def describe(self) -> str:
         library = self._mpi.Get_library_version().splitlines()[0].strip()
         return f"{self.size} MPI ranks ({library})"
-
-
-def local_rank() -> int:
-    """This process's rank on its node, as the MPI launcher tells it (0 where none does)."""
-    for variable in LOCAL_RANK_VARIABLES:
-        if variable in os.environ:
-            return int(os.environ[variable])
-    return 0

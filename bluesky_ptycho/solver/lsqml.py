@@ -134,45 +134,42 @@ class LSQML(Engine):
                 cost += chunk_cost
                 terms = update_terms(state, corners, chi, for_probe=update_probe, terms=terms)
                 parts.append((chunk, corners, chi))
-            probe_direction = None
+            probe_direction = step_probe = None
             if update_probe:
                 probe_terms_of_every_rank(state, terms)
                 probe_direction = regularised_step(terms.probe_numerator, terms.probe_weights, options.alpha)
-            if not parts:  # on several ranks a batch may be empty (see Engine.batches)
-                if update_probe:
-                    state.probe += np.float32(s.probe_step * mean_step(None, state.comm)) * probe_direction
-                continue
-            regularised_step_in(region, numerator, illumination, options.alpha, kernels)
-            object_direction = numerator
-            products = [
-                step_products(
-                    state.object,
-                    object_direction,
-                    state.probe,
-                    probe_direction,
-                    corners,
-                    chi,
-                    kernels,
-                )
-                for _, corners, chi in parts
-            ]
-            a11, r1, a22, r2, a12 = (
-                None if column[0] is None else xp.concatenate(column)
-                for column in zip(*products, strict=True)
-            )
-            if update_probe:
-                step_object, step_probe = solve_steps(a11, a22, a12, r1, r2)
-            else:
-                step_object = r1 / (a11 * (1 + STEP_REGULARISATION) + 1e-30)
             moves = []
-            if self.refines_positions(iteration):
-                moves = [
-                    (chunk, position_shifts(state, corners, chi, s.max_position_step))
-                    for chunk, corners, chi in parts
+            if parts:  # on several ranks a batch may be empty (see Engine.batches)
+                regularised_step_in(region, numerator, illumination, options.alpha, kernels)
+                object_direction = numerator
+                products = [
+                    step_products(
+                        state.object,
+                        object_direction,
+                        state.probe,
+                        probe_direction,
+                        corners,
+                        chi,
+                        kernels,
+                    )
+                    for _, corners, chi in parts
                 ]
-            add_scaled_in(
-                region, state.object, object_direction, s.object_step * mean_step(step_object), kernels
-            )
+                a11, r1, a22, r2, a12 = (
+                    None if column[0] is None else xp.concatenate(column)
+                    for column in zip(*products, strict=True)
+                )
+                if update_probe:
+                    step_object, step_probe = solve_steps(a11, a22, a12, r1, r2)
+                else:
+                    step_object = r1 / (a11 * (1 + STEP_REGULARISATION) + 1e-30)
+                if self.refines_positions(iteration):
+                    moves = [
+                        (chunk, position_shifts(state, corners, chi, s.max_position_step))
+                        for chunk, corners, chi in parts
+                    ]
+                add_scaled_in(
+                    region, state.object, object_direction, s.object_step * mean_step(step_object), kernels
+                )
             if update_probe:
                 state.probe += np.float32(s.probe_step * mean_step(step_probe, state.comm)) * probe_direction
             move_positions(state, moves)

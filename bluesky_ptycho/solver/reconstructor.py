@@ -67,6 +67,13 @@ def copied_into(target, source):
     return target
 
 
+def with_data_defocus(settings: ReconstructionSettings, data: PtychoData) -> ReconstructionSettings:
+    """``settings`` with the probe defocus ``data`` carry (a CXI file's) where the settings name none."""
+    if data.probe_defocus is not None and settings.probe_defocus is None:
+        return replace(settings, probe_defocus=data.probe_defocus)
+    return settings
+
+
 class Reconstructor:
     """A reconstruction that can grow and continue.
 
@@ -157,20 +164,45 @@ class Reconstructor:
             self.extra.setdefault("warnings", []).append(warning)
 
     @classmethod
-    def from_data(
-        cls,
-        data: PtychoData,
-        settings: ReconstructionSettings | None = None,
-        communicator: Communicator | None = None,
-    ) -> Reconstructor:
-        """A reconstructor holding every frame of ``data`` (on several ranks: this rank's frames)."""
-        settings = settings or ReconstructionSettings()
-        if data.probe_defocus is not None and settings.probe_defocus is None:
-            settings = replace(settings, probe_defocus=data.probe_defocus)
-        reconstructor = cls(
-            data.geometry, settings, mask=data.mask, probe=data.probe, communicator=communicator
-        )
+    def from_data(cls, data: PtychoData, settings: ReconstructionSettings | None = None) -> Reconstructor:
+        """A reconstructor holding every frame of ``data``."""
+        settings = with_data_defocus(settings or ReconstructionSettings(), data)
+        reconstructor = cls(data.geometry, settings, mask=data.mask, probe=data.probe)
         return reconstructor.add_frames(data.frames, data.positions).prepare()
+
+    @classmethod
+    def start_or_resume(
+        cls,
+        geometry: Geometry,
+        settings: ReconstructionSettings,
+        positions: np.ndarray,
+        *,
+        mask: np.ndarray | None = None,
+        probe: np.ndarray | None = None,
+        previous: ReconstructionResult | None = None,
+        communicator: Communicator | None = None,
+    ) -> tuple[Reconstructor, np.ndarray]:
+        """A reconstructor for a scan's frames at ``positions`` ((N, 2) metres), and the positions to add them at.
+
+        Without ``previous`` a new one (``probe``: the initial probe, None:
+        built from the data) and ``positions``; with it, one that continues
+        ``previous`` (:meth:`resume`), and ``positions`` with its refined
+        ones for the frames it used.
+
+        Raises
+        ------
+        ValueError
+            If ``previous`` used more frames than ``positions`` holds.
+        """
+        if previous is None:
+            return cls(geometry, settings, mask=mask, probe=probe, communicator=communicator), positions
+        if previous.n_frames > len(positions):
+            raise ValueError(
+                f"the previous result used {previous.n_frames} frames but this job has only {len(positions)}"
+            )
+        positions = np.array(positions, dtype=float)
+        positions[: previous.n_frames] = previous.positions
+        return cls.resume(previous, geometry, settings, mask=mask, communicator=communicator), positions
 
     @classmethod
     def resume(

@@ -7,7 +7,7 @@ from types import ModuleType
 
 import numpy as np
 
-from .backend import ArrayBackend, array_module
+from .backend import ArrayBackend
 from .communicator import Communicator
 from .frames import MeasuredAmplitudes
 
@@ -26,18 +26,6 @@ def canvas_margin(frame_shape: tuple[int, int]) -> np.ndarray:
 def mode_power(modes):
     """``sum_m |modes_m|^2`` of (modes, h, w) complex modes: a real (h, w) array."""
     return (modes.real**2 + modes.imag**2).sum(axis=0)
-
-
-def padded(obj, before: np.ndarray, after: np.ndarray):
-    """``obj`` with ``before`` (rows, columns) pixels added before it and ``after`` after it (itself if none).
-
-    The new area starts at the object's mean value, so that it joins the
-    reconstructed area without a jump in phase.
-    """
-    if not (np.any(before) or np.any(after)):
-        return obj
-    xp = array_module(obj)
-    return xp.pad(obj, ((before[0], after[0]), (before[1], after[1])), constant_values=complex(obj.mean()))
 
 
 @dataclass
@@ -123,7 +111,13 @@ class SolverState:
 
     def pad_canvas(self, before: np.ndarray, after: np.ndarray) -> None:
         """Add ``before`` (rows, columns) pixels before the canvas and ``after`` after it; the object stays where it is in metres."""
-        self.object = padded(self.object, before, after)
+        if before.any() or after.any():
+            # new area starts at the object's mean value, so that it joins the
+            # reconstructed area without a jump in phase
+            fill = complex(self.object.mean())
+            self.object = self.xp.pad(
+                self.object, ((before[0], after[0]), (before[1], after[1])), constant_values=fill
+            )
         self.positions = self.positions + before
         self.origin = self.origin - before[::-1] * self.pixel_size[::-1]
         self.host_corners = np.rint(self.positions).astype(np.int64)
