@@ -211,10 +211,13 @@ class ReconstructionRunWriter:
                 return
             if self.scan_area is not None and self._canvas is None:
                 self._canvas = self.scan_area.canvas_for(result)
-            if self._canvas is None:
-                obj, origin = result.object, result.object_origin
-            else:
-                obj, origin = self._canvas.place(result), self._canvas.origin
+            object_amplitude, object_phase = as_polar(result.object)
+            origin = result.object_origin
+            if self._canvas is not None:  # the rest of the canvas holds the object's mean, as a growing canvas does
+                amplitude, phase = as_polar(result.object.mean())
+                object_amplitude = self._canvas.place(result, object_amplitude, amplitude)
+                object_phase = self._canvas.place(result, object_phase, phase)
+                origin = self._canvas.origin
             self._start(result)
             probe = with_modes(result.probe, self._probe_modes or len(result.probe))
             positions = padded_positions(result.positions, self._n_points)
@@ -223,11 +226,10 @@ class ReconstructionRunWriter:
                 self._descriptor = self._bundle.compose_descriptor(
                     name="primary",
                     data_keys=reconstruction_data_keys(
-                        probe.shape, obj.shape if self._canvas else None, regular_positions
+                        probe.shape, object_amplitude.shape if self._canvas else None, regular_positions
                     ),
                 )
                 self._emit("descriptor", self._descriptor.descriptor_doc)
-            object_amplitude, object_phase = as_polar(obj)
             probe_amplitude, probe_phase = as_polar(probe)
             data = {
                 "object_amplitude": object_amplitude,

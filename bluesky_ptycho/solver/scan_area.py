@@ -69,8 +69,11 @@ class ObjectCanvas:
     origin: tuple[float, float]
     shape: tuple[int, int]
 
-    def place(self, result: ReconstructionResult) -> np.ndarray:
-        """``result.object`` on this canvas; the rest holds the object's mean, as a growing canvas does.
+    def place(self, result: ReconstructionResult, image: np.ndarray, fill: float) -> np.ndarray:
+        """``image`` (an image of ``result.object``, its shape) on this canvas; the rest holds ``fill``.
+
+        A writer places the object's images (amplitude and phase) rather than
+        the complex object: one canvas-sized array per image, no complex one.
 
         Raises
         ------
@@ -85,6 +88,6 @@ class ObjectCanvas:
                 f"the object ({rows} x {cols} pixels) does not fit the {self.shape[0]} x {self.shape[1]} "
                 "canvas of the planned scan area: positions left that area"
             )
-        canvas = np.full(self.shape, result.object.mean(), dtype=np.complex64)
-        canvas[offset_y : offset_y + rows, offset_x : offset_x + cols] = result.object
+        canvas = np.full(self.shape, fill, dtype=image.dtype)
+        canvas[offset_y : offset_y + rows, offset_x : offset_x + cols] = image
         return canvas
