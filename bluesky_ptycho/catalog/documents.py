@@ -213,7 +213,7 @@ class ReconstructionRunWriter:
                 self._canvas = self.scan_area.canvas_for(result)
             object_amplitude, object_phase = as_polar(result.object)
             origin = result.object_origin
-            if self._canvas is not None:  # the rest of the canvas holds the object's mean, as a growing canvas does
+            if self._canvas is not None:  # the rest holds the object's mean, as a growing canvas does
                 amplitude, phase = as_polar(result.object.mean())
                 object_amplitude = self._canvas.place(result, object_amplitude, amplitude)
                 object_phase = self._canvas.place(result, object_phase, phase)
