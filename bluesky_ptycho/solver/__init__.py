@@ -6,7 +6,8 @@ and returns a :class:`ReconstructionResult`.
 
 from .data import Geometry, PtychoData, ReconstructionResult
 from .detector import DetectorSettings
-from .metrics import fourier_r_factor, fourier_ring_correlation, object_error
+from .imperfections import ProbeDrift, StageErrors
+from .metrics import fourier_r_factor, fourier_ring_correlation, object_error, position_error
 from .reconstructor import Reconstructor
 from .settings import ALGORITHMS, ReconstructionSettings
 from .simulate import SimulatedData, simulate
@@ -39,14 +40,17 @@ __all__ = [
     "ALGORITHMS",
     "DetectorSettings",
     "Geometry",
+    "ProbeDrift",
     "PtychoData",
     "ReconstructionResult",
     "ReconstructionSettings",
     "Reconstructor",
     "SimulatedData",
+    "StageErrors",
     "fourier_r_factor",
     "fourier_ring_correlation",
     "object_error",
+    "position_error",
     "reconstruct",
     "simulate",
     "warm_up",

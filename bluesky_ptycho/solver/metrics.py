@@ -118,6 +118,20 @@ def crop(image: np.ndarray, corner: np.ndarray, shape: tuple[int, int], fill: co
     return out
 
 
+def position_error(
+    positions: np.ndarray, true_positions: np.ndarray, pixel_size: tuple[float, float]
+) -> float:
+    """RMS distance in sample pixels between (N, 2) (x, y) ``positions`` and the true ones, in metres.
+
+    Their mean difference is removed first: a translation of every position
+    together only moves the reconstructed object, which the data cannot tell.
+    """
+    py, px = pixel_size
+    difference = (np.asarray(positions) - np.asarray(true_positions)) / (px, py)
+    difference -= difference.mean(axis=0)
+    return float(np.sqrt(np.mean(np.sum(difference**2, axis=1))))
+
+
 def fourier_r_factor(result: ReconstructionResult, data: PtychoData, batch: int = 256) -> float:
     """Amplitude R-factor ``sum | |F psi| - sqrt(I) | / sum sqrt(I)`` over good pixels.
 

@@ -11,6 +11,7 @@ from .backend import fft2
 from .data import Geometry, PtychoData
 from .defocus import magnification_scale
 from .forward import exit_waves, gather_patches, model_amplitude
+from .imperfections import ProbeDrift, StageErrors, fly_path, stage_of_frames
 from .probe import add_modes, normalize_power, orthogonalize_modes, propagate, shift_ramp
 
 DEFAULT_ENERGY_J = 8000 * 1.602176634e-19
@@ -204,7 +205,11 @@ class SimulatedData:
 
     ``data.positions`` are the nominal positions given to a reconstruction;
     ``true_positions`` (x, y metres) generated the frames. ``object_origin``
-    is the (x, y) position of the true object's top-left pixel.
+    is the (x, y) position of the true object's top-left pixel. A drifting
+    probe's ``true_probes`` (stages, modes, h, w) lit successive equal shares
+    of the scan (:func:`.imperfections.stage_of_frames`; ``true_probe`` is
+    the first); a fly scan's ``fly_path`` (samples, N, 2) holds where the
+    sample was during each exposure (``true_positions`` its middles).
     """
 
     data: PtychoData
@@ -212,6 +217,8 @@ class SimulatedData:
     true_probe: np.ndarray
     true_positions: np.ndarray
     object_origin: tuple[float, float]
+    true_probes: np.ndarray | None = None
+    fly_path: np.ndarray | None = None
 
     def illumination(self) -> np.ndarray:
         """Total probe intensity on the true object's grid over the true positions."""
@@ -301,6 +308,9 @@ def simulate(
     source_size: float = 0.0,
     object_kind: str = "star",
     detector: DetectorModel | None = None,
+    stage: StageErrors | None = None,
+    fly_motion: float = 0.0,
+    probe_drift: ProbeDrift | None = None,
 ) -> SimulatedData:
     """Simulate a far-field ptychography scan on a Fermat spiral.
 
@@ -347,6 +357,16 @@ def simulate(
     detector
         Detector effects (background, read noise, dead and hot pixels,
         beamstop) with the mask of the pixels they spoil; None: Poisson noise only.
+    stage
+        How far the true positions are from the recorded ones, a clean
+        spiral (:class:`.StageErrors`: random errors, scale, rotation, shear,
+        drift); None: none beyond ``position_error``.
+    fly_motion
+        A fly scan: how far the sample moves during each exposure, in scan
+        steps (each frame the incoherent sum over that motion, recorded at
+        its middle); 0: a step scan.
+    probe_drift
+        A probe that changes slowly through the scan (:class:`.ProbeDrift`).
 
     Returns
     -------
@@ -374,30 +394,67 @@ def simulate(
     else:
         raise ValueError(f"probe_kind must be 'aperture' or 'focused', got {probe_kind!r}")
     step = probe_diameter(probe) * (1 - overlap) * px
-    positions = fermat_spiral(n_frames, step)
-    positions = np.round(positions / (px, py)) * (px, py)
+    on_grid = np.array([px, py])
+    recorded = np.round(fermat_spiral(n_frames, step) / on_grid) * on_grid
+    imperfect = np.random.default_rng([seed, 1])  # the noise's draws stay those of a perfect scan
+    positions = recorded if stage is None else stage.true_positions(recorded, step, imperfect)
+    positions = np.round(positions / on_grid) * on_grid
+    path = (
+        np.round(fly_path(positions, fly_motion * step, (py, px)) / on_grid) * on_grid if fly_motion else None
+    )
+    visited = positions[None] if path is None else path
     margin = 4
-    origin = positions.min(axis=0) - margin * np.array([px, py])
-    corners = np.rint((positions - origin)[:, ::-1] / (py, px)).astype(np.int64)
-    extent = tuple(int(e) for e in corners.max(axis=0) + shape + margin)
+    origin = visited.reshape(-1, 2).min(axis=0) - margin * on_grid
+    corners = np.rint((visited - origin)[..., ::-1] / (py, px)).astype(np.int64)
+    extent = tuple(int(e) for e in corners.reshape(-1, 2).max(axis=0) + shape + margin)
     obj = test_object(extent) if object_kind == "star" else weak_phase_object(extent)
     probe = normalize_power(probe, 1e6 if photons is None else photons)
+    probes = None if probe_drift is None else probe_drift.probes(probe, geometry, imperfect)
     mask = None
-    if photons is None:
-        frames = far_field_intensity(obj, corners, probe)
+    if path is not None or probes is not None:
+        intensity = blurred_intensity(obj, corners, probe[None] if probes is None else probes)
+        if photons is None:
+            frames = intensity
+        elif detector is None:
+            frames = poisson_counts(intensity, rng)
+        else:
+            frames, mask = detector.record(intensity, rng)
+    elif photons is None:
+        frames = far_field_intensity(obj, corners[0], probe)
     elif detector is None:
-        frames = far_field_intensity(obj, corners, probe, lambda expected: poisson_counts(expected, rng))
+        frames = far_field_intensity(obj, corners[0], probe, lambda expected: poisson_counts(expected, rng))
     else:
-        frames, mask = detector.record(far_field_intensity(obj, corners, probe), rng)
-    nominal = positions + rng.normal(scale=position_error, size=positions.shape) * (px, py)
+        frames, mask = detector.record(far_field_intensity(obj, corners[0], probe), rng)
+    nominal = (recorded if stage is not None else positions) + rng.normal(
+        scale=position_error, size=positions.shape
+    ) * (px, py)
     data = PtychoData(frames=frames, positions=nominal, geometry=geometry, mask=mask)
     return SimulatedData(
         data=data,
         true_object=obj,
-        true_probe=probe,
+        true_probe=probe if probes is None else probes[0],
         true_positions=positions,
         object_origin=(float(origin[0]), float(origin[1])),
+        true_probes=probes,
+        fly_path=path,
     )
+
+
+def blurred_intensity(obj: np.ndarray, corners: np.ndarray, probes: np.ndarray) -> np.ndarray:
+    """Intensities (N, h, w) of frames whose sample moved and whose probe drifted, noise-free.
+
+    ``corners`` (samples, N, 2): where each frame's patch was at each sample
+    of its exposure, the frame the mean over them; ``probes`` (stages, modes,
+    h, w): the probes that lit successive equal shares of the scan.
+    """
+    samples, n_frames = corners.shape[:2]
+    stages = stage_of_frames(n_frames, len(probes))
+    intensity = np.zeros((n_frames, *probes.shape[-2:]), np.float32)
+    for at_sample in corners:
+        for stage, probe in enumerate(probes):
+            lit = stages == stage
+            intensity[lit] += far_field_intensity(obj, at_sample[lit], probe) / samples
+    return intensity
 
 
 def realistic(
@@ -406,6 +463,10 @@ def realistic(
     n_frames: int = 300,
     frame_size: int = 128,
     seed: int = 0,
+    *,
+    stage: StageErrors | None = None,
+    fly_motion: float = 0.0,
+    probe_drift: ProbeDrift | None = None,
     **geometry,
 ) -> SimulatedData:
     """A scan as hard as measured data: what the robustness benchmark and the tests judge defaults on.
@@ -415,9 +476,11 @@ def realistic(
     spans about 40 % of the frame (as an experimenter would choose); a
     partially coherent beam (three modes, the first carrying about 70-80 %);
     a weak-phase Siemens star; Poisson noise with background, dead and hot
-    pixels and a beamstop (masked); position errors of 3 % of the step.
-    ``geometry`` takes ``energy``, ``detector_distance`` and
-    ``detector_pixel_size`` (default: those of :func:`simulate`).
+    pixels and a beamstop (masked); position errors of 3 % of the step, or
+    the ``stage``'s errors where given; a fly scan's ``fly_motion`` and a
+    ``probe_drift`` as :func:`simulate` takes them. ``geometry`` takes
+    ``energy``, ``detector_distance`` and ``detector_pixel_size`` (default:
+    those of :func:`simulate`).
     """
     energy = geometry.get("energy", DEFAULT_ENERGY_J)
     distance = geometry.get("detector_distance", DEFAULT_DISTANCE)
@@ -450,7 +513,12 @@ def realistic(
         source_size=frame_size / (8 * pupil_radius),
         object_kind="weak_phase",
         detector=detector,
+        stage=stage,
+        fly_motion=fly_motion,
+        probe_drift=probe_drift,
     )
+    if stage is not None:
+        return sim
     step = probe_diameter(sim.true_probe) * (1 - overlap)
     nominal = sim.true_positions + np.random.default_rng(seed + 1).normal(
         scale=0.03 * step, size=sim.true_positions.shape
