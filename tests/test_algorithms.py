@@ -10,9 +10,11 @@ from bluesky_ptycho.solver import (
     Reconstructor,
     fourier_r_factor,
     object_error,
+    position_error,
     simulate,
 )
 from bluesky_ptycho.solver.engine import CHUNK_BYTES
+from bluesky_ptycho.solver.positions import move_positions, offset_bound
 
 ITERATIONS = {"rpie": 100, "epie": 150, "dm": 100, "lsqml": 100}
 CASES = [*ITERATIONS.items(), ("lsqml-gaussian", 100)]
@@ -67,21 +69,46 @@ def test_probe_modes_stay_orthogonal(noisy_sim, wrong_probe):
 
 
 @pytest.mark.parametrize("algorithm", ["rpie", "lsqml", "dm"])
-def test_position_correction_reduces_position_error(algorithm, wrong_probe):
+def test_position_correction_reduces_position_error_and_says_how_far_it_moved(algorithm, wrong_probe):
     sim = simulate(n_frames=200, frame_size=64, photons=1e6, position_error=1.0, seed=6)
-    px = sim.data.geometry.sample_pixel_size[1]
-
-    def position_error(positions):
-        offset = positions - sim.true_positions
-        offset -= offset.mean(axis=0)
-        return float(np.sqrt(np.mean(np.sum(offset**2, axis=1)))) / px
-
+    pixel = sim.data.geometry.sample_pixel_size
     settings = ReconstructionSettings(
         algorithm=algorithm, position_correction=True, position_correction_start=10
     )
     result = reconstruct(sim, settings, wrong_probe, 120)
-    before, after = position_error(sim.data.positions), position_error(result.positions)
+    before = position_error(sim.data.positions, sim.true_positions, pixel)
+    after = position_error(result.positions, sim.true_positions, pixel)
     assert after < 0.6 * before, f"RMS position error {before:.2f} px -> {after:.2f} px"
+    moved = np.hypot(*((result.positions - sim.data.positions) / pixel[::-1]).T)
+    record = result.extra["position_refinement"]
+    assert record["moved_rms_px"] == pytest.approx(np.sqrt(np.mean(moved**2)), rel=1e-6)
+    assert record["moved_max_px"] == pytest.approx(moved.max(), rel=1e-6) and moved.max() > 0.5
+    assert record["frames_at_bound"] == 0 and not result.warnings
+
+
+def test_positions_that_run_away_are_held_at_the_bound_and_the_record_warns(noisy_sim):
+    data = noisy_sim.data
+    settings = ReconstructionSettings(position_correction=True, iterations=1)
+    reconstructor = Reconstructor.from_data(data, settings)
+    state = reconstructor.state
+    bound = offset_bound(state.frame_shape)
+    runaway = np.zeros((len(data), 2))
+    runaway[::7] = (3 * bound, -bound)  # far out of the scan: as a diverging refinement would move them
+    move_positions(state, [(np.arange(len(data)), runaway)])
+    reconstructor.iterate(1)
+    result = reconstructor.result()
+    assert np.all(np.isfinite(result.positions))
+    moved = np.hypot(*((result.positions - data.positions) / data.geometry.sample_pixel_size[::-1]).T)
+    np.testing.assert_allclose(moved[::7], bound)
+    assert moved.max() <= bound * (1 + 1e-9)
+    record = result.extra["position_refinement"]
+    assert record["frames_at_bound"] == len(moved[::7]) and record["bound_px"] == bound
+    assert any(f"{len(moved[::7])} frames were held at {bound:g} pixels" in w for w in result.warnings)
+
+
+def test_no_refinement_no_record(noisy_sim):
+    result = Reconstructor.from_data(noisy_sim.data, ReconstructionSettings(iterations=1)).iterate().result()
+    assert "position_refinement" not in result.extra
 
 
 @pytest.fixture(scope="module")

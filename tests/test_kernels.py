@@ -16,6 +16,7 @@ from bluesky_ptycho.solver.backend import FFTW_INSTALLED, make_backend
 from bluesky_ptycho.solver.dm import fourier_update
 from bluesky_ptycho.solver.forward import exit_waves_at, fourier_change
 from bluesky_ptycho.solver.lsqml import step_products
+from bluesky_ptycho.solver.positions import gradient_sums
 from bluesky_ptycho.solver.state import SolverState
 from bluesky_ptycho.solver.updates import add_regularised_step, patch_overlap, update_terms
 
@@ -105,6 +106,28 @@ def test_update_terms(problem, modes):
                 assert getattr(compiled, name) is None
             else:
                 assert_close(getattr(compiled, name), expected)
+
+
+@pytest.mark.parametrize("modes", [1, 3])
+def test_position_gradient_sums(problem, modes):
+    rng, obj, probe, corners, _, _ = problem
+    corners = np.clip(corners, 1, 12)  # a pixel of canvas around each patch, as the canvas keeps
+    state = SolverState(
+        COMPILED, obj, probe[:modes], None, None, corners.astype(float), corners, np.zeros(2), (1, 1)
+    )
+    chi = random_complex(rng, (9, modes, *SHAPE))
+
+    def sums(state, corners, chi, kernels):
+        return gradient_sums(
+            replace(state, backend=COMPILED if kernels is not None else ARRAYS), corners, chi
+        )
+
+    ((numerator, denominator), _), ((expected_numerator, expected_denominator), _) = both_ways(
+        sums, state, corners, chi
+    )
+    assert numerator.shape == denominator.shape == (9, 2)
+    assert_close(numerator, expected_numerator, rtol=1e-5)
+    assert_close(denominator, expected_denominator, rtol=1e-5)
 
 
 def test_patch_overlap(problem):

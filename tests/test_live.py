@@ -53,11 +53,32 @@ def test_scan_reconstructed_live_with_previews(RE, beamline):
     assert [e["data"]["final"] for e in events] == [False] * (len(events) - 1) + [True]
     final = events[-1]["data"]
     assert not final["partial"]
+    assert math.isnan(final["positions_moved_rms"]) and math.isnan(
+        final["positions_moved_max"]
+    )  # not refined
     costs = [e["data"]["cost"] for e in events]
     assert costs[-1] < costs[0]
     result = result_of(final, SETTINGS)
     truth = det.sample.truth(scan_positions(raw, stage))
     assert object_error(result, truth) <= 0.10
+
+
+def test_refined_positions_are_recorded_with_how_far_they_moved(RE, beamline):
+    stage, det = beamline
+    raw, recon = Documents(), Documents()
+    settings = ReconstructionSettings(iterations=30, position_correction=True, position_correction_start=5)
+    callback = PtychoCallback(recon, settings=settings)
+    RE.subscribe(raw)
+    RE.subscribe(callback)
+    RE(fermat_spiral_ptycho_scan(det, stage, n_points=100))
+    assert callback.wait(120)
+    final = recon.named("event")[-1]["data"]
+    recorded = scan_positions(raw, stage)
+    pixel = np.array([final["pixel_size_x"], final["pixel_size_y"]])
+    moved = np.hypot(*((np.asarray(final["positions"]) - recorded) / pixel).T)
+    assert final["positions_moved_max"] == pytest.approx(moved.max(), rel=1e-6) and moved.max() > 0
+    assert final["positions_moved_rms"] == pytest.approx(np.sqrt(np.mean(moved**2)), rel=1e-6)
+    assert recon.named("stop")[0]["exit_status"] == "success"
 
 
 def test_event_pages_give_the_same_frames(RE, beamline):

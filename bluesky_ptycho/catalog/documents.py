@@ -93,6 +93,12 @@ def reconstruction_data_keys(
         "cost": _data_key("number", []),
         "wall_time": _data_key("number", [], "s"),
         "probe_defocus": _data_key("number", [], "m", "initial-probe defocus used (given or estimated)"),
+        "positions_moved_rms": _data_key(
+            "number", [], "pixel", "rms of how far position refinement moved the positions (NaN: not refined)"
+        ),
+        "positions_moved_max": _data_key(
+            "number", [], "pixel", "the furthest position refinement moved one (NaN: not refined)"
+        ),
         "final": _data_key("boolean", []),
         "partial": _data_key("boolean", []),
     }
@@ -231,6 +237,7 @@ class ReconstructionRunWriter:
                 )
                 self._emit("descriptor", self._descriptor.descriptor_doc)
             probe_amplitude, probe_phase = as_polar(probe)
+            refinement = result.extra.get("position_refinement", {})
             data = {
                 "object_amplitude": object_amplitude,
                 "object_phase": object_phase,
@@ -247,6 +254,8 @@ class ReconstructionRunWriter:
                 "cost": result.final_cost,
                 "wall_time": result.wall_time,
                 "probe_defocus": float(result.extra.get("probe_defocus", np.nan)),
+                "positions_moved_rms": float(refinement.get("moved_rms_px", np.nan)),
+                "positions_moved_max": float(refinement.get("moved_max_px", np.nan)),
                 "final": final,
                 "partial": partial,
             }

@@ -333,10 +333,16 @@ class ReconstructionResult:
 
     @property
     def warnings(self) -> list[str]:
-        """What the reconstruction warned about: suspicious geometry, a flipped defocus, recovered divergence."""
+        """What the reconstruction warned about: suspicious geometry, a flipped defocus, positions held at their bound, recovered divergence."""
         warnings = list(self.extra.get("warnings", []))
         if self.extra.get("probe_defocus_sign_corrected"):
             warnings.append(f"probe defocus sign corrected to {self.extra['probe_defocus']:.4g} m")
+        refinement = self.extra.get("position_refinement", {})
+        if refinement.get("frames_at_bound"):
+            warnings.append(
+                f"position refinement ran away: {refinement['frames_at_bound']} frames were held at "
+                f"{refinement['bound_px']:g} pixels from the positions they started from"
+            )
         for event in self.extra.get("divergence", []):
             warnings.append(
                 f"diverged at iteration {event['iteration']} (cost {event['cost']:.3g}, best "

@@ -41,7 +41,7 @@ from .forward import (
     model_amplitude,
 )
 from .options import AlgorithmOptions, option
-from .positions import bounded_shifts, gradient_shifts
+from .positions import bounded_shifts, gradient_shifts, within_bound
 from .probe import rotate_modes, shift_ramp
 from .state import SolverState
 from .updates import patch_overlap, update_terms
@@ -146,7 +146,7 @@ class DifferenceMap(Engine):
             chi -= exit_waves_at(state.object, corners, state.probe, kernels=backend.kernels)
             shifts.append(gradient_shifts(state, corners, chi))
         moves = bounded_shifts(np.concatenate(shifts), self.settings.max_position_step)
-        state.set_positions(state.positions + moves)
+        state.set_positions(within_bound(state, state.positions + moves))
 
     def orthogonalizes(self, iteration: int) -> bool:
         """Every ``ORTHOGONALIZE_EVERY`` iterations: each time the stored exit waves are rotated too."""

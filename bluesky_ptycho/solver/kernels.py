@@ -372,6 +372,55 @@ def lsqml_step_products(obj, object_direction, probe, probe_direction, corners, 
 
 
 @_compile
+def position_gradient_sums(obj, corners, probe, chi):
+    """Numerators and denominators (2, 2, B) of the least-squares shifts of :func:`.positions.gradient_shifts`.
+
+    ``[0]``: ``sum Re(conj(d) chi)``, ``[1]``: ``sum |d|^2``, each for
+    ``d = probe * dO/drow`` (``[:, 0]``) and ``probe * dO/dcolumn`` (``[:, 1]``),
+    the object's central differences read around each patch; summed over
+    the modes as ``Re(conj(dO) sum_m conj(probe_m) chi_m)`` and ``|dO|^2 sum_m |probe_m|^2``.
+    """
+    n_frames, n_modes, h, w = chi.shape
+    power = _mode_power(probe, chi.real.dtype)
+    conj_probe = np.conj(probe)
+    by_probe = np.empty(w, dtype=chi.dtype)
+    sums = np.zeros((2, 2, n_frames))
+    half = obj.real.dtype.type(0.5)
+    for j in range(n_frames):
+        r, c = corners[j, 0], corners[j, 1]
+        for y in range(h):
+            by_probe[:] = 0
+            for m in range(n_modes):
+                chi_row = chi[j, m, y]
+                probe_row = conj_probe[m, y]
+                for x in range(w):
+                    by_probe[x] += probe_row[x] * chi_row[x]
+            above, here, below = (
+                obj[r + y - 1, c : c + w],
+                obj[r + y, c - 1 : c + w + 1],
+                obj[r + y + 1, c : c + w],
+            )
+            power_row = power[y]
+            num_row = num_col = den_row = den_col = _ONE - _ONE
+            for x in range(w):
+                along_rows = (below[x] - above[x]) * half
+                along_cols = (here[x + 2] - here[x]) * half
+                num_row += along_rows.real * by_probe[x].real + along_rows.imag * by_probe[x].imag
+                num_col += along_cols.real * by_probe[x].real + along_cols.imag * by_probe[x].imag
+                den_row += (
+                    along_rows.real * along_rows.real + along_rows.imag * along_rows.imag
+                ) * power_row[x]
+                den_col += (
+                    along_cols.real * along_cols.real + along_cols.imag * along_cols.imag
+                ) * power_row[x]
+            sums[0, 0, j] += num_row
+            sums[0, 1, j] += num_col
+            sums[1, 0, j] += den_row
+            sums[1, 1, j] += den_col
+    return sums
+
+
+@_compile
 def single_from_half(bits, rows, targets, unscale, out):
     """``out[targets[j]] = page[rows[j]] * unscale`` in float32, for a float16 page given as its uint16 ``bits``.
 

@@ -1,4 +1,4 @@
-"""Gradient-based refinement of scan positions.
+"""Gradient-based refinement of scan positions, bounded, and the record of how far they moved.
 
 For each frame the exit-wave change ``chi`` that the data ask for is projected
 onto the derivative of the exit wave with respect to a shift of the object
@@ -13,6 +13,9 @@ import numpy as np
 from .backend import to_numpy
 from .forward import gather_patches
 from .state import SolverState
+
+# a refined position stays within this share of the frame's smaller edge of where the reconstruction took it
+MAX_OFFSET_SHARE = 0.25
 
 
 def patch_gradients(obj, corners, shape: tuple[int, int]):
@@ -54,15 +57,24 @@ def position_shifts(state: SolverState, corners, chi, max_step: float) -> np.nda
 
 def gradient_shifts(state: SolverState, corners, chi) -> np.ndarray:
     """The least-squares shifts of :func:`position_shifts`, as they are: (B, 2) host array."""
+    numerator, denominator = gradient_sums(state, corners, chi)
+    return numerator / (denominator + 1e-6 * denominator.max(axis=0) + 1e-30)
+
+
+def gradient_sums(state: SolverState, corners, chi) -> tuple[np.ndarray, np.ndarray]:
+    """Numerators and denominators (B, 2) of each patch's least-squares shift along rows and columns, host arrays."""
+    kernels = state.backend.kernels
+    if kernels is not None:
+        numerator, denominator = kernels.position_gradient_sums(state.object, corners, state.probe, chi)
+        return numerator.T, denominator.T
     xp = state.xp
-    shape = state.frame_shape
-    shifts = []
-    for gradient in patch_gradients(state.object, corners, shape):
+    sums = []
+    for gradient in patch_gradients(state.object, corners, state.frame_shape):
         derivative = state.probe[None] * gradient[:, None]
-        numerator = xp.sum((derivative.conj() * chi).real, axis=(1, 2, 3))
-        denominator = xp.sum(derivative.real**2 + derivative.imag**2, axis=(1, 2, 3))
-        shifts.append(numerator / (denominator + 1e-6 * denominator.max() + 1e-30))
-    return to_numpy(xp.stack(shifts, axis=1)).astype(np.float64)
+        sums.append(xp.sum((derivative.conj() * chi).real, axis=(1, 2, 3)))
+        sums.append(xp.sum(derivative.real**2 + derivative.imag**2, axis=(1, 2, 3)))
+    sums = to_numpy(xp.stack(sums, axis=1)).astype(np.float64)
+    return sums[:, 0::2], sums[:, 1::2]
 
 
 def bounded_shifts(shifts: np.ndarray, max_step: float) -> np.ndarray:
@@ -71,7 +83,7 @@ def bounded_shifts(shifts: np.ndarray, max_step: float) -> np.ndarray:
 
 
 def move_positions(state: SolverState, moves: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    """Add each ``(frames, shifts)`` pair's shifts (B, 2) to the positions of its frames, in place.
+    """Add each ``(frames, shifts)`` pair's shifts (B, 2) to the positions of its frames, in place, within the bound.
 
     The algorithms move a batch's positions after its object update: the
     canvas may grow here, and the batch's sums are the size of the canvas
@@ -82,4 +94,45 @@ def move_positions(state: SolverState, moves: list[tuple[np.ndarray, np.ndarray]
     positions = state.positions.copy()
     for frames, shifts in moves:
         positions[frames] += shifts
-    state.set_positions(positions)
+    state.set_positions(within_bound(state, positions))
+
+
+def offset_bound(frame_shape: tuple[int, int]) -> float:
+    """How far, in pixels, a refined position may move from where the reconstruction took it."""
+    return MAX_OFFSET_SHARE * min(frame_shape)
+
+
+def within_bound(state: SolverState, positions: np.ndarray) -> np.ndarray:
+    """``positions`` (N, 2 pixels), each pulled back to :func:`offset_bound` of its start where it went further.
+
+    Frames pulled back are marked in ``state.at_bound``: a refinement that
+    runs away stays bounded, and the record says how many frames it held.
+    """
+    start = state.pixels(state.start_positions)
+    offset = positions - start
+    distance = np.hypot(offset[:, 0], offset[:, 1])
+    bound = offset_bound(state.frame_shape)
+    over = distance > bound
+    if over.any():
+        state.at_bound |= over
+        positions = positions.copy()
+        positions[over] = start[over] + offset[over] * (bound / distance[over])[:, None]
+    return positions
+
+
+def refinement_record(state: SolverState) -> dict:
+    """How far refinement moved the positions from their start, in pixels, over every rank's frames.
+
+    ``moved_rms_px`` and ``moved_max_px``; ``frames_at_bound``: frames held
+    at ``bound_px`` (:func:`within_bound`).
+    """
+    comm = state.comm
+    offset = state.positions - state.pixels(state.start_positions)
+    squared = np.sum(offset**2, axis=1)
+    _, largest = comm.extent(np.zeros(1), np.sqrt([squared.max(initial=0.0)]))
+    return {
+        "moved_rms_px": float(np.sqrt(comm.total(squared.sum()) / max(comm.total(len(squared)), 1))),
+        "moved_max_px": float(largest[0]),
+        "bound_px": offset_bound(state.frame_shape),
+        "frames_at_bound": int(comm.total(state.at_bound.sum())),
+    }

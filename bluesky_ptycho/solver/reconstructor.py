@@ -32,6 +32,7 @@ from .data import (
 from .defocus import check_defocus_sign, estimate_defocus
 from .frames import MeasuredAmplitudes
 from .iteration_cost import IterationCost
+from .positions import refinement_record
 from .probe import add_modes, normalize_power, orthogonalize_modes, probe_from_mean_pattern
 from .settings import ReconstructionSettings
 from .state import SolverState, canvas_margin
@@ -502,6 +503,11 @@ class Reconstructor:
                 "backend": self.backend.describe(),
                 **({} if self.comm.size == 1 else {"ranks": self.comm.describe()}),
                 **({} if self._coverage is None else {"preview": dict(self._coverage)}),
+                **(
+                    {"position_refinement": refinement_record(state)}
+                    if self.settings.position_correction
+                    else {}
+                ),
             },
             geometry=self.geometry,
         )

@@ -55,6 +55,12 @@ class SolverState:
     comm
         The ranks that share this scan, each with its own frames
         (:mod:`.decomposition`); the default is one process.
+    start_positions
+        (N, 2) (x, y) metres where the reconstruction took each frame's
+        position (where :meth:`set_positions` first set it): what
+        refinement is bounded by and measured from (:mod:`.positions`).
+    at_bound
+        (N,) True for frames whose refined position was held at that bound.
     origin
         (x, y) in metres of canvas pixel (0, 0) as a patch corner.
     pixel_size
@@ -72,6 +78,8 @@ class SolverState:
     pixel_size: tuple[float, float]
     host_corners: np.ndarray | None = None
     comm: Communicator = field(default_factory=Communicator)
+    start_positions: np.ndarray | None = None
+    at_bound: np.ndarray | None = None
     _object_sums: tuple | None = field(default=None, repr=False)
 
     @property
@@ -108,6 +116,13 @@ class SolverState:
             after = np.where(after > 0, np.maximum(after, slack), 0)
         self.positions = positions
         self.pad_canvas(before, after)
+        known = 0 if self.start_positions is None else len(self.start_positions)
+        if len(positions) > known:  # frames new to the state start where they are first set
+            new = self.metres(self.positions[known:])
+            self.start_positions = new if known == 0 else np.concatenate([self.start_positions, new])
+            self.at_bound = np.concatenate(
+                [self.at_bound[:known] if known else np.zeros(0, bool), np.zeros(len(new), bool)]
+            )
 
     def pad_canvas(self, before: np.ndarray, after: np.ndarray) -> None:
         """Add ``before`` (rows, columns) pixels before the canvas and ``after`` after it; the object stays where it is in metres."""
