@@ -18,6 +18,8 @@ CHECKS = {
     "object_error(result, sim)": "print('CHECK', object_error(result, sim) < 0.1)",
     "bp.rel_spiral_fermat": "print('CHECK', documents[-1][0] == 'stop' and documents[-1][1]['exit_status'] == 'success')",
     'options={"relaxation": 0.9}': "print('CHECK', type(settings.options).__name__ == 'DMOptions')",
+    "fly_motion=0.5": "print('CHECK', position_error(worn.data.positions, worn.true_positions, pixel) > 7 "
+    "and fly.fly_path.shape[1] == 300 and drifting.true_probes.shape[0] == 16)",
 }
 
 
