@@ -109,3 +109,17 @@ def test_stage_of_frames_gives_equal_shares_in_order():
     stages = stage_of_frames(100, 16)
     assert stages[0] == 0 and stages[-1] == 15 and np.all(np.diff(stages) >= 0)
     assert np.bincount(stages).min() >= 6
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        (lambda: StageErrors(random=-0.5), "StageErrors.random"),
+        (lambda: StageErrors(drift=float("nan")), "StageErrors.drift"),
+        (lambda: StageErrors(scale=1.5), "StageErrors.scale"),
+        (lambda: ProbeDrift(intensity=1.2), "ProbeDrift.intensity"),
+    ],
+)
+def test_impossible_imperfections_are_refused_by_name(make, named):
+    with pytest.raises(ValueError, match=named):
+        make()

@@ -48,6 +48,15 @@ class StageErrors:
     shear: float = 0.0
     drift: float = 0.0
 
+    def __post_init__(self) -> None:
+        for name in ("random", "drift"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(
+                    f"StageErrors.{name} is an rms in scan steps, >= 0; got {getattr(self, name)!r}"
+                )
+        if not -1 < self.scale < 1:
+            raise ValueError(f"StageErrors.scale is a relative error within (-1, 1); got {self.scale!r}")
+
     def true_positions(self, recorded: np.ndarray, step: float, rng: np.random.Generator) -> np.ndarray:
         """The true (x, y) positions of the ``recorded`` ones (N, 2), ``step`` the scan step in their unit."""
         centre = recorded.mean(axis=0)
@@ -81,8 +90,14 @@ class ProbeDrift:
     shift: float = 0.0
     defocus: float = 0.0
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.intensity < 1:
+            raise ValueError(
+                f"ProbeDrift.intensity is a relative change within [0, 1); got {self.intensity!r}"
+            )
+
     def probes(self, probe: np.ndarray, geometry: Geometry, rng: np.random.Generator) -> np.ndarray:
-        """``PROBE_DRIFT_STAGES`` successive probes (stages, modes, h, w), the first ``probe`` itself.
+        """``PROBE_DRIFT_STAGES`` successive probes (stages, modes, h, w), the first ``probe`` (to rounding).
 
         Each quantity follows its own random walk, scaled so that its largest
         excursion is the amount given.
