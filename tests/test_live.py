@@ -40,7 +40,10 @@ def test_scan_reconstructed_live_with_previews(RE, beamline):
     )
     RE.subscribe(raw)
     RE.subscribe(callback)
-    (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=160))
+    # time for the previews while the scan runs, however fast the simulated scan is: the first
+    # builds the probe (its defocus measured) and may load the compiled kernels
+    plan = after_event(fermat_spiral_ptycho_scan(det, stage, n_points=160), 40, lambda: bps.sleep(3))
+    (uid,) = RE(after_event(after_event(plan, 80, lambda: bps.sleep(1.5)), 120, lambda: bps.sleep(1.5)))
     assert callback.wait(120)
     assert [name for name, _ in recon][:2] == ["start", "descriptor"] and recon[-1][0] == "stop"
     start, stop = recon.named("start")[0], recon.named("stop")[0]
