@@ -105,12 +105,10 @@ class ProbeDrift:
         walks = np.cumsum(rng.normal(size=(4, PROBE_DRIFT_STAGES)), axis=1)
         walks -= walks[:, :1]
         walks /= np.maximum(np.abs(walks).max(axis=1, keepdims=True), 1e-12)
-        shape = probe.shape[-2:]
+        shape, spectrum = probe.shape[-2:], np.fft.fft2(probe)
         stages = []
         for power, shift_y, shift_x, defocus in walks.T:
-            moved = np.fft.ifft2(
-                np.fft.fft2(probe) * shift_ramp(shape, (self.shift * shift_y, self.shift * shift_x))
-            )
+            moved = np.fft.ifft2(spectrum * shift_ramp(shape, (self.shift * shift_y, self.shift * shift_x)))
             moved = propagate(moved.astype(np.complex64), geometry, self.defocus * defocus)
             stages.append(np.sqrt(1 + self.intensity * power) * moved)
         return np.stack(stages).astype(np.complex64)

@@ -94,7 +94,7 @@ def move_positions(state: SolverState, moves: list[tuple[np.ndarray, np.ndarray]
     positions = state.positions.copy()
     for frames, shifts in moves:
         positions[frames] += shifts
-    state.set_positions(within_bound(state, positions))
+    state.set_positions(within_bound(state, positions, np.concatenate([frames for frames, _ in moves])))
 
 
 def offset_bound(frame_shape: tuple[int, int]) -> float:
@@ -102,21 +102,25 @@ def offset_bound(frame_shape: tuple[int, int]) -> float:
     return MAX_OFFSET_SHARE * min(frame_shape)
 
 
-def within_bound(state: SolverState, positions: np.ndarray) -> np.ndarray:
+def within_bound(state: SolverState, positions: np.ndarray, moved: np.ndarray | None = None) -> np.ndarray:
     """``positions`` (N, 2 pixels), each pulled back to :func:`offset_bound` of its start where it went further.
 
-    Frames pulled back are marked in ``state.at_bound``: a refinement that
-    runs away stays bounded, and the record says how many frames it held.
+    Only the ``moved`` frames (None: all) are looked at: a batch's moves cost
+    its frames, not the scan's. Frames pulled back are marked in
+    ``state.at_bound``: a refinement that runs away stays bounded, and the
+    record says how many frames it held.
     """
-    start = state.pixels(state.start_positions)
-    offset = positions - start
+    moved = np.arange(len(positions)) if moved is None else moved
+    start = state.pixels(state.start_positions[moved])
+    offset = positions[moved] - start
     distance = np.hypot(offset[:, 0], offset[:, 1])
     bound = offset_bound(state.frame_shape)
     over = distance > bound
     if over.any():
-        state.at_bound |= over
+        held = moved[over]
+        state.at_bound[held] = True
         positions = positions.copy()
-        positions[over] = start[over] + offset[over] * (bound / distance[over])[:, None]
+        positions[held] = start[over] + offset[over] * (bound / distance[over])[:, None]
     return positions
 
 

@@ -411,7 +411,10 @@ def simulate(
     probe = normalize_power(probe, 1e6 if photons is None else photons)
     probes = None if probe_drift is None else probe_drift.probes(probe, geometry, imperfect)
     mask = None
-    if path is not None or probes is not None:
+    if photons is not None and detector is None and path is None and probes is None:
+        # counted chunk by chunk: a scan of any length needs memory for its counts only
+        frames = far_field_intensity(obj, corners[0], probe, lambda expected: poisson_counts(expected, rng))
+    else:
         intensity = blurred_intensity(obj, corners, probe[None] if probes is None else probes)
         if photons is None:
             frames = intensity
@@ -419,15 +422,7 @@ def simulate(
             frames = poisson_counts(intensity, rng)
         else:
             frames, mask = detector.record(intensity, rng)
-    elif photons is None:
-        frames = far_field_intensity(obj, corners[0], probe)
-    elif detector is None:
-        frames = far_field_intensity(obj, corners[0], probe, lambda expected: poisson_counts(expected, rng))
-    else:
-        frames, mask = detector.record(far_field_intensity(obj, corners[0], probe), rng)
-    nominal = (recorded if stage is not None else positions) + rng.normal(
-        scale=position_error, size=positions.shape
-    ) * (px, py)
+    nominal = recorded + rng.normal(scale=position_error, size=positions.shape) * (px, py)
     data = PtychoData(frames=frames, positions=nominal, geometry=geometry, mask=mask)
     return SimulatedData(
         data=data,
@@ -441,11 +436,12 @@ def simulate(
 
 
 def blurred_intensity(obj: np.ndarray, corners: np.ndarray, probes: np.ndarray) -> np.ndarray:
-    """Intensities (N, h, w) of frames whose sample moved and whose probe drifted, noise-free.
+    """Noise-free intensities (N, h, w) of frames whose sample may have moved and whose probe may have drifted.
 
     ``corners`` (samples, N, 2): where each frame's patch was at each sample
     of its exposure, the frame the mean over them; ``probes`` (stages, modes,
-    h, w): the probes that lit successive equal shares of the scan.
+    h, w): the probes that lit successive equal shares of the scan. One
+    sample and one probe: :func:`far_field_intensity`'s frames.
     """
     samples, n_frames = corners.shape[:2]
     stages = stage_of_frames(n_frames, len(probes))

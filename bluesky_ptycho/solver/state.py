@@ -78,8 +78,8 @@ class SolverState:
     pixel_size: tuple[float, float]
     host_corners: np.ndarray | None = None
     comm: Communicator = field(default_factory=Communicator)
-    start_positions: np.ndarray | None = None
-    at_bound: np.ndarray | None = None
+    start_positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    at_bound: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     _object_sums: tuple | None = field(default=None, repr=False)
 
     @property
@@ -116,13 +116,10 @@ class SolverState:
             after = np.where(after > 0, np.maximum(after, slack), 0)
         self.positions = positions
         self.pad_canvas(before, after)
-        known = 0 if self.start_positions is None else len(self.start_positions)
+        known = len(self.start_positions)
         if len(positions) > known:  # frames new to the state start where they are first set
-            new = self.metres(self.positions[known:])
-            self.start_positions = new if known == 0 else np.concatenate([self.start_positions, new])
-            self.at_bound = np.concatenate(
-                [self.at_bound[:known] if known else np.zeros(0, bool), np.zeros(len(new), bool)]
-            )
+            self.start_positions = np.concatenate([self.start_positions, self.metres(self.positions[known:])])
+            self.at_bound = np.concatenate([self.at_bound, np.zeros(len(positions) - known, bool)])
 
     def pad_canvas(self, before: np.ndarray, after: np.ndarray) -> None:
         """Add ``before`` (rows, columns) pixels before the canvas and ``after`` after it; the object stays where it is in metres."""
