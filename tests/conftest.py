@@ -136,6 +136,27 @@ def tiled_server_factory(request, tmp_path):
             server.stop()
 
 
+@pytest.fixture
+def simple_tiled_server(tmp_path):
+    """Makes Tiled's embedded servers (SQLite, loopback), each closed after the test, passed or failed.
+
+    Its server thread is not a daemon: one left running keeps pytest from exiting.
+    """
+    from tiled.server import SimpleTiledServer
+
+    servers = []
+
+    def make(directory=None, **kwargs):
+        server = SimpleTiledServer(directory or tmp_path / f"catalog{len(servers)}", **kwargs)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        with contextlib.suppress(Exception):
+            server.close()
+
+
 @pytest.fixture(scope="session")
 def compute_endpoint(tmp_path_factory):
     """A Globus Compute endpoint on this machine: the SDK's serialisation and a real ProcessPoolEngine."""

@@ -275,17 +275,16 @@ def live_scan(runner, n_points=120, preview_every=60, catalog_writer=None):
 
 
 def test_a_live_scan_is_reconstructed_through_flow_runs_into_the_catalog(
-    compute_endpoint, settings, http, tmp_path
+    compute_endpoint, settings, http, simple_tiled_server
 ):
     from bluesky_tiled_plugins import TiledWriter
     from tiled.client import from_uri
-    from tiled.server import SimpleTiledServer
 
     from bluesky_ptycho.catalog import latest_final_reconstruction
 
     service = LocalFlowsService(http, settings, compute_endpoint)
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
-    server = SimpleTiledServer(tmp_path / "catalog")
+    server = simple_tiled_server()
     catalog = from_uri(server.uri)
     raw, recon, det, stage, solver_settings = live_scan(
         runner, catalog_writer=TiledWriter(catalog, batch_size=10)

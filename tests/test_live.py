@@ -136,12 +136,11 @@ def test_two_scans_in_a_row_are_linked_to_their_raw_scans(RE, beamline):
     assert all(stops[s["uid"]]["exit_status"] == "success" for s in starts)
 
 
-def test_missing_geometry_fails_the_reconstruction_not_the_scan(RE, beamline, caplog, tmp_path):
+def test_missing_geometry_fails_the_reconstruction_not_the_scan(RE, beamline, caplog, simple_tiled_server):
     from bluesky_tiled_plugins import TiledWriter
     from tiled.client import from_uri
-    from tiled.server import SimpleTiledServer
 
-    server = SimpleTiledServer(tmp_path)
+    server = simple_tiled_server()
     catalog = from_uri(server.uri)
     writer = TiledWriter(catalog, batch_size=2)
     stage, det = beamline
@@ -284,13 +283,12 @@ def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory
 
 
 @pytest.mark.parametrize("asset_docs", ["stream", "resource"])
-def test_frames_from_hdf5_files_as_they_are_written(RE, tmp_path, asset_docs):
+def test_frames_from_hdf5_files_as_they_are_written(RE, tmp_path, asset_docs, simple_tiled_server):
     """The detector writes HDF5 files and emits StreamResource/StreamDatum or Resource/Datum."""
     from bluesky_tiled_plugins import TiledWriter
     from tiled.client import from_uri
-    from tiled.server import SimpleTiledServer
 
-    server = SimpleTiledServer(tmp_path / "catalog", readable_storage=[tmp_path / "frames"])
+    server = simple_tiled_server(readable_storage=[tmp_path / "frames"])
     catalog = from_uri(server.uri)
     writer = TiledWriter(catalog, batch_size=10)
     stage, det = simulated_beamline(seed=1, hdf5_directory=tmp_path / "frames", asset_docs=asset_docs)
