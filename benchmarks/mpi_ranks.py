@@ -1,6 +1,6 @@
 """One scan over MPI ranks against one process: speed, bytes exchanged, memory per rank, and quality.
 
-Run ``python benchmarks/distributed.py`` (``--quick`` for a small case). For
+Run ``python benchmarks/mpi_ranks.py`` (``--quick`` for a small case). For
 each case (4,000 x 128² and 2,000 x 256² frames of 16-bit counts on a Fermat
 spiral, written to a CXI file) and algorithm it runs, through ``mpiexec``
 and :mod:`bluesky_ptycho.distributed`, one rank with every core's FFT threads
