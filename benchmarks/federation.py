@@ -40,6 +40,7 @@ from bluesky_ptycho.federation import ExecutorRunner
 from bluesky_ptycho.federation.flows import GlobusFlowRunner
 from bluesky_ptycho.federation.testing import (
     LocalComputeEndpoint,
+    LocalComputeService,
     LocalFlowsService,
     local_flow_settings,
     token_clients,
@@ -149,12 +150,13 @@ def dask_inline_runner(workdir: Path):
 
 @contextlib.contextmanager
 def flow_runner(workdir: Path):
-    settings = local_flow_settings(workdir)
     with (
         responses.RequestsMock(assert_all_requests_are_fired=False) as http,
         LocalComputeEndpoint(workdir / "endpoint") as endpoint,
     ):
-        LocalFlowsService(http, settings, endpoint)
+        compute = LocalComputeService(http, endpoint)
+        settings = local_flow_settings(workdir, compute)
+        LocalFlowsService(http, settings, compute)
         yield GlobusFlowRunner(settings, clients=token_clients(settings.flow_id))
 
 

@@ -118,7 +118,11 @@ def deploy_command() -> None:
     settings, _, clients = _app_and_clients()
     done = deploy(clients, settings)
     function = "registered" if done.function_registered else "unchanged"
-    console.print(f"function {done.function_id} ({function})\nflow     {done.flow_id} ({done.flow_action})")
+    console.print(
+        f"function {done.function_id} ({function}; the flow's)\n"
+        f"function {done.inline_function_id} ({function}; the Executor path's, frames inline)\n"
+        f"flow     {done.flow_id} ({done.flow_action})"
+    )
     console.print(f"ids kept in {deployment_file()}")
     if done.flow_action in ("created", "recreated"):
         console.print("next: `bluesky-ptycho globus login` again, to consent to running the new flow")

@@ -165,3 +165,20 @@ def compute_endpoint(tmp_path_factory):
 
     with LocalComputeEndpoint(tmp_path_factory.mktemp("compute-endpoint")) as endpoint:
         yield endpoint
+
+
+@pytest.fixture
+def http():
+    """The Globus web services' HTTP layer, for the stand-ins to answer (``responses``)."""
+    import responses
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield mock
+
+
+@pytest.fixture
+def compute(http, compute_endpoint):
+    """The Compute web service in front of the local endpoint: it runs the code registered with it."""
+    from bluesky_ptycho.federation.testing import LocalComputeService
+
+    return LocalComputeService(http, compute_endpoint)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
+from pathlib import Path
 
 import bluesky.preprocessors as bpp
 import numpy as np
@@ -13,6 +15,7 @@ from globus_sdk.token_storage import JSONTokenStorage, TokenStorageData
 from bluesky_ptycho.catalog import from_polar
 from bluesky_ptycho.federation.auth import make_app, make_clients
 from bluesky_ptycho.federation.globus_settings import load_globus_settings, token_file
+from bluesky_ptycho.federation.testing import access_token
 from bluesky_ptycho.solver import ReconstructionResult
 
 
@@ -47,6 +50,14 @@ def result_of(data, settings):
     )
 
 
+FEDERATION_DOC = (Path(__file__).parents[1] / "docs" / "federation.md").read_text()
+
+
+def named_block(name: str) -> str:
+    """The code block of docs/federation.md right after the line naming ``name`` (e.g. `config.yaml`:)."""
+    return re.search(rf"^`{re.escape(name)}`:\n\n```\w*\n(.*?)```", FEDERATION_DOC, re.S | re.M).group(1)
+
+
 def store_tokens(expires_in: float, refresh: bool = True) -> None:
     """Tokens for every scope the app asks for, as a login would have left them."""
     settings = load_globus_settings()
@@ -60,7 +71,7 @@ def store_tokens(expires_in: float, refresh: bool = True) -> None:
                 resource_server=server,
                 identity_id=identity,
                 scope=" ".join(str(scope) for scope in scopes),
-                access_token=f"access-{server}",
+                access_token=access_token(server),
                 refresh_token="refresh" if refresh else None,
                 expires_at_seconds=int(time.time() + expires_in),
                 token_type="Bearer",

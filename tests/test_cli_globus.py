@@ -8,7 +8,6 @@ import uuid
 
 import globus_sdk
 import pytest
-import responses
 from click.testing import CliRunner
 from globus_sdk.config import get_service_url
 from globus_sdk.testing import load_response
@@ -34,12 +33,6 @@ def globus_home(tmp_path, monkeypatch):
 
 def globus(*args: str, env: dict | None = None):
     return CliRunner().invoke(main, ["globus", *args], env=env, catch_exceptions=False)
-
-
-@pytest.fixture
-def http():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
 
 
 def test_token_file_is_private_and_a_readable_one_is_refused(globus_home):

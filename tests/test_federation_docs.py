@@ -11,19 +11,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import FEDERATION_DOC, named_block
 
 from bluesky_ptycho.federation.globus_settings import GlobusSettings, load_globus_settings
 
-DOC = (Path(__file__).parents[1] / "docs" / "federation.md").read_text()
-
 
 def block(language: str) -> str:
-    return re.search(rf"```{language}\n(.*?)```", DOC, re.S).group(1)
-
-
-def named_block(name: str) -> str:
-    """The code block right after the line naming ``name`` (e.g. `config.yaml`:)."""
-    return re.search(rf"^`{re.escape(name)}`:\n\n```\w*\n(.*?)```", DOC, re.S | re.M).group(1)
+    return re.search(rf"```{language}\n(.*?)```", FEDERATION_DOC, re.S).group(1)
 
 
 ENDPOINT_FILES = ("config.yaml", "user_config_template.yaml.j2", "user_config_schema.json")
@@ -208,4 +202,4 @@ def test_the_facility_extra_installs_the_endpoint_at_the_sdk_version():
     )
     assert version("globus-compute-endpoint") in endpoint.specifier
     assert next(iter(pinned.specifier)).version in sdk.specifier
-    assert "[facility]" in DOC
+    assert "[facility]" in FEDERATION_DOC

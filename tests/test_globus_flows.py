@@ -20,11 +20,17 @@ import globus_sdk
 import jsonschema
 import numpy as np
 import pytest
-import responses
 from bluesky import RunEngine
 from globus_sdk.config import get_service_url
 from globus_sdk.testing import get_last_request, load_response
-from helpers import Documents, assert_previews_then_final, result_of, scan_positions, store_tokens
+from helpers import (
+    Documents,
+    assert_previews_then_final,
+    named_block,
+    result_of,
+    scan_positions,
+    store_tokens,
+)
 
 from bluesky_ptycho import __version__
 from bluesky_ptycho.callbacks import PtychoCallback
@@ -40,7 +46,11 @@ from bluesky_ptycho.federation.flows import (
 )
 from bluesky_ptycho.federation.globus_settings import load_globus_settings, read_deployment, write_deployment
 from bluesky_ptycho.federation.staging import ScanStaging
-from bluesky_ptycho.federation.testing import LocalFlowsService, local_flow_settings, token_clients
+from bluesky_ptycho.federation.testing import (
+    LocalFlowsService,
+    local_flow_settings,
+    token_clients,
+)
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings, object_error, simulate
 
@@ -56,14 +66,9 @@ def globus_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def settings(globus_home, tmp_path):
-    return local_flow_settings(tmp_path, poll_interval_s=0.01, run_timeout_s=60)
-
-
-@pytest.fixture
-def http():
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        yield mock
+def settings(globus_home, tmp_path, compute):
+    """A deployment on the local services, the functions registered as `globus deploy` registers them."""
+    return local_flow_settings(tmp_path, compute, poll_interval_s=0.01, run_timeout_s=60)
 
 
 # --- the definition ----------------------------------------------------------
@@ -223,8 +228,8 @@ def test_deploy_creates_the_flow_again_when_it_expired(globus_home, http):
     clients = token_clients(None)
     load_response(globus_sdk.ComputeClientV3.register_function, requests_mock=http)
     write_deployment(
-        {"function_id": str(uuid.uuid4()), "function_version": __version__, "flow_id": str(uuid.uuid4()),
-         "flow_checksum": "x"}
+        {"function_id": str(uuid.uuid4()), "inline_function_id": str(uuid.uuid4()),
+         "function_version": __version__, "flow_id": str(uuid.uuid4()), "flow_checksum": "x"}
     )  # fmt: skip
     flow_on_service(http, read_deployment()["flow_id"], status=404)
     created = load_response(globus_sdk.FlowsClient.create_flow, requests_mock=http)
@@ -275,14 +280,14 @@ def live_scan(runner, n_points=120, preview_every=60, catalog_writer=None):
 
 
 def test_a_live_scan_is_reconstructed_through_flow_runs_into_the_catalog(
-    compute_endpoint, settings, http, simple_tiled_server
+    compute, settings, http, simple_tiled_server
 ):
     from bluesky_tiled_plugins import TiledWriter
     from tiled.client import from_uri
 
     from bluesky_ptycho.catalog import latest_final_reconstruction
 
-    service = LocalFlowsService(http, settings, compute_endpoint)
+    service = LocalFlowsService(http, settings, compute)
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     server = simple_tiled_server()
     catalog = from_uri(server.uri)
@@ -322,8 +327,8 @@ def test_a_live_scan_is_reconstructed_through_flow_runs_into_the_catalog(
     assert not (Path(settings.local_staging_directory) / uid).exists()  # staged files removed after success
 
 
-def test_a_failed_flow_run_is_recorded_as_failed_and_the_staged_frames_kept(compute_endpoint, settings, http):
-    LocalFlowsService(http, settings, compute_endpoint, outcome="fail")
+def test_a_failed_flow_run_is_recorded_as_failed_and_the_staged_frames_kept(compute, settings, http):
+    LocalFlowsService(http, settings, compute, outcome="fail")
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     raw, recon, *_ = live_scan(runner, n_points=40, preview_every=None)
     stop = recon.named("stop")[0]
@@ -335,8 +340,8 @@ def test_a_failed_flow_run_is_recorded_as_failed_and_the_staged_frames_kept(comp
     assert list((Path(settings.local_staging_directory) / uid / "frames").glob("chunk_*.cxi"))
 
 
-def test_a_stalled_run_is_cancelled_at_the_timeout(compute_endpoint, settings, http):
-    service = LocalFlowsService(http, settings, compute_endpoint, outcome="stall")
+def test_a_stalled_run_is_cancelled_at_the_timeout(compute, settings, http):
+    service = LocalFlowsService(http, settings, compute, outcome="stall")
     settings.run_timeout_s = 0.2
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     job = small_job("stalled", iterations=5)
@@ -369,13 +374,13 @@ def test_an_expired_login_gives_an_actionable_message(settings, http):
         runner.submit(job).result(30)
 
 
-def test_globus_run_sends_a_file_through_the_flow(compute_endpoint, settings, http, globus_home, tmp_path):
+def test_globus_run_sends_a_file_through_the_flow(compute, settings, http, globus_home, tmp_path):
     from click.testing import CliRunner
 
     from bluesky_ptycho.cli import main
     from bluesky_ptycho.io import read_result, write_cxi
 
-    LocalFlowsService(http, settings, compute_endpoint)
+    LocalFlowsService(http, settings, compute)
     values = settings.public_dict()
     globus_home.parent.mkdir(parents=True, exist_ok=True)
     globus_home.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items() if v is not None))
@@ -442,6 +447,18 @@ MUTATIONS = {
         lambda d: d["States"]["TransferFrames"]["Parameters"].update(sync_level="mtime"),
         r"state TransferFrames: .* refused its input: 'mtime' is not of type 'integer'",
     ),
+    "frames sent without recursive": (
+        lambda d: d["States"]["TransferFrames"]["Parameters"]["DATA"][0].update(recursive=False),
+        r"state TransferFrames: Transfer: .*/frames/ is a directory: recursive must be true",
+    ),
+    "the result sent as a directory": (
+        lambda d: d["States"]["TransferResult"]["Parameters"]["DATA"][0].update(recursive=True),
+        r"state TransferResult: Transfer: .*result_00000.cxi is a file: recursive must be false",
+    ),
+    "a WaitTime shorter than the reconstruction": (
+        lambda d: _reconstruct(d).update(WaitTime=0.01),
+        r"state Reconstruct: Compute task still running after the WaitTime of 0.01 s",
+    ),
     "a path the input does not have": (
         lambda d: _reconstruct(d)["Parameters"]["tasks"][0].update({"function_id.$": "$.compute.function"}),
         r"state Reconstruct: \$\.compute\.function is not in the run's state",
@@ -450,20 +467,20 @@ MUTATIONS = {
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=list(MUTATIONS))
-def test_the_stand_in_runs_the_definition_so_a_broken_one_fails(compute_endpoint, settings, http, mutation):
+def test_the_stand_in_runs_the_definition_so_a_broken_one_fails(compute, settings, http, mutation):
     """The stand-in executes definition.json: each of these mistakes fails the run, naming the state."""
     mutate, message = MUTATIONS[mutation]
     definition = flow_definition()
     mutate(definition)
-    LocalFlowsService(http, settings, compute_endpoint, definition=definition)
+    LocalFlowsService(http, settings, compute, definition=definition)
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     job = small_job("mutant", iterations=3)
     with pytest.raises(FlowRunError, match=message):
         runner.submit(job).result(60)
 
 
-def test_the_shipped_definition_runs_every_state(compute_endpoint, settings, http):
-    service = LocalFlowsService(http, settings, compute_endpoint)
+def test_the_shipped_definition_runs_every_state(compute, settings, http):
+    service = LocalFlowsService(http, settings, compute)
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     job = small_job("shipped", iterations=3)
     assert runner.submit(job).result(60).iterations == 3
@@ -479,19 +496,18 @@ def test_the_shipped_definition_runs_every_state(compute_endpoint, settings, htt
 @pytest.mark.parametrize(
     ("deployed", "message"),
     [
-        ("function_id", r"state Reconstruct: Compute: function [-0-9a-f]{36} not found"),
+        ("function_id", r"state Reconstruct: Compute task failed: function [-0-9a-f]{36} not found"),
         ("compute_endpoint_id", r"state Reconstruct: Compute: endpoint [-0-9a-f]{36} not found"),
         ("facility_collection_id", r"state TransferFrames: collection [-0-9a-f]{36} not found"),
     ],
 )
-def test_the_action_stand_ins_know_only_what_was_deployed(
-    compute_endpoint, settings, http, deployed, message
-):
+def test_the_action_stand_ins_know_only_what_was_deployed(compute, settings, http, deployed, message):
     """The runner's settings name another function, endpoint or collection than the deployment has: the run fails."""
     import uuid
 
-    LocalFlowsService(http, settings.model_copy(update={deployed: uuid.uuid4()}), compute_endpoint)
-    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
+    LocalFlowsService(http, settings, compute)
+    elsewhere = settings.model_copy(update={deployed: uuid.uuid4()})
+    runner = GlobusFlowRunner(elsewhere, clients=token_clients(settings.flow_id), backoff=0.01)
     with pytest.raises(FlowRunError, match=message):
         runner.submit(small_job("elsewhere", iterations=3)).result(60)
 
@@ -502,8 +518,8 @@ def test_the_default_run_timeout_is_the_flows_own_wait_times(globus_home):
     assert flow_run_timeout() == pytest.approx(1.1 * sum(waits)) and sum(waits) == 14400
 
 
-def test_a_run_that_stops_for_a_consent_is_cancelled_with_what_to_do(compute_endpoint, settings, http):
-    service = LocalFlowsService(http, settings, compute_endpoint, outcome="consent")
+def test_a_run_that_stops_for_a_consent_is_cancelled_with_what_to_do(compute, settings, http):
+    service = LocalFlowsService(http, settings, compute, outcome="consent")
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     with pytest.raises(FlowRunError) as failure:
         runner.submit(small_job("consent", iterations=3)).result(60)
@@ -516,14 +532,12 @@ def test_a_run_that_stops_for_a_consent_is_cancelled_with_what_to_do(compute_end
     assert f"https://app.globus.org/runs/{service.cancelled[0]}/logs" in message
 
 
-def test_a_run_waiting_for_a_consent_goes_on_after_globus_resume(
-    compute_endpoint, settings, http, globus_home
-):
+def test_a_run_waiting_for_a_consent_goes_on_after_globus_resume(compute, settings, http, globus_home):
     from click.testing import CliRunner
 
     from bluesky_ptycho.cli import main
 
-    service = LocalFlowsService(http, settings, compute_endpoint, outcome="consent")
+    service = LocalFlowsService(http, settings, compute, outcome="consent")
     waiting = settings.model_copy(update={"on_inactive": "wait"})
     runner = GlobusFlowRunner(waiting, clients=token_clients(settings.flow_id), backoff=0.01)
     future = runner.submit(small_job("resumed", iterations=3))
@@ -546,11 +560,11 @@ def test_a_run_waiting_for_a_consent_goes_on_after_globus_resume(
     assert again.exit_code == 1 and "SUCCEEDED, not INACTIVE" in again.output
 
 
-def test_a_failed_run_shows_the_failing_actions_own_error(compute_endpoint, settings, http, monkeypatch):
+def test_a_failed_run_shows_the_failing_actions_own_error(compute, settings, http, monkeypatch):
     """A facility with another version of the package: the Compute task's error, from the run's log."""
     import bluesky_ptycho.federation.flows as flows
 
-    LocalFlowsService(http, settings, compute_endpoint)
+    LocalFlowsService(http, settings, compute)
     monkeypatch.setattr(flows, "__version__", "9.9.0")
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     with pytest.raises(FlowRunError) as failure:
@@ -561,14 +575,32 @@ def test_a_failed_run_shows_the_failing_actions_own_error(compute_endpoint, sett
     assert "pip install 'bluesky-ptycho[facility]==9.9.0'" in message
 
 
+def test_the_cause_of_a_failure_is_read_from_the_end_of_a_long_log(compute, settings, http):
+    """The service pages a run's log from its start: a run with hundreds of entries failed in the last ones."""
+    from bluesky_ptycho.federation.flows import run_cause
+
+    service = LocalFlowsService(http, settings, compute, outcome="fail")
+    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
+    with pytest.raises(FlowRunError):
+        runner.submit(small_job("long-log", iterations=3)).result(60)
+    (run,) = service.runs.values()
+    note = {"time": "2026-01-01T00:00:00+00:00", "code": "LogNote", "description": "waiting", "details": {}}
+    run["log"][1:1] = [note] * 150  # e.g. a long wait in a queue
+    cause = run_cause(token_clients(settings.flow_id), {"run_id": run["run_id"], "details": run["details"]})
+    assert cause == "state Reconstruct: endpoint offline"
+
+
 def test_the_compute_state_passes_the_endpoint_user_options_and_a_final_job_cleans_up(
-    compute_endpoint, settings, http
+    compute, settings, http
 ):
+    """The MPI endpoint of docs/federation.md: its schema checks the options, its engine the resources."""
+    compute.user_config_schema = json.loads(named_block("user_config_schema.json"))
+    compute.engine = "GlobusMPIEngine"
     options = {"account": "PtychoAlloc", "queue": "prod"}
     settings = settings.model_copy(
         update={"compute_user_endpoint_config": options, "compute_resource_specification": {"num_nodes": 1}}
     )
-    service = LocalFlowsService(http, settings, compute_endpoint)
+    service = LocalFlowsService(http, settings, compute)
     runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
     sim = simulate(n_frames=40, frame_size=32, seed=0)
     half = ReconstructionJob("tidy", sim.data.geometry, ReconstructionSettings(), sim.data.frames[:20],
@@ -583,3 +615,28 @@ def test_the_compute_state_passes_the_endpoint_user_options_and_a_final_job_clea
     assert sent[-1]["resource_specification"] == {"num_nodes": 1}
     facility = Path(settings.facility_filesystem_path) / "tidy"
     assert sorted(p.name for p in facility.rglob("*.cxi")) == ["result_00001.cxi"]  # only the last result
+
+
+@pytest.mark.parametrize(
+    ("options", "resources", "message"),
+    [
+        (
+            {"acount": "PtychoAlloc"},
+            {},
+            r"user_endpoint_config refused by the endpoint's schema: 'account' is a",
+        ),
+        ({"account": "PtychoAlloc"}, {"num_nodes": 1}, r"InvalidResourceSpecification.*\{'num_nodes'\}"),
+    ],
+)
+def test_the_endpoint_refuses_options_its_schema_or_engine_refuses(compute, settings, http, options, resources,
+                                                                   message):  # fmt: skip
+    """The single-GPU endpoint of docs/federation.md: a misspelt option, or MPI resources its engine refuses."""
+    compute.user_config_schema = json.loads(named_block("user_config_schema.json"))
+    settings = settings.model_copy(
+        update={"compute_user_endpoint_config": options, "compute_resource_specification": resources}
+    )
+    LocalFlowsService(http, settings, compute)
+    runner = GlobusFlowRunner(settings, clients=token_clients(settings.flow_id), backoff=0.01)
+    with pytest.raises(FlowRunError, match=message):
+        runner.submit(small_job("options", iterations=2)).result(60)
+    runner.shutdown()

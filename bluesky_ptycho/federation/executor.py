@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any
 from .. import __version__
 from ..io.cxi import read_result
 from ..solver.data import ReconstructionResult
+from .compute import is_compute_executor, remote_failure, revive
 from .jobs import ReconstructionJob
 from .lanes import LaneRunner, job_timings, with_retries
 from .remote import FrameChunk, RemoteRequest, reconstruct_files, reconstruct_remote
@@ -116,6 +118,19 @@ class ExecutorRunner(LaneRunner[_Scan]):
     location
         Where the work runs, recorded with each reconstruction (default: the
         executor's type).
+    function_ids
+        For a Globus Compute Executor: the ids ``globus deploy`` registered,
+        by function name (``reconstruct_files``, ``reconstruct_remote``;
+        :func:`~.compute.deployed_function_ids`), so that an endpoint's
+        ``allowed_functions`` admits them. Without them the Executor
+        registers each function once (a new id for every runner).
+
+    A Globus Compute Executor that shut itself down after a failed
+    submission is replaced by a new one with the same settings and function
+    ids, so one network fault fails (or retries) one job, not every later
+    scan. With frames inline it sends one task per request (``batch_size``
+    1): the service's 10 MB limit applies to a request, and the jobs of
+    several scans coalesced into one could exceed it together.
     """
 
     def __init__(
@@ -129,9 +144,15 @@ class ExecutorRunner(LaneRunner[_Scan]):
         retries: int = 2,
         backoff: float = 2.0,
         location: str | None = None,
+        function_ids: dict[str, str] | None = None,
     ) -> None:
         super().__init__(max_in_flight)
         self.executor = executor
+        self.deployed_ids = dict(function_ids or {})
+        self._function_ids: dict[Any, str] = {}  # a Globus Compute Executor's functions, as registered
+        self._executor_lock = threading.Lock()
+        if staging_directory is None and is_compute_executor(executor):
+            executor.batch_size = 1
         self.staging_directory = None if staging_directory is None else Path(staging_directory)
         self.payload_limit = default_payload_limit(executor) if payload_limit is None else payload_limit
         self.timeout = timeout
@@ -191,7 +212,7 @@ class ExecutorRunner(LaneRunner[_Scan]):
         staged = time.perf_counter()
 
         def attempt() -> Any:
-            future = self.executor.submit(function, *args, **kwargs)
+            future = self._submit(function, *args, **kwargs)
             try:
                 return future.result(timeout=self.timeout)
             except TimeoutError:
@@ -200,8 +221,11 @@ class ExecutorRunner(LaneRunner[_Scan]):
                     f"remote task {_remote_id(future)} gave no result within {self.timeout} s"
                 ) from None
             except Exception as error:
-                error.add_note(f"remote task: {_remote_id(future)}")
-                raise
+                cause = remote_failure(error)
+                cause.add_note(f"remote task: {_remote_id(future)}")
+                if cause is error:
+                    raise
+                raise cause from error
 
         output = with_retries(
             attempt, retries=self.retries, backoff=self.backoff, what=f"scan {job.scan_uid}: remote job"
@@ -218,6 +242,24 @@ class ExecutorRunner(LaneRunner[_Scan]):
         )
         result.extra["bytes_moved"] = {"sent": sent, "received": received}
         return result
+
+    def _submit(self, function, *args: Any, **kwargs: Any):
+        """Submit to the executor; a Globus Compute Executor found shut down is replaced first."""
+        if not is_compute_executor(self.executor):
+            return self.executor.submit(function, *args, **kwargs)
+        with self._executor_lock:
+            try:
+                return self._submit_to_compute(function, args, kwargs)
+            except RuntimeError as error:  # it shut itself down after a failed submission
+                logger.warning("the Globus Compute Executor had shut down (%s); using a new one", error)
+                self.executor = revive(self.executor, self._function_ids)
+                return self._submit_to_compute(function, args, kwargs)
+
+    def _submit_to_compute(self, function, args: tuple, kwargs: dict):
+        if function not in self._function_ids:
+            known = self.deployed_ids.get(function.__name__)
+            self._function_ids[function] = self.executor.register_function(function, function_id=known)
+        return self.executor.submit(function, *args, **kwargs)
 
     def forget_scan(self, scan: _Scan, succeeded: bool) -> None:
         if scan.staging is not None and succeeded:

@@ -107,6 +107,7 @@ class Deployment:
     flow_id: str
     function_registered: bool
     flow_action: str  # "created", "recreated", "updated" or "unchanged"
+    inline_function_id: str = ""
 
 
 def _flow_exists(clients: GlobusClients, flow_id: str) -> bool:
@@ -119,32 +120,56 @@ def _flow_exists(clients: GlobusClients, flow_id: str) -> bool:
     return True
 
 
-def deploy(clients: GlobusClients, settings: GlobusSettings | None = None) -> Deployment:
-    """Register the reconstruction function and create or update the flow, when they changed.
+#: The functions ``globus deploy`` registers, by the setting (and deployment record key) holding their ids:
+#: the flow's, and the Executor path's (frames inline).
+DEPLOYED_FUNCTIONS = {"function_id": "reconstruct_files", "inline_function_id": "reconstruct_remote"}
 
-    The function is registered once per released version of the package (it
-    is shipped by reference: the facility runs its installed copy), so an
-    endpoint's ``allowed_functions`` stays valid until the next upgrade. The
-    flow is checked on the service: one that expired or was deleted is
-    created again. The flow's subscription, starters, administrators and
-    viewers come from ``settings``.
+
+def register_functions(clients: GlobusClients, serialization: str = "reference") -> dict[str, str]:
+    """Register :data:`DEPLOYED_FUNCTIONS` with Globus Compute; their ids by setting name.
+
+    Public: another identity running the flow (a service account, a
+    colleague) must be able to use them. ``serialization`` "reference"
+    ships them as references to the installed package (the facility runs
+    its own copy), "source" as their source text (both run the same: the
+    functions are self-contained).
     """
     try:
         from globus_compute_sdk.sdk.client import FunctionRegistrationData
+        from globus_compute_sdk.serialize import ComputeSerializer, PureSourceDill
     except ImportError:
         raise ImportError(
             "deploying needs the Globus Compute SDK: pip install 'bluesky-ptycho[globus]'"
         ) from None
+    serializer = ComputeSerializer(strategy_code=PureSourceDill() if serialization == "source" else None)
+    ids = {}
+    for setting, name in DEPLOYED_FUNCTIONS.items():
+        registration = FunctionRegistrationData(
+            function=getattr(remote, name), public=True, serializer=serializer
+        )
+        ids[setting] = clients.compute.register_function(registration.to_dict())["function_uuid"]
+    return ids
 
+
+def deploy(clients: GlobusClients, settings: GlobusSettings | None = None) -> Deployment:
+    """Register the reconstruction functions and create or update the flow, when they changed.
+
+    The functions are registered once per released version of the package
+    and way of shipping them (``settings.function_serialization``), so an
+    endpoint's ``allowed_functions`` (both ids) stays valid until the next
+    upgrade. The flow is checked on the service: one that expired or was
+    deleted is created again. The flow's subscription, starters,
+    administrators and viewers come from ``settings``.
+    """
     settings = settings or load_globus_settings()
     record = read_deployment()
     function_registered = False
-    if record.get("function_version") != __version__ or not record.get("function_id"):
-        # public: the function is a reference to the package's published code, and another
-        # identity (a service account, a colleague) running the flow must be able to use it
-        registration = FunctionRegistrationData(function=remote.reconstruct_files, public=True)
-        response = clients.compute.register_function(registration.to_dict())
-        record.update(function_id=response["function_uuid"], function_version=__version__)
+    registered = (record.get("function_version"), record.get("function_serialization", "reference"))
+    if registered != (__version__, settings.function_serialization) or not all(
+        record.get(setting) for setting in DEPLOYED_FUNCTIONS
+    ):
+        record.update(register_functions(clients, settings.function_serialization))
+        record.update(function_version=__version__, function_serialization=settings.function_serialization)
         function_registered = True
         write_deployment(record)
     sharing = flow_sharing(settings)
@@ -176,7 +201,13 @@ def deploy(clients: GlobusClients, settings: GlobusSettings | None = None) -> De
         record.update(flow_checksum=flow_checksum(settings))
         flow_action = "updated"
     write_deployment(record)
-    return Deployment(record["function_id"], record["flow_id"], function_registered, flow_action)
+    return Deployment(
+        record["function_id"],
+        record["flow_id"],
+        function_registered,
+        flow_action,
+        record["inline_function_id"],
+    )
 
 
 def _collection_path(root: str, *parts: str) -> str:
@@ -258,8 +289,11 @@ def _action_cause(output: Any) -> str | None:
 
 
 def run_log(clients: GlobusClients, run_id: str) -> list[dict[str, Any]]:
-    """The entries of a run's log, oldest first (the last 100: where a run failed or waits is at the end)."""
-    return list(clients.flows.get_run_logs(run_id, limit=100)["entries"])
+    """The last 100 entries of a run's log, oldest first: where a run failed or waits is at the end.
+
+    The service pages from the oldest entry, so they are asked for newest first.
+    """
+    return list(reversed(clients.flows.get_run_logs(run_id, limit=100, reverse_order=True)["entries"]))
 
 
 def run_cause(clients: GlobusClients, run: dict[str, Any]) -> str:

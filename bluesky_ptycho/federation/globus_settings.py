@@ -94,6 +94,15 @@ class GlobusSettings(BaseSettings):
     function_id: UUID | None = Field(
         None, description="registered reconstruction function (set by globus deploy)"
     )
+    inline_function_id: UUID | None = Field(
+        None,
+        description="registered function for jobs with their frames inline, the Executor path (set by globus deploy)",
+    )
+    function_serialization: Literal["reference", "source"] = Field(
+        "reference",
+        description="how deploy registers the functions: by reference to the installed package, or as source "
+        "(for endpoints whose allowed_serializers admit only source strategies)",
+    )
     flow_id: UUID | None = Field(None, description="the deployed flow (set by globus deploy)")
     subscription_id: UUID | None = Field(
         None,
@@ -183,7 +192,7 @@ def load_globus_settings(**overrides: Any) -> GlobusSettings:
             f"bad Globus settings (from {path} or {ENV_PREFIX}* variables):\n{problems}"
         ) from None
     deployed = read_deployment()
-    for name in ("function_id", "flow_id"):
+    for name in ("function_id", "inline_function_id", "flow_id"):
         if getattr(settings, name) is None and deployed.get(name):
             setattr(settings, name, UUID(deployed[name]))
     return settings

@@ -147,8 +147,8 @@ def continue_reconstruction(
     return result
 
 
-def reconstruct_remote(request: RemoteRequest) -> ReconstructionResult:
-    """Do one job of a scan on a stateless worker (the function :class:`ExecutorRunner` ships inline)."""
+def run_inline_job(request: RemoteRequest) -> ReconstructionResult:
+    """Do one job of a scan whose frames came inline (what :func:`reconstruct_remote` runs)."""
     check_client_version(request.client_version)
     return continue_reconstruction(
         request.geometry,
@@ -161,6 +161,16 @@ def reconstruct_remote(request: RemoteRequest) -> ReconstructionResult:
     )
 
 
+def reconstruct_remote(request):
+    """Do one job of a scan on a stateless worker (the function :class:`ExecutorRunner` ships inline).
+
+    Self-contained, like :func:`reconstruct_files`: ``request`` is a :class:`RemoteRequest`.
+    """
+    from bluesky_ptycho.federation.remote import run_inline_job
+
+    return run_inline_job(request)
+
+
 def _remove_scan_files(frame_files: list[str], keep: Path) -> None:
     """Delete a finished scan's frame files and its results other than ``keep``."""
     for path in [*map(Path, frame_files), *keep.parent.glob(RESULT_GLOB)]:
@@ -169,18 +179,22 @@ def _remove_scan_files(frame_files: list[str], keep: Path) -> None:
 
 
 def reconstruct_files(
-    frame_files: list[str],
+    frame_files: list,
     result_file: str,
     iterations: int,
-    settings: dict[str, Any] | None = None,
+    settings: dict | None = None,
     previous_file: str | None = None,
     client_version: str | None = None,
     final: bool = False,
-) -> dict[str, Any]:
+) -> dict:
     """Reconstruct staged CXI chunk files and write the result file (the Globus Flow's compute step).
 
     Every argument is plain JSON, as a Globus Flow passes them. The geometry,
-    mask and any initial probe come from the first chunk file.
+    mask and any initial probe come from the first chunk file. The function
+    is self-contained (its body imports what it uses, its annotations are
+    builtins), so it runs the same whether registered by reference (the
+    default) or as source, as an endpoint whose ``allowed_serializers``
+    admit only source strategies demands.
 
     Parameters
     ----------
@@ -211,6 +225,23 @@ def reconstruct_files(
     dict
         A small JSON summary: result file, frames used, iterations, final cost.
     """
+    from bluesky_ptycho.federation.remote import run_staged_job
+
+    return run_staged_job(
+        frame_files, result_file, iterations, settings, previous_file, client_version, final
+    )
+
+
+def run_staged_job(
+    frame_files: list[str],
+    result_file: str,
+    iterations: int,
+    settings: dict[str, Any] | None,
+    previous_file: str | None,
+    client_version: str | None,
+    final: bool,
+) -> dict[str, Any]:
+    """Do one job of a scan from staged files (what :func:`reconstruct_files` runs)."""
     check_client_version(client_version)
     if not frame_files:
         raise ValueError("no frame files to reconstruct")

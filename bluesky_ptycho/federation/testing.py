@@ -7,21 +7,33 @@ import re
 import shutil
 import time
 import uuid
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
+from urllib.parse import parse_qs, urlparse
 
 import globus_sdk
 import jsonschema
 from globus_sdk.config import get_service_url
 
 from .auth import GlobusClients
-from .flows import flow_definition, flow_input_schema
+from .flows import DEFAULT_WAIT_TIME_S, flow_definition, flow_input_schema
 from .globus_settings import GlobusSettings
-from .remote import reconstruct_files
 
 
-def local_flow_settings(workdir: Path, **overrides) -> GlobusSettings:
-    """Settings of a made-up deployment whose two collections are ``workdir``/beamline and ``workdir``/facility."""
+def local_flow_settings(
+    workdir: Path,
+    compute: LocalComputeService | None = None,
+    *,
+    serialization: str = "reference",
+    **overrides,
+) -> GlobusSettings:
+    """Settings of a made-up deployment whose two collections are ``workdir``/beamline and ``workdir``/facility.
+
+    With ``compute``, its endpoint is the deployment's, and the functions are
+    registered with it as ``globus deploy`` registers them (``serialization``).
+    """
+    from .flows import register_functions
+
     workdir = Path(workdir)
     for side in ("beamline", "facility"):
         (workdir / side).mkdir(parents=True, exist_ok=True)
@@ -37,18 +49,52 @@ def local_flow_settings(workdir: Path, **overrides) -> GlobusSettings:
         "function_id": uuid.uuid4(),
         "flow_id": uuid.uuid4(),
         "poll_interval_s": 0.05,
+        "function_serialization": serialization,
     }
+    if compute is not None:
+        values["compute_endpoint_id"] = compute.endpoint_id
+        values.update(register_functions(token_clients(None), serialization))
     return GlobusSettings(**{**values, **overrides})
 
 
+#: The access token each stand-in service accepts: Globus Auth issues one per resource server, and a
+#: request carrying another service's token is refused (401), as the real services refuse it.
+def access_token(resource_server: str) -> str:
+    """The access token the stand-ins accept for ``resource_server``."""
+    return f"access-{resource_server}"
+
+
+COMPUTE_TOKEN = access_token(globus_sdk.ComputeClientV3.resource_server)
+FLOWS_TOKEN = access_token(globus_sdk.FlowsClient.resource_server)
+
+
+def flow_token(flow_id: uuid.UUID | str) -> str:
+    """The access token for running one flow (its own resource server: the flow's id)."""
+    return access_token(str(flow_id))
+
+
 def token_clients(flow_id: uuid.UUID | str | None) -> GlobusClients:
-    """Globus clients with a fixed access token (no Globus Auth), for a mocked service."""
-    token = globus_sdk.AccessTokenAuthorizer("test-access-token")
+    """Globus clients with fixed access tokens, one per resource server (no Globus Auth), for mocked services."""
+
+    def token(value: str) -> globus_sdk.AccessTokenAuthorizer:
+        return globus_sdk.AccessTokenAuthorizer(value)
+
     return GlobusClients(
-        flows=globus_sdk.FlowsClient(authorizer=token),
-        compute=globus_sdk.ComputeClientV3(authorizer=token),
-        flow=None if flow_id is None else globus_sdk.SpecificFlowClient(flow_id, authorizer=token),
+        flows=globus_sdk.FlowsClient(authorizer=token(FLOWS_TOKEN)),
+        compute=globus_sdk.ComputeClientV3(authorizer=token(COMPUTE_TOKEN)),
+        flow=None
+        if flow_id is None
+        else globus_sdk.SpecificFlowClient(flow_id, authorizer=token(flow_token(flow_id))),
     )
+
+
+def refused_token(request, expected: str):
+    """A 401 response, as the service gives, when ``request`` does not carry ``expected``; else None."""
+    if request.headers.get("Authorization") == f"Bearer {expected}":
+        return None
+    body = {"code": "AUTHENTICATION_ERROR", "error": "invalid_token",
+            "message": "the access token is not valid for this resource server"}  # fmt: skip
+    return 401, {}, json.dumps(body)
 
 
 TRANSFER_ACTION_URL = "https://transfer.actions.globus.org/transfer"
@@ -126,8 +172,27 @@ COMPUTE_V3_INPUT_SCHEMA = {
 }
 
 
+# What the Flows service accepts to start a run (its POST /flows/{id}/run body).
+RUN_REQUEST_SCHEMA = {
+    "type": "object",
+    "required": ["body"],
+    "properties": {
+        "body": {"type": "object"},
+        "label": {"type": "string", "minLength": 1, "maxLength": 64},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "run_monitors": {"type": "array", "items": {"type": "string"}},
+        "run_managers": {"type": "array", "items": {"type": "string"}},
+        "activity_notification_policy": {"type": "object"},
+    },
+}
+
+
 class ActionFailed(Exception):
     """An action ended FAILED (or its provider refused the request): the reason."""
+
+
+class ActionTimedOut(ActionFailed):
+    """An action still running when its state's ``WaitTime`` ran out."""
 
 
 class ComputeTaskFailed(RuntimeError):
@@ -142,8 +207,8 @@ class LocalComputeEndpoint:
     service's payload limit (10 MB, as is a result), run on
     ``globus_compute_endpoint``'s ``ProcessPoolEngine`` (a separate worker
     process that unpacks and calls it as the facility does), and its result
-    unpacked as the SDK does. Only the web service that relays the bytes is
-    missing. Use as a context manager, or call :meth:`shutdown`.
+    unpacked as the SDK does. Put :class:`LocalComputeService` in front of it
+    for the web service. Use as a context manager, or call :meth:`shutdown`.
     """
 
     def __init__(self, run_dir: str | Path, *, payload_limit: int | None = None) -> None:
@@ -155,30 +220,33 @@ class LocalComputeEndpoint:
         self.endpoint_id = uuid.uuid4()
         self.serializer = ComputeSerializer()
         self.payload_limit = GLOBUS_COMPUTE_PAYLOAD_LIMIT if payload_limit is None else payload_limit
-        self.task_bytes: list[int] = []  # the serialised size of every task submitted
+        self.task_bytes: list[int] = []  # the serialised size of every task's arguments
         self._engine = ProcessPoolEngine(max_workers=1)
         self._engine.start(endpoint_id=self.endpoint_id, run_dir=str(run_dir))
 
-    def run(self, function, *args, **kwargs):
-        """Run ``function(*args, **kwargs)`` on the engine; its return value, or :class:`ComputeTaskFailed`."""
+    def start(self, function_code: str, arguments: str) -> Future:
+        """Start a task as the endpoint receives it (registered code, packed args); a future of its packed result.
+
+        The resources a task asks for are checked by :class:`LocalComputeService`
+        for the engine it plays; this engine takes none.
+        """
         from globus_compute_common import messagepack
-        from globus_compute_common.messagepack.message_types import Result, Task
+        from globus_compute_common.messagepack.message_types import Task
         from globus_compute_endpoint.engines.base import GCFuture
 
-        serde = self.serializer
-        arguments = serde.pack_buffers([serde.serialize(args), serde.serialize(kwargs)])
         self.task_bytes.append(len(arguments))
-        if len(arguments) > self.payload_limit:
-            raise ComputeTaskFailed(
-                f"413 task payload of {len(arguments)} bytes exceeds the limit of {self.payload_limit}"
-            )
         task_id = uuid.uuid4()
-        packed = messagepack.pack(
-            Task(task_id=task_id, task_buffer=serde.pack_buffers([serde.serialize(function)]) + arguments)
-        )
         future = GCFuture(task_id)
+        packed = messagepack.pack(Task(task_id=task_id, task_buffer=function_code + arguments))
         self._engine.submit(future, packed, resource_specification={})
-        result = messagepack.unpack(future.result(timeout=600))
+        return future
+
+    def outcome(self, packed: bytes):
+        """A finished task's return value, or :class:`ComputeTaskFailed` with its remote traceback."""
+        from globus_compute_common import messagepack
+        from globus_compute_common.messagepack.message_types import Result
+
+        result = messagepack.unpack(packed)
         if not isinstance(result, Result):
             raise ComputeTaskFailed(f"the engine returned {type(result).__name__}")
         if result.is_error:
@@ -187,11 +255,24 @@ class LocalComputeEndpoint:
             raise ComputeTaskFailed(
                 f"task result of {len(result.data)} bytes exceeds the limit of {self.payload_limit}"
             )
-        return serde.deserialize(result.data)
+        return self.serializer.deserialize(result.data)
 
-    def executor(self) -> LocalComputeExecutor:
-        """A ``concurrent.futures.Executor`` on this endpoint, as ``globus_compute_sdk.Executor`` is one."""
-        return LocalComputeExecutor(self)
+    def pack_arguments(self, args: tuple, kwargs: dict) -> str:
+        """A task's arguments as the SDK packs them, refused over the payload limit."""
+        serde = self.serializer
+        arguments = serde.pack_buffers([serde.serialize(tuple(args)), serde.serialize(kwargs)])
+        if len(arguments) > self.payload_limit:
+            raise ComputeTaskFailed(
+                f"413 task payload of {len(arguments)} bytes exceeds the limit of {self.payload_limit}"
+            )
+        return arguments
+
+    def run(self, function, *args, **kwargs):
+        """Run ``function(*args, **kwargs)`` on the engine; its return value, or :class:`ComputeTaskFailed`."""
+        serde = self.serializer
+        code = serde.pack_buffers([serde.serialize(function)])
+        future = self.start(code, self.pack_arguments(args, kwargs))
+        return self.outcome(future.result(timeout=600))
 
     def shutdown(self) -> None:
         self._engine.shutdown()
@@ -203,19 +284,247 @@ class LocalComputeEndpoint:
         self.shutdown()
 
 
-class LocalComputeExecutor(Executor):
-    """Submits to a :class:`LocalComputeEndpoint`; has the ``serializer`` a Globus Compute Executor has."""
+#: The ``resource_specification`` keys each engine accepts, by its own check (Parsl's executors).
+def _engine_resource_check(engine: str):
+    if engine == "GlobusMPIEngine":
+        from parsl.executors.high_throughput.mpi_prefix_composer import validate_resource_spec
 
-    def __init__(self, endpoint: LocalComputeEndpoint) -> None:
+        return lambda spec: validate_resource_spec(dict(spec))
+    if engine == "GlobusComputeEngine":
+        from parsl.executors import HighThroughputExecutor
+
+        return lambda spec: HighThroughputExecutor.validate_resource_spec(None, spec)
+    raise ValueError(f"engine {engine!r}: GlobusComputeEngine or GlobusMPIEngine")
+
+
+def default_user_config_schema() -> dict:
+    """The ``user_config_schema.json`` that ``globus-compute-endpoint configure`` writes by default."""
+    from importlib.resources import files as package_files
+
+    text = package_files("globus_compute_endpoint.endpoint.config").joinpath("user_config_schema.json")
+    return json.loads(text.read_text())
+
+
+class LocalComputeService:
+    """The Globus Compute web service at the HTTP layer, in front of a :class:`LocalComputeEndpoint`.
+
+    Register it on a ``responses.RequestsMock``. It answers what the SDKs
+    send (``register_function``, ``batch_run``, ``get_endpoint_status``,
+    ``get_function``), each request checked for the Compute token. A
+    registered function is kept as its serialised code, and a task runs
+    *that* code on the engine (deserialised in its worker, as an endpoint
+    does), whatever function the caller meant. A submission is refused as
+    the service refuses it: over 10 MB in all (413), to an unknown endpoint
+    or function (404); a task's ``user_endpoint_config`` is validated
+    against the endpoint's schema (default: the one ``configure`` writes)
+    and its ``resource_specification`` by the engine's own check, and fails
+    as a task; ``allowed_functions`` refuses (403) tasks of other
+    functions, as an endpoint restricted to them does. ``offline`` answers the status as an endpoint that is not
+    connected; ``failing_submissions`` answers the next submissions
+    with these HTTP statuses (401 for a token that expired, 413, ...).
+    """
+
+    def __init__(
+        self,
+        http,
+        endpoint: LocalComputeEndpoint,
+        *,
+        engine: str = "GlobusComputeEngine",
+        user_config_schema: dict | None = None,
+        allowed_functions: list[str] | None = None,
+    ) -> None:
+        from .executor import GLOBUS_COMPUTE_PAYLOAD_LIMIT
+
+        base = get_service_url("compute").rstrip("/")
         self.endpoint = endpoint
-        self.serializer = endpoint.serializer
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-compute")
+        self.endpoint_id = str(endpoint.endpoint_id)
+        self.request_limit = GLOBUS_COMPUTE_PAYLOAD_LIMIT
+        _engine_resource_check(engine)
+        self.engine = engine
+        self.user_config_schema = user_config_schema or default_user_config_schema()
+        self.functions: dict[str, dict] = {}  # function id -> the registration as received
+        self.results: dict[str, Future] = {}  # task id -> the engine's future of its packed result
+        self.submissions: list[int] = []  # the tasks of every accepted submission
+        self.allowed_functions = allowed_functions
+        self.offline = False
+        self.failing_submissions: list[int] = []
+        self.watcher = _LocalResultWatcher(self)
+        http.add_callback("POST", f"{base}/v3/functions", callback=self._register)
+        http.add_callback("GET", re.compile(rf"{base}/v2/functions/[-0-9a-f]+$"), callback=self._function)
+        http.add_callback(
+            "POST", re.compile(rf"{base}/v3/endpoints/[-0-9a-f]+/submit$"), callback=self._submit
+        )
+        http.add_callback(
+            "GET", re.compile(rf"{base}/v2/endpoints/[-0-9a-f]+/status$"), callback=self._status
+        )
 
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        return self._pool.submit(self.endpoint.run, fn, *args, **kwargs)
+    @staticmethod
+    def _error(status: int, code: str, message: str):
+        return status, {}, json.dumps({"code": code, "error": code, "message": message, "reason": message})
+
+    def _register(self, request):
+        if refused := refused_token(request, COMPUTE_TOKEN):
+            return refused
+        body = json.loads(request.body)
+        if not body.get("function_code") or not body.get("function_name"):
+            return self._error(400, "BAD_REQUEST", "function_name and function_code are required")
+        function_id = str(uuid.uuid4())
+        self.functions[function_id] = body
+        return 200, {}, json.dumps({"function_uuid": function_id})
+
+    def _function(self, request):
+        if refused := refused_token(request, COMPUTE_TOKEN):
+            return refused
+        function_id = request.url.rstrip("/").split("/")[-1]
+        if function_id not in self.functions:
+            return self._error(404, "FUNCTION_NOT_FOUND", f"function {function_id} not found")
+        body = self.functions[function_id]
+        return 200, {}, json.dumps({"function_uuid": function_id, "function_name": body["function_name"]})
+
+    def _status(self, request):
+        if refused := refused_token(request, COMPUTE_TOKEN):
+            return refused
+        endpoint_id = request.url.split("/")[-2]
+        if endpoint_id != self.endpoint_id:
+            return self._error(404, "ENDPOINT_NOT_FOUND", f"endpoint {endpoint_id} not found")
+        return 200, {}, json.dumps({"status": "offline" if self.offline else "online", "details": {}})
+
+    def allows(self, function_id: str) -> bool:
+        """Whether the endpoint's ``allowed_functions`` (None: any) admit ``function_id``."""
+        return self.allowed_functions is None or function_id in self.allowed_functions
+
+    def task_problem(
+        self, user_endpoint_config: dict | None, resource_specification: dict | None
+    ) -> str | None:
+        """Why the endpoint would fail a task with these options (None: it would run it)."""
+        try:
+            jsonschema.validate(user_endpoint_config or {}, self.user_config_schema)
+        except jsonschema.ValidationError as error:
+            return f"user_endpoint_config refused by the endpoint's schema: {error.message}"
+        try:
+            _engine_resource_check(self.engine)(resource_specification or {})
+        except Exception as error:  # Parsl's InvalidResourceSpecification
+            return f"{type(error).__name__}: {error}"
+        return None
+
+    def _submit(self, request):
+        if refused := refused_token(request, COMPUTE_TOKEN):
+            return refused
+        if len(request.body) > self.request_limit:
+            return self._error(
+                413, "PAYLOAD_TOO_LARGE", f"request of {len(request.body)} bytes is over 10 MB"
+            )
+        if self.failing_submissions:
+            status = self.failing_submissions.pop(0)
+            return self._error(status, "SUBMISSION_FAILED", f"the submission failed ({status})")
+        endpoint_id = request.url.split("/")[-2]
+        if endpoint_id != self.endpoint_id:
+            return self._error(404, "ENDPOINT_NOT_FOUND", f"endpoint {endpoint_id} not found")
+        body = json.loads(request.body)
+        unknown = [fid for fid in body["tasks"] if fid not in self.functions]
+        if unknown:
+            return self._error(404, "FUNCTION_NOT_FOUND", f"function {unknown[0]} not found")
+        barred = [fid for fid in body["tasks"] if not self.allows(fid)]
+        if barred:
+            message = f"function {barred[0]} is not in the endpoint's allowed_functions"
+            return self._error(403, "FUNCTION_NOT_PERMITTED", message)
+        problem = self.task_problem(body.get("user_endpoint_config"), body.get("resource_specification"))
+        tasks = {}
+        for function_id, payloads in body["tasks"].items():
+            tasks[function_id] = [self._start(function_id, payload, problem) for payload in payloads]
+        self.submissions.append(sum(map(len, tasks.values())))
+        response = {"request_id": str(uuid.uuid4()), "task_group_id": body.get("task_group_id") or str(uuid.uuid4()),
+                    "endpoint_id": endpoint_id, "tasks": tasks}  # fmt: skip
+        return 200, {}, json.dumps(response)
+
+    def _start(self, function_id: str, arguments: str, problem: str | None) -> str:
+        if problem is not None:
+            from globus_compute_common import messagepack
+            from globus_compute_common.messagepack.message_types import Result
+
+            future = Future()
+            future.set_result(messagepack.pack(Result(task_id=uuid.uuid4(), data=problem, is_error=True)))
+        else:
+            future = self.endpoint.start(self.functions[function_id]["function_code"], arguments)
+        task_id = str(uuid.uuid4())
+        self.results[task_id] = future
+        return task_id
+
+    def run(self, function_id: str, args: list, kwargs: dict, *, user_endpoint_config=None,
+            resource_specification=None, timeout: float | None = None):  # fmt: skip
+        """One task as the Compute action provider runs it: its return value, or :class:`ComputeTaskFailed`.
+
+        ``timeout``: seconds to wait for it (:class:`TimeoutError` after).
+        """
+        if function_id not in self.functions:
+            raise ComputeTaskFailed(f"function {function_id} not found")
+        if not self.allows(function_id):
+            raise ComputeTaskFailed(f"function {function_id} is not in the endpoint's allowed_functions")
+        problem = self.task_problem(user_endpoint_config, resource_specification)
+        if problem is not None:
+            raise ComputeTaskFailed(problem)
+        arguments = self.endpoint.pack_arguments(tuple(args), kwargs)
+        future = self.endpoint.start(self.functions[function_id]["function_code"], arguments)
+        return self.endpoint.outcome(future.result(timeout=timeout))
+
+    def client(self):
+        """A real ``globus_compute_sdk.Client`` that reaches this service (with the Compute token)."""
+        from globus_compute_sdk import Client
+
+        return Client(do_version_check=False, authorizer=globus_sdk.AccessTokenAuthorizer(COMPUTE_TOKEN))
+
+    def executor(self, **options):
+        """A real ``globus_compute_sdk.Executor`` on this endpoint, through this service.
+
+        Everything is the SDK's own (registration, batching, its submission
+        thread, and its shutdown when a submission fails) except where
+        results come from: here, not from the service's AMQP queue.
+        """
+        return _executor_class(self.watcher)(endpoint_id=self.endpoint_id, client=self.client(), **options)
+
+
+class _LocalResultWatcher:
+    """In place of the Executor's AMQP result watcher: completes its futures from the service's results."""
+
+    class ShuttingDownError(Exception):
+        """Never raised: this watcher does not shut down."""
+
+    def __init__(self, service: LocalComputeService) -> None:
+        self.service = service
+
+    def is_alive(self) -> bool:
+        return True
+
+    def join(self, timeout: float | None = None) -> None:
+        return None
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._pool.shutdown(wait=wait, cancel_futures=cancel_futures)
+        return None
+
+    def get_open_futures(self, executor=None) -> dict:
+        return {}
+
+    def watch_for_task_results(self, executor, futures) -> int:
+        for future in futures:
+            self.service.results[future.task_id].add_done_callback(
+                lambda done, future=future: self._complete(future, done)
+            )
+        return len(futures)
+
+    def _complete(self, future, done: Future) -> None:
+        from globus_compute_sdk.errors import TaskExecutionFailed
+
+        try:
+            future.set_result(self.service.endpoint.outcome(done.result()))
+        except ComputeTaskFailed as error:
+            future.set_exception(TaskExecutionFailed(str(error)))
+
+
+def _executor_class(watcher: _LocalResultWatcher):
+    """``globus_compute_sdk.Executor`` whose results come from ``watcher`` instead of AMQP (its signature kept)."""
+    from globus_compute_sdk import Executor
+
+    return type("LocalResultsExecutor", (Executor,), {"_get_result_watcher": lambda self: watcher})
 
 
 def json_path(state: dict, path: str):
@@ -247,8 +556,11 @@ def resolve_parameters(parameters, state: dict):
 class LocalFlowsService:
     """The Flows service running the deployed flow's definition locally, at the HTTP layer.
 
-    Register it on a ``responses.RequestsMock``. Starting a run validates its
-    input against the shipped input schema, as the service does; polling it
+    Register it on a ``responses.RequestsMock``. Each request must carry the
+    right token (the flow's own for starting and resuming a run, the Flows
+    service's for the rest). Starting a run validates its label (1-64
+    characters) and its input against the shipped input schema, as the
+    service does; polling it
     the second time executes ``definition`` (default: the shipped
     ``definition.json``) as the service would: its states from ``StartAt``
     by ``Next`` to ``End``, each Action state's ``Parameters`` resolved
@@ -258,23 +570,26 @@ class LocalFlowsService:
     two action providers validate their input against their published
     schemas (:data:`TRANSFER_INPUT_SCHEMA`, :data:`COMPUTE_V3_INPUT_SCHEMA`)
     and then act locally: Transfer copies between two local directories
-    that play the collections, Compute calls the registered function
-    (:func:`reconstruct_files`) on ``endpoint`` (a real engine) when the
-    request names the configured endpoint. ``outcome`` "fail"
-    takes the compute endpoint offline, "stall" leaves runs active forever.
+    that play the collections (a directory only with ``recursive: true``, a
+    file only without, as the service insists), Compute runs the function
+    registered under the task's ``function_id`` on ``compute`` (a
+    :class:`LocalComputeService`: the registered code on a real engine), on
+    the configured endpoint only. An action still running when its state's
+    ``WaitTime`` runs out ends in ActionTimeout. ``outcome`` "fail" takes the
+    compute endpoint offline, "stall" leaves runs active forever.
     """
 
     def __init__(
         self,
         http,
         settings: GlobusSettings,
-        endpoint: LocalComputeEndpoint,
+        compute: LocalComputeService,
         outcome: str = "succeed",
         definition: dict | None = None,
     ):
         flows = get_service_url("flows").rstrip("/")
         self.settings = settings
-        self.endpoint = endpoint
+        self.compute_service = compute
         self.outcome = outcome
         self.definition = definition or flow_definition()
         self.runs: dict[str, dict] = {}
@@ -298,9 +613,17 @@ class LocalFlowsService:
         )
 
     def start(self, request):
+        if refused := refused_token(request, flow_token(self.settings.flow_id)):
+            return refused
         payload = json.loads(request.body)
-        body = payload["body"]
-        jsonschema.validate(body, flow_input_schema())  # the service validates the input
+        body = payload.get("body")
+        try:  # the service validates the request, then the input against the flow's schema
+            jsonschema.validate(payload, RUN_REQUEST_SCHEMA)
+            jsonschema.validate(body, flow_input_schema())
+        except jsonschema.ValidationError as error:
+            where = "/".join(map(str, error.absolute_path)) or "the request"
+            message = f"{where}: {error.message}"
+            return 422, {}, json.dumps({"code": "UNPROCESSABLE_ENTITY", "error": message, "message": message})
         run_id = str(uuid.uuid4())
         self.runs[run_id] = {
             "run_id": run_id,
@@ -319,6 +642,8 @@ class LocalFlowsService:
         )
 
     def status(self, request):
+        if refused := refused_token(request, FLOWS_TOKEN):
+            return refused
         run = self.runs[request.url.rstrip("/").split("/")[-1]]
         run["polls"] += 1
         if self.outcome == "consent" and run["polls"] == 1 and not run.get("resumed"):
@@ -343,10 +668,18 @@ class LocalFlowsService:
         return 200, {}, json.dumps(_run_document(run))
 
     def log(self, request):
+        if refused := refused_token(request, FLOWS_TOKEN):
+            return refused
         run = self.runs[request.url.split("?")[0].split("/")[-2]]
-        return 200, {}, json.dumps({"limit": 100, "has_next_page": False, "entries": run["log"]})
+        query = parse_qs(urlparse(request.url).query)
+        limit = int(query.get("limit", ["10"])[0])  # the service's default page
+        entries = run["log"][::-1] if query.get("reverse_order") == ["True"] else run["log"]
+        page = {"limit": limit, "has_next_page": len(entries) > limit, "entries": entries[:limit]}
+        return 200, {}, json.dumps(page)
 
     def resume(self, request):
+        if refused := refused_token(request, flow_token(self.settings.flow_id)):
+            return refused
         run = self.runs[request.url.split("/")[-2]]
         if run["status"] != "INACTIVE":
             return 409, {}, json.dumps({"error": {"code": "CONFLICT", "detail": f"run is {run['status']}"}})
@@ -368,9 +701,8 @@ class LocalFlowsService:
                 result = self.act(step, state)
             except ActionFailed as failure:
                 result = {"status": "FAILED", "details": {"description": str(failure)}}
-                run["log"].append(
-                    _log_entry("ActionFailed", f"State {name} failed", output=result, **state_details)
-                )
+                code = "ActionTimeout" if isinstance(failure, ActionTimedOut) else "ActionFailed"
+                run["log"].append(_log_entry(code, f"State {name} failed", output=result, **state_details))
                 if step.get("ExceptionOnActionFailure", True):
                     description = f"state {name}: {failure}"
                     run.update(
@@ -402,7 +734,9 @@ class LocalFlowsService:
         errors = sorted(checker.iter_errors(body), key=str)
         if errors:
             raise ActionFailed(f"{url} refused its input: {errors[0].message}")
-        return {"action_id": str(uuid.uuid4()), "status": "SUCCEEDED", "details": self.providers[url](body)}
+        wait_time = step.get("WaitTime", DEFAULT_WAIT_TIME_S)
+        details = self.providers[url](body, wait_time)
+        return {"action_id": str(uuid.uuid4()), "status": "SUCCEEDED", "details": details}
 
     def collection(self, collection_id: str, path: str) -> Path:
         """The local directory that plays ``path`` of the collection ``collection_id``."""
@@ -422,7 +756,7 @@ class LocalFlowsService:
         root, base = sides[collection_id]
         return base / Path(path).relative_to(root)
 
-    def transfer(self, body: dict) -> dict:
+    def transfer(self, body: dict, wait_time: float) -> dict:
         """Copy as the Transfer service does: with a ``sync_level``, only files the destination lacks or differ."""
         copied = 0
         for item in body["DATA"]:
@@ -430,6 +764,13 @@ class LocalFlowsService:
             destination = self.collection(body["destination_endpoint"], item["destination_path"])
             if not source.exists():
                 raise ActionFailed(f"Transfer: {item['source_path']} not found (FILE_NOT_FOUND)")
+            if source.is_dir() != bool(item.get("recursive")):
+                what = (
+                    "a directory: recursive must be true"
+                    if source.is_dir()
+                    else "a file: recursive must be false"
+                )
+                raise ActionFailed(f"Transfer: {item['source_path']} is {what}")
             pairs = (
                 [
                     (path, destination / path.relative_to(source))
@@ -453,24 +794,35 @@ class LocalFlowsService:
             "bytes_transferred": copied,
         }
 
-    def compute(self, body: dict) -> dict:
+    def compute(self, body: dict, wait_time: float) -> dict:
         self.compute_requests.append(body)
         if self.outcome == "fail":
             raise ActionFailed("endpoint offline")
-        if body["endpoint_id"] != str(self.settings.compute_endpoint_id):
+        if body["endpoint_id"] != self.compute_service.endpoint_id:
             raise ActionFailed(f"Compute: endpoint {body['endpoint_id']} not found")
         results = []
         for task in body["tasks"]:
-            if task["function_id"] != str(self.settings.function_id):
-                raise ActionFailed(f"Compute: function {task['function_id']} not found")
             try:
-                output = self.endpoint.run(reconstruct_files, *task.get("args", []), **task.get("kwargs", {}))
+                output = self.compute_service.run(
+                    task["function_id"],
+                    task.get("args", []),
+                    task.get("kwargs", {}),
+                    user_endpoint_config=body.get("user_endpoint_config"),
+                    resource_specification=body.get("resource_specification"),
+                    timeout=wait_time,
+                )
             except ComputeTaskFailed as error:  # as the provider reports a task's exception
                 raise ActionFailed(f"Compute task failed: {error}") from None
+            except TimeoutError:
+                raise ActionTimedOut(
+                    f"Compute task still running after the WaitTime of {wait_time} s"
+                ) from None
             results.append({"task_id": str(uuid.uuid4()), "output": output})
         return {"result": [r["output"] for r in results], "results": results}
 
     def cancel(self, request):
+        if refused := refused_token(request, FLOWS_TOKEN):
+            return refused
         run_id = request.url.split("/")[-2]
         self.cancelled.append(run_id)
         self.runs[run_id]["status"] = "ENDED"
