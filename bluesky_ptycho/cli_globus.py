@@ -77,13 +77,27 @@ def config_command() -> None:
 
 @globus_group.command("login")
 @click.option("--force", is_flag=True, help="Log in again even if the stored tokens are still good.")
+@click.option(
+    "--run",
+    "run_id",
+    default=None,
+    help="Log in as the paused flow run RUN_ID needs: its consents, session policy or MFA.",
+)
 @_globus_errors
-def login_command(force: bool) -> None:
+def login_command(force: bool, run_id: str | None) -> None:
     """Log in to Globus (people: a browser login; service accounts: the client secret)."""
+    from .federation.flows import authorization_parameters
     from .federation.globus_settings import token_file
 
-    _, app, _ = _app_and_clients(interactive=True)
-    app.login(force=force)
+    _, app, clients = _app_and_clients(interactive=True)
+    if run_id is None:
+        app.login(force=force)
+    else:
+        run = clients.flows.get_run(run_id).data
+        parameters = authorization_parameters(run) if run["status"] == "INACTIVE" else None
+        if parameters is None:
+            raise click.ClickException(f"run {run_id} is {run['status']} and waits for no login")
+        app.login(auth_params=parameters)
     console.print(f"logged in; tokens kept in {token_file()} (mode 0600)")
 
 
@@ -100,10 +114,8 @@ def logout_command() -> None:
 @_globus_errors
 def whoami_command() -> None:
     """Show the Globus identity the stored tokens belong to."""
-    import globus_sdk
-
-    _, app, _ = _app_and_clients()
-    info = globus_sdk.AuthClient(app=app).userinfo()
+    _, _, clients = _app_and_clients()
+    info = clients.auth.userinfo()
     name = info.get("preferred_username") or info.get("name") or info.get("email") or "?"
     console.print(f"{name} ({info['sub']})")
 
@@ -192,7 +204,6 @@ def status_command(run_id: str | None, limit: int) -> None:
             console.print(run_cause(clients, run), markup=False)
         elif run["status"] == "INACTIVE":
             console.print(inactive_cause(run), markup=False)
-            console.print(f"then: bluesky-ptycho globus resume {run_id}", markup=False)
         console.print(run_link(run_id), markup=False)
         return
     settings.require("flow_id")
@@ -209,9 +220,9 @@ def status_command(run_id: str | None, limit: int) -> None:
 @_globus_errors
 def resume_command(run_id: str) -> None:
     """Resume a run of the deployed flow that stopped for a consent (log in again first)."""
-    from .federation.flows import required_consents, run_link
+    from .federation.flows import missing_consents, required_consents, run_link
 
-    settings, _, clients = _app_and_clients()
+    settings, app, clients = _app_and_clients()
     run = clients.flows.get_run(run_id).data
     if run["status"] != "INACTIVE":
         raise click.ClickException(f"run {run_id} is {run['status']}, not INACTIVE: nothing to resume")
@@ -219,10 +230,16 @@ def resume_command(run_id: str) -> None:
         raise click.ClickException(
             f"run {run_id} is a run of flow {run.get('flow_id')}, not the deployed one"
         )
-    clients.flow.resume_run(run_id)
     scopes = required_consents(run)
+    missing = missing_consents(clients, app, scopes)
+    if missing:  # resumed now, it would stop again at once
+        raise click.ClickException(
+            f"run {run_id} waits for consent to {', '.join(missing)}, which your login has not given: "
+            f"run `bluesky-ptycho globus login --run {run_id}`, consent, then resume it"
+        )
+    clients.flow.resume_run(run_id)
     if scopes:
-        console.print(f"resumed; it needed consent to {', '.join(scopes)}", markup=False)
+        console.print(f"resumed; it needed consent to {', '.join(scopes)}", markup=False, soft_wrap=True)
     else:
         console.print("resumed")
     console.print(f"follow it: bluesky-ptycho globus status {run_id}  ({run_link(run_id)})", markup=False)

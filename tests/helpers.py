@@ -58,8 +58,8 @@ def named_block(name: str) -> str:
     return re.search(rf"^`{re.escape(name)}`:\n\n```\w*\n(.*?)```", FEDERATION_DOC, re.S | re.M).group(1)
 
 
-def store_tokens(expires_in: float, refresh: bool = True) -> None:
-    """Tokens for every scope the app asks for, as a login would have left them."""
+def store_tokens(expires_in: float, refresh: bool = True) -> list[str]:
+    """Tokens for every scope the app asks for, as a login would have left them; the scopes consented to."""
     settings = load_globus_settings()
     app = make_app(settings)
     make_clients(settings, app)
@@ -79,6 +79,7 @@ def store_tokens(expires_in: float, refresh: bool = True) -> None:
             for server, scopes in app.scope_requirements.items()
         }
     )
+    return [str(scope) for scopes in app.scope_requirements.values() for scope in scopes]
 
 
 class TiledTestServer:

@@ -524,23 +524,19 @@ def test_a_run_that_stops_for_a_consent_is_cancelled_with_what_to_do(compute, se
     with pytest.raises(FlowRunError) as failure:
         runner.submit(small_job("consent", iterations=3)).result(60)
     message = str(failure.value)
-    assert (
-        f"consent to https://auth.globus.org/scopes/{settings.facility_collection_id}/data_access" in message
-    )
-    assert "`bluesky-ptycho globus login --force`" in message and "run was cancelled" in message
+    assert f"https://auth.globus.org/scopes/{settings.facility_collection_id}/data_access]]" in message
+    (run_id,) = service.runs
+    assert f"`bluesky-ptycho globus login --run {run_id}`" in message and "run was cancelled" in message
     assert service.cancelled == list(service.runs)  # not left hanging on the service
     assert f"https://app.globus.org/runs/{service.cancelled[0]}/logs" in message
 
 
-def test_a_run_waiting_for_a_consent_goes_on_after_globus_resume(compute, settings, http, globus_home):
-    from click.testing import CliRunner
-
-    from bluesky_ptycho.cli import main
-
-    service = LocalFlowsService(http, settings, compute, outcome="consent")
+def _paused_run(compute, settings, http, globus_home, outcome: str):
+    """A run stopped for Globus Auth while a runner waits for it; the CLI's settings and stored tokens."""
+    service = LocalFlowsService(http, settings, compute, outcome=outcome)
     waiting = settings.model_copy(update={"on_inactive": "wait"})
     runner = GlobusFlowRunner(waiting, clients=token_clients(settings.flow_id), backoff=0.01)
-    future = runner.submit(small_job("resumed", iterations=3))
+    future = runner.submit(small_job(outcome, iterations=3))
     deadline = time.monotonic() + 30
     while (
         not any(run["status"] == "INACTIVE" for run in service.runs.values()) and time.monotonic() < deadline
@@ -549,15 +545,62 @@ def test_a_run_waiting_for_a_consent_goes_on_after_globus_resume(compute, settin
     (run_id,) = service.runs
     globus_home.parent.mkdir(parents=True, exist_ok=True)
     globus_home.write_text(f'client_id = "{uuid.uuid4()}"\nflow_id = "{settings.flow_id}"\n')
-    store_tokens(3600)
+    granted = store_tokens(3600)
+    return service, future, run_id, granted
+
+
+def test_a_run_waiting_for_a_consent_goes_on_after_globus_resume(compute, settings, http, globus_home):
+    from click.testing import CliRunner
+
+    from bluesky_ptycho.cli import main
+    from bluesky_ptycho.federation.testing import LocalAuthConsents
+
+    service, future, run_id, granted = _paused_run(compute, settings, http, globus_home, "consent")
     status = CliRunner().invoke(main, ["globus", "status", run_id], catch_exceptions=False)
     assert "INACTIVE" in status.output and f"bluesky-ptycho globus resume {run_id}" in status.output
+    consents = LocalAuthConsents(
+        http, granted
+    )  # the login's consents, not yet the run's: it would stop again
+    early = CliRunner().invoke(main, ["globus", "resume", run_id], catch_exceptions=False)
+    assert early.exit_code == 1 and f"`bluesky-ptycho globus login --run {run_id}`" in early.output
+    assert service.runs[run_id]["status"] == "INACTIVE"
+    consents.granted.append(str(service.required_scope()))  # as `globus login --run` leaves them
     resumed = CliRunner().invoke(main, ["globus", "resume", run_id], catch_exceptions=False)
     assert resumed.exit_code == 0, resumed.output
     assert "resumed" in resumed.output and "data_access" in resumed.output
     assert future.result(60).n_frames == 20 and not service.cancelled
     again = CliRunner().invoke(main, ["globus", "resume", run_id], catch_exceptions=False)
     assert again.exit_code == 1 and "SUCCEEDED, not INACTIVE" in again.output
+
+
+@pytest.mark.parametrize("outcome", ["consent", "session"])
+def test_globus_login_run_asks_for_what_the_paused_run_needs(compute, settings, http, globus_home, outcome):
+    """A session policy (or a consent) is met only by a login that asks for it: `login --force` cannot."""
+    from urllib.parse import parse_qs, urlparse
+
+    from click.testing import CliRunner
+
+    from bluesky_ptycho.cli import main
+
+    service, future, run_id, _ = _paused_run(compute, settings, http, globus_home, outcome)
+    http.add(
+        "POST",
+        f"{get_service_url('auth').rstrip('/')}/v2/oauth2/token",
+        status=400,
+        json={"error": "invalid_grant"},
+    )  # fmt: skip  (the code typed here is not a real one)
+    login = CliRunner().invoke(main, ["globus", "login", "--run", run_id], input="not-a-real-code\n")
+    url = re.search(r"https://auth\.globus\.org/v2/oauth2/authorize\S+", login.output).group(0)
+    query = parse_qs(urlparse(url).query)
+    assert query["access_type"] == ["offline"]  # refresh tokens: a beamline session outlives an access token
+    if outcome == "session":
+        assert query["session_required_policies"] == [str(service.session_policy)]
+    else:
+        assert str(service.required_scope()) in query["scope"][0].split(" ")
+    assert login.exit_code == 1 and "invalid_grant" in login.output
+    service.runs[run_id]["status"] = "ENDED"
+    with pytest.raises(FlowRunError):
+        future.result(60)
 
 
 def test_a_failed_run_shows_the_failing_actions_own_error(compute, settings, http, monkeypatch):

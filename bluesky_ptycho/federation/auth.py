@@ -92,10 +92,15 @@ class GlobusClients:
     flows: globus_sdk.FlowsClient
     compute: globus_sdk.ComputeClientV3
     flow: globus_sdk.SpecificFlowClient | None = None
+    auth: globus_sdk.AuthClient | None = None
 
 
 def make_clients(settings: GlobusSettings, app: GlobusApp) -> GlobusClients:
-    """Clients for Flows, Compute and (once deployed) the flow itself, with the scopes they need.
+    """Clients for Flows, Compute, Auth and (once deployed) the flow itself, with the scopes they need.
+
+    All are made before the login, so that it asks for every scope at once
+    (a client made later adds scopes the stored tokens lack: Auth's profile
+    and email, for ``whoami`` and the consent check of ``resume``).
 
     The flow's scope carries Transfer's ``data_access`` for the collections
     marked as mapped, so a run never stops for consent.
@@ -114,7 +119,10 @@ def make_clients(settings: GlobusSettings, app: GlobusApp) -> GlobusClients:
         if mapped:
             flow.add_app_transfer_data_access_scope(mapped)
     return GlobusClients(
-        flows=globus_sdk.FlowsClient(app=app), compute=globus_sdk.ComputeClientV3(app=app), flow=flow
+        flows=globus_sdk.FlowsClient(app=app),
+        compute=globus_sdk.ComputeClientV3(app=app),
+        flow=flow,
+        auth=globus_sdk.AuthClient(app=app),
     )
 
 

@@ -331,25 +331,47 @@ def current_state(clients: GlobusClients, run_id: str) -> str | None:
 
 def inactive_cause(run: dict[str, Any]) -> str:
     """What an INACTIVE run waits for, and what the user can do."""
-    scopes = required_consents(run)
-    if scopes:
+    parameters = authorization_parameters(run)
+    if parameters is not None:
+        needs = [f"consent to {', '.join(parameters.required_scopes)}"] if parameters.required_scopes else []
+        if parameters.session_required_policies or parameters.session_required_identities:
+            needs.append("a login that meets the collection's session policy")
+        if parameters.session_required_mfa:
+            needs.append("a login with multi-factor authentication")
+        what = " and ".join(needs) or (parameters.session_message or "a new login")
         return (
-            f"the run waits for your consent to {', '.join(scopes)}: run `bluesky-ptycho globus login "
-            "--force` and consent"
+            f"the run waits for {what}: run `bluesky-ptycho globus login --run {run['run_id']}` (it asks for "
+            f"exactly what the run needs), then `bluesky-ptycho globus resume {run['run_id']}`"
         )
     details = run.get("details") or {}
-    return (
-        f"the run is paused, waiting for action ({details.get('description') or details.get('code') or '?'})"
-    )
+    waits_for = details.get("description") or details.get("code") or "?"
+    return f"the run is paused, waiting for action ({waits_for}); then `bluesky-ptycho globus resume {run['run_id']}`"
 
 
-def required_consents(run: dict[str, Any]) -> list[str]:
-    """The scopes an INACTIVE run waits for the user to consent to (none when it waits for something else)."""
+def authorization_parameters(run: dict[str, Any]):
+    """What Globus Auth must grant before an INACTIVE run can go on (``GlobusAuthorizationParameters``), or None."""
     from globus_sdk.gare import to_gare
 
     details = run.get("details")
     gare = to_gare(details) if isinstance(details, dict) else None
-    return list(gare.authorization_parameters.required_scopes or []) if gare is not None else []
+    return None if gare is None else gare.authorization_parameters
+
+
+def required_consents(run: dict[str, Any]) -> list[str]:
+    """The scopes an INACTIVE run waits for the user to consent to (none when it waits for something else)."""
+    parameters = authorization_parameters(run)
+    return list(parameters.required_scopes or []) if parameters is not None else []
+
+
+def missing_consents(clients: GlobusClients, app: globus_sdk.GlobusApp, scopes: list[str]) -> list[str]:
+    """Those of ``scopes`` (dependent scopes included) the logged-in identity has not consented to, per Globus Auth."""
+    if not scopes:
+        return []
+    identity = app.token_storage.identity_id
+    if identity is None or clients.auth is None:
+        return list(scopes)
+    forest = clients.auth.get_consents(identity).to_forest()
+    return [scope for scope in scopes if not forest.meets_scope_requirements(scope)]
 
 
 class GlobusFlowRunner(LaneRunner[ScanStaging]):
@@ -463,9 +485,7 @@ class GlobusFlowRunner(LaneRunner[ScanStaging]):
                     self._call(f"flow run {run_id}: cancel", lambda: self.clients.flows.cancel_run(run_id))
                     return {**run, "cause": f"{cause}; the run was cancelled (on_inactive = 'cancel')"}
                 if not told:
-                    logger.warning(
-                        "flow run %s: %s; then `bluesky-ptycho globus resume %s`", run_id, cause, run_id
-                    )
+                    logger.warning("flow run %s: %s", run_id, cause)
                     told = True
             if time.monotonic() > deadline:
                 state = current_state(self.clients, run_id)

@@ -64,6 +64,7 @@ def access_token(resource_server: str) -> str:
     return f"access-{resource_server}"
 
 
+AUTH_TOKEN = access_token(globus_sdk.AuthClient.resource_server)
 COMPUTE_TOKEN = access_token(globus_sdk.ComputeClientV3.resource_server)
 FLOWS_TOKEN = access_token(globus_sdk.FlowsClient.resource_server)
 
@@ -85,6 +86,7 @@ def token_clients(flow_id: uuid.UUID | str | None) -> GlobusClients:
         flow=None
         if flow_id is None
         else globus_sdk.SpecificFlowClient(flow_id, authorizer=token(flow_token(flow_id))),
+        auth=globus_sdk.AuthClient(authorizer=token(AUTH_TOKEN)),
     )
 
 
@@ -576,7 +578,9 @@ class LocalFlowsService:
     :class:`LocalComputeService`: the registered code on a real engine), on
     the configured endpoint only. An action still running when its state's
     ``WaitTime`` runs out ends in ActionTimeout. ``outcome`` "fail" takes the
-    compute endpoint offline, "stall" leaves runs active forever.
+    compute endpoint offline, "stall" leaves runs active forever, "consent"
+    stops a run for a consent and "session" for a session policy, until it
+    is resumed.
     """
 
     def __init__(
@@ -593,6 +597,7 @@ class LocalFlowsService:
         self.outcome = outcome
         self.definition = definition or flow_definition()
         self.runs: dict[str, dict] = {}
+        self.session_policy = uuid.uuid4()
         self.copied: list[Path] = []  # every file it copied, by destination
         self.compute_requests: list[dict] = []  # the Compute provider's requests, as it received them
         self.bodies: list[dict] = []
@@ -646,26 +651,38 @@ class LocalFlowsService:
             return refused
         run = self.runs[request.url.rstrip("/").split("/")[-1]]
         run["polls"] += 1
-        if self.outcome == "consent" and run["polls"] == 1 and not run.get("resumed"):
-            # as the service stops a run whose action needs a consent the user has not given
-            scope = f"https://auth.globus.org/scopes/{self.settings.facility_collection_id}/data_access"
-            run.update(
-                status="INACTIVE",
-                details={
-                    "code": "ConsentRequired",
-                    "description": f"Missing required consent for state TransferFrames: {scope}",
-                    "authorization_parameters": {
-                        "session_message": "Missing required data_access consent",
-                        "required_scopes": [scope],
-                    },
-                },
-            )
+        if self.outcome in ("consent", "session") and run["polls"] == 1 and not run.get("resumed"):
+            # as the service stops a run whose action needs a consent, or a login, the user has not given
+            run.update(status="INACTIVE", details=self.authorization_required())
         if self.outcome == "stall" and len(run["log"]) == 1:  # its first action never ends
             first = self.definition["StartAt"]
             run["log"].append(_log_entry("ActionStarted", f"State {first} started", state_name=first))
         if run["status"] == "ACTIVE" and run["polls"] >= 2 and self.outcome != "stall":
             self.execute(run)
         return 200, {}, json.dumps(_run_document(run))
+
+    def authorization_required(self) -> dict:
+        """The details of a run stopped for Globus Auth: a consent ("consent") or a session policy ("session")."""
+        if self.outcome == "session":
+            parameters = {"session_message": "The facility collection requires a login with your institution",
+                          "session_required_policies": [str(self.session_policy)]}  # fmt: skip
+            code = "AuthorizationRequired"
+        else:
+            parameters = {"session_message": "Missing required data_access consent",
+                          "required_scopes": [str(self.required_scope())]}  # fmt: skip
+            code = "ConsentRequired"
+        description = f"{code} for state TransferFrames"
+        return {"code": code, "description": description, "authorization_parameters": parameters}
+
+    def required_scope(self) -> globus_sdk.Scope:
+        """The scope a run needs that stops for consent: the flow's, through Transfer, to the facility's data."""
+        data_access = globus_sdk.Scope(
+            f"https://auth.globus.org/scopes/{self.settings.facility_collection_id}/data_access",
+            optional=True,
+        )
+        transfer = globus_sdk.TransferClient.scopes.all.with_dependency(data_access)
+        flow = globus_sdk.SpecificFlowClient(self.settings.flow_id, authorizer=None)
+        return flow.scopes.user.with_dependency(transfer)
 
     def log(self, request):
         if refused := refused_token(request, FLOWS_TOKEN):
@@ -827,6 +844,41 @@ class LocalFlowsService:
         self.cancelled.append(run_id)
         self.runs[run_id]["status"] = "ENDED"
         return 202, {}, json.dumps({"run_id": run_id, "status": "ENDED"})
+
+
+class LocalAuthConsents:
+    """Globus Auth's consents of this app at the HTTP layer: the scope trees in ``granted`` (scope strings).
+
+    ``AuthClient.get_consents`` of any identity answers them, as Auth
+    records them (one consent per scope node, with its dependency path).
+    """
+
+    def __init__(self, http, granted: list[str] | None = None) -> None:
+        base = get_service_url("auth").rstrip("/")
+        self.granted = list(granted or [])
+        http.add_callback("GET", re.compile(rf"{base}/v2/api/identities/[-0-9a-f]+/consents(\?.*)?$"),
+                          callback=self._consents)  # fmt: skip
+
+    def _consents(self, request):
+        if refused := refused_token(request, AUTH_TOKEN):
+            return refused
+        identity = request.url.split("?")[0].split("/")[-2]
+        consents: list[dict] = []
+
+        def add(scope: globus_sdk.Scope, path: list[int]) -> None:
+            node = len(consents) + 1
+            consents.append({"id": node, "status": "approved", "allows_refresh": True,
+                             "dependency_path": [*path, node], "scope_name": scope.scope_string,
+                             "scope": str(uuid.uuid4()), "client": str(uuid.uuid4()),
+                             "effective_identity": identity, "atomically_revocable": False,
+                             "auto_approved": False, "created": "2026-01-01T00:00:00+00:00",
+                             "updated": "2026-01-01T00:00:00+00:00", "last_used": "2026-01-01T00:00:00+00:00"})  # fmt: skip
+            for dependency in scope.dependencies:
+                add(dependency, [*path, node])
+
+        for text in self.granted:
+            add(globus_sdk.Scope.parse(text), [])
+        return 200, {}, json.dumps({"consents": consents})
 
 
 def _run_document(run: dict) -> dict:
