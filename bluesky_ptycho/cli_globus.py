@@ -145,6 +145,25 @@ def deploy_command() -> None:
         )
 
 
+@globus_group.command("check")
+@_globus_errors
+def check_command() -> None:
+    """Check the deployment before a scan: endpoint online, functions registered and allowed, input, consents."""
+    from rich.markup import escape
+
+    from .federation.flows import RUN_SETTINGS
+    from .federation.preflight import preflight
+
+    settings, app, clients = _app_and_clients()
+    settings.require(*RUN_SETTINGS)
+    checks = preflight(settings, app, clients)
+    for check in checks:
+        mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+        console.print(f"{mark} {check.name}: {escape(check.detail)}", soft_wrap=True)
+    if not all(check.ok for check in checks):
+        raise SystemExit(1)
+
+
 @globus_group.command("run")
 @click.argument(
     "input_file", metavar="FILE.cxi", type=click.Path(exists=True, dir_okay=False, path_type=Path)

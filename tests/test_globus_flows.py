@@ -47,6 +47,7 @@ from bluesky_ptycho.federation.flows import (
 from bluesky_ptycho.federation.globus_settings import load_globus_settings, read_deployment, write_deployment
 from bluesky_ptycho.federation.staging import ScanStaging
 from bluesky_ptycho.federation.testing import (
+    LocalAuthConsents,
     LocalFlowsService,
     local_flow_settings,
     token_clients,
@@ -553,7 +554,6 @@ def test_a_run_waiting_for_a_consent_goes_on_after_globus_resume(compute, settin
     from click.testing import CliRunner
 
     from bluesky_ptycho.cli import main
-    from bluesky_ptycho.federation.testing import LocalAuthConsents
 
     service, future, run_id, granted = _paused_run(compute, settings, http, globus_home, "consent")
     status = CliRunner().invoke(main, ["globus", "status", run_id], catch_exceptions=False)
@@ -683,3 +683,69 @@ def test_the_endpoint_refuses_options_its_schema_or_engine_refuses(compute, sett
     with pytest.raises(FlowRunError, match=message):
         runner.submit(small_job("options", iterations=2)).result(60)
     runner.shutdown()
+
+
+def _cli_deployment(settings, globus_home, http) -> LocalAuthConsents:
+    """The CLI's settings file for ``settings``, the tokens a login leaves, and Auth's consents of them."""
+    globus_home.parent.mkdir(parents=True, exist_ok=True)
+    values = settings.public_dict()
+    globus_home.write_text(
+        "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items() if v not in (None, {}))
+    )
+    return LocalAuthConsents(http, store_tokens(3600))
+
+
+def _break_consents(service, consents):
+    consents.granted = [scope for scope in consents.granted if str(service.settings.flow_id) not in scope]
+
+
+PREFLIGHT_FAULTS = {
+    "endpoint offline": (
+        lambda service, consents: setattr(service.compute_service, "offline", True),
+        r"FAIL compute endpoint: endpoint [-0-9a-f]{36} is offline: start it at the facility",
+    ),
+    "function missing": (
+        lambda service, consents: service.compute_service.functions.pop(
+            str(service.settings.inline_function_id)
+        ),
+        r"FAIL functions: reconstruct_remote \([-0-9a-f]{36}\) is not registered with Globus Compute: run "
+        r"`bluesky-ptycho globus deploy`",
+    ),
+    "function not allowed": (
+        lambda service, consents: setattr(
+            service.compute_service, "allowed_functions", [str(service.settings.function_id)]
+        ),
+        r"FAIL functions: reconstruct_remote \([-0-9a-f]{36}\) is not in the endpoint's allowed_functions",
+    ),
+    "input invalid": (
+        lambda service, consents: service.input_schema["required"].append("beamline"),
+        r"FAIL flow input: the flow refuses the input this version sends .*'beamline' is a required property.*"
+        r"run `bluesky-ptycho globus deploy`",
+    ),
+    "consent missing": (
+        _break_consents,
+        r"FAIL consents: no consent yet to https://auth.globus.org/scopes/[-0-9a-f]{36}/flow_\w+_user: run "
+        r"`bluesky-ptycho globus login --force`",
+    ),
+}
+
+
+@pytest.mark.parametrize("fault", [None, *PREFLIGHT_FAULTS])
+def test_globus_check_names_what_is_not_ready(compute, settings, http, globus_home, fault):
+    from click.testing import CliRunner
+
+    from bluesky_ptycho.cli import main
+
+    service = LocalFlowsService(http, settings, compute)
+    consents = _cli_deployment(settings, globus_home, http)
+    if fault is not None:
+        PREFLIGHT_FAULTS[fault][0](service, consents)
+    checked = CliRunner().invoke(main, ["globus", "check"], catch_exceptions=False)
+    lines = checked.output.splitlines()
+    assert len(lines) == 4, checked.output
+    if fault is None:
+        assert checked.exit_code == 0 and all(line.startswith("ok") for line in lines), checked.output
+    else:
+        failed = [line for line in lines if line.startswith("FAIL")]
+        assert checked.exit_code == 1 and len(failed) == 1, checked.output
+        assert re.search(PREFLIGHT_FAULTS[fault][1], failed[0]), failed[0]

@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import globus_sdk
+import numpy as np
 
 from .. import __version__
 from ..io.cxi import read_result
@@ -264,6 +265,22 @@ def flow_input(
             "label": f"ptycho result {uid[:8]}",
         },
     }
+
+
+def example_flow_input(settings: GlobusSettings) -> dict[str, Any]:
+    """The input of a run for a one-chunk preview of a made-up scan, as the runner builds it (nothing is written)."""
+    from ..solver.data import Geometry
+    from ..solver.settings import ReconstructionSettings
+
+    staging = ScanStaging(settings.local_staging_directory, "preflight-check")
+    staging.chunks.append(staging.frames_directory / "chunk_00000.cxi")
+    solver = ReconstructionSettings()
+    geometry = Geometry(
+        wavelength=1.5e-10, detector_distance=2.0, detector_pixel_size=75e-6, frame_shape=(128, 128)
+    )
+    frames = np.zeros((0, 128, 128), np.float32)
+    job = ReconstructionJob("preflight-check", geometry, solver, frames, np.zeros((0, 2)), solver.iterations)
+    return flow_input(settings, staging, job, staging.next_result(), None)
 
 
 class FlowRunError(RemoteJobError):

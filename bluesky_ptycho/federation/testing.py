@@ -359,6 +359,9 @@ class LocalComputeService:
         http.add_callback(
             "GET", re.compile(rf"{base}/v2/endpoints/[-0-9a-f]+/status$"), callback=self._status
         )
+        http.add_callback(
+            "GET", re.compile(rf"{base}/v3/endpoints/[-0-9a-f]+/allowed_functions$"), callback=self._allowlist
+        )
 
     @staticmethod
     def _error(status: int, code: str, message: str):
@@ -382,6 +385,20 @@ class LocalComputeService:
             return self._error(404, "FUNCTION_NOT_FOUND", f"function {function_id} not found")
         body = self.functions[function_id]
         return 200, {}, json.dumps({"function_uuid": function_id, "function_name": body["function_name"]})
+
+    def _allowlist(self, request):
+        if refused := refused_token(request, COMPUTE_TOKEN):
+            return refused
+        endpoint_id = request.url.split("/")[-2]
+        if endpoint_id != self.endpoint_id:
+            return self._error(404, "ENDPOINT_NOT_FOUND", f"endpoint {endpoint_id} not found")
+        functions = list(self.allowed_functions or [])
+        body = {
+            "endpoint_id": endpoint_id,
+            "restricted": self.allowed_functions is not None,
+            "functions": functions,
+        }
+        return 200, {}, json.dumps(body)
 
     def _status(self, request):
         if refused := refused_token(request, COMPUTE_TOKEN):
@@ -590,12 +607,14 @@ class LocalFlowsService:
         compute: LocalComputeService,
         outcome: str = "succeed",
         definition: dict | None = None,
+        input_schema: dict | None = None,
     ):
         flows = get_service_url("flows").rstrip("/")
         self.settings = settings
         self.compute_service = compute
         self.outcome = outcome
         self.definition = definition or flow_definition()
+        self.input_schema = input_schema or flow_input_schema()
         self.runs: dict[str, dict] = {}
         self.session_policy = uuid.uuid4()
         self.copied: list[Path] = []  # every file it copied, by destination
@@ -608,6 +627,7 @@ class LocalFlowsService:
             COMPUTE_ACTION_URL: COMPUTE_V3_INPUT_SCHEMA,
         }
         http.add_callback("POST", f"{flows}/flows/{settings.flow_id}/run", callback=self.start)
+        http.add_callback("POST", f"{flows}/flows/{settings.flow_id}/validate_run", callback=self.validate)
         http.add_callback("GET", re.compile(rf"{flows}/runs/[-0-9a-f]+$"), callback=self.status)
         http.add_callback("GET", re.compile(rf"{flows}/runs/[-0-9a-f]+/log(\?.*)?$"), callback=self.log)
         http.add_callback("POST", re.compile(rf"{flows}/runs/[-0-9a-f]+/cancel$"), callback=self.cancel)
@@ -617,18 +637,29 @@ class LocalFlowsService:
             callback=self.resume,
         )
 
-    def start(self, request):
+    def refusal(self, request):
+        """The service's answer to a run request it refuses (wrong token, bad label or input), or None."""
         if refused := refused_token(request, flow_token(self.settings.flow_id)):
             return refused
         payload = json.loads(request.body)
-        body = payload.get("body")
         try:  # the service validates the request, then the input against the flow's schema
             jsonschema.validate(payload, RUN_REQUEST_SCHEMA)
-            jsonschema.validate(body, flow_input_schema())
+            jsonschema.validate(payload["body"], self.input_schema)
         except jsonschema.ValidationError as error:
             where = "/".join(map(str, error.absolute_path)) or "the request"
             message = f"{where}: {error.message}"
             return 422, {}, json.dumps({"code": "UNPROCESSABLE_ENTITY", "error": message, "message": message})
+        return None
+
+    def validate(self, request):
+        """``validate_run``: the checks of starting a run, and no run."""
+        return self.refusal(request) or (200, {}, json.dumps({"message": "validated"}))
+
+    def start(self, request):
+        if refused := self.refusal(request):
+            return refused
+        payload = json.loads(request.body)
+        body = payload["body"]
         run_id = str(uuid.uuid4())
         self.runs[run_id] = {
             "run_id": run_id,
