@@ -138,6 +138,10 @@ def deploy_command() -> None:
     console.print(f"ids kept in {deployment_file()}")
     if done.flow_action in ("created", "recreated"):
         console.print("next: `bluesky-ptycho globus login` again, to consent to running the new flow")
+    elif done.flow_action == "updated":
+        console.print(
+            "next: `bluesky-ptycho globus login --force`: the updated flow may ask for new consents"
+        )
     if settings.subscription_id is None:
         console.print(
             "[yellow]no subscription_id set: Globus deletes a flow without a subscription after 30 days "

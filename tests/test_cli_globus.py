@@ -133,3 +133,33 @@ def test_a_login_made_before_deploy_asks_to_log_in_again_for_the_new_flow(globus
     ):
         clients.flow.run_flow({})
     assert not http.calls  # nothing was sent without the flow's token
+
+
+def test_a_flow_that_needs_a_new_consent_says_to_log_in_again(globus_home, http):
+    """After `deploy` updated the flow with new action providers, its runs are refused 403 MISSING_SCOPE."""
+    store_tokens(3600)
+    run_id = str(uuid.uuid4())
+    body = {
+        "code": "MISSING_SCOPE",
+        "error": {"code": "MISSING_SCOPE", "detail": "This action is not allowed"},
+    }
+    http.add("GET", f"{get_service_url('flows')}runs/{run_id}", status=403, json=body)
+    result = globus("status", run_id)
+    assert result.exit_code == 1 and "`bluesky-ptycho globus login --force`" in result.output
+
+
+def test_the_compute_executor_uses_this_login(globus_home, http, compute):
+    """`compute_executor` gives the SDK's Executor our app: its requests carry our stored Compute token."""
+    from bluesky_ptycho.federation.compute import compute_executor
+    from bluesky_ptycho.federation.globus_settings import load_globus_settings
+
+    store_tokens(3600)
+    http.add(
+        "GET", f"{get_service_url('compute')}v2/version", json={"api": "1.0.0", "min_sdk_version": "1.0.0"}
+    )
+    settings = load_globus_settings(compute_endpoint_id=compute.endpoint_id)
+    executor = compute_executor(settings, batch_size=1)
+    try:
+        assert executor.client.get_endpoint_status(compute.endpoint_id)["status"] == "online"
+    finally:
+        executor.shutdown()

@@ -133,6 +133,12 @@ def explain(error: globus_sdk.GlobusAPIError) -> str:
     what = f"{error.http_status} {code}: {error.message or error.text[:300]}"
     if error.http_status == 401 or code == "invalid_grant":
         return f"Globus rejected the login ({what}); the tokens expired or were revoked: {LOGIN_HINT}"
+    if code == "MISSING_SCOPE":
+        return (
+            f"Globus refused the request ({what}): the login lacks a consent the flow now needs (after "
+            "`globus deploy` updated the flow, its action providers may ask for new ones): run "
+            "`bluesky-ptycho globus login --force`"
+        )
     if error.http_status == 403:
         return f"Globus refused access ({what}); check that this identity may use the flow and collections"
     return f"Globus error {what}"

@@ -104,3 +104,27 @@ def deployed_function_ids(settings) -> dict[str, str]:
         for setting, name in DEPLOYED_FUNCTIONS.items()
         if getattr(settings, setting) is not None
     }
+
+
+def compute_executor(settings=None, **options: Any):
+    """A ``globus_compute_sdk.Executor`` on the settings' endpoint that uses this package's Globus login.
+
+    Without it an Executor logs in on its own (a second browser login, a
+    second token file). ``options`` go to the Executor (e.g. ``amqp_port=443``
+    where a firewall blocks AMQPS on 5671). Pass it to
+    :class:`~.executor.ExecutorRunner` with ``function_ids=deployed_function_ids(settings)``.
+    """
+    from globus_compute_sdk import Client, Executor
+
+    from .auth import make_app
+    from .globus_settings import load_globus_settings
+
+    settings = settings or load_globus_settings()
+    settings.require("compute_endpoint_id")
+    return Executor(
+        endpoint_id=settings.compute_endpoint_id,
+        client=Client(app=make_app(settings)),
+        user_endpoint_config=settings.compute_user_endpoint_config or None,
+        resource_specification=settings.compute_resource_specification or None,
+        **options,
+    )

@@ -362,6 +362,7 @@ class LocalComputeService:
         http.add_callback(
             "GET", re.compile(rf"{base}/v3/endpoints/[-0-9a-f]+/allowed_functions$"), callback=self._allowlist
         )
+        http.add_callback("GET", re.compile(rf"{base}/v2/version(\?.*)?$"), callback=self._version)
 
     @staticmethod
     def _error(status: int, code: str, message: str):
@@ -385,6 +386,13 @@ class LocalComputeService:
             return self._error(404, "FUNCTION_NOT_FOUND", f"function {function_id} not found")
         body = self.functions[function_id]
         return 200, {}, json.dumps({"function_uuid": function_id, "function_name": body["function_name"]})
+
+    def _version(self, request):
+        """What the SDK's Client checks itself against (this stand-in accepts the installed SDK)."""
+        from globus_compute_sdk import __version__ as sdk_version
+
+        body = {"api": "1.0.0", "min_sdk_version": sdk_version, "min_ep_version": sdk_version}
+        return 200, {}, json.dumps(body)
 
     def _allowlist(self, request):
         if refused := refused_token(request, COMPUTE_TOKEN):
