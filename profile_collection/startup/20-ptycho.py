@@ -15,8 +15,11 @@
 #     from distributed import Client                       # a Dask cluster
 #     runner = ExecutorRunner(Client("tcp://scheduler:8786").get_executor())
 #
-#     from globus_compute_sdk import Executor              # a Globus Compute endpoint
-#     runner = ExecutorRunner(Executor(endpoint_id="..."), staging_directory="/shared/ptycho")
+#     from bluesky_ptycho.federation.compute import compute_executor, deployed_function_ids
+#     from bluesky_ptycho.federation.globus_settings import load_globus_settings
+#     globus = load_globus_settings()                      # a Globus Compute endpoint, after `globus deploy`
+#     runner = ExecutorRunner(compute_executor(globus), function_ids=deployed_function_ids(globus),
+#                             staging_directory="/shared/ptycho")
 #
 #     from bluesky_ptycho.federation.flows import GlobusFlowRunner
 #     runner = GlobusFlowRunner()                          # Transfer -> Compute -> Transfer
