@@ -16,6 +16,7 @@ from helpers import store_tokens
 from bluesky_ptycho.cli import main
 from bluesky_ptycho.federation.auth import make_app
 from bluesky_ptycho.federation.globus_settings import load_globus_settings, token_file
+from bluesky_ptycho.federation.testing import serve_flow_validation
 
 SECRET = "s3cr3t-client-value-never-shown"
 
@@ -105,6 +106,7 @@ def test_the_client_secret_comes_from_the_environment_and_is_never_shown(globus_
 
 def test_deploy_through_the_command(globus_home, http):
     load_response(globus_sdk.ComputeClientV3.register_function, requests_mock=http)
+    serve_flow_validation(http)
     created = load_response(globus_sdk.FlowsClient.create_flow, requests_mock=http)
     globus_home.write_text(f'client_id = "{uuid.uuid4()}"\n')  # not deployed yet
     store_tokens(3600)

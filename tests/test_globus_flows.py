@@ -50,6 +50,7 @@ from bluesky_ptycho.federation.testing import (
     LocalAuthConsents,
     LocalFlowsService,
     local_flow_settings,
+    serve_flow_validation,
     token_clients,
 )
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
@@ -192,6 +193,7 @@ def test_deploy_creates_then_does_nothing_then_updates(globus_home, http):
         subscription_id=str(uuid.uuid4()), flow_starters=["urn:globus:groups:id:" + str(uuid.uuid4())]
     )
     function = load_response(globus_sdk.ComputeClientV3.register_function, requests_mock=http)
+    serve_flow_validation(http)
     created = load_response(globus_sdk.FlowsClient.create_flow, requests_mock=http)
     first = deploy(clients, settings)
     assert first.function_registered and first.flow_action == "created"
@@ -211,6 +213,7 @@ def test_deploy_creates_then_does_nothing_then_updates(globus_home, http):
 
     record = read_deployment()  # as after upgrading to a package with a new flow definition
     write_deployment({**record, "flow_checksum": "from an older version"})
+    serve_flow_validation(http)
     updated = load_response(globus_sdk.FlowsClient.update_flow, requests_mock=http)
     assert updated.metadata["flow_id"] == first.flow_id
     third = deploy(clients, settings)
@@ -233,6 +236,7 @@ def test_deploy_creates_the_flow_again_when_it_expired(globus_home, http):
          "function_version": __version__, "flow_id": str(uuid.uuid4()), "flow_checksum": "x"}
     )  # fmt: skip
     flow_on_service(http, read_deployment()["flow_id"], status=404)
+    serve_flow_validation(http)
     created = load_response(globus_sdk.FlowsClient.create_flow, requests_mock=http)
     done = deploy(clients, load_globus_settings())
     assert (done.flow_action, done.flow_id, done.function_registered) == (
@@ -246,6 +250,7 @@ def test_deploy_creates_the_flow_again_when_it_expired(globus_home, http):
 def test_the_function_is_registered_once_per_version(globus_home, http):
     clients = token_clients(None)
     load_response(globus_sdk.ComputeClientV3.register_function, requests_mock=http)
+    serve_flow_validation(http)
     load_response(globus_sdk.FlowsClient.create_flow, requests_mock=http)
     first = deploy(clients, load_globus_settings())
     flow_on_service(http, first.flow_id)
@@ -749,3 +754,17 @@ def test_globus_check_names_what_is_not_ready(compute, settings, http, globus_ho
         failed = [line for line in lines if line.startswith("FAIL")]
         assert checked.exit_code == 1 and len(failed) == 1, checked.output
         assert re.search(PREFLIGHT_FAULTS[fault][1], failed[0]), failed[0]
+
+
+def test_deploy_asks_the_service_to_validate_the_flow_first(globus_home, http, monkeypatch):
+    """A definition the service would refuse is refused before anything is created."""
+    import bluesky_ptycho.federation.flows as flows
+
+    load_response(globus_sdk.ComputeClientV3.register_function, requests_mock=http)
+    serve_flow_validation(http)
+    broken = flow_definition()
+    broken["States"]["Reconstruct"]["Next"] = "TransferResults"  # a typo in a state's name
+    monkeypatch.setattr(flows, "flow_definition", lambda: json.loads(json.dumps(broken)))
+    with pytest.raises(globus_sdk.GlobusAPIError, match="Next 'TransferResults' is not a state"):
+        deploy(token_clients(None), load_globus_settings())
+    assert not any(call.request.url.endswith("/flows") for call in http.calls)  # nothing created

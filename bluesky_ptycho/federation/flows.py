@@ -176,6 +176,9 @@ def deploy(clients: GlobusClients, settings: GlobusSettings | None = None) -> De
     sharing = flow_sharing(settings)
     flow_action = "unchanged"
     existed = bool(record.get("flow_id")) and _flow_exists(clients, record["flow_id"])
+    changed = not existed or record.get("flow_checksum") != flow_checksum(settings)
+    if changed:  # the service's own check of what it would store, before anything is created or changed
+        clients.flows.validate_flow(flow_definition(), flow_input_schema())
     if not existed:
         response = clients.flows.create_flow(
             FLOW_TITLE,
@@ -191,7 +194,7 @@ def deploy(clients: GlobusClients, settings: GlobusSettings | None = None) -> De
                 "flow %s no longer exists (expired or deleted): created %s", record["flow_id"], response["id"]
             )
         record.update(flow_id=response["id"], flow_checksum=flow_checksum(settings))
-    elif record.get("flow_checksum") != flow_checksum(settings):
+    elif changed:
         clients.flows.update_flow(
             record["flow_id"],
             title=FLOW_TITLE,

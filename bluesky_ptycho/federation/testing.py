@@ -885,6 +885,45 @@ class LocalFlowsService:
         return 202, {}, json.dumps({"run_id": run_id, "status": "ENDED"})
 
 
+def definition_problems(definition: dict, input_schema: dict | None) -> list[str]:
+    """What the Flows service's ``validate_flow`` would refuse in a flow: a state machine that does not close."""
+    states = definition.get("States", {})
+    problems = (
+        []
+        if definition.get("StartAt") in states
+        else [f"StartAt {definition.get('StartAt')!r} is not a state"]
+    )
+    for name, state in states.items():
+        if not state.get("End") and state.get("Next") not in states:
+            problems.append(f"state {name}: Next {state.get('Next')!r} is not a state and End is not true")
+        if state.get("Type") == "Action" and not state.get("ActionUrl"):
+            problems.append(f"state {name}: an Action state needs an ActionUrl")
+    if input_schema is not None:
+        try:
+            jsonschema.Draft202012Validator.check_schema(input_schema)
+        except jsonschema.SchemaError as error:
+            problems.append(f"input_schema: {error.message}")
+    return problems
+
+
+def serve_flow_validation(http) -> None:
+    """The Flows service's ``POST /flows/validate`` (``validate_flow``), with :func:`definition_problems`."""
+    base = get_service_url("flows").rstrip("/")
+
+    def validate(request):
+        if refused := refused_token(request, FLOWS_TOKEN):
+            return refused
+        body = json.loads(request.body)
+        problems = definition_problems(body.get("definition", {}), body.get("input_schema"))
+        if problems:
+            detail = [{"loc": ["definition"], "msg": problem, "type": "value_error"} for problem in problems]
+            return 422, {}, json.dumps({"code": "UNPROCESSABLE_ENTITY", "error": {"detail": detail},
+                                        "message": "; ".join(problems)})  # fmt: skip
+        return 200, {}, json.dumps({"scopes": {"User": []}})
+
+    http.add_callback("POST", f"{base}/flows/validate", callback=validate)
+
+
 class LocalAuthConsents:
     """Globus Auth's consents of this app at the HTTP layer: the scope trees in ``granted`` (scope strings).
 
