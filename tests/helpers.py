@@ -10,11 +10,11 @@ from pathlib import Path
 import bluesky.preprocessors as bpp
 import numpy as np
 from bluesky.utils import single_gen
-from globus_sdk.token_storage import JSONTokenStorage, TokenStorageData
+from globus_sdk.token_storage import TokenStorageData
 
 from bluesky_ptycho.catalog import from_polar
-from bluesky_ptycho.federation.auth import make_app, make_clients
-from bluesky_ptycho.federation.globus_settings import load_globus_settings, token_file
+from bluesky_ptycho.federation.auth import make_app, make_clients, token_storage
+from bluesky_ptycho.federation.globus_settings import load_globus_settings
 from bluesky_ptycho.federation.testing import access_token
 from bluesky_ptycho.solver import ReconstructionResult
 
@@ -63,7 +63,7 @@ def store_tokens(expires_in: float, refresh: bool = True) -> list[str]:
     settings = load_globus_settings()
     app = make_app(settings)
     make_clients(settings, app)
-    storage = JSONTokenStorage(token_file())
+    storage = token_storage()
     identity = str(uuid.uuid4())
     storage.store_token_data_by_resource_server(
         {

@@ -165,3 +165,26 @@ def test_the_compute_executor_uses_this_login(globus_home, http, compute):
         assert executor.client.get_endpoint_status(compute.endpoint_id)["status"] == "online"
     finally:
         executor.shutdown()
+
+
+def test_the_token_file_is_shared_safely_by_the_runners_threads(globus_home):
+    """One app, one thread per scan in flight: tokens read and stored at once, none lost, nothing raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from globus_sdk.token_storage import TokenStorageData
+
+    store_tokens(3600)
+    app = make_app(load_globus_settings())
+    storage = app.token_storage
+    identity = next(iter(storage.get_token_data_by_resource_server().values())).identity_id
+
+    def refresh(index: int) -> str:
+        server = f"server-{index % 4}"
+        data = TokenStorageData(server, identity, "scope", f"access-{index}", "refresh", 2**40, "Bearer")
+        storage.store_token_data_by_resource_server({server: data})
+        return storage.get_token_data(server).access_token
+
+    with ThreadPoolExecutor(8) as pool:
+        tokens = list(pool.map(refresh, range(200)))
+    assert all(token.startswith("access-") for token in tokens)
+    assert {f"server-{i}" for i in range(4)} <= set(storage.get_token_data_by_resource_server())

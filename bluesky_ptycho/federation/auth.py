@@ -1,7 +1,7 @@
 """Globus Auth: a ``UserApp`` for people, a ``ClientApp`` for beamline service accounts.
 
-Tokens live in one JSON file (created 0600 by globus-sdk; refused here when
-group or others can read it). A process that runs unattended never starts an
+Tokens live in one SQLite file (created 0600 by globus-sdk; refused when
+group or others can read it), which the runner's threads share safely. A process that runs unattended never starts an
 interactive login: missing or expired tokens raise :class:`GlobusLoginRequired`
 saying which command to run.
 """
@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
 import globus_sdk
 from globus_sdk import ClientApp, GlobusApp, GlobusAppConfig, UserApp
-from globus_sdk.token_storage import JSONTokenStorage, TokenValidationError
+from globus_sdk.token_storage import SQLiteTokenStorage, TokenValidationError
 
 from .globus_settings import GlobusSettings, token_file
 
@@ -45,6 +46,39 @@ def check_token_file(path: Path) -> None:
             )
 
 
+class SharedTokenStorage(SQLiteTokenStorage):
+    """globus-sdk's SQLite token storage, one connection shared by threads, one transaction at a time.
+
+    The runner's threads (one per scan in flight) read and refresh tokens
+    at once; a JSON file rewritten by two threads, or one SQLite connection
+    entering two transactions, loses tokens or raises.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._lock = threading.RLock()
+        super().__init__(path, connect_params={"check_same_thread": False})
+
+    def store_token_data_by_resource_server(self, token_data_by_resource_server) -> None:
+        with self._lock:
+            super().store_token_data_by_resource_server(token_data_by_resource_server)
+
+    def get_token_data_by_resource_server(self):
+        with self._lock:
+            return super().get_token_data_by_resource_server()
+
+    def remove_token_data(self, resource_server: str) -> bool:
+        with self._lock:
+            return super().remove_token_data(resource_server)
+
+
+def token_storage(path: Path | None = None) -> SharedTokenStorage:
+    """The token file (default :func:`token_file`), created private by globus-sdk, refused when others may read it."""
+    path = token_file() if path is None else path
+    check_token_file(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return SharedTokenStorage(path)
+
+
 def _login_required(app: GlobusApp, error: TokenValidationError, *, flow_id: UUID | None = None) -> None:
     if flow_id is not None and getattr(error, "resource_server", None) == str(flow_id):
         # a login made before `globus deploy` created the flow cannot have consented to running it
@@ -65,11 +99,8 @@ def make_app(settings: GlobusSettings, *, interactive: bool = False) -> GlobusAp
         Otherwise they raise :class:`GlobusLoginRequired`.
     """
     settings.require("client_id")
-    path = token_file()
-    check_token_file(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = GlobusAppConfig(
-        token_storage=JSONTokenStorage(path),
+        token_storage=token_storage(),
         request_refresh_tokens=True,
         token_validation_error_handler=None
         if interactive

@@ -50,7 +50,7 @@ def deployment_file() -> Path:
 
 def token_file() -> Path:
     """The Globus token file (created 0600; refused when others can read it)."""
-    return settings_file().with_name("globus-tokens.json")
+    return settings_file().with_name("globus-tokens.db")
 
 
 class GlobusSettings(BaseSettings):
