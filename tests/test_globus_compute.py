@@ -253,3 +253,37 @@ def test_the_facility_chooses_the_device(sim, monkeypatch):
     monkeypatch.setenv(DEVICE_ENV, "tpu")
     with pytest.raises(ValueError, match="device must be one of"):
         reconstruct_remote(request)
+
+
+@pytest.mark.parametrize("strategy", ["DillCodeSource", "CombinedCode", "PureSourceDill"])
+def test_the_flow_function_runs_when_registered_as_source_by_any_strategy(compute, sim, tmp_path, strategy):
+    """gladier and splash register with DillCodeSource or CombinedCode; an endpoint may admit only those."""
+    import globus_compute_sdk.serialize as serialize
+    from globus_compute_sdk.sdk.client import FunctionRegistrationData
+
+    from bluesky_ptycho.federation.testing import token_clients
+
+    serializer = serialize.ComputeSerializer(strategy_code=getattr(serialize, strategy)())
+    registration = FunctionRegistrationData(function=reconstruct_files, serializer=serializer)
+    function_id = token_clients(None).compute.register_function(registration.to_dict())["function_uuid"]
+    staging = ScanStaging(tmp_path, "source")
+    staging.add_chunk(sim.data.frames, sim.data.positions, sim.data.geometry)
+    result_file = staging.next_result()
+    kwargs = {"frame_files": [str(staging.chunks[0])], "result_file": str(result_file), "iterations": 3}
+    assert compute.run(function_id, [], kwargs)["n_frames"] == len(sim.data)
+    assert read_result(result_file).iterations == 3
+
+
+def test_numpy_2_arrays_at_a_numpy_1_worker_are_named_as_such():
+    """The worker cannot even unpack the task; the traceback's last line says why, and the runner says what to do."""
+    from globus_compute_sdk.errors import TaskExecutionFailed
+
+    from bluesky_ptycho.federation.compute import RemoteTaskError, remote_failure
+
+    remote = "Traceback (most recent call last):\n  ...\nModuleNotFoundError: No module named 'numpy._core'\n"
+    error = remote_failure(TaskExecutionFailed(remote))
+    assert isinstance(error, RemoteTaskError) and "install numpy>=2 in the facility's environment" in str(
+        error
+    )
+    lost = "Traceback (most recent call last):\nparsl.executors.high_throughput.errors.WorkerLost: Task failure\n"
+    assert isinstance(remote_failure(TaskExecutionFailed(lost)), TaskExecutionFailed)  # retried, not named
