@@ -286,8 +286,8 @@ class LocalComputeEndpoint:
         self.shutdown()
 
 
-#: The ``resource_specification`` keys each engine accepts, by its own check (Parsl's executors).
 def _engine_resource_check(engine: str):
+    """The check an engine makes of a task's ``resource_specification`` (its Parsl executor's own)."""
     if engine == "GlobusMPIEngine":
         from parsl.executors.high_throughput.mpi_prefix_composer import validate_resource_spec
 
@@ -321,8 +321,9 @@ class LocalComputeService:
     against the endpoint's schema (default: the one ``configure`` writes)
     and its ``resource_specification`` by the engine's own check, and fails
     as a task; ``allowed_functions`` refuses (403) tasks of other
-    functions, as an endpoint restricted to them does. ``offline`` answers the status as an endpoint that is not
-    connected; ``failing_submissions`` answers the next submissions
+    functions, as an endpoint restricted to them does. It also answers the
+    endpoint's status (``offline``: not connected), its allowlist and the
+    version check. ``failing_submissions`` answers the next submissions
     with these HTTP statuses (401 for a token that expired, 413, ...).
     """
 
@@ -368,8 +369,16 @@ class LocalComputeService:
     def _error(status: int, code: str, message: str):
         return status, {}, json.dumps({"code": code, "error": code, "message": message, "reason": message})
 
-    def _register(self, request):
+    def _refusal(self, request, endpoint_id: str | None = None):
+        """The service's answer to a request without the Compute token, or about another endpoint; else None."""
         if refused := refused_token(request, COMPUTE_TOKEN):
+            return refused
+        if endpoint_id is not None and endpoint_id != self.endpoint_id:
+            return self._error(404, "ENDPOINT_NOT_FOUND", f"endpoint {endpoint_id} not found")
+        return None
+
+    def _register(self, request):
+        if refused := self._refusal(request):
             return refused
         body = json.loads(request.body)
         if not body.get("function_code") or not body.get("function_name"):
@@ -379,7 +388,7 @@ class LocalComputeService:
         return 200, {}, json.dumps({"function_uuid": function_id})
 
     def _function(self, request):
-        if refused := refused_token(request, COMPUTE_TOKEN):
+        if refused := self._refusal(request):
             return refused
         function_id = request.url.rstrip("/").split("/")[-1]
         if function_id not in self.functions:
@@ -395,11 +404,9 @@ class LocalComputeService:
         return 200, {}, json.dumps(body)
 
     def _allowlist(self, request):
-        if refused := refused_token(request, COMPUTE_TOKEN):
-            return refused
         endpoint_id = request.url.split("/")[-2]
-        if endpoint_id != self.endpoint_id:
-            return self._error(404, "ENDPOINT_NOT_FOUND", f"endpoint {endpoint_id} not found")
+        if refused := self._refusal(request, endpoint_id):
+            return refused
         functions = list(self.allowed_functions or [])
         body = {
             "endpoint_id": endpoint_id,
@@ -409,11 +416,9 @@ class LocalComputeService:
         return 200, {}, json.dumps(body)
 
     def _status(self, request):
-        if refused := refused_token(request, COMPUTE_TOKEN):
-            return refused
         endpoint_id = request.url.split("/")[-2]
-        if endpoint_id != self.endpoint_id:
-            return self._error(404, "ENDPOINT_NOT_FOUND", f"endpoint {endpoint_id} not found")
+        if refused := self._refusal(request, endpoint_id):
+            return refused
         return 200, {}, json.dumps({"status": "offline" if self.offline else "online", "details": {}})
 
     def allows(self, function_id: str) -> bool:
@@ -435,7 +440,7 @@ class LocalComputeService:
         return None
 
     def _submit(self, request):
-        if refused := refused_token(request, COMPUTE_TOKEN):
+        if refused := self._refusal(request):
             return refused
         if len(request.body) > self.request_limit:
             return self._error(
@@ -444,9 +449,8 @@ class LocalComputeService:
         if self.failing_submissions:
             status = self.failing_submissions.pop(0)
             return self._error(status, "SUBMISSION_FAILED", f"the submission failed ({status})")
-        endpoint_id = request.url.split("/")[-2]
-        if endpoint_id != self.endpoint_id:
-            return self._error(404, "ENDPOINT_NOT_FOUND", f"endpoint {endpoint_id} not found")
+        if refused := self._refusal(request, request.url.split("/")[-2]):
+            return refused
         body = json.loads(request.body)
         unknown = [fid for fid in body["tasks"] if fid not in self.functions]
         if unknown:
@@ -461,7 +465,7 @@ class LocalComputeService:
             tasks[function_id] = [self._start(function_id, payload, problem) for payload in payloads]
         self.submissions.append(sum(map(len, tasks.values())))
         response = {"request_id": str(uuid.uuid4()), "task_group_id": body.get("task_group_id") or str(uuid.uuid4()),
-                    "endpoint_id": endpoint_id, "tasks": tasks}  # fmt: skip
+                    "endpoint_id": self.endpoint_id, "tasks": tasks}  # fmt: skip
         return 200, {}, json.dumps(response)
 
     def _start(self, function_id: str, arguments: str, problem: str | None) -> str:
