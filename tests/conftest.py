@@ -131,9 +131,7 @@ def tiled_server_factory(request, tmp_path):
         return server
 
     yield make
-    for server in servers:
-        with contextlib.suppress(Exception):
-            server.stop()
+    _close_each(servers, lambda server: server.stop())
 
 
 @pytest.fixture
@@ -147,14 +145,18 @@ def simple_tiled_server(tmp_path):
     servers = []
 
     def make(directory=None, **kwargs):
-        server = SimpleTiledServer(directory or tmp_path / f"catalog{len(servers)}", **kwargs)
-        servers.append(server)
-        return server
+        servers.append(SimpleTiledServer(directory or tmp_path / f"catalog{len(servers)}", **kwargs))
+        return servers[-1]
 
     yield make
+    _close_each(servers, lambda server: server.close())
+
+
+def _close_each(servers: list, close) -> None:
+    """Close every server a factory made, whatever state its test left it in."""
     for server in servers:
         with contextlib.suppress(Exception):
-            server.close()
+            close(server)
 
 
 @pytest.fixture(scope="session")
