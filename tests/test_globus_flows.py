@@ -200,6 +200,10 @@ def test_deploy_creates_then_does_nothing_then_updates(globus_home, http):
     assert first.function_id == function.metadata["function_id"] and first.flow_id == created.json["id"]
     registered = json.loads(http.calls[0].request.body)
     assert registered["public"] is True  # another identity running the flow can use the function
+    from globus_compute_sdk.serialize import DillCode
+
+    # by reference: the facility runs its installed copy (`function_serialization = "source"` to change it)
+    assert registered["meta"]["serde_identifier"] == DillCode.identifier.strip()
     sent = json.loads(get_last_request(requests_mock=http).body)
     assert sent["definition"] == flow_definition() and sent["input_schema"] == flow_input_schema()
     assert sent["subscription_id"] == str(settings.subscription_id)
