@@ -1,9 +1,9 @@
 """Globus Auth: a ``UserApp`` for people, a ``ClientApp`` for beamline service accounts.
 
 Tokens live in one SQLite file (created 0600 by globus-sdk; refused when
-group or others can read it), which the runner's threads share safely. A process that runs unattended never starts an
-interactive login: missing or expired tokens raise :class:`GlobusLoginRequired`
-saying which command to run.
+group or others can read it), which the runner's threads share safely. A
+process that runs unattended never starts an interactive login: missing or
+expired tokens raise :class:`GlobusLoginRequired` saying which command to run.
 """
 
 from __future__ import annotations

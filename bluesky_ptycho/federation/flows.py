@@ -351,6 +351,7 @@ def current_state(clients: GlobusClients, run_id: str) -> str | None:
 
 def inactive_cause(run: dict[str, Any]) -> str:
     """What an INACTIVE run waits for, and what the user can do."""
+    resume = f"`bluesky-ptycho globus resume {run['run_id']}`"
     parameters = authorization_parameters(run)
     if parameters is not None:
         needs = [f"consent to {', '.join(parameters.required_scopes)}"] if parameters.required_scopes else []
@@ -361,11 +362,11 @@ def inactive_cause(run: dict[str, Any]) -> str:
         what = " and ".join(needs) or (parameters.session_message or "a new login")
         return (
             f"the run waits for {what}: run `bluesky-ptycho globus login --run {run['run_id']}` (it asks for "
-            f"exactly what the run needs), then `bluesky-ptycho globus resume {run['run_id']}`"
+            f"exactly what the run needs), then {resume}"
         )
     details = run.get("details") or {}
     waits_for = details.get("description") or details.get("code") or "?"
-    return f"the run is paused, waiting for action ({waits_for}); then `bluesky-ptycho globus resume {run['run_id']}`"
+    return f"the run is paused, waiting for action ({waits_for}); then {resume}"
 
 
 def authorization_parameters(run: dict[str, Any]):

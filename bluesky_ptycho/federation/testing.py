@@ -371,10 +371,23 @@ class LocalComputeService:
 
     def _refusal(self, request, endpoint_id: str | None = None):
         """The service's answer to a request without the Compute token, or about another endpoint; else None."""
-        if refused := refused_token(request, COMPUTE_TOKEN):
-            return refused
+        return refused_token(request, COMPUTE_TOKEN) or self._unknown_endpoint(endpoint_id)
+
+    def _unknown_endpoint(self, endpoint_id: str | None):
         if endpoint_id is not None and endpoint_id != self.endpoint_id:
             return self._error(404, "ENDPOINT_NOT_FOUND", f"endpoint {endpoint_id} not found")
+        return None
+
+    def function_refusal(self, function_id: str) -> tuple[int, str, str] | None:
+        """Why the service refuses a task of ``function_id`` (status, code, message), or None."""
+        if function_id not in self.functions:
+            return 404, "FUNCTION_NOT_FOUND", f"function {function_id} not found"
+        if not self.allows(function_id):
+            return (
+                403,
+                "FUNCTION_NOT_PERMITTED",
+                f"function {function_id} is not in the endpoint's allowed_functions",
+            )
         return None
 
     def _register(self, request):
@@ -449,16 +462,12 @@ class LocalComputeService:
         if self.failing_submissions:
             status = self.failing_submissions.pop(0)
             return self._error(status, "SUBMISSION_FAILED", f"the submission failed ({status})")
-        if refused := self._refusal(request, request.url.split("/")[-2]):
+        if refused := self._unknown_endpoint(request.url.split("/")[-2]):
             return refused
         body = json.loads(request.body)
-        unknown = [fid for fid in body["tasks"] if fid not in self.functions]
-        if unknown:
-            return self._error(404, "FUNCTION_NOT_FOUND", f"function {unknown[0]} not found")
-        barred = [fid for fid in body["tasks"] if not self.allows(fid)]
-        if barred:
-            message = f"function {barred[0]} is not in the endpoint's allowed_functions"
-            return self._error(403, "FUNCTION_NOT_PERMITTED", message)
+        refusals = [refusal for refusal in map(self.function_refusal, body["tasks"]) if refusal]
+        if refusals:  # an unknown function (404) before one the endpoint bars (403), as before
+            return self._error(*max(refusals, key=lambda refusal: refusal[0]))
         problem = self.task_problem(body.get("user_endpoint_config"), body.get("resource_specification"))
         tasks = {}
         for function_id, payloads in body["tasks"].items():
@@ -487,10 +496,8 @@ class LocalComputeService:
 
         ``timeout``: seconds to wait for it (:class:`TimeoutError` after).
         """
-        if function_id not in self.functions:
-            raise ComputeTaskFailed(f"function {function_id} not found")
-        if not self.allows(function_id):
-            raise ComputeTaskFailed(f"function {function_id} is not in the endpoint's allowed_functions")
+        if refusal := self.function_refusal(function_id):
+            raise ComputeTaskFailed(refusal[2])
         problem = self.task_problem(user_endpoint_config, resource_specification)
         if problem is not None:
             raise ComputeTaskFailed(problem)
