@@ -95,11 +95,16 @@ class ServiceOnProxy:
         time.sleep(1.0)  # 0MQ's slow joiner
 
     def close(self) -> None:
+        """Stop everything started, even when the service does not stop on SIGTERM in time (then it is killed)."""
         self.finals.close()
         for publisher in (self.publisher, self.idle_publisher):
             close_publisher(publisher)
-        self.service.terminate()
-        self.proxy.stop()
+        try:
+            self.service.terminate()
+        except subprocess.TimeoutExpired:
+            self.service.kill()
+        finally:
+            self.proxy.stop()
 
 
 def timed_scan(points: int, size: int, case: str, service: ServiceOnProxy | None = None) -> float:
