@@ -6,7 +6,8 @@ also compare the candidates for the default final reconstruction;
 ``--precision``: R with the frames held in half precision, the default,
 against single; ``--ranks N``: R over N MPI ranks against one process;
 ``--positions``: position refinement on scans with stage errors, fly-scan
-motion and a drifting probe, :data:`IMPERFECTIONS`). On a grid of
+motion and a drifting probe, :data:`IMPERFECTIONS`; ``--refinement``: R with
+refinement on against off where the recorded positions are nearly right). On a grid of
 measured-like simulations (:func:`bluesky_ptycho.solver.simulate.realistic`:
 zone plate with central stop, partially coherent beam, weak-phase object,
 detector noise and bad pixels, position errors; defocus 0.2-3 mm of both signs,
@@ -219,6 +220,37 @@ def positions_refined(cases: list[Case], n_frames: int, settings: Reconstruction
             )
 
 
+def refinement_on_accurate_scans(cases: list[Case], n_frames: int, settings: ReconstructionSettings) -> None:
+    """R with refinement off (the defaults) and on, on the grid's scans, whose recorded positions are nearly right."""
+    refined = replace(settings, position_correction=True)
+    print(
+        f"\nposition refinement where the recorded positions are nearly right ({n_frames} frames of 128x128, "
+        f"{settings.algorithm}, {settings.probe_modes} modes, {settings.iterations} iterations; errors in pixels)"
+    )
+    print(
+        f"{'case':>20} {'pos. error':>10} {'refined':>8} {'R off':>7} {'R on':>7} {'on/off':>7} "
+        f"{'err off':>8} {'err on':>8} {'s off':>6} {'s on':>6}"
+    )
+    ratios = []
+    for case in cases:
+        sim = simulate_case(case, n_frames)
+        pixel = sim.data.geometry.sample_pixel_size
+        r_off, e_off, s_off, _ = run(sim, settings)
+        r_on, e_on, s_on, on = run(sim, refined)
+        ratios.append(r_on / r_off)
+        print(
+            f"{case.label():>20} {position_error(sim.data.positions, sim.true_positions, pixel):10.2f} "
+            f"{position_error(on.result().positions, sim.true_positions, pixel):8.2f} "
+            f"{r_off:7.4f} {r_on:7.4f} {ratios[-1]:7.3f} {e_off:8.4f} {e_on:8.4f} {s_off:6.1f} {s_on:6.1f}",
+            flush=True,
+        )
+    worst = max(ratios)
+    print(
+        f"R on/off: worst {worst:.3f}, median {np.median(ratios):.3f}; refinement may be on by default: "
+        f"{'yes' if worst <= 1.02 else 'no'} (rule: no case worse than 1.02)"
+    )
+
+
 def ranks_against_one_process(
     cases: list[Case], n_frames: int, settings: ReconstructionSettings, ranks: int
 ) -> None:
@@ -279,6 +311,11 @@ def main() -> None:
         help="compare a reconstruction over this many MPI ranks with one process",
     )
     parser.add_argument(
+        "--refinement",
+        action="store_true",
+        help="R with position refinement on against off on the grid's nearly right positions, instead",
+    )
+    parser.add_argument(
         "--positions",
         action="store_true",
         help="judge position refinement on imperfect scans (stage errors, fly scans, a drifting probe), instead",
@@ -292,6 +329,9 @@ def main() -> None:
         return
     if args.ranks:
         ranks_against_one_process(cases, args.frames, settings, args.ranks)
+        return
+    if args.refinement:
+        refinement_on_accurate_scans(cases, args.frames, settings)
         return
     if args.positions:
         positions_refined(POSITION_CASES[:1] if args.quick else POSITION_CASES, args.frames, settings)
