@@ -7,7 +7,8 @@ also compare the candidates for the default final reconstruction;
 against single; ``--ranks N``: R over N MPI ranks against one process;
 ``--positions``: position refinement on scans with stage errors, fly-scan
 motion and a drifting probe, :data:`IMPERFECTIONS`; ``--refinement``: R with
-refinement on against off where the recorded positions are nearly right). On a grid of
+refinement on against off where the recorded positions are nearly right;
+``--position-step`` the share of each least-squares shift refinement takes). On a grid of
 measured-like simulations (:func:`bluesky_ptycho.solver.simulate.realistic`:
 zone plate with central stop, partially coherent beam, weak-phase object,
 detector noise and bad pixels, position errors; defocus 0.2-3 mm of both signs,
@@ -316,6 +317,12 @@ def main() -> None:
         help="R with position refinement on against off on the grid's nearly right positions, instead",
     )
     parser.add_argument(
+        "--position-step",
+        type=float,
+        default=None,
+        help="refinement's position_step (default: the settings')",
+    )
+    parser.add_argument(
         "--positions",
         action="store_true",
         help="judge position refinement on imperfect scans (stage errors, fly scans, a drifting probe), instead",
@@ -324,6 +331,8 @@ def main() -> None:
     cases = QUICK if args.quick else GRID
     final = ReconstructionSettings.final()
     settings = final.for_preview() if args.preview else final
+    if args.position_step is not None:
+        settings = replace(settings, position_step=args.position_step)
     if args.precision:
         frame_precisions(cases, args.frames, settings)
         return

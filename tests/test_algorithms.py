@@ -86,6 +86,27 @@ def test_position_correction_reduces_position_error_and_says_how_far_it_moved(al
     assert record["frames_at_bound"] == 0 and not result.warnings
 
 
+@pytest.mark.parametrize("algorithm", ["rpie", "lsqml", "dm"])
+def test_position_step_is_the_share_of_the_least_squares_shift_taken(algorithm, noisy_sim, wrong_probe):
+    def moves(step: float) -> np.ndarray:
+        settings = ReconstructionSettings(
+            algorithm=algorithm,
+            position_correction=True,
+            position_correction_start=0,
+            position_step=step,
+            max_position_step=100.0,  # no move clipped: the share shows whole
+        )
+        result = reconstruct(noisy_sim, settings, wrong_probe, 1)
+        return (result.positions - noisy_sim.data.positions) / noisy_sim.data.geometry.sample_pixel_size[::-1]
+
+    full, quarter = moves(1.0), moves(0.25)
+    assert np.abs(full).max() > 0.05
+    np.testing.assert_allclose(quarter, 0.25 * full, atol=1e-6 * np.abs(full).max())
+    for wrong in (0.0, 1.5):
+        with pytest.raises(ValueError, match=f"position_step must be within \\(0, 1\\], got {wrong}"):
+            ReconstructionSettings(position_step=wrong)
+
+
 def test_positions_that_run_away_are_held_at_the_bound_and_the_record_warns(noisy_sim):
     data = noisy_sim.data
     settings = ReconstructionSettings(position_correction=True, iterations=1)

@@ -71,6 +71,7 @@ def test_the_cli_has_an_option_for_every_field_and_refuses_the_wrong_algorithms(
         "modes": 1,
         "probe_defocus": None,
         "position_correction": False,
+        "position_step": 1.0,
         "device": "cpu",
     }
     none = dict.fromkeys(algorithm_option_fields())
@@ -78,6 +79,9 @@ def test_the_cli_has_an_option_for_every_field_and_refuses_the_wrong_algorithms(
     assert settings.options == DMOptions(relaxation=0.5)
     with pytest.raises(Exception, match="--alpha is not an option of epie"):
         make_settings(algorithm="epie", **common, **{**none, "alpha": 0.5})
+    with pytest.raises(Exception, match=r"position_step must be within \(0, 1\], got 1.5"):
+        make_settings(algorithm="dm", **{**common, "position_step": 1.5}, **none)
+    assert make_settings(algorithm="dm", **{**common, "position_step": 0.25}, **none).position_step == 0.25
 
 
 def test_reconstruct_records_the_options_it_ran_with(tmp_path):

@@ -155,7 +155,8 @@ class DifferenceMap(Engine):
             chi = backend.ifft2(waves, overwrite_x=True)
             chi -= exit_waves_at(state.object, corners, state.probe, kernels=backend.kernels)
             shifts.append(gradient_shifts(state, corners, chi))
-        moves = bounded_shifts(np.concatenate(shifts), self.settings.max_position_step)
+        s = self.settings
+        moves = bounded_shifts(s.position_step * np.concatenate(shifts), s.max_position_step)
         state.set_positions(within_bound(state, state.positions + moves))
 
     def orthogonalizes(self, iteration: int) -> bool:

@@ -33,8 +33,8 @@ def patch_gradients(obj, corners, shape: tuple[int, int]):
     )
 
 
-def position_shifts(state: SolverState, corners, chi, max_step: float) -> np.ndarray:
-    """Least-squares shifts (rows, columns) in pixels of a batch's patches.
+def position_shifts(state: SolverState, corners, chi, step: float, max_step: float) -> np.ndarray:
+    """The moves (rows, columns) in pixels of a batch's patches: ``step`` times their least-squares shifts.
 
     Parameters
     ----------
@@ -44,6 +44,8 @@ def position_shifts(state: SolverState, corners, chi, max_step: float) -> np.nda
         (B, 2) integer corners of the batch.
     chi
         (B, modes, h, w) exit-wave change asked for by the data.
+    step
+        The share of each least-squares shift taken (``ReconstructionSettings.position_step``).
     max_step
         Largest shift returned along each axis, in pixels.
 
@@ -52,7 +54,7 @@ def position_shifts(state: SolverState, corners, chi, max_step: float) -> np.nda
     (B, 2) host array of shifts, with the batch's mean shift removed (a common
     translation of every position is not determined by the data).
     """
-    return bounded_shifts(gradient_shifts(state, corners, chi), max_step)
+    return bounded_shifts(step * gradient_shifts(state, corners, chi), max_step)
 
 
 def gradient_shifts(state: SolverState, corners, chi) -> np.ndarray:
