@@ -46,6 +46,12 @@ def test_settings_take_options_of_their_algorithm_only():
     assert preview.algorithm == "rpie" and preview.options == RPIEOptions()
 
 
+@pytest.mark.parametrize("wrong", [0.0, 1.5])
+def test_position_step_outside_its_range_is_refused_by_name(wrong):
+    with pytest.raises(ValueError, match=f"position_step must be within \\(0, 1\\], got {wrong}"):
+        ReconstructionSettings(position_step=wrong)
+
+
 def test_settings_round_trip_through_json():
     settings = ReconstructionSettings(
         algorithm="lsqml", options={"noise_model": "gaussian", "batch_size": 16}

@@ -156,7 +156,7 @@ class DifferenceMap(Engine):
             chi -= exit_waves_at(state.object, corners, state.probe, kernels=backend.kernels)
             shifts.append(gradient_shifts(state, corners, chi))
         s = self.settings
-        moves = bounded_shifts(s.position_step * np.concatenate(shifts), s.max_position_step)
+        moves = bounded_shifts(np.concatenate(shifts), s.position_step, s.max_position_step)
         state.set_positions(within_bound(state, state.positions + moves))
 
     def orthogonalizes(self, iteration: int) -> bool:

@@ -54,7 +54,7 @@ def position_shifts(state: SolverState, corners, chi, step: float, max_step: flo
     (B, 2) host array of shifts, with the batch's mean shift removed (a common
     translation of every position is not determined by the data).
     """
-    return bounded_shifts(step * gradient_shifts(state, corners, chi), max_step)
+    return bounded_shifts(gradient_shifts(state, corners, chi), step, max_step)
 
 
 def gradient_shifts(state: SolverState, corners, chi) -> np.ndarray:
@@ -79,9 +79,10 @@ def gradient_sums(state: SolverState, corners, chi) -> tuple[np.ndarray, np.ndar
     return sums[:, 0::2], sums[:, 1::2]
 
 
-def bounded_shifts(shifts: np.ndarray, max_step: float) -> np.ndarray:
-    """``shifts`` (B, 2) without their mean, each within ``max_step`` pixels."""
-    return np.clip(shifts - shifts.mean(axis=0), -max_step, max_step)
+def bounded_shifts(shifts: np.ndarray, step: float, max_step: float) -> np.ndarray:
+    """``step`` times ``shifts`` (B, 2) without their mean, each within ``max_step`` pixels."""
+    moves = step * shifts
+    return np.clip(moves - moves.mean(axis=0), -max_step, max_step)
 
 
 def move_positions(state: SolverState, moves: list[tuple[np.ndarray, np.ndarray]]) -> None:
