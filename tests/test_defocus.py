@@ -83,6 +83,19 @@ def test_wrong_sign_is_detected_and_corrected(caplog):
     assert right.extra["probe_source"] == "given defocus"
 
 
+def test_frames_taken_twice_at_one_place_measure_the_same_defocus():
+    """A stage that rests (several frames at one position) gives no shadow pairs of its own; one that never moves is named."""
+    sim = focused_sim(1e-3)
+    once = estimate_defocus(sim.data.frames, sim.data.positions, sim.data.geometry)
+    twice = estimate_defocus(
+        np.repeat(sim.data.frames, 2, axis=0), np.repeat(sim.data.positions, 2, axis=0), sim.data.geometry
+    )
+    assert twice.defocus == pytest.approx(once.defocus, rel=0.05)
+    resting = np.repeat(sim.data.positions[:1], 8, axis=0)
+    with pytest.raises(ValueError, match="all the frames are at one position"):
+        estimate_defocus(sim.data.frames[:8], resting, sim.data.geometry)
+
+
 def test_the_default_measures_the_defocus_and_none_means_in_focus():
     defocused = Reconstructor.from_data(focused_sim(1e-3).data, ReconstructionSettings())
     assert defocused.extra["probe_source"] == "defocus estimate"

@@ -143,8 +143,13 @@ class ShadowCorrelations:
         radius = bright_field_radius(mean)
         bright = good & (mean > BRIGHT_FIELD_LEVEL * np.percentile(mean[good], 99))
         pixels = positions[:, ::-1] / geometry.sample_pixel_size
-        _, neighbour = cKDTree(pixels).query(pixels, k=2)
-        pairs = np.array(sorted({tuple(sorted((i, int(j)))) for i, j in enumerate(neighbour[:, 1])}))
+        distinct = np.unique(pixels, axis=0, return_index=True)[1]  # frames at one place are no neighbours
+        if len(distinct) < 2:
+            raise ValueError(
+                "the probe's defocus cannot be measured: all the frames are at one position (give probe_defocus)"
+            )
+        neighbours = distinct[cKDTree(pixels[distinct]).query(pixels[distinct], k=2)[1][:, 1]]
+        pairs = np.unique(np.sort(np.stack([distinct, neighbours], axis=1), axis=1), axis=0)
         if len(pairs) > MAX_PAIRS:
             pairs = pairs[np.random.default_rng(0).choice(len(pairs), MAX_PAIRS, replace=False)]
         # the contrast is zero outside the bright field: only its bounding box is transformed,
