@@ -3,16 +3,25 @@ frames-only jobs store a scan's frames ahead of its preview, which counts their 
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
 from bluesky_ptycho.federation import LocalRunner
 from bluesky_ptycho.federation.jobs import ReconstructionJob
 from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, simulate
+from bluesky_ptycho.solver.pages import HUGE_PAGES_VARIABLE
 
 ENDLESS = 200_000  # iterations (a minute) no test waits for
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +117,52 @@ def test_a_result_serialised_at_once_is_not_copied_first(scan):
     assert not np.shares_memory(snapshot.object, reconstructor.state.object)
     reconstructor.iterate(1)
     assert not np.array_equal(snapshot.object, reconstructor.result().object)  # the snapshot stays as it was
+
+
+def anonymous_huge_pages_kib(pid: int) -> int:
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    return int(re.search(r"^AnonHugePages:\s+(\d+) kB", rollup, re.M).group(1))
+
+
+@pytest.mark.skipif(
+    "[madvise]" not in Path(THP_ENABLED).read_text() if Path(THP_ENABLED).exists() else True,
+    reason="huge pages only where NumPy asks for them (transparent huge pages in madvise mode)",
+)
+def test_the_worker_stores_frames_in_ordinary_pages():
+    """NumPy asks for huge pages for arrays of 4 MiB or more, whose first touch costs 10-20x more; the worker does not."""
+    data = simulate(n_frames=40, frame_size=128, seed=3).data
+    many = 16  # 640 frames of 128², in pages of 8 MiB
+    runner = LocalRunner(process=True).start_worker()
+    try:
+        stored = replace(
+            job(data, "a", slice(None), 0, frames_only=True),
+            frames=np.tile(data.frames, (many, 1, 1)),
+            positions=np.tile(data.positions, (many, 1)),
+        )
+        assert runner.submit(stored).result(120) is None
+        (worker,) = [
+            child for child in psutil.Process().children() if "spawn_main" in " ".join(child.cmdline())
+        ]
+        assert anonymous_huge_pages_kib(worker.pid) == 0
+    finally:
+        runner.shutdown()
+
+
+@pytest.mark.parametrize(("variable", "huge"), [(None, "False"), ("1", "True")])
+def test_numpys_own_variable_still_decides_the_pages(variable, huge):
+    environment = {key: value for key, value in os.environ.items() if key != HUGE_PAGES_VARIABLE}
+    if variable is not None:
+        environment[HUGE_PAGES_VARIABLE] = variable
+    asked = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from bluesky_ptycho.solver.pages import prefer_small_pages; import numpy;"
+            "prefer_small_pages(); print(numpy._core.multiarray._get_madvise_hugepage())",
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert asked.stdout.strip() == huge
