@@ -19,7 +19,7 @@ from .solver import (
     simulate,
 )
 from .solver.decomposition import DECOMPOSITIONS
-from .solver.pages import prefer_small_pages
+from .solver.pages import prefer_ordinary_pages
 from .solver.probe import reusable_probe
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def run_with_progress(reconstructor: Reconstructor, iterations: int, label: str)
 def main(verbose: int) -> None:
     """Live ptychographic reconstruction for Bluesky beamlines."""
     logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)])
-    prefer_small_pages()
+    prefer_ordinary_pages()
 
 
 @main.command("simulate")

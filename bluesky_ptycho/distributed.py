@@ -32,7 +32,7 @@ from .solver.backend import default_workers, gpu_available, make_backend
 from .solver.communicator import Communicator, MPICommunicator
 from .solver.decomposition import DECOMPOSITIONS, assign_frames
 from .solver.metrics import fourier_r_factor_sums
-from .solver.pages import prefer_small_pages
+from .solver.pages import prefer_ordinary_pages
 from .solver.reconstructor import with_data_defocus
 
 # the GPU (its number) a rank computes on, where the launcher's local rank should not choose it
@@ -159,7 +159,7 @@ def use_rank_gpu(comm: Communicator) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    prefer_small_pages()
+    prefer_ordinary_pages()
     parser = argparse.ArgumentParser(
         prog="python -m bluesky_ptycho.distributed", description=__doc__.split("\n")[0]
     )

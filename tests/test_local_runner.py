@@ -157,8 +157,8 @@ def test_numpys_own_variable_still_decides_the_pages(variable, huge):
         [
             sys.executable,
             "-c",
-            "from bluesky_ptycho.solver.pages import prefer_small_pages; import numpy;"
-            "prefer_small_pages(); print(numpy._core.multiarray._get_madvise_hugepage())",
+            "from bluesky_ptycho.solver.pages import prefer_ordinary_pages; import numpy;"
+            "prefer_ordinary_pages(); print(numpy._core.multiarray._get_madvise_hugepage())",
         ],
         env=environment,
         capture_output=True,

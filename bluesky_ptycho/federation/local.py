@@ -16,7 +16,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as EventType
 
 from ..solver.data import ReconstructionResult
-from ..solver.pages import prefer_small_pages
+from ..solver.pages import prefer_ordinary_pages
 from ..solver.reconstructor import Reconstructor
 from ..solver.settings import ReconstructionSettings
 from .jobs import ReconstructionJob
@@ -121,7 +121,7 @@ def warm_up() -> None:
 def _serve(connection: Connection, niceness: int, cut_short: EventType) -> None:
     """The worker process: do the jobs sent on ``connection`` until it sends None; ``cut_short`` ends a preview."""
     os.nice(niceness)
-    prefer_small_pages()
+    prefer_ordinary_pages()
     try:
         warm_up()
     except Exception:  # a job then says what is wrong; only the warm-up's time is lost

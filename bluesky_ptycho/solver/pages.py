@@ -24,7 +24,7 @@ import numpy as np
 HUGE_PAGES_VARIABLE = "NUMPY_MADVISE_HUGEPAGE"
 
 
-def prefer_small_pages() -> bool:
+def prefer_ordinary_pages() -> bool:
     """Stop NumPy advising huge pages for this process's new arrays, unless ``NUMPY_MADVISE_HUGEPAGE`` is set.
 
     Returns
