@@ -124,10 +124,13 @@ def anonymous_huge_pages_kib(pid: int) -> int:
     return int(re.search(r"^AnonHugePages:\s+(\d+) kB", rollup, re.M).group(1))
 
 
-@pytest.mark.skipif(
+ONLY_WHERE_ASKED = pytest.mark.skipif(
     "[madvise]" not in Path(THP_ENABLED).read_text() if Path(THP_ENABLED).exists() else True,
     reason="huge pages only where NumPy asks for them (transparent huge pages in madvise mode)",
 )
+
+
+@ONLY_WHERE_ASKED
 def test_the_worker_stores_frames_in_ordinary_pages():
     """NumPy asks for huge pages for arrays of 4 MiB or more, whose first touch costs 10-20x more; the worker does not."""
     data = simulate(n_frames=40, frame_size=128, seed=3).data
@@ -166,3 +169,20 @@ def test_numpys_own_variable_still_decides_the_pages(variable, huge):
         check=True,
     )
     assert asked.stdout.strip() == huge
+
+
+@ONLY_WHERE_ASKED
+def test_arrays_for_a_result_in_the_runengines_process_are_in_ordinary_pages():
+    """The user's process keeps NumPy's huge pages; the arrays each result brings there are made without them."""
+    touched = (
+        "import re, numpy as np; from bluesky_ptycho.solver.pages import ordinary_empty\n"
+        "def huge(): return int(re.search(r'AnonHugePages:\\s+(\\d+)', open('/proc/self/smaps_rollup').read())[1])\n"
+        "before = huge(); a = ordinary_empty((4096, 4096), np.float32); a.fill(1); ours = huge() - before\n"
+        "b = np.empty((4096, 4096), np.float32); b.fill(1); print(ours, huge() - before - ours)"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != HUGE_PAGES_VARIABLE}
+    run = subprocess.run(
+        [sys.executable, "-c", touched], env=environment, capture_output=True, text=True, check=True
+    )
+    ours, numpys = map(int, run.stdout.split())
+    assert ours == 0 and numpys > 0  # 64 MiB each: NumPy's got huge pages here, ours none

@@ -19,6 +19,7 @@ from event_model import compose_run
 
 from .. import __version__
 from ..solver.data import ReconstructionResult
+from ..solver.pages import ordinary_empty
 from ..solver.scan_area import ObjectCanvas, ScanArea
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,10 @@ PLAN_NAME = "ptycho_reconstruction"
 def as_polar(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A complex array as its amplitude and phase (radians), float32 images any viewer shows."""
     array = np.asarray(array)
-    return np.abs(array).astype(np.float32, copy=False), np.angle(array).astype(np.float32, copy=False)
+    amplitude, phase = ordinary_empty(array.shape, np.float32), ordinary_empty(array.shape, np.float32)
+    np.abs(array, out=amplitude, casting="same_kind")
+    np.arctan2(array.imag, array.real, out=phase, casting="same_kind")
+    return amplitude, phase
 
 
 def from_polar(amplitude: np.ndarray, phase: np.ndarray) -> np.ndarray:

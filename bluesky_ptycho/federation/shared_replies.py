@@ -24,6 +24,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
+from ..solver.pages import ordinary_empty
 from .shared_frames import reserved_block, unlink_blocks
 
 # a new block's size over the reply that did not fit: room for the canvas to grow
@@ -64,7 +65,9 @@ class ReplyArea:
             return pickle.loads(packed.pickle)
         view, buffers, start = self._memories[0].buf, [], 0
         for size in packed.sizes:
-            buffers.append(np.frombuffer(view, np.uint8, size, start).copy())
+            buffer = ordinary_empty((size,), np.uint8)
+            buffer[...] = np.frombuffer(view, np.uint8, size, start)
+            buffers.append(buffer)
             start += size
         return pickle.loads(packed.pickle, buffers=buffers)
 

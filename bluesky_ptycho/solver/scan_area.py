@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data import ReconstructionResult
+from .pages import ordinary_empty
 from .state import canvas_margin
 
 
@@ -88,6 +89,7 @@ class ObjectCanvas:
                 f"the object ({rows} x {cols} pixels) does not fit the {self.shape[0]} x {self.shape[1]} "
                 "canvas of the planned scan area: positions left that area"
             )
-        canvas = np.full(self.shape, fill, dtype=image.dtype)
+        canvas = ordinary_empty(self.shape, image.dtype)
+        canvas.fill(fill)
         canvas[offset_y : offset_y + rows, offset_x : offset_x + cols] = image
         return canvas
