@@ -24,12 +24,16 @@ from bluesky_ptycho.federation.mpi import reconstruct_with_mpiexec
 from bluesky_ptycho.io import write_cxi
 from bluesky_ptycho.solver import ReconstructionSettings, simulate
 from bluesky_ptycho.solver.backend import default_workers
+from bluesky_ptycho.solver.rpie import RPIEOptions
+from bluesky_ptycho.solver.state import canvas_margin
 
 CASES = [(4000, 128), (2000, 256)]
 QUICK_CASES = [(1000, 64)]
 ALGORITHMS = ("rpie", "dm", "lsqml")
 ITERATIONS = 10
 PHOTONS = 3e5
+# seconds a message step costs on the model's interconnect (MPI over InfiniBand: a few µs; NCCL: ~10)
+LATENCY = 10e-6
 GIB = 2**30
 
 
@@ -97,29 +101,39 @@ def compare_decompositions(path: Path, iterations: int) -> None:
         print(f"  rpie one process  {n:3d} iterations: R {record['r_factor']:.4f}")
 
 
-def weak_scaling_model(n_frames: int, size: int, seconds_per_frame: float, link_bytes_per_s: float) -> None:
-    """Predicted seconds per iteration of 1,000,000 frames of ``size``² on 8, 64 and 512 ranks.
+def weak_scaling_model(size: int, seconds_per_frame: float, link_bytes_per_s: float) -> None:
+    """Predicted seconds per iteration of 1,000,000 frames of ``size``² on 8, 64 and 512 ranks (minibatch algorithms).
 
-    Compute: ``seconds_per_frame`` x frames per rank. Exchange, as built: a ring
-    all-reduce of the whole canvas (object and weights, 12 bytes a pixel), which
-    moves 2 (P - 1) / P of it per rank whatever P; as tiles with halo exchange
-    (the next step): each rank sends its tile's four edges, a frame wide.
+    Compute: ``seconds_per_frame`` x frames per rank. Canvas: each rank sends
+    the overlaps of its part of the canvas (its stripe of the scan, a frame
+    and two margins wider) with the others' parts, 12 bytes a pixel, once
+    per iteration; before the parts, a ring all-reduce of the whole canvas
+    moved 2 (P - 1) / P of it per rank. Probe: each batch's probe sums (12
+    bytes a probe pixel, one mode) all-reduced, ``batch_size / P`` frames a
+    batch on each rank, at ``LATENCY`` a message step (2 log2 P steps).
     """
     total = 1_000_000
-    step = size * 0.3  # scan step of a 70 % overlap spiral
-    canvas = total * step**2 + 0.0
+    side = math.sqrt(total) * size * 0.3  # square scan, step of a 70 % overlap spiral
+    band = size + 2 * canvas_margin((size, size))[0]
+    batch_size = RPIEOptions().batch_size
     print(
         f"  1,000,000 x {size}², {seconds_per_frame * 1e3:.3f} ms per frame-iteration, "
-        f"canvas {math.sqrt(canvas):.0f}² px, {link_bytes_per_s / 1e9:.0f} GB/s links"
+        f"canvas {side:.0f}² px, {link_bytes_per_s / 1e9:.0f} GB/s links, {LATENCY * 1e6:.0f} µs a message"
     )
     for ranks in (8, 64, 512):
         compute = seconds_per_frame * total / ranks
-        allreduce = 2 * (ranks - 1) / ranks * canvas * 12 / link_bytes_per_s
-        tile = math.sqrt(canvas / ranks)
-        halo = 4 * tile * size * 12 / link_bytes_per_s
+        whole = 2 * (ranks - 1) / ranks * side**2 * 12 / link_bytes_per_s
+        stripe = side / ranks
+        overlap = 2 * sum(max(0.0, stripe + band - k * stripe) for k in range(1, ranks)) * side
+        parts = overlap * 12 / link_bytes_per_s
+        batches = math.ceil(total / ranks / math.ceil(batch_size / ranks))
+        probe = batches * (
+            2 * (ranks - 1) / ranks * size**2 * 12 / link_bytes_per_s + 2 * math.log2(ranks) * LATENCY
+        )
         print(
-            f"  {ranks:4d} ranks: compute {compute:8.3f} s, whole-canvas all-reduce {allreduce:7.3f} s "
-            f"-> {compute + allreduce:8.3f} s/it; tiles with halos {halo:7.4f} s -> {compute + halo:8.3f} s/it"
+            f"  {ranks:4d} ranks: compute {compute:8.3f} s, canvas parts' overlaps {parts:7.4f} s "
+            f"(whole-canvas all-reduce {whole:6.3f} s), probe sums {probe:6.3f} s "
+            f"({batches} batches) -> {compute + parts + probe:8.3f} s/it"
         )
 
 
@@ -143,7 +157,7 @@ def main() -> None:
             measured = compare(path, ("rpie",) if args.model else ALGORITHMS, args.iterations)
             if args.model:
                 seconds, _ = measured["rpie"]
-                weak_scaling_model(n_frames, size, seconds * default_workers() / n_frames, 25e9)
+                weak_scaling_model(size, seconds * default_workers() / n_frames, 25e9)
 
 
 if __name__ == "__main__":

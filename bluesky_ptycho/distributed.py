@@ -1,10 +1,11 @@
 """One reconstruction over MPI ranks: ``mpiexec -n N python -m bluesky_ptycho.distributed DATA.cxi -o RESULT.cxi``.
 
 Every rank reads its own frames of the CXI file(s) (the scan cut into stripes,
-:mod:`.solver.decomposition`), and the ranks iterate together
-(:class:`~.solver.communicator.MPICommunicator`); rank 0 writes the result
-(object, probe, every frame's refined position) to RESULT.cxi and prints
-progress. ``bluesky-ptycho reconstruct DATA.cxi --ranks N`` starts this
+:mod:`.solver.decomposition`) and holds the part of the object they cover,
+and the ranks iterate together
+(:class:`~.solver.communicator.MPICommunicator`); rank 0 joins the parts and
+writes the result (object, probe, every frame's refined position) to
+RESULT.cxi and prints progress. ``bluesky-ptycho reconstruct DATA.cxi --ranks N`` starts this
 through mpiexec (:mod:`.federation.mpi`).
 
 On GPUs (``"device": "gpu"`` in ``--settings``) each rank takes the GPU
@@ -30,7 +31,7 @@ from .io import read_cxi, read_positions, read_result, write_result
 from .solver import ReconstructionResult, ReconstructionSettings, Reconstructor
 from .solver.backend import default_workers, gpu_available, make_backend
 from .solver.communicator import Communicator, MPICommunicator
-from .solver.decomposition import DECOMPOSITIONS, assign_frames
+from .solver.decomposition import DECOMPOSITIONS, assign_frames, join_parts
 from .solver.metrics import fourier_r_factor_sums
 from .solver.pages import prefer_ordinary_pages
 from .solver.reconstructor import with_data_defocus
@@ -39,8 +40,8 @@ from .solver.reconstructor import with_data_defocus
 GPU_VARIABLE = "BLUESKY_PTYCHO_GPU"
 # the R-factor at the end reads a rank's frames again this many at a time, beside the solver's amplitudes
 PIECE_FRAMES = 256
-# frames are modelled for the R-factor this many pixels at a time (32 MB of complex64 per array)
-R_FACTOR_PIXELS = 2**22
+# frames are modelled for the R-factor this many pixels at a time (8 MB of complex64 per array)
+R_FACTOR_PIXELS = 2**20
 
 
 def reconstruct_on_ranks(
@@ -84,15 +85,14 @@ def reconstruct_on_ranks(
         previous=previous,
         communicator=comm,
     )
-    # each file's part as read (the first prepare builds the probe from them as one array): the counts
-    # go once the solver holds its amplitudes
-    for index, part in _rank_parts(frame_files, starts, mine):
-        reconstructor.add_frames(part.frames, positions[index])
+    _add_rank_frames(reconstructor, frame_files, starts, mine, positions)
     sent_before = comm.bytes_sent
     reconstructor.iterate(iterations, progress=progress)
     result = reconstructor.result()
-    r_factor = _r_factor(result, frame_files, starts, mine, comm)
     done = max(reconstructor.iteration - (0 if previous is None else previous.iterations), 1)
+    del reconstructor  # its amplitudes and work arrays, before the R-factor reads the frames again
+    r_factor = _r_factor(result, frame_files, starts, mine, comm)
+    joined = join_parts(comm, result.object, result.object_origin, result.pixel_size)
     ranks = comm.gather(
         {
             "frames": mine,
@@ -116,13 +116,32 @@ def reconstruct_on_ranks(
         "memory_before_bytes": [rank["memory_before_bytes"] for rank in ranks],
         "bytes_sent_per_iteration": [rank["bytes_sent_per_iteration"] for rank in ranks],
     }
-    return replace(result, positions=positions, extra={**result.extra, "distributed": record})
+    obj, origin = joined
+    return replace(
+        result,
+        object=obj,
+        object_origin=origin,
+        positions=positions,
+        extra={**result.extra, "distributed": record},
+    )
 
 
 def _scan_positions(frame_files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     """Every frame's (x, y) metres, in order, and the index of each file's first frame (one more: the total)."""
     parts = [read_positions(path) for path in frame_files]
     return np.concatenate(parts), np.cumsum([0, *map(len, parts)])
+
+
+def _add_rank_frames(
+    reconstructor: Reconstructor, frame_files: list[Path], starts: np.ndarray, mine: np.ndarray, positions
+) -> None:
+    """Add this rank's frames ``mine``, each file's part as read.
+
+    The first prepare builds the probe from them as one array; the counts go
+    once the solver holds its amplitudes (nothing here keeps them).
+    """
+    for index, part in _rank_parts(frame_files, starts, mine):
+        reconstructor.add_frames(part.frames, positions[index])
 
 
 def _rank_parts(frame_files: list[Path], starts: np.ndarray, mine: np.ndarray, most: int | None = None):
@@ -186,14 +205,16 @@ def main(argv: list[str] | None = None) -> int:
         if settings.device == "gpu" and gpu_available():  # else the backend names what is missing
             use_rank_gpu(comm)
         start = time.perf_counter()
+        previous = None if args.previous is None else read_result(args.previous)
+        iterations = settings.iterations if args.iterations is None else args.iterations
         result = reconstruct_on_ranks(
             args.frame_files,
             settings,
             comm,
             args.decomposition,
-            previous=None if args.previous is None else read_result(args.previous),
+            previous=previous,
             iterations=args.iterations,
-            progress=_printer(comm, settings.iterations if args.iterations is None else args.iterations),
+            progress=_printer(comm, iterations + (0 if previous is None else previous.iterations)),
         )
         if result is not None:
             args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _printer(comm: Communicator, iterations: int):
-    """Rank 0 prints each iteration's cost (mpiexec forwards it); the others print nothing."""
+    """Rank 0 prints each iteration's cost, numbered up to ``iterations`` (mpiexec forwards it); the others print nothing."""
     if comm.rank != 0:
         return None
     return lambda iteration, cost: print(f"iteration {iteration}/{iterations} cost {cost:.4e}", flush=True)

@@ -7,8 +7,9 @@ computes exactly what it did before communicators existed.
 :class:`MPICommunicator` wraps an ``mpi4py`` communicator; every rank must
 make the same collective calls in the same order.
 
-Arrays of any module go through :meth:`Communicator.sum`: NumPy arrays in
-place, other arrays (CuPy, the strict test module) through host memory.
+Arrays of any module go through :meth:`Communicator.sum` (NumPy arrays in
+place, other arrays (CuPy, the strict test module) through host memory) and
+:meth:`Communicator.exchange` (sent from host memory).
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ MPI_MISSING = (
     "a reconstruction over several ranks needs mpi4py and an MPI library: "
     "pip install 'bluesky-ptycho[mpi]' (mpi4py with the MPICH wheel)"
 )
+
+
+# the tag of exchange()'s messages: one exchange at a time, matched in order between two ranks
+EXCHANGE_TAG = 17
 
 
 class Communicator:
@@ -50,9 +55,9 @@ class Communicator:
         """A number summed over the ranks."""
         return float(value)
 
-    def most(self, value: int) -> int:
-        """The largest of the ranks' ``value``."""
-        return int(value)
+    def most(self, value: float) -> float:
+        """The largest of the ranks' ``value`` (an int stays an int)."""
+        return value
 
     def extent(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Element-wise minimum of ``low`` and maximum of ``high`` over the ranks (host arrays)."""
@@ -65,6 +70,18 @@ class Communicator:
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order, on every rank."""
         return [value]
+
+    def collect(self, value: Any) -> list[Any] | None:
+        """Every rank's ``value``, in rank order, on rank 0; None on the others."""
+        return [value]
+
+    def exchange(self, sends: dict[int, Any], receives: dict[int, np.ndarray]) -> None:
+        """Send ``sends[rank]`` (any array module) to each rank named; fill ``receives[rank]`` (NumPy, contiguous) from each.
+
+        Every rank that sends to another must be in that one's ``receives``
+        with an array of the same shape and dtype. One process has no one to
+        exchange with.
+        """
 
     def node(self) -> tuple[int, int]:
         """This rank's rank among the ranks on its node, and how many run there (they share its cores and GPUs)."""
@@ -112,9 +129,9 @@ class MPICommunicator(Communicator):
         self.bytes_sent += 8
         return float(self.comm.allreduce(float(value), op=self._mpi.SUM))
 
-    def most(self, value: int) -> int:
+    def most(self, value: float) -> float:
         self.bytes_sent += 8
-        return int(self.comm.allreduce(int(value), op=self._mpi.MAX))
+        return self.comm.allreduce(value, op=self._mpi.MAX)
 
     def extent(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         low, high = np.array(low, dtype=np.float64), np.array(high, dtype=np.float64)
@@ -128,6 +145,20 @@ class MPICommunicator(Communicator):
 
     def gather(self, value: Any) -> list[Any]:
         return self.comm.allgather(value)
+
+    def collect(self, value: Any) -> list[Any] | None:
+        return self.comm.gather(value, root=0)
+
+    def exchange(self, sends: dict[int, Any], receives: dict[int, np.ndarray]) -> None:
+        outgoing = {rank: np.ascontiguousarray(to_numpy(array)) for rank, array in sends.items()}
+        requests = [
+            self.comm.Irecv(buffer, source=rank, tag=EXCHANGE_TAG) for rank, buffer in receives.items()
+        ]
+        requests += [
+            self.comm.Isend(buffer, dest=rank, tag=EXCHANGE_TAG) for rank, buffer in outgoing.items()
+        ]
+        self._mpi.Request.Waitall(requests)
+        self.bytes_sent += sum(buffer.nbytes for buffer in outgoing.values())
 
     def node(self) -> tuple[int, int]:
         node = self.comm.Split_type(self._mpi.COMM_TYPE_SHARED)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import empty_aligned
-from .decomposition import match_canvas
+from .decomposition import sum_over_ranks
 from .engine import Engine
 from .forward import (
     amplitude_misfit,
@@ -96,7 +96,6 @@ class DifferenceMap(Engine):
     ) -> float:
         cost, terms, backend = 0.0, None, state.backend
         probe_too = self.updates_probe(iteration)
-        match_canvas(state)
         # one pass, chunk by chunk in cache: Fourier side, then the object's and the probe's sums
         for part in self.parts(state):
             corners = state.corners[part]
@@ -119,11 +118,12 @@ class DifferenceMap(Engine):
             model[...] = self.farfield[part]
             psi = backend.ifft2(model, overwrite_x=True)
             terms = update_terms(state, corners, psi, for_probe=probe_too, terms=terms)
-        sums = (terms.object_numerator, terms.illumination, terms.probe_numerator)
-        for partial in sums[: 3 if probe_too else 2]:
-            state.comm.sum(partial)
+        sum_over_ranks(state, [terms.object_numerator, terms.illumination])
+        if probe_too:
+            state.comm.sum(terms.probe_numerator)
         previous = state.object
-        state.object = damped_quotient(terms.object_numerator, terms.illumination, state.object)
+        largest = state.comm.most(float(terms.illumination.max()))  # every rank's canvas, as one process's
+        state.object = damped_quotient(terms.object_numerator, terms.illumination, state.object, largest)
         if probe_too:
             overlap = state.comm.sum(patch_overlap(state, previous, state.object))  # see the module docstring
             state.probe = damped_quotient(terms.probe_numerator, overlap, state.probe)
@@ -207,10 +207,11 @@ def fourier_update(model, farfield, amplitude, mask, beta: float, kernels=None) 
     return cost
 
 
-def damped_quotient(numerator, weights, previous):
-    """``(numerator + d * previous) / (weights + d)`` with ``d`` a small fraction of max(|weights|).
+def damped_quotient(numerator, weights, previous, largest: float | None = None):
+    """``(numerator + d * previous) / (weights + d)`` with ``d`` a small fraction of ``largest`` (default max(|weights|)).
 
     Where nothing illuminates a pixel it keeps its previous value.
     """
-    damping = OVERLAP_DAMPING * abs(weights).max() + 1e-30
+    largest = float(abs(weights).max()) if largest is None else largest
+    damping = OVERLAP_DAMPING * largest + 1e-30
     return ((numerator + damping * previous) / (weights + damping)).astype(previous.dtype, copy=False)

@@ -136,10 +136,9 @@ def refinement_record(state: SolverState) -> dict:
     comm = state.comm
     offset = state.positions - state.pixels(state.start_positions)
     squared = np.sum(offset**2, axis=1)
-    _, largest = comm.extent(np.zeros(1), np.sqrt([squared.max(initial=0.0)]))
     return {
         "moved_rms_px": float(np.sqrt(comm.total(squared.sum()) / max(comm.total(len(squared)), 1))),
-        "moved_max_px": float(largest[0]),
+        "moved_max_px": float(np.sqrt(comm.most(float(squared.max(initial=0.0))))),
         "bound_px": offset_bound(state.frame_shape),
         "frames_at_bound": int(comm.total(state.at_bound.sum())),
     }

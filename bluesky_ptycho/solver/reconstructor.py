@@ -518,10 +518,13 @@ class Reconstructor:
         py, px = self.pixel_size
         margin = canvas_margin((h, w))
         comm = self.comm
-        low, high = comm.extent(positions.min(axis=0), positions.max(axis=0))  # (x, y) of every rank's
         if self._origin is None:
+            low, _ = comm.extent(positions.min(axis=0), positions.max(axis=0))  # (x, y) of every rank's
             self._origin = low - margin[::-1] * (px, py)
         pixels = (positions - self._origin)[:, ::-1] / (py, px)
+        # this rank's part of the canvas: its frames' patches and the margin (in one process, all of it)
+        first = np.maximum(np.floor(pixels.min(axis=0)).astype(int) - margin, 0) if comm.size > 1 else 0
+        end = np.ceil(pixels.max(axis=0)).astype(int) + (h, w) + margin + 1
         mean_counts = comm.total(self._photons.sum()) / comm.total(len(self._photons))
         probe = self._initial_probe
         if probe is not None:
@@ -539,11 +542,12 @@ class Reconstructor:
             )
             probe = probe_from_mean_pattern(pattern, self.geometry, defocus)[None]
         probe = normalize_power(add_modes(probe, self.settings.probe_modes), mean_counts)
-        if self._initial_object is not None:
-            obj = self._initial_object
+        if self._initial_object is None:
+            obj = np.ones(end - first, dtype=np.complex64)
+        elif comm.size > 1:
+            obj = self._initial_object[first[0] : end[0], first[1] : end[1]]
         else:
-            far = np.ceil((high - self._origin)[::-1] / (py, px)).astype(int)
-            obj = np.ones((far[0] + h + margin[0] + 1, far[1] + w + margin[1] + 1), dtype=np.complex64)
+            obj = self._initial_object
         mask = None if self.mask is None else xp.asarray(np.fft.ifftshift(self.mask))
         state = SolverState(
             backend=self.backend,
@@ -553,13 +557,13 @@ class Reconstructor:
                 self.backend, self.geometry.frame_shape, self.settings.frame_precision
             ),
             mask=mask,
-            positions=pixels,
+            positions=pixels - first,
             corners=None,
-            origin=self._origin,
+            origin=self._origin + np.multiply(first, self.pixel_size)[::-1],
             pixel_size=self.pixel_size,
             comm=comm,
         )
-        state.set_positions(pixels)
+        state.set_positions(pixels - first)
         return state
 
     def _initial_defocus(self, frames: np.ndarray, positions: np.ndarray) -> float:

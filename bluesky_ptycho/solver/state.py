@@ -152,10 +152,10 @@ class SolverState:
         """The canvas rows and columns the patches cover with the margin around them, and (x, y) metres of its corner.
 
         What a result shows of the canvas: all of it, unless it grew by more than its scan needed.
-        On several ranks, the patches of every rank (a collective call).
+        On several ranks, this rank's patches (:func:`.decomposition.join_parts` joins the ranks').
         """
         margin = canvas_margin(self.frame_shape)
-        low, high = self.comm.extent(self.positions.min(axis=0), self.positions.max(axis=0))
+        low, high = self.positions.min(axis=0), self.positions.max(axis=0)
         low = np.maximum(np.floor(low).astype(int) - margin, 0)
         high = np.ceil(high).astype(int) + self.frame_shape + margin + 1
         high = np.minimum(high, self.object.shape)
