@@ -13,12 +13,17 @@ from dataclasses import replace
 import numpy as np
 import psutil
 import pytest
+from bluesky import RunEngine
 from click.testing import CliRunner
+from helpers import Documents, assert_previews_then_final, result_of, scan_positions
 
+from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.cli import main
+from bluesky_ptycho.federation import ExecutorRunner
 from bluesky_ptycho.federation.mpi import reconstruct_with_mpiexec
 from bluesky_ptycho.federation.remote import reconstruct_files
 from bluesky_ptycho.io import read_result, write_cxi
+from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import (
     ReconstructionSettings,
     Reconstructor,
@@ -135,6 +140,45 @@ def test_every_algorithm_on_two_ranks_with_modes_and_position_refinement(tmp_pat
     r_distributed, r_single = fourier_r_factor(distributed, sim.data), fourier_r_factor(single, sim.data)
     assert r_distributed < 1.25 * r_single, (r_distributed, r_single)
     assert distributed.extra["distributed"]["ranks"] == 2
+
+
+def test_a_live_scan_is_reconstructed_over_ranks_previews_and_final(tmp_path):
+    """The callback stays in the RunEngine's process; every job, previews and final, runs on two ranks."""
+    stage, det = simulated_beamline(seed=1)
+    staging = tmp_path / "staging"
+    runner = ExecutorRunner.on_ranks(2, staging_directory=staging)
+    raw, recon = Documents(), Documents()
+    settings = ReconstructionSettings(iterations=40, fft_workers=1)
+    ranks = []
+
+    def record_ranks(uid, result, final):
+        ranks.append(result.extra["distributed"]["frames_per_rank"])
+
+    callback = PtychoCallback(
+        recon, runner=runner, settings=settings, preview_every=60, queue_previews=True, on_result=record_ranks
+    )
+    RE = RunEngine()
+    RE.subscribe(raw)
+    RE.subscribe(callback)
+    try:
+        RE(fermat_spiral_ptycho_scan(det, stage, n_points=120))
+        assert callback.wait(TIMEOUT)
+    finally:
+        runner.shutdown()
+    stop = recon.named("stop")[0]
+    assert stop["exit_status"] == "success", stop["reason"]
+    assert recon.named("start")[0]["ptycho_solver"]["location"] == "2 MPI ranks"
+    events = recon.named("event")
+    frames, iterations = ([e["data"][key] for e in events] for key in ("n_frames", "iteration"))
+    assert_previews_then_final(frames, iterations, [60, 120], 20, 40)
+    assert iterations[-1] == 2 * 20 + 40  # the previews ran to their end on the ranks, recorded or not
+    assert ranks[-1] == [60, 60]
+    result = result_of(events[-1]["data"], settings)
+    assert object_error(result, det.sample.truth(scan_positions(raw, stage))) <= 0.10
+    assert not (staging / raw.named("start")[0]["uid"]).exists()  # staged chunks removed after success
+    assert runner.executor._processes is None or not any(
+        p.is_alive() for p in runner.executor._processes.values()
+    )
 
 
 def test_reconstruct_ranks_from_the_cli(tmp_path, sim):

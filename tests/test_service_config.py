@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,8 +13,10 @@ import pytest
 from click.testing import CliRunner
 
 from bluesky_ptycho.cli import main
+from bluesky_ptycho.federation.mpi import PARSL_PREFIX_VARIABLE
 from bluesky_ptycho.service.buses import BusHealth, KafkaBus, make_bus
 from bluesky_ptycho.service.config import KafkaBusConfig, load_config
+from bluesky_ptycho.service.service import make_runner
 from bluesky_ptycho.service.testing import free_port
 
 GOOD = """
@@ -59,6 +62,8 @@ def test_a_good_file_is_read_into_the_service_settings(tmp_path):
         ),
         (('algorithm = "lsqml"', 'algorithm = "lsqm"'), "reconstruction.final: algorithm must be one of"),
         (('scheduler = "tcp://scheduler:8786"', ""), "runner: a dask runner needs runner.scheduler"),
+        (('kind = "dask"', 'kind = "mpi"'), "runner: a mpi runner needs runner.ranks"),
+        (('scheduler = "tcp://scheduler:8786"', "ranks = 0"), "runner.ranks: Input should be greater than"),
         (("[geometry]", "[geometry"), "not valid TOML"),
     ],
 )
@@ -163,3 +168,16 @@ def test_a_kafka_bus_with_no_broker_reports_an_outage_and_never_says_connected(t
         follower.join(30)
     assert len(causes) == 1 and str(port) in causes[0], causes  # once per outage, naming the broker
     assert not health.ever_connected and not follower.is_alive()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="needs mpi4py")
+def test_an_mpi_runner_stages_every_job_for_the_ranks_named(tmp_path):
+    runner_table = f'[runner]\nkind = "mpi"\nranks = 2\nstaging_directory = "{tmp_path / "staging"}"\n'
+    (tmp_path / "serve.toml").write_text(GOOD.split("[runner]")[0] + runner_table)
+    runner = make_runner(load_config(tmp_path / "serve.toml").runner)
+    try:
+        assert runner.location == "2 MPI ranks"
+        assert runner.staging_directory == tmp_path / "staging"
+        assert runner.executor.submit(os.getenv, PARSL_PREFIX_VARIABLE).result(60).endswith("mpiexec -n 2")
+    finally:
+        runner.shutdown()

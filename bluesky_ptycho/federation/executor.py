@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import logging
 import pickle
+import shlex
+import tempfile
 import threading
 import time
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from ..solver.data import ReconstructionResult
 from .compute import is_compute_executor, remote_failure, revive
 from .jobs import ReconstructionJob
 from .lanes import LaneRunner, job_timings, with_retries
+from .mpi import mpiexec_path, use_launcher
 from .remote import FrameChunk, RemoteRequest, reconstruct_files, reconstruct_remote
 from .staging import ScanStaging
 
@@ -148,6 +152,7 @@ class ExecutorRunner(LaneRunner[_Scan]):
     ) -> None:
         super().__init__(max_in_flight)
         self.executor = executor
+        self._own_executor = False  # made by on_ranks: shut down with the runner
         self.deployed_ids = dict(function_ids or {})
         self._function_ids: dict[Any, str] = {}  # a Globus Compute Executor's functions, as registered
         self._executor_lock = threading.Lock()
@@ -160,6 +165,45 @@ class ExecutorRunner(LaneRunner[_Scan]):
         self.backoff = backoff
         kind = type(executor)
         self.location = location or f"executor:{kind.__module__}.{kind.__qualname__}"
+
+    @classmethod
+    def on_ranks(
+        cls, ranks: int, staging_directory: str | Path | None = None, **options: Any
+    ) -> ExecutorRunner:
+        """A runner that reconstructs every job, previews and finals, over ``ranks`` MPI ranks of this machine.
+
+        Each job is :func:`~.remote.reconstruct_files` on the scan's staged
+        chunk files, as a Globus ``GlobusMPIEngine`` endpoint runs it: a
+        worker process (one; jobs run one at a time) starts ``mpiexec -n
+        ranks`` for it (:func:`~.mpi.parsl_launcher`), each rank reads its
+        own frames and rank 0 writes the result. The callback stays in its
+        process. ``staging_directory``: where the chunk files go (default: a
+        new temporary directory); ``options`` as for the constructor. The
+        runner's :meth:`shutdown` ends the worker process.
+
+        Raises
+        ------
+        RuntimeError
+            Where there is no ``mpiexec`` (saying what to install).
+        ValueError
+            For fewer than one rank.
+        """
+        if ranks < 1:
+            raise ValueError(f"ranks must be at least 1, got {ranks}")
+        launcher = shlex.join([mpiexec_path(), "-n", str(ranks)])
+        # spawned, not forked: the RunEngine's process has threads
+        worker = ProcessPoolExecutor(
+            1, mp_context=get_context("spawn"), initializer=use_launcher, initargs=(launcher,)
+        )
+        staging = staging_directory or tempfile.mkdtemp(prefix="bluesky-ptycho-ranks-")
+        runner = cls(worker, staging_directory=staging, location=f"{ranks} MPI ranks", **options)
+        runner._own_executor = True
+        return runner
+
+    def shutdown(self, wait: bool = True) -> None:
+        super().shutdown(wait)
+        if self._own_executor:
+            self.executor.shutdown(wait=wait, cancel_futures=not wait)
 
     def new_scan(self, job: ReconstructionJob) -> _Scan:
         staging = (

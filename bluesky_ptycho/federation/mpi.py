@@ -64,6 +64,11 @@ def parsl_launcher() -> list[str] | None:
     return shlex.split(prefix) if prefix else None
 
 
+def use_launcher(launcher: str) -> None:
+    """Give this process (a worker) ``launcher`` as :func:`parsl_launcher`'s: its staged jobs run on those ranks."""
+    os.environ[PARSL_PREFIX_VARIABLE] = launcher
+
+
 def reconstruct_with_mpiexec(
     input_path: Path,
     output_path: Path,

@@ -9,6 +9,7 @@ reference and the facility runs exactly the code tested here.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -24,6 +25,8 @@ from ..solver.reconstructor import Reconstructor
 from ..solver.settings import ReconstructionSettings
 from .mpi import parsl_launcher, run_ranks
 from .staging import RESULT_GLOB
+
+logger = logging.getLogger(__name__)
 
 #: Set in a facility worker's environment, the device it reconstructs on ("cpu" or "gpu"), whatever the
 #: beamline's settings say (they describe the beamline's machine).
@@ -256,6 +259,7 @@ def run_staged_job(
             facility_settings(ReconstructionSettings.from_dict(settings or {})),
             iterations=iterations,
             previous_file=None if previous_file is None else Path(previous_file),
+            echo=logger.debug,  # rank 0's progress: a worker's output may be a beamline's terminal
         )
         return _finish(frame_files, Path(result_file), result, final)
     first = read_cxi(frame_files[0])

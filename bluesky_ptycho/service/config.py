@@ -137,18 +137,19 @@ class CatalogConfig(_Table):
 class RunnerConfig(_Table):
     """Where reconstructions run (docs/federation.md)."""
 
-    kind: Literal["local", "dask", "globus-compute", "globus-flow"] = "local"
+    kind: Literal["local", "mpi", "dask", "globus-compute", "globus-flow"] = "local"
     process: bool = Field(True, description="local: in a worker process at lower priority")
     scheduler: str | None = Field(None, description="dask: the scheduler address, tcp://host:8786")
     endpoint_id: str | None = Field(None, description="globus-compute: the endpoint")
+    ranks: int | None = Field(None, ge=1, description="mpi: the MPI ranks every job runs on, on this machine")
     staging_directory: Path | None = Field(
-        None, description="dask, globus-compute: frames staged as files here"
+        None, description="mpi, dask, globus-compute: frames staged as files here"
     )
     max_in_flight: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _needs(self) -> RunnerConfig:
-        needed = {"dask": "scheduler", "globus-compute": "endpoint_id"}.get(self.kind)
+        needed = {"mpi": "ranks", "dask": "scheduler", "globus-compute": "endpoint_id"}.get(self.kind)
         if needed and getattr(self, needed) is None:
             raise ValueError(f"a {self.kind} runner needs runner.{needed}")
         if self.kind == "globus-flow" and self.max_in_flight is not None:

@@ -40,6 +40,8 @@ def make_runner(config: RunnerConfig) -> Runner:
     lanes = {} if config.max_in_flight is None else {"max_in_flight": config.max_in_flight}
     if config.kind == "local":  # a service's worker starts with it: the first preview does not wait for it
         return LocalRunner(process=config.process, **lanes).start_worker()
+    if config.kind == "mpi":
+        return ExecutorRunner.on_ranks(config.ranks, staging_directory=config.staging_directory, **lanes)
     if config.kind == "dask":
         from distributed import Client
 

@@ -12,6 +12,8 @@
 # Where reconstructions run is the `runner`: here a worker process on this machine (CPU, or the GPU with
 # ReconstructionSettings(device="gpu")). Elsewhere (docs/federation.md):
 #
+#     runner = ExecutorRunner.on_ranks(4)                  # every job over 4 MPI ranks here (one per GPU)
+#
 #     from distributed import Client                       # a Dask cluster
 #     runner = ExecutorRunner(Client("tcp://scheduler:8786").get_executor())
 #
