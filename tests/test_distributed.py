@@ -20,7 +20,7 @@ from helpers import Documents, assert_previews_then_final, result_of, scan_posit
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.cli import main
 from bluesky_ptycho.federation import ExecutorRunner
-from bluesky_ptycho.federation.mpi import reconstruct_with_mpiexec
+from bluesky_ptycho.federation.mpi import mpiexec_path, reconstruct_with_mpiexec, run_ranks
 from bluesky_ptycho.federation.remote import reconstruct_files
 from bluesky_ptycho.io import read_result, write_cxi
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
@@ -179,6 +179,35 @@ def test_a_live_scan_is_reconstructed_over_ranks_previews_and_final(tmp_path):
     assert runner.executor._processes is None or not any(
         p.is_alive() for p in runner.executor._processes.values()
     )
+
+
+def test_a_rank_whose_frames_lie_beyond_the_previous_result_starts_there_from_its_mean(tmp_path):
+    """A raster scan's early preview covers its first rows; a later job's last stripe lies wholly beyond them."""
+    sim = simulate(n_frames=400, frame_size=32, overlap=0.6, photons=1e6, seed=3)
+    axis = int(np.argmax(np.ptp(sim.data.positions, axis=0)))  # the axis the stripes cut
+    order = np.argsort(sim.data.positions[:, axis], kind="stable")
+    data = replace(sim.data, frames=sim.data.frames[order], positions=sim.data.positions[order])
+    chunks = [tmp_path / "chunk_0.cxi", tmp_path / "chunk_1.cxi"]
+    for path, part in zip(chunks, (slice(0, 10), slice(10, None)), strict=True):
+        write_cxi(path, replace(data, frames=data.frames[part], positions=data.positions[part]))
+    settings = ReconstructionSettings(algorithm="rpie", fft_workers=1)
+    launcher = [mpiexec_path(), "-n", "2"]
+    first = run_ranks(launcher, chunks[:1], tmp_path / "result_0.cxi", settings, iterations=5, echo=print)
+    pixels = (data.positions - first.object_origin)[:, ::-1] / first.pixel_size
+    assert pixels[len(data) // 2 :, 1 - axis].min() > first.object.shape[1 - axis]  # beyond it
+    result = run_ranks(
+        launcher,
+        chunks,
+        tmp_path / "result_1.cxi",
+        settings,
+        iterations=20,
+        previous_file=tmp_path / "result_0.cxi",
+        timeout=TIMEOUT,
+        echo=print,
+    )
+    assert np.isfinite(result.object).all()
+    single = in_one_process(data, replace(settings, iterations=25))
+    assert fourier_r_factor(result, data) < 1.25 * fourier_r_factor(single, data)
 
 
 def test_reconstruct_ranks_from_the_cli(tmp_path, sim):

@@ -71,10 +71,6 @@ class Communicator:
         """Every rank's ``value``, in rank order, on every rank."""
         return [value]
 
-    def collect(self, value: Any) -> list[Any] | None:
-        """Every rank's ``value``, in rank order, on rank 0; None on the others."""
-        return [value]
-
     def exchange(self, sends: dict[int, Any], receives: dict[int, np.ndarray]) -> None:
         """Send ``sends[rank]`` (any array module) to each rank named; fill ``receives[rank]`` (NumPy, contiguous) from each.
 
@@ -145,9 +141,6 @@ class MPICommunicator(Communicator):
 
     def gather(self, value: Any) -> list[Any]:
         return self.comm.allgather(value)
-
-    def collect(self, value: Any) -> list[Any] | None:
-        return self.comm.gather(value, root=0)
 
     def exchange(self, sends: dict[int, Any], receives: dict[int, np.ndarray]) -> None:
         outgoing = {rank: np.ascontiguousarray(to_numpy(array)) for rank, array in sends.items()}

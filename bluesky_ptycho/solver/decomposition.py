@@ -151,20 +151,20 @@ def join_parts(
     if comm.size == 1:
         return part, origin
     pixel = np.asarray(pixel_size)
-    shapes = comm.gather((np.asarray(origin, dtype=float), part.shape, complex(part.mean())))
-    corners = [np.rint((place[::-1] - shapes[0][0][::-1]) / pixel).astype(int) for place, _, _ in shapes]
+    parts = comm.gather((np.asarray(origin, dtype=float), part.shape, complex(part.mean())))
+    corners = [np.rint((place[::-1] - parts[0][0][::-1]) / pixel).astype(int) for place, _, _ in parts]
     if comm.rank != 0:
         comm.exchange({0: part}, {})
         return None
     low = np.min(corners, axis=0)
-    high = np.max([corner + shape for corner, (_, shape, _) in zip(corners, shapes, strict=True)], axis=0)
-    canvas = np.full(high - low, np.mean([mean for _, _, mean in shapes]), dtype=part.dtype)
+    high = np.max([corner + shape for corner, (_, shape, _) in zip(corners, parts, strict=True)], axis=0)
+    canvas = np.full(high - low, np.mean([mean for _, _, mean in parts]), dtype=part.dtype)
     for rank in range(comm.size - 1, -1, -1):
         if rank:
-            received = {rank: np.empty(shapes[rank][1], part.dtype)}
+            received = {rank: np.empty(parts[rank][1], part.dtype)}
             comm.exchange({}, received)
         row, column = corners[rank] - low
-        rows, columns = shapes[rank][1]
+        rows, columns = parts[rank][1]
         canvas[row : row + rows, column : column + columns] = received[rank] if rank else part
-    joined = np.asarray(shapes[0][0]) + low[::-1] * pixel[::-1]
+    joined = np.asarray(parts[0][0]) + low[::-1] * pixel[::-1]
     return canvas, (float(joined[0]), float(joined[1]))

@@ -544,8 +544,10 @@ class Reconstructor:
         probe = normalize_power(add_modes(probe, self.settings.probe_modes), mean_counts)
         if self._initial_object is None:
             obj = np.ones(end - first, dtype=np.complex64)
-        elif comm.size > 1:
-            obj = self._initial_object[first[0] : end[0], first[1] : end[1]]
+        elif comm.size > 1:  # this rank's part of the previous object, its new area at that object's mean
+            obj = np.full(end - first, self._initial_object.mean(), dtype=np.complex64)
+            part = self._initial_object[first[0] : end[0], first[1] : end[1]]
+            obj[: part.shape[0], : part.shape[1]] = part
         else:
             obj = self._initial_object
         mask = None if self.mask is None else xp.asarray(np.fft.ifftshift(self.mask))
