@@ -257,7 +257,7 @@ def reconstruct_on_ranks(input_file: Path, output: Path, png: Path, settings, ra
             decomposition,
             echo=lambda line: console.print(line, highlight=False),
         )
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     distributed = result.extra["distributed"]
     summarise_result(

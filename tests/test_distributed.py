@@ -20,7 +20,8 @@ from helpers import Documents, assert_previews_then_final, result_of, scan_posit
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.cli import main
 from bluesky_ptycho.federation import ExecutorRunner
-from bluesky_ptycho.federation.mpi import mpiexec_path, reconstruct_with_mpiexec, run_ranks
+from bluesky_ptycho.federation.lanes import NOT_RETRIED
+from bluesky_ptycho.federation.mpi import RankDataError, mpiexec_path, reconstruct_with_mpiexec, run_ranks
 from bluesky_ptycho.federation.remote import reconstruct_files
 from bluesky_ptycho.io import read_result, write_cxi
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
@@ -244,6 +245,10 @@ def test_more_ranks_than_frames_is_one_clear_error(tmp_path, sim):
     assert result.exit_code != 0
     assert "3 ranks for 5 frames" in result.output and "use at most 2 ranks" in result.output
     assert not (tmp_path / "few_recon.cxi").exists()
+    # a data error: the lanes do not try such a job again (a live scan's first preview on too many ranks)
+    with pytest.raises(RankDataError, match="3 ranks for 5 frames") as raised:
+        reconstruct_with_mpiexec(path, tmp_path / "out.cxi", ReconstructionSettings(), 3, timeout=TIMEOUT)
+    assert isinstance(raised.value, NOT_RETRIED)
 
 
 def test_without_mpi4py_the_rank_program_says_what_to_install(tmp_path):

@@ -23,6 +23,7 @@ DATA_ERRORS = frozenset(
     {cls.__name__ for cls in NOT_RETRIED}
     | {
         "VersionMismatchError",
+        "RankDataError",
         "CXIFormatError",
         "FileNotFoundError",
         "NameError",

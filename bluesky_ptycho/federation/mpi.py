@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,11 +24,18 @@ from pathlib import Path
 from ..io import read_result
 from ..solver import ReconstructionResult, ReconstructionSettings
 from ..solver.communicator import MPI_MISSING
+from .lanes import NOT_RETRIED
 
 # stderr lines kept for the error message of a failed run
 ERROR_LINES = 20
 # what Parsl's MPI executor (Globus Compute's GlobusMPIEngine) tells a task's worker
 PARSL_PREFIX_VARIABLE = "PARSL_MPI_PREFIX"
+# a rank's last word (bluesky_ptycho.distributed): the exception it stopped on
+RANK_ERROR = re.compile(r"error on rank \d+ of \d+: (\w+):")
+
+
+class RankDataError(ValueError):
+    """The ranks stopped on the data or the settings (a ValueError, a divergence): trying again fails the same way."""
 
 
 def mpiexec_path() -> str:
@@ -107,10 +115,13 @@ def run_ranks(
 
     Raises
     ------
+    RankDataError
+        Naming the ranks' errors, when each was an error of the data or the
+        settings (too few frames for the ranks, a divergence).
     RuntimeError
         Naming the exit status and the ranks' last error lines, when the
-        launcher fails (any rank's error ends every rank), or it ran past
-        ``timeout`` seconds.
+        launcher fails otherwise (any rank's error ends every rank), or it
+        ran past ``timeout`` seconds.
     """
     command = [
         _beside_python(launcher[0]),
@@ -146,7 +157,11 @@ def run_ranks(
                 reader.join(timeout=10)
     if process.returncode != 0:
         reasons = [line for line in errors if line.startswith("error")] or list(errors)
-        raise RuntimeError(f"{name} failed (exit status {process.returncode}): " + " | ".join(reasons))
+        message = f"{name} failed (exit status {process.returncode}): " + " | ".join(reasons)
+        raised = {found[1] for found in map(RANK_ERROR.match, reasons) if found}
+        if raised and raised <= {kind.__name__ for kind in NOT_RETRIED}:
+            raise RankDataError(message)
+        raise RuntimeError(message)
     return read_result(output_path)
 
 
