@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import sys
 import time
@@ -31,7 +32,7 @@ from .io import read_cxi, read_positions, read_result, write_result
 from .solver import ReconstructionResult, ReconstructionSettings, Reconstructor
 from .solver.backend import default_workers, gpu_available, make_backend
 from .solver.communicator import Communicator, MPICommunicator
-from .solver.decomposition import DECOMPOSITIONS, assign_frames, join_parts
+from .solver.decomposition import DECOMPOSITIONS, FRAMES_PER_RANK, assign_frames, join_parts
 from .solver.metrics import fourier_r_factor_sums
 from .solver.pages import prefer_ordinary_pages
 from .solver.reconstructor import with_data_defocus
@@ -42,6 +43,8 @@ GPU_VARIABLE = "BLUESKY_PTYCHO_GPU"
 PIECE_FRAMES = 256
 # frames are modelled for the R-factor this many pixels at a time (8 MB of complex64 per array)
 R_FACTOR_PIXELS = 2**20
+# a rank's last word on stderr (rank_error_line): the exception it stopped on
+RANK_ERROR = re.compile(r"error on rank \d+ of \d+: (?P<kind>\w+): ")
 
 
 def reconstruct_on_ranks(
@@ -52,6 +55,7 @@ def reconstruct_on_ranks(
     previous: ReconstructionResult | None = None,
     iterations: int | None = None,
     progress=None,
+    fit_ranks: bool = False,
 ) -> ReconstructionResult | None:
     """Reconstruct the frames of CXI files with every rank of ``comm`` (a collective call): the result on rank 0, None on the others.
 
@@ -59,21 +63,29 @@ def reconstruct_on_ranks(
     files a scan was staged in); the geometry, mask, initial probe and
     defocus come from the first. ``previous``: a result of this scan to
     continue from (its frames keep its refined positions). ``iterations``:
-    default ``settings.iterations``.
+    default ``settings.iterations``. ``fit_ranks``: a scan with fewer than
+    ``FRAMES_PER_RANK`` frames a rank (a live scan's first preview) runs on
+    as many of the first ranks as it fills, the others idle; otherwise it is
+    an error naming the ranks and frames.
 
     The result's positions are every frame's, in the files' order; its
-    ``extra["distributed"]`` records the ranks, the decomposition, bytes
+    ``extra["distributed"]`` records the ranks (and ``ranks_idle``), the decomposition, bytes
     each rank sent per iteration, each rank's frames, its peak memory and
     its memory before it read its frames (the interpreter and libraries),
     and the R-factor over every frame.
     """
+    positions, starts = _scan_positions(frame_files)
+    given = comm.size
+    if fit_ranks:
+        comm = comm.first(max(1, len(positions) // FRAMES_PER_RANK))
+        if comm is None:
+            return None
     if settings.fft_workers is None:
         settings = replace(settings, fft_workers=max(1, default_workers() // comm.node()[1]))
     # what the rank holds before its frames: interpreter, libraries, the kernels and the FFT library loaded
     backend = make_backend(settings.device, settings.fft_library, settings.fft_workers)
     backend.fft2(backend.xp.zeros((1, 8, 8), np.complex64))
     before = _peak_memory()
-    positions, starts = _scan_positions(frame_files)
     mine = assign_frames(positions, comm.size, decomposition)[comm.rank]
     first = read_cxi(frame_files[0], np.arange(1))  # the scan's geometry, mask, probe and defocus
     reconstructor, positions = Reconstructor.start_or_resume(
@@ -108,6 +120,7 @@ def reconstruct_on_ranks(
         positions[rank["frames"]] = rank["positions"]
     record = {
         "ranks": comm.size,
+        "ranks_idle": given - comm.size,
         "decomposition": decomposition,
         "communicator": comm.describe(),
         "r_factor": r_factor,
@@ -194,6 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         "--previous", type=Path, default=None, help="a result file of this scan to continue from"
     )
     parser.add_argument("--iterations", type=int, default=None, help="default: the settings' iterations")
+    parser.add_argument(
+        "--fit-ranks",
+        action="store_true",
+        help=f"fewer than {FRAMES_PER_RANK} frames a rank: run on as many ranks as the frames fill, not fail",
+    )
     args = parser.parse_args(argv)
     try:
         comm = MPICommunicator()
@@ -215,23 +233,31 @@ def main(argv: list[str] | None = None) -> int:
             previous=previous,
             iterations=args.iterations,
             progress=_printer(comm, iterations + (0 if previous is None else previous.iterations)),
+            fit_ranks=args.fit_ranks,
         )
         if result is not None:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             write_result(args.output, result)
+            record = result.extra["distributed"]
             print(
-                f"{comm.describe()}: R-factor {result.extra['distributed']['r_factor']:.4f}, "
+                f"{record['communicator']}{_idle(record['ranks_idle'])}: R-factor {record['r_factor']:.4f}, "
                 f"{time.perf_counter() - start:.1f} s; wrote {args.output}",
                 flush=True,
             )
     except Exception as error:  # any rank's error ends every rank: the others would wait forever
-        print(
-            f"error on rank {comm.rank} of {comm.size}: {type(error).__name__}: {error}",
-            file=sys.stderr,
-            flush=True,
-        )
+        print(rank_error_line(comm, error), file=sys.stderr, flush=True)
         comm.abort(1)
     return 0
+
+
+def rank_error_line(comm: Communicator, error: Exception) -> str:
+    """The line a rank prints as it stops on ``error`` (read back with ``RANK_ERROR``)."""
+    return f"error on rank {comm.rank} of {comm.size}: {type(error).__name__}: {error}"
+
+
+def _idle(ranks: int) -> str:
+    """Words for ``ranks`` left idle (too few frames for them), or nothing."""
+    return f" ({ranks} more idle: fewer than {FRAMES_PER_RANK} frames for each)" if ranks else ""
 
 
 def _printer(comm: Communicator, iterations: int):

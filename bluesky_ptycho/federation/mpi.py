@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from ..distributed import RANK_ERROR
 from ..io import read_result
 from ..solver import ReconstructionResult, ReconstructionSettings
 from ..solver.communicator import MPI_MISSING
@@ -30,8 +30,6 @@ from .lanes import NOT_RETRIED
 ERROR_LINES = 20
 # what Parsl's MPI executor (Globus Compute's GlobusMPIEngine) tells a task's worker
 PARSL_PREFIX_VARIABLE = "PARSL_MPI_PREFIX"
-# a rank's last word (bluesky_ptycho.distributed): the exception it stopped on
-RANK_ERROR = re.compile(r"error on rank \d+ of \d+: (\w+):")
 
 
 class RankDataError(ValueError):
@@ -102,6 +100,7 @@ def run_ranks(
     iterations: int | None = None,
     previous_file: Path | None = None,
     decomposition: str = "stripes",
+    fit_ranks: bool = False,
     timeout: float | None = None,
     echo: Callable[[str], None] = print,
 ) -> ReconstructionResult:
@@ -110,7 +109,8 @@ def run_ranks(
     ``launcher``: the MPI launcher and its arguments (``mpiexec -n 4``,
     :func:`parsl_launcher`). ``iterations`` (default: the settings') and
     ``previous_file`` (a result of this scan to continue from) as for
-    :func:`~bluesky_ptycho.distributed.reconstruct_on_ranks`. Rank 0's
+    :func:`~bluesky_ptycho.distributed.reconstruct_on_ranks`, and
+    ``fit_ranks`` (a scan too small for the ranks runs on fewer). Rank 0's
     progress lines go to ``echo`` as they come.
 
     Raises
@@ -138,6 +138,7 @@ def run_ranks(
         decomposition,
         *([] if iterations is None else ["--iterations", str(iterations)]),
         *([] if previous_file is None else ["--previous", str(previous_file)]),
+        *(["--fit-ranks"] if fit_ranks else []),
     ]
     name = " ".join(launcher)
     errors: deque[str] = deque(maxlen=ERROR_LINES)
@@ -158,7 +159,7 @@ def run_ranks(
     if process.returncode != 0:
         reasons = [line for line in errors if line.startswith("error")] or list(errors)
         message = f"{name} failed (exit status {process.returncode}): " + " | ".join(reasons)
-        raised = {found[1] for found in map(RANK_ERROR.match, reasons) if found}
+        raised = {found["kind"] for found in map(RANK_ERROR.match, reasons) if found}
         if raised and raised <= {kind.__name__ for kind in NOT_RETRIED}:
             raise RankDataError(message)
         raise RuntimeError(message)

@@ -259,6 +259,7 @@ def run_staged_job(
             facility_settings(ReconstructionSettings.from_dict(settings or {})),
             iterations=iterations,
             previous_file=None if previous_file is None else Path(previous_file),
+            fit_ranks=True,  # a live scan's first preview may have fewer than two frames a rank
             echo=logger.debug,  # rank 0's progress: a worker's output may be a beamline's terminal
         )
         return _finish(frame_files, Path(result_file), result, final)

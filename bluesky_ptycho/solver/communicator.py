@@ -83,6 +83,13 @@ class Communicator:
         """This rank's rank among the ranks on its node, and how many run there (they share its cores and GPUs)."""
         return 0, 1
 
+    def first(self, ranks: int) -> Communicator | None:
+        """The first ``ranks`` ranks as a communicator of their own, None on the others (collective).
+
+        One process is its own first rank.
+        """
+        return self
+
     def describe(self) -> str:
         """In words, for the record."""
         return "one process"
@@ -159,6 +166,12 @@ class MPICommunicator(Communicator):
             return node.Get_rank(), node.Get_size()
         finally:
             node.Free()
+
+    def first(self, ranks: int) -> MPICommunicator | None:
+        if ranks >= self.size:
+            return self
+        part = self.comm.Split(0 if self.rank < ranks else self._mpi.UNDEFINED, self.rank)
+        return None if part == self._mpi.COMM_NULL else MPICommunicator(part)
 
     def abort(self, code: int = 1) -> None:
         """End every rank at once (after an error on this one: the others would wait in a collective forever)."""
