@@ -109,6 +109,12 @@ def settings_options(function):
             help="Share of each frame's least-squares shift taken per iteration, (0, 1]; "
             "0.25 keeps nearly right positions from wandering at low dose.",
         ),
+        click.option(
+            "--intensity-correction/--no-intensity-correction",
+            default=final.intensity_correction,
+            show_default=True,
+            help="Fit each frame's share of the beam, for a beam whose power drifts through the scan.",
+        ),
         click.option("--device", type=click.Choice(DEVICES), default=final.device, show_default=True),
     ]
     for option in reversed(options):
@@ -123,6 +129,7 @@ def make_settings(
     probe_defocus,
     position_correction,
     position_step,
+    intensity_correction,
     device,
     **algorithm_options,
 ) -> ReconstructionSettings:
@@ -144,6 +151,7 @@ def make_settings(
             probe_defocus=probe_defocus,
             position_correction=position_correction,
             position_step=position_step,
+            intensity_correction=intensity_correction,
             device=device,
         )
     except ValueError as error:

@@ -109,6 +109,7 @@ def reconstruct_on_ranks(
         {
             "frames": mine,
             "positions": result.positions,
+            "frame_scales": result.frame_scales,
             "peak_memory_bytes": _peak_memory(),
             "memory_before_bytes": before,
             "bytes_sent_per_iteration": (comm.bytes_sent - sent_before) / done,
@@ -116,8 +117,11 @@ def reconstruct_on_ranks(
     )
     if comm.rank != 0:
         return None
+    scales = None if result.frame_scales is None else np.ones(len(positions))
     for rank in ranks:
         positions[rank["frames"]] = rank["positions"]
+        if scales is not None:
+            scales[rank["frames"]] = rank["frame_scales"]
     record = {
         "ranks": comm.size,
         "ranks_idle": given - comm.size,
@@ -135,6 +139,7 @@ def reconstruct_on_ranks(
         object=obj,
         object_origin=origin,
         positions=positions,
+        frame_scales=scales,
         extra={**result.extra, "distributed": record},
     )
 
@@ -170,7 +175,9 @@ def _r_factor(result, frame_files, starts, mine, comm: Communicator) -> float:
     """The R-factor of ``result`` over every rank's frames (read again, a file at a time)."""
     sums, offset = np.zeros(2), 0
     for index, part in _rank_parts(frame_files, starts, mine, PIECE_FRAMES):
-        own = replace(result, positions=result.positions[offset : offset + len(index)])
+        piece = slice(offset, offset + len(index))
+        scales = None if result.frame_scales is None else result.frame_scales[piece]
+        own = replace(result, positions=result.positions[piece], frame_scales=scales)
         sums += fourier_r_factor_sums(own, part, batch=max(1, R_FACTOR_PIXELS // part.frames[0].size))
         offset += len(index)
     return comm.total(sums[0]) / comm.total(sums[1])

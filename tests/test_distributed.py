@@ -26,6 +26,7 @@ from bluesky_ptycho.federation.remote import reconstruct_files
 from bluesky_ptycho.io import read_result, write_cxi
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import (
+    ProbeDrift,
     ReconstructionSettings,
     Reconstructor,
     fourier_r_factor,
@@ -327,3 +328,26 @@ def test_a_globus_mpi_engine_task_reconstructs_the_staged_scan_on_the_ranks_its_
     assert result.cost_history[-1] < result.cost_history[4]  # went on from the previous result's cost
     # the final job leaves only its result where it ran
     assert sorted(path.name for path in tmp_path.glob("*.cxi")) == ["result_1.cxi"]
+
+
+def test_each_frames_share_of_a_drifting_beam_comes_back_in_the_files_order(tmp_path):
+    drift = simulate(
+        n_frames=160,
+        frame_size=32,
+        photons=1e6,
+        seed=4,
+        object_kind="weak_phase",
+        probe_drift=ProbeDrift(0.5),
+    )
+    settings = ReconstructionSettings(
+        algorithm="lsqml",
+        iterations=40,
+        intensity_correction=True,
+        intensity_correction_start=10,
+        fft_workers=1,
+    )
+    distributed = on_ranks(tmp_path, drift.data, settings)
+    single = in_one_process(drift.data, settings)
+    assert distributed.frame_scales.shape == (len(drift.data),)
+    assert np.mean(distributed.frame_scales**2) == pytest.approx(1.0)  # over both ranks' frames
+    assert np.corrcoef(distributed.frame_scales, single.frame_scales)[0, 1] > 0.95

@@ -240,7 +240,9 @@ def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory
     results = []
     callback = PtychoCallback(
         writer,
-        settings=ReconstructionSettings(iterations=30),
+        settings=ReconstructionSettings(
+            iterations=30, intensity_correction=True, intensity_correction_start=10
+        ),
         preview_every=40,
         queue_previews=True,
         preview_seconds=math.inf,
@@ -262,7 +264,10 @@ def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory
     positions = run["primary"]["positions"]
     assert type(positions).__name__ == "ArrayClient" and positions.shape == (len(frames), 80, 2)
     assert np.isnan(positions[0]).any(axis=1).sum() == 40  # the first preview saw 40 frames
+    scales = run["primary"]["frame_scales"]
+    assert scales.shape == (len(frames), 80) and np.isnan(scales[0]).sum() == 40
     result = latest_final_reconstruction(catalog, uid)
+    np.testing.assert_allclose(result.frame_scales, results[-1].frame_scales)
     assert result.object.dtype == np.complex64 and result.n_frames == 80
     assert result.object.shape == objects.shape[1:]
     py, px = result.pixel_size

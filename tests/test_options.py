@@ -78,6 +78,7 @@ def test_the_cli_has_an_option_for_every_field_and_refuses_the_wrong_algorithms(
         "probe_defocus": None,
         "position_correction": False,
         "position_step": 1.0,
+        "intensity_correction": False,
         "device": "cpu",
     }
     none = dict.fromkeys(algorithm_option_fields())

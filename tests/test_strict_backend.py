@@ -44,13 +44,15 @@ def measured_like():
 
 
 @pytest.mark.parametrize("algorithm", ["rpie", "epie", "dm", "lsqml"])
-def test_every_algorithm_with_modes_and_position_correction(measured_like, algorithm):
+def test_every_algorithm_with_modes_position_and_intensity_correction(measured_like, algorithm):
     data = measured_like.data
     options = {
         "algorithm": algorithm,
         "probe_modes": 2,
         "position_correction": True,
         "position_correction_start": 5,
+        "intensity_correction": True,
+        "intensity_correction_start": 5,
     }
     strict = Reconstructor.from_data(data, ReconstructionSettings(device="strict", **options))
     assert isinstance(strict.state.object, StrictArray) and isinstance(strict.state.probe, StrictArray)

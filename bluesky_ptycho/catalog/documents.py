@@ -41,11 +41,11 @@ def from_polar(amplitude: np.ndarray, phase: np.ndarray) -> np.ndarray:
     return (np.asarray(amplitude) * np.exp(1j * np.asarray(phase))).astype(np.complex64)
 
 
-def padded_positions(positions: np.ndarray, n_points: int | None) -> np.ndarray:
-    """``positions`` (N, 2) padded with NaN rows to the scan's ``n_points``, so every event has one shape."""
-    if n_points is None or len(positions) > n_points:
-        return positions
-    return np.concatenate([positions, np.full((n_points - len(positions), 2), np.nan)])
+def padded_frames(values: np.ndarray, n_points: int | None) -> np.ndarray:
+    """Per-frame ``values`` (N, ...) padded with NaN rows to the scan's ``n_points``, so every event has one shape."""
+    if n_points is None or len(values) > n_points:
+        return values
+    return np.concatenate([values, np.full((n_points - len(values), *values.shape[1:]), np.nan)])
 
 
 def with_modes(probe: np.ndarray, modes: int) -> np.ndarray:
@@ -82,6 +82,11 @@ def reconstruction_data_keys(
         "probe_amplitude": _data_key("array", list(probe_shape), "sqrt(photons)", dtype_numpy="<f4"),
         "probe_phase": _data_key("array", list(probe_shape), "rad", dtype_numpy="<f4"),
         "positions": _data_key("array", [n_points, 2], "m", "x, y of each frame; NaN: not yet taken"),
+        "frame_scales": _data_key(
+            "array",
+            [n_points],
+            description="each frame's beam amplitude relative to the scan's mean (NaN: not corrected, not taken)",
+        ),
         # scalars, not 2-vectors: a table cell of the catalog would hold a vector as text
         "pixel_size_y": _data_key("number", [], "m", "object pixel height"),
         "pixel_size_x": _data_key("number", [], "m", "object pixel width"),
@@ -230,7 +235,7 @@ class ReconstructionRunWriter:
                 origin = self._canvas.origin
             self._start(result)
             probe = with_modes(result.probe, self._probe_modes or len(result.probe))
-            positions = padded_positions(result.positions, self._n_points)
+            positions = padded_frames(result.positions, self._n_points)
             if self._descriptor is None:
                 regular_positions = positions.shape[0] if positions.shape[0] == self._n_points else None
                 self._descriptor = self._bundle.compose_descriptor(
@@ -248,6 +253,10 @@ class ReconstructionRunWriter:
                 "probe_amplitude": probe_amplitude,
                 "probe_phase": probe_phase,
                 "positions": positions,
+                "frame_scales": padded_frames(
+                    np.full(result.n_frames, np.nan) if result.frame_scales is None else result.frame_scales,
+                    self._n_points,
+                ),
                 "pixel_size_y": float(result.pixel_size[0]),
                 "pixel_size_x": float(result.pixel_size[1]),
                 "object_origin_x": float(origin[0]),

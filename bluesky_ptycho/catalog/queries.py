@@ -86,12 +86,15 @@ def result_from_run(run, index: int = -1, stream: StreamParts | None = None) -> 
 
     start = run.metadata["start"]
     positions = row("positions").astype(float)
+    taken = ~np.isnan(positions).any(axis=1)  # rows of frames not yet taken are NaN
+    # NaN where the intensity was not corrected; absent from runs recorded before it was
+    scales = row("frame_scales").astype(float)[taken] if "frame_scales" in stream.arrays else None
     iterations = int(scalars["iteration"])
     costs = StreamParts(run["convergence"]).columns(["cost"])["cost"] if "convergence" in run else np.empty(0)
     return ReconstructionResult(
         object=from_polar(row("object_amplitude"), row("object_phase")),
         probe=without_empty_modes(from_polar(row("probe_amplitude"), row("probe_phase"))),
-        positions=positions[~np.isnan(positions).any(axis=1)],  # rows of frames not yet taken are NaN
+        positions=positions[taken],
         pixel_size=(float(scalars["pixel_size_y"]), float(scalars["pixel_size_x"])),
         object_origin=(float(scalars["object_origin_x"]), float(scalars["object_origin_y"])),
         cost_history=[float(cost) for cost in costs[:iterations]],
@@ -105,6 +108,7 @@ def result_from_run(run, index: int = -1, stream: StreamParts | None = None) -> 
             "run_uid": start["uid"],
         },
         geometry=Geometry.from_dict(start["ptycho_geometry"]) if "ptycho_geometry" in start else None,
+        frame_scales=None if scales is None or np.isnan(scales).all() else scales,
     )
 
 

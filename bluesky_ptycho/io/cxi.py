@@ -202,6 +202,8 @@ def write_result(path: str | Path, result: ReconstructionResult) -> Path:
         group.create_dataset("pixel_size", data=np.asarray(result.pixel_size))
         group.create_dataset("object_origin", data=np.asarray(result.object_origin))
         group.create_dataset("cost_history", data=np.asarray(result.cost_history, dtype=float))
+        if result.frame_scales is not None:
+            group.create_dataset("frame_scales", data=result.frame_scales)
         group.attrs["iterations"] = result.iterations
         group.attrs["wall_time"] = result.wall_time
         group.attrs["settings"] = json.dumps(result.settings)
@@ -231,4 +233,5 @@ def read_result(path: str | Path) -> ReconstructionResult:
             geometry=Geometry.from_dict(json.loads(group.attrs["geometry"]))
             if "geometry" in group.attrs
             else None,
+            frame_scales=group["frame_scales"][()] if "frame_scales" in group else None,
         )

@@ -312,6 +312,10 @@ class ReconstructionResult:
         The geometry the data were recorded with (None where unknown, e.g.
         a result file written before it was recorded): what a reused probe
         is checked against.
+    frame_scales
+        (N,) each frame's beam amplitude relative to the scan's mean, where
+        the intensity was corrected (:mod:`.intensity`), else None: the
+        model of frame ``j`` is ``frame_scales[j]`` times probe times object.
     """
 
     object: np.ndarray
@@ -325,6 +329,7 @@ class ReconstructionResult:
     wall_time: float
     extra: dict[str, Any] = field(default_factory=dict)
     geometry: Geometry | None = None
+    frame_scales: np.ndarray | None = None
 
     @property
     def n_frames(self) -> int:

@@ -30,16 +30,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import empty_aligned
+from .backend import empty_aligned, to_numpy
 from .decomposition import sum_over_ranks
 from .engine import Engine
 from .forward import (
     amplitude_misfit,
     exit_waves_at,
+    good_photons,
     kernel_mask,
     measured_amplitude_factor,
     model_amplitude,
 )
+from .intensity import corrected_amplitudes
 from .options import AlgorithmOptions, option
 from .positions import bounded_shifts, gradient_shifts, within_bound
 from .probe import rotate_modes, shift_ramp
@@ -96,6 +98,7 @@ class DifferenceMap(Engine):
     ) -> float:
         cost, terms, backend = 0.0, None, state.backend
         probe_too = self.updates_probe(iteration)
+        correct = self.corrects_intensity(iteration)
         # one pass, chunk by chunk in cache: Fourier side, then the object's and the probe's sums
         for part in self.parts(state):
             corners = state.corners[part]
@@ -106,11 +109,14 @@ class DifferenceMap(Engine):
                 out=self.workspace[: len(corners)],
                 kernels=backend.kernels,
             )
+            amplitude = corrected_amplitudes(state, part, correct)  # by the scales before this model's
             model = backend.fft2(model, overwrite_x=True)
+            if correct:
+                state.intensity.observe(part, to_numpy(good_photons(model, state.mask)))
             cost += fourier_update(
                 model,
                 self.farfield[part],
-                state.measured.gather(part),
+                amplitude,
                 state.mask,
                 self.settings.options.relaxation,
                 backend.kernels,

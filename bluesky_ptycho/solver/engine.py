@@ -42,6 +42,11 @@ class Engine(ABC):
         """Whether the probe is updated in ``iteration``."""
         return iteration >= self.settings.probe_update_start
 
+    def corrects_intensity(self, iteration: int) -> bool:
+        """Whether each frame's share of the beam is fitted in ``iteration``."""
+        s = self.settings
+        return s.intensity_correction and iteration >= s.intensity_correction_start
+
     def refines_positions(self, iteration: int) -> bool:
         """Whether positions are refined in ``iteration``."""
         s = self.settings

@@ -174,11 +174,14 @@ def exit_wave_update(
     amplitude,
     mask=None,
     noise_model: str = "gaussian",
+    model_photons=None,
 ):
     """Propagate, apply the measured moduli and back-propagate, with ``backend``'s FFTs and kernels.
 
     ``amplitude`` (B, h, w) holds the measured amplitudes of the B patches at
     ``corners``; see :func:`fourier_change` for the other parameters.
+    ``model_photons``, if given, a (B,) array filled with the photons each
+    modelled far field puts in the good pixels.
 
     Returns
     -------
@@ -189,8 +192,18 @@ def exit_wave_update(
         The amplitude misfit of the modelled exit waves.
     """
     farfield = backend.fft2(exit_waves_at(obj, corners, probe, kernels=backend.kernels), overwrite_x=True)
+    if model_photons is not None:
+        model_photons[...] = good_photons(farfield, mask)
     cost = fourier_change(farfield, amplitude, mask, noise_model, backend.kernels)
     return backend.ifft2(farfield, overwrite_x=True), cost
+
+
+def good_photons(farfield, mask=None):
+    """Photons ``sum_m |farfield_m|^2`` in the good pixels (``mask``, FFT order) of each frame, (B,)."""
+    intensity = (farfield.real**2 + farfield.imag**2).sum(axis=1)
+    if mask is not None:
+        intensity *= mask
+    return intensity.sum(axis=(-2, -1))
 
 
 def gaussian_cost(backend: ArrayBackend, obj, probe, corners, amplitude, mask=None) -> float:

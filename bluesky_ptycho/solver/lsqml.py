@@ -22,7 +22,8 @@ import numpy as np
 from .communicator import Communicator
 from .decomposition import merge_ranks
 from .engine import Engine
-from .forward import exit_wave_update, gather_patches
+from .forward import gather_patches
+from .intensity import corrected_exit_wave_update
 from .options import NOISE_MODELS, MinibatchOptions, check_alpha, option
 from .positions import move_positions, position_shifts
 from .regions import CanvasRegion
@@ -122,14 +123,8 @@ class LSQML(Engine):
             for chunk in self.chunks(batch, state):
                 index = xp.asarray(chunk)
                 corners = state.corners[index]
-                chi, chunk_cost = exit_wave_update(
-                    state.backend,
-                    state.probe,
-                    state.object,
-                    corners,
-                    state.measured.gather(chunk),
-                    state.mask,
-                    options.noise_model,
+                chi, chunk_cost = corrected_exit_wave_update(
+                    state, chunk, corners, options.noise_model, self.corrects_intensity(iteration)
                 )
                 cost += chunk_cost
                 terms = update_terms(state, corners, chi, for_probe=update_probe, terms=terms)

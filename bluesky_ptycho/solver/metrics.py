@@ -157,6 +157,8 @@ def fourier_r_factor_sums(
         stop = min(start + batch, len(data))
         patches = gather_patches(result.object, corners[start:stop], result.probe.shape[-2:])
         model = model_amplitude(fft2(exit_waves(result.probe, patches)))
+        if result.frame_scales is not None:
+            model *= result.frame_scales[start:stop, None, None]
         measured = np.sqrt(np.fft.ifftshift(data.frames[start:stop], axes=(-2, -1)))
         misfit += float(np.sum(np.abs(model - measured) * mask))
         total += float(np.sum(measured * mask))

@@ -31,6 +31,7 @@ from .data import (
 )
 from .defocus import check_defocus_sign, estimate_defocus
 from .frames import MeasuredAmplitudes
+from .intensity import FrameIntensity
 from .iteration_cost import IterationCost
 from .positions import refinement_record
 from .probe import add_modes, normalize_power, orthogonalize_modes, probe_from_mean_pattern
@@ -305,6 +306,8 @@ class Reconstructor:
             self.state.set_positions(np.concatenate([self.state.positions, self.state.pixels(positions)]))
         for frames, _ in pending:
             self.state.measured.append(frames)
+        if self.state.intensity is not None:
+            self.state.intensity.extend(self._photons[n_before:])
         self.engine.frames_added(self.state, n_before)
         self._best = None
         logger.debug("took %d frames (%d in all)", len(positions), self.state.n_frames)
@@ -434,6 +437,8 @@ class Reconstructor:
         photons = (
             self._photons if frames is None or not self.engine.visits_some_frames else self._photons[frames]
         )
+        if self.engine.corrects_intensity(self.iteration):
+            self.state.intensity.normalise(self.comm)
         cost = self.comm.total(misfit) / self.comm.total(photons.sum())
         if self._diverged(cost):
             self._recover(cost)
@@ -498,6 +503,7 @@ class Reconstructor:
             iterations=self.iteration,
             settings=self.settings.to_dict(),
             wall_time=self.wall_time,
+            frame_scales=None if state.intensity is None else state.intensity.scales.copy(),
             extra={
                 **self.extra,
                 "backend": self.backend.describe(),
@@ -564,6 +570,7 @@ class Reconstructor:
             origin=self._origin + np.multiply(first, self.pixel_size)[::-1],
             pixel_size=self.pixel_size,
             comm=comm,
+            intensity=FrameIntensity() if self.settings.intensity_correction else None,
         )
         state.set_positions(pixels - first)
         return state

@@ -14,7 +14,7 @@ import numpy as np
 
 from .decomposition import merge_ranks
 from .engine import Engine
-from .forward import exit_wave_update
+from .intensity import corrected_exit_wave_update
 from .options import MinibatchOptions, check_alpha, option
 from .positions import move_positions, position_shifts
 from .regions import CanvasRegion
@@ -67,13 +67,8 @@ class RPIE(Engine):
             for chunk in self.chunks(batch, state):
                 index = state.xp.asarray(chunk)
                 corners = state.corners[index]
-                diff, chunk_cost = exit_wave_update(
-                    state.backend,
-                    state.probe,
-                    state.object,
-                    corners,
-                    state.measured.gather(chunk),
-                    mask=state.mask,
+                diff, chunk_cost = corrected_exit_wave_update(
+                    state, chunk, corners, correct=self.corrects_intensity(iteration)
                 )
                 cost += chunk_cost
                 terms = update_terms(state, corners, diff, for_probe=update_probe, terms=terms)

@@ -56,6 +56,13 @@ class ReconstructionSettings:
         are nearly right (README, "Imperfect scans": 0.25 measured).
     max_position_step
         Largest position change in one iteration, in object pixels.
+    intensity_correction
+        Fit each frame's share of the beam (:mod:`.intensity`): for a beam
+        whose power drifts through the scan (off by default).
+    intensity_correction_start
+        First iteration in which the frames' shares are fitted: before it the
+        object takes its absorption from the data (fitted from the start,
+        the shares take up an absorbing object's contrast instead).
     probe_defocus
         Defocus in metres of the initial probe built when none is given
         (positive: sample downstream of the focus). A given value whose
@@ -88,6 +95,8 @@ class ReconstructionSettings:
     position_correction_start: int = 10
     position_step: float = 1.0
     max_position_step: float = 0.5
+    intensity_correction: bool = False
+    intensity_correction_start: int = 50
     probe_defocus: float | str | None = None
     device: str = "cpu"
     fft_library: str | None = None

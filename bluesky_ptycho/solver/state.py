@@ -10,6 +10,7 @@ import numpy as np
 from .backend import ArrayBackend
 from .communicator import Communicator
 from .frames import MeasuredAmplitudes
+from .intensity import FrameIntensity
 
 # a canvas that must grow grows by at least this share of its size on that side: a scan whose frames
 # come a few hundred at a time then copies its canvas (hundreds of MB at 50,000 frames) a few dozen
@@ -61,6 +62,8 @@ class SolverState:
         refinement is bounded by and measured from (:mod:`.positions`).
     at_bound
         (N,) True for frames whose refined position was held at that bound.
+    intensity
+        Each frame's share of the beam, where it is corrected (:mod:`.intensity`), else None.
     origin
         (x, y) in metres of canvas pixel (0, 0) as a patch corner.
     pixel_size
@@ -80,6 +83,7 @@ class SolverState:
     comm: Communicator = field(default_factory=Communicator)
     start_positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     at_bound: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    intensity: FrameIntensity | None = None
     _object_sums: tuple | None = field(default=None, repr=False)
 
     @property

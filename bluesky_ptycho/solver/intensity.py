@@ -1,0 +1,86 @@
+"""Each frame's share of the beam: the beam's power changes through a scan (top-up, a monochromator's drift).
+
+Frame ``j`` records ``c_j^2`` times the photons the model (probe times
+object) predicts, with ``c_j`` the beam's amplitude at that frame relative
+to the scan's mean (``mean c_j^2 = 1``; the probe carries the mean power).
+The algorithms fit the model to the measured amplitudes divided by ``c_j``
+(:func:`corrected_exit_wave_update`); each time a frame is visited its
+``c_j`` becomes the square root of its measured photons over the model's,
+both over the good pixels, and after every iteration the scales are
+brought back to a mean square of one over every rank's frames.
+
+Off by default (``ReconstructionSettings.intensity_correction``); the
+README's "Imperfect scans" says what it was measured to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .backend import to_numpy
+from .communicator import Communicator
+from .forward import exit_wave_update
+
+if TYPE_CHECKING:
+    from .state import SolverState
+
+
+@dataclass
+class FrameIntensity:
+    """Every frame's beam amplitude relative to the scan's mean, and its measured photons.
+
+    Attributes
+    ----------
+    scales
+        (N,) ``c_j``, host float64, 1 until the frame is first visited.
+    photons
+        (N,) measured photons in each frame's good pixels.
+    """
+
+    scales: np.ndarray = field(default_factory=lambda: np.ones(0))
+    photons: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def extend(self, photons: np.ndarray, scales: np.ndarray | None = None) -> None:
+        """Add frames with ``photons``; their scales ``scales`` (a previous result's) or 1."""
+        self.photons = np.concatenate([self.photons, photons])
+        self.scales = np.concatenate([self.scales, np.ones(len(photons)) if scales is None else scales])
+
+    def observe(self, frames: np.ndarray, model_photons: np.ndarray) -> None:
+        """New scales of ``frames`` from the model's photons in their good pixels (host array)."""
+        self.scales[frames] = np.sqrt(self.photons[frames] / np.maximum(model_photons, 1e-30))
+
+    def normalise(self, comm: Communicator) -> None:
+        """Scales to a mean square of one over every rank's frames (collective)."""
+        mean_square = comm.total(np.sum(self.scales**2)) / comm.total(len(self.scales))
+        if mean_square > 0:
+            self.scales /= np.sqrt(mean_square)
+
+
+def corrected_amplitudes(state: SolverState, frames, correct: bool):
+    """The measured amplitudes of ``frames`` (indices or a slice), each divided by its scale where ``correct``."""
+    amplitude = state.measured.gather(frames)
+    if not correct:
+        return amplitude
+    scales = state.intensity.scales[frames].astype(amplitude.dtype)
+    return amplitude / state.xp.asarray(scales)[:, None, None]
+
+
+def corrected_exit_wave_update(
+    state: SolverState, chunk: np.ndarray, corners, noise_model: str = "gaussian", correct: bool = False
+):
+    """:func:`.forward.exit_wave_update` of the frames ``chunk`` at ``corners`` against their measured amplitudes.
+
+    With ``correct`` each frame's amplitudes are divided by its scale, and
+    the scales of ``chunk`` are observed from this model.
+    """
+    amplitude = corrected_amplitudes(state, chunk, correct)
+    model_photons = state.xp.empty(len(chunk), np.float64) if correct else None
+    update = exit_wave_update(
+        state.backend, state.probe, state.object, corners, amplitude, state.mask, noise_model, model_photons
+    )
+    if correct:
+        state.intensity.observe(chunk, to_numpy(model_photons))
+    return update

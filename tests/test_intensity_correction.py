@@ -1,0 +1,81 @@
+"""A beam whose power drifts through the scan: each frame's share fitted, by every algorithm, kept with the result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bluesky_ptycho.io import read_result, write_result
+from bluesky_ptycho.solver import (
+    ALGORITHMS,
+    ProbeDrift,
+    ReconstructionSettings,
+    Reconstructor,
+    fourier_r_factor,
+    object_error,
+    simulate,
+)
+from bluesky_ptycho.solver.imperfections import stage_of_frames
+
+
+@pytest.fixture(scope="module")
+def drifting():
+    """A weak-phase object under a beam whose power wanders by up to 50 % through the scan."""
+    return simulate(
+        n_frames=160,
+        frame_size=32,
+        photons=1e6,
+        seed=4,
+        object_kind="weak_phase",
+        probe_drift=ProbeDrift(intensity=0.5),
+    )
+
+
+def true_scales(sim) -> np.ndarray:
+    """Each frame's beam amplitude relative to the scan's mean."""
+    power = np.sum(np.abs(sim.true_probes) ** 2, axis=(1, 2, 3))[stage_of_frames(len(sim.data), 16)]
+    return np.sqrt(power / power.mean())
+
+
+def reconstruct(sim, **settings):
+    return Reconstructor.from_data(sim.data, ReconstructionSettings(**settings)).iterate().result()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_a_drifting_beam_is_fitted_frame_by_frame(drifting, algorithm):
+    common = {"algorithm": algorithm, "iterations": 80, "intensity_correction_start": 20}
+    off = reconstruct(drifting, **common)
+    on = reconstruct(drifting, **common, intensity_correction=True)
+    truth = true_scales(drifting)
+    assert off.frame_scales is None
+    assert np.sqrt(np.mean((on.frame_scales - truth) ** 2)) < 0.5 * np.sqrt(np.mean((truth - 1) ** 2))
+    assert np.mean(on.frame_scales**2) == pytest.approx(1.0)
+    assert object_error(on, drifting) < 0.7 * object_error(off, drifting)
+    # the R-factor models each frame with its scale
+    assert fourier_r_factor(on, drifting.data) < 0.8 * fourier_r_factor(off, drifting.data)
+
+
+def test_nothing_is_fitted_before_the_start_iteration(drifting):
+    result = reconstruct(drifting, iterations=10, intensity_correction=True, intensity_correction_start=20)
+    np.testing.assert_array_equal(result.frame_scales, np.ones(len(drifting.data)))
+
+
+def test_an_absorbing_object_keeps_its_contrast_as_the_fit_starts_late():
+    """Fitted from the first iterations, the frames' shares take up the object's absorption instead."""
+    sim = simulate(n_frames=100, frame_size=32, overlap=0.7, photons=1e6, seed=3)  # transmission 0.3-1
+    assert np.abs(sim.true_object).min() < 0.5
+    common = {"algorithm": "lsqml", "iterations": 200}
+    off = object_error(reconstruct(sim, **common), sim)
+    assert object_error(reconstruct(sim, **common, intensity_correction=True), sim) < 1.1 * off
+    early = reconstruct(sim, **common, intensity_correction=True, intensity_correction_start=1)
+    assert object_error(early, sim) > 1.5 * off
+
+
+def test_the_scales_are_kept_in_the_result_file(drifting, tmp_path):
+    result = reconstruct(drifting, iterations=30, intensity_correction=True, intensity_correction_start=10)
+    back = read_result(write_result(tmp_path / "result.cxi", result))
+    np.testing.assert_array_equal(back.frame_scales, result.frame_scales)
+    assert (
+        read_result(write_result(tmp_path / "plain.cxi", reconstruct(drifting, iterations=2))).frame_scales
+        is None
+    )
