@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,15 @@ def test_object_error_registers_a_small_translation_only(sim):
     )
     assert object_error(truth_result(sim, shifted), sim) < 0.02
     assert object_error(truth_result(sim, origin_shift=(4, 0)), sim) > 0.1
+
+
+def test_object_error_registers_a_phase_object_whose_amplitudes_tell_nothing(sim):
+    """A weak-phase object's amplitude is noise: the registration must not rest on it alone."""
+    phase_only = replace(sim, true_object=np.exp(1j * np.angle(sim.true_object)).astype(np.complex64))
+    rng = np.random.default_rng(0)
+    shifted = np.exp(1j * np.angle(fourier_shift(phase_only.true_object, np.array([1.2, 0.9]))))
+    shifted = (shifted * (1 + 0.01 * rng.standard_normal(shifted.shape))).astype(np.complex64)
+    assert object_error(truth_result(phase_only, shifted), phase_only) < 0.02
 
 
 def test_fourier_ring_correlation(sim):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from .backend import fft2
@@ -64,9 +66,10 @@ def fourier_shift(image: np.ndarray, shift: np.ndarray) -> np.ndarray:
 def object_error_arrays(estimate: np.ndarray, truth: np.ndarray, weights: np.ndarray) -> float:
     """Relative weighted error ``|c e^{i ramp} T(estimate) - truth| / |truth|``.
 
-    ``T`` is the global sub-pixel translation (found near the amplitudes'
-    cross-correlation peak, at most ``MAX_REGISTRATION_SHIFT`` pixels away,
-    then refined to minimise the error) that registers the estimate, ``c`` the best global
+    ``T`` is the global sub-pixel translation (at most ``MAX_REGISTRATION_SHIFT``
+    pixels, started from the best of the amplitudes' cross-correlation peak
+    and every whole-pixel shift, then refined to minimise the error) that
+    registers the estimate, ``c`` the best global
     complex scale and ``ramp`` the best linear phase ramp: object and probe
     can drift together by a translation, and the object's scale and phase
     ramp are not determined by the data.
@@ -85,7 +88,10 @@ def object_error_arrays(estimate: np.ndarray, truth: np.ndarray, weights: np.nda
             np.sqrt(np.sum(weights * np.abs(corrected - truth) ** 2) / np.sum(weights * np.abs(truth) ** 2))
         )
 
-    start = registration_shift(truth, estimate, weights)
+    reach = int(np.ceil(MAX_REGISTRATION_SHIFT))
+    # a weak-phase object's amplitudes hardly vary: their peak can lie pixels from the object's
+    whole = itertools.product(range(-reach, reach + 1), repeat=2)
+    start = min([registration_shift(truth, estimate, weights), *map(np.array, whole)], key=error)
     best = scipy.optimize.minimize(error, start, method="Nelder-Mead", options={"xatol": 0.01, "fatol": 1e-6})
     return min(best.fun, error(start))
 
