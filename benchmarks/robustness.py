@@ -8,7 +8,9 @@ against single; ``--ranks N``: R over N MPI ranks against one process;
 ``--positions``: position refinement on scans with stage errors, fly-scan
 motion and a drifting probe, :data:`IMPERFECTIONS`; ``--refinement``: R with
 refinement on against off where the recorded positions are nearly right;
-``--position-step`` the share of each least-squares shift refinement takes). On a grid of
+``--position-step`` the share of each least-squares shift refinement takes;
+``--intensity``: intensity correction on against off, on the grid and under
+a beam whose power drifts). On a grid of
 measured-like simulations (:func:`bluesky_ptycho.solver.simulate.realistic`:
 zone plate with central stop, partially coherent beam, weak-phase object,
 detector noise and bad pixels, position errors; defocus 0.2-3 mm of both signs,
@@ -98,6 +100,11 @@ IMPERFECTIONS = {
 }
 # the cases --positions judges refinement on: a weak-photon and a bright one, both geometries
 POSITION_CASES = [Case("A", -1e-3, 1e5), Case("B", 0.7e-3, 1e7)]
+# beams --intensity judges intensity correction under, on POSITION_CASES (the grid's beam is steady)
+BEAM_DRIFTS = {
+    "power 20 %": {"probe_drift": ProbeDrift(intensity=0.2)},
+    "power 20 %, shape": IMPERFECTIONS["probe drift"],
+}
 
 
 def simulate_case(case: Case, n_frames: int, seed: int = 11, **imperfections):
@@ -252,6 +259,38 @@ def refinement_on_accurate_scans(cases: list[Case], n_frames: int, settings: Rec
     )
 
 
+def intensity_corrected(cases: list[Case], n_frames: int, settings: ReconstructionSettings) -> None:
+    """R and object error with intensity correction off and on: on ``cases`` (a steady beam) and under drifting beams."""
+    corrected = replace(settings, intensity_correction=True)
+    print(
+        f"\nintensity correction ({n_frames} frames of 128x128, {settings.algorithm}, {settings.probe_modes} "
+        f"modes, {settings.iterations} iterations, fitted from iteration {settings.intensity_correction_start})"
+    )
+    print(
+        f"{'case':>20} {'beam':>18} {'R off':>7} {'R on':>7} {'on/off':>7} "
+        f"{'err off':>8} {'err on':>8} {'s off':>6} {'s on':>6}"
+    )
+    steady = []
+    runs = [(case, "steady", {}) for case in cases]
+    runs += [(case, name, drift) for case in POSITION_CASES for name, drift in BEAM_DRIFTS.items()]
+    for case, beam, drift in runs:
+        sim = simulate_case(case, n_frames, **drift)
+        r_off, e_off, s_off, _ = run(sim, settings)
+        r_on, e_on, s_on, _ = run(sim, corrected)
+        if not drift:
+            steady.append(r_on / r_off)
+        print(
+            f"{case.label():>20} {beam:>18} {r_off:7.4f} {r_on:7.4f} {r_on / r_off:7.3f} "
+            f"{e_off:8.4f} {e_on:8.4f} {s_off:6.1f} {s_on:6.1f}",
+            flush=True,
+        )
+    worst = max(steady)
+    print(
+        f"steady beam, R on/off: worst {worst:.3f}, median {np.median(steady):.3f}; on by default: "
+        f"{'yes' if worst <= 1.02 else 'no'} (rule: no case worse than 1.02)"
+    )
+
+
 def ranks_against_one_process(
     cases: list[Case], n_frames: int, settings: ReconstructionSettings, ranks: int
 ) -> None:
@@ -327,6 +366,11 @@ def main() -> None:
         action="store_true",
         help="judge position refinement on imperfect scans (stage errors, fly scans, a drifting probe), instead",
     )
+    parser.add_argument(
+        "--intensity",
+        action="store_true",
+        help="R with intensity correction on against off, on the grid and under drifting beams, instead",
+    )
     args = parser.parse_args()
     cases = QUICK if args.quick else GRID
     final = ReconstructionSettings.final()
@@ -341,6 +385,9 @@ def main() -> None:
         return
     if args.refinement:
         refinement_on_accurate_scans(cases, args.frames, settings)
+        return
+    if args.intensity:
+        intensity_corrected(cases, args.frames, settings)
         return
     if args.positions:
         positions_refined(POSITION_CASES[:1] if args.quick else POSITION_CASES, args.frames, settings)

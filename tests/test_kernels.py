@@ -77,11 +77,13 @@ def test_exit_waves(problem, modes):
 def test_fourier_change(problem, modes, noise_model, masked):
     rng, _, _, _, amplitude, mask = problem
     farfield = random_complex(rng, (9, modes, *SHAPE))
-    (cost, (changed, *_)), (array_cost, (array_changed, *_)) = both_ways(
-        fourier_change, farfield, amplitude[:9], mask if masked else None, noise_model
+    (cost, (changed, *_, photons)), (array_cost, (array_changed, *_, array_photons)) = both_ways(
+        fourier_change, farfield, amplitude[:9], mask if masked else None, noise_model, np.zeros(9)
     )
     assert cost == pytest.approx(array_cost, rel=1e-5)
     assert_close(changed, array_changed)
+    assert_close(photons, array_photons)
+    assert array_photons.min() > 0
     if masked:
         assert np.all(changed[:, :, ~mask] == 0), "bad pixels keep the modelled far field"
 

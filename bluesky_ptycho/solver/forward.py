@@ -135,7 +135,9 @@ def kernel_mask(mask, shape: tuple[int, int], dtype):
     return np.ones(shape, dtype) if mask is None else mask.astype(dtype)
 
 
-def fourier_change(farfield, amplitude, mask=None, noise_model: str = "gaussian", kernels=None) -> float:
+def fourier_change(
+    farfield, amplitude, mask=None, noise_model: str = "gaussian", model_photons=None, kernels=None
+) -> float:
     """Replace far fields by the change the measured amplitudes ask for, in place.
 
     Parameters
@@ -150,6 +152,9 @@ def fourier_change(farfield, amplitude, mask=None, noise_model: str = "gaussian"
         Optional (h, w) boolean in FFT order, True where the pixel is good.
     noise_model
         "gaussian" or "poisson".
+    model_photons
+        Optional (B,) array filled with the photons each far field puts in
+        the good pixels, before the change.
     kernels
         The compiled kernels to use, or None for the array expressions.
 
@@ -159,7 +164,10 @@ def fourier_change(farfield, amplitude, mask=None, noise_model: str = "gaussian"
     """
     if kernels is not None:
         mask = kernel_mask(mask, farfield.shape[-2:], amplitude.dtype)
-        return kernels.fourier_change(farfield, amplitude, mask, noise_model == "poisson")
+        photons = np.empty(0) if model_photons is None else model_photons
+        return kernels.fourier_change(farfield, amplitude, mask, noise_model == "poisson", photons)
+    if model_photons is not None:
+        model_photons[...] = good_photons(farfield, mask)
     model_amp = model_amplitude(farfield)
     cost = amplitude_misfit(model_amp, amplitude, mask)
     farfield *= (measured_amplitude_factor(model_amp, amplitude, mask, noise_model) - 1)[:, None]
@@ -192,9 +200,7 @@ def exit_wave_update(
         The amplitude misfit of the modelled exit waves.
     """
     farfield = backend.fft2(exit_waves_at(obj, corners, probe, kernels=backend.kernels), overwrite_x=True)
-    if model_photons is not None:
-        model_photons[...] = good_photons(farfield, mask)
-    cost = fourier_change(farfield, amplitude, mask, noise_model, backend.kernels)
+    cost = fourier_change(farfield, amplitude, mask, noise_model, model_photons, backend.kernels)
     return backend.ifft2(farfield, overwrite_x=True), cost
 
 

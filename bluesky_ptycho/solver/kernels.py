@@ -114,13 +114,15 @@ def rotate_modes(waves, rotation):
 
 
 @_compile
-def fourier_change(farfield, amplitude, mask, poisson):
+def fourier_change(farfield, amplitude, mask, poisson, model_photons):
     """Turn far fields into the change the measured amplitudes ask for, in place.
 
     ``farfield`` (B, M, h, w) becomes ``(factor - 1) * farfield`` with the
     factor of the noise model (see :func:`.forward.fourier_change`);
     ``amplitude[j]`` is frame j's measured amplitude. Returns the
     amplitude misfit ``sum mask * (|farfield| - amplitude)^2`` before the change.
+    ``model_photons``: (B,) filled with ``sum mask * |farfield|^2`` of each
+    frame before the change, or empty (0,) where not wanted.
     """
     n_frames, n_modes, h, w = farfield.shape
     power = np.empty(w, dtype=amplitude.dtype)
@@ -128,6 +130,7 @@ def fourier_change(farfield, amplitude, mask, poisson):
     cost = 0.0
     for j in range(n_frames):
         measured = amplitude[j]
+        photons = 0.0
         for y in range(h):
             power[:] = 0
             for m in range(n_modes):
@@ -135,9 +138,12 @@ def fourier_change(farfield, amplitude, mask, poisson):
                 for x in range(w):
                     power[x] += row[x].real * row[x].real + row[x].imag * row[x].imag
             row_cost = _ONE - _ONE
+            row_photons = _ONE - _ONE
             for x in range(w):
                 residual = np.sqrt(power[x]) - measured[y, x]
                 row_cost += mask[y, x] * residual * residual
+                row_photons += mask[y, x] * power[x]
+            photons += row_photons
             if poisson:
                 for x in range(w):
                     intensity = measured[y, x] * measured[y, x]
@@ -150,6 +156,8 @@ def fourier_change(farfield, amplitude, mask, poisson):
                 row = farfield[j, m, y]
                 for x in range(w):
                     row[x] *= change[x]
+        if model_photons.shape[0]:
+            model_photons[j] = photons
     return cost
 
 
