@@ -18,6 +18,13 @@ refinement, and each as a ratio to the 1,000-frame scan's (target: at most
 1.2). A scan whose arrays would not fit in this machine's memory is
 skipped with its estimate.
 
+``--corrections`` prints what position refinement and intensity correction
+cost: seconds per iteration of every algorithm with one and three probe
+modes, without them and with each from the first iteration, on a
+measured-like scan of 300 x 128² (target: at most 1.3x an iteration
+without them); every time is the fastest of three rounds, the variants
+taking turns within each round.
+
 ``--memory`` simulates scans of photon counts (16-bit, as a detector
 records them; ``--frames`` and ``--sizes``, e.g. ``--frames 50000 --sizes
 256``) and prints the peak resident memory of reconstructing each, counts
@@ -42,7 +49,7 @@ from bluesky_ptycho.solver.backend import (
     gpu_available,
     make_backend,
 )
-from bluesky_ptycho.solver.simulate import aperture_probe
+from bluesky_ptycho.solver.simulate import aperture_probe, realistic
 
 CASES = [(200, 64, 100), (516, 128, 20), (1000, 256, 4)]
 
@@ -187,6 +194,48 @@ def run_scaling(frame_counts: list[int], sizes: list[int], device: str, library:
             print(f"{algorithm:>10} {variant:>20} " + " ".join(f"{cell:>18}" for cell in cells), flush=True)
 
 
+# what --corrections times against an iteration without them
+CORRECTIONS = {
+    "positions": {"position_correction": True, "position_correction_start": 0},
+    "intensity": {"intensity_correction": True, "intensity_correction_start": 0},
+}
+
+
+def run_corrections(device: str, library: str, iterations: int = 10, rounds: int = 3) -> None:
+    """Seconds per iteration without and with each of :data:`CORRECTIONS`, and their ratios."""
+    sim = realistic(-1e-3, photons=1e5, n_frames=300, seed=11)
+    print(
+        f"\ncorrections, 300 frames of 128x128 ({device}, {library} FFTs): s/iteration and the ratio to none"
+    )
+    print(f"{'algorithm':>10} {'modes':>5} {'none':>8} " + " ".join(f"{name:>16}" for name in CORRECTIONS))
+    variants = {"none": {}, **CORRECTIONS}
+    for algorithm in ALGORITHMS:
+        for modes in (1, 3):
+            reconstructors = {}
+            for name, options in variants.items():
+                settings = ReconstructionSettings(
+                    algorithm=algorithm,
+                    probe_modes=modes,
+                    device=device,
+                    fft_library=library if device == "cpu" else None,
+                    **options,
+                )
+                reconstructors[name] = Reconstructor.from_data(sim.data, settings).iterate(1)
+            best = dict.fromkeys(variants, np.inf)
+            for _ in range(rounds):
+                for name, reconstructor in reconstructors.items():
+                    synchronize(reconstructor.xp)
+                    start = time.perf_counter()
+                    reconstructor.iterate(iterations)
+                    synchronize(reconstructor.xp)
+                    best[name] = min(best[name], (time.perf_counter() - start) / iterations)
+            cells = [f"{best[name]:8.4f} ({best[name] / best['none']:4.2f}x)" for name in CORRECTIONS]
+            print(
+                f"{algorithm:>10} {modes:>5} {best['none']:8.4f} " + " ".join(f"{c:>16}" for c in cells),
+                flush=True,
+            )
+
+
 def run_memory(n_frames: int, size: int, device: str, library: str) -> None:
     """A scan of photon counts simulated, then reconstructed (rPIE, one iteration): peak memory against its 16-bit counts."""
     print(f"\nmemory, {n_frames} frames of {size}x{size} photon counts ({device}, {library} FFTs)")
@@ -229,9 +278,15 @@ def main() -> None:
     parser.add_argument(
         "--memory", action="store_true", help="peak memory of a scan of counts (--frames, --sizes)"
     )
+    parser.add_argument(
+        "--corrections", action="store_true", help="the cost of position refinement and intensity correction"
+    )
     args = parser.parse_args()
     devices = ["cpu"] + (["gpu"] if gpu_available() else [])
     for device in devices:
+        if args.corrections:
+            run_corrections(device, args.fft)
+            continue
         if args.memory:
             for n_frames in args.frames:
                 for size in args.sizes:
