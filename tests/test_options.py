@@ -98,8 +98,10 @@ def test_reconstruct_records_the_options_it_ran_with(tmp_path):
     scan = tmp_path / "scan.cxi"
     write_cxi(scan, simulate(n_frames=30, frame_size=32, seed=2).data)
     result = CliRunner().invoke(
-        main, ["reconstruct", str(scan), "-a", "dm", "--relaxation", "0.9", "-n", "3"]
+        main,
+        ["reconstruct", str(scan), "-a", "dm", "--relaxation", "0.9", "-n", "3", "--intensity-correction"],
     )
     assert result.exit_code == 0, result.output
     recon = read_result(tmp_path / "scan_recon.cxi")
     assert recon.settings["algorithm"] == "dm" and recon.settings["options"] == {"relaxation": 0.9}
+    assert recon.settings["intensity_correction"] and recon.frame_scales.shape == (30,)

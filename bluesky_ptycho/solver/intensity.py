@@ -35,18 +35,20 @@ class FrameIntensity:
     Attributes
     ----------
     scales
-        (N,) ``c_j``, host float64, 1 until the frame is first visited.
+        (N,) ``c_j``, host float64, 1 until the frame is first visited (a
+        job that continues a previous result fits them anew).
     photons
-        (N,) measured photons in each frame's good pixels.
+        (N,) measured photons in each frame's good pixels: the
+        reconstructor's own array (:meth:`take`).
     """
 
     scales: np.ndarray = field(default_factory=lambda: np.ones(0))
     photons: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
-    def extend(self, photons: np.ndarray, scales: np.ndarray | None = None) -> None:
-        """Add frames with ``photons``; their scales ``scales`` (a previous result's) or 1."""
-        self.photons = np.concatenate([self.photons, photons])
-        self.scales = np.concatenate([self.scales, np.ones(len(photons)) if scales is None else scales])
+    def take(self, photons: np.ndarray) -> None:
+        """Every frame's measured ``photons``, the frames new here at a scale of 1."""
+        self.photons = photons
+        self.scales = np.concatenate([self.scales, np.ones(len(photons) - len(self.scales))])
 
     def observe(self, frames: np.ndarray, model_photons: np.ndarray) -> None:
         """New scales of ``frames`` from the model's photons in their good pixels (host array)."""

@@ -154,7 +154,8 @@ class Reconstructor:
         self.cost_history: list[float] = []
         self.wall_time = 0.0
         self.extra: dict = {}
-        self._photons = np.zeros(0)  # in each frame's good pixels: what the cost is normalised by
+        # in each frame's good pixels: the cost is normalised by them, intensity correction fits them
+        self._photons = np.zeros(0)
         self._previewed = 0  # frames the previews have visited as new ones
         self._iteration_cost = IterationCost()
         self._coverage: dict | None = None  # what the last preview visited
@@ -307,7 +308,7 @@ class Reconstructor:
         for frames, _ in pending:
             self.state.measured.append(frames)
         if self.state.intensity is not None:
-            self.state.intensity.extend(self._photons[n_before:])
+            self.state.intensity.take(self._photons)
         self.engine.frames_added(self.state, n_before)
         self._best = None
         logger.debug("took %d frames (%d in all)", len(positions), self.state.n_frames)
