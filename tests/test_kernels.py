@@ -177,11 +177,13 @@ def test_difference_map_fourier_update(problem, beta, modes):
     rng, _, _, _, amplitude, mask = problem
     model = random_complex(rng, (12, modes, *SHAPE))
     farfield = random_complex(rng, (12, modes, *SHAPE))
-    (cost, (_, updated, *_)), (array_cost, (_, array_updated, *_)) = both_ways(
-        fourier_update, model, farfield, amplitude, mask, beta
+    (cost, (_, updated, *_, photons)), (array_cost, (_, array_updated, *_, array_photons)) = both_ways(
+        fourier_update, model, farfield, amplitude, mask, beta, np.zeros(12)
     )
     assert cost == pytest.approx(array_cost, rel=1e-5)
     assert_close(updated, array_updated)
+    assert_close(photons, array_photons)
+    assert array_photons.min() > 0
 
 
 @pytest.mark.parametrize("modes", [1, 3])

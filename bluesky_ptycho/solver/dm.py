@@ -109,18 +109,19 @@ class DifferenceMap(Engine):
                 out=self.workspace[: len(corners)],
                 kernels=backend.kernels,
             )
-            amplitude = corrected_amplitudes(state, part, correct)  # by the scales before this model's
             model = backend.fft2(model, overwrite_x=True)
-            if correct:
-                state.intensity.observe(part, to_numpy(good_photons(model, state.mask)))
+            model_photons = state.xp.empty(len(corners), np.float64) if correct else None
             cost += fourier_update(
                 model,
                 self.farfield[part],
-                amplitude,
+                corrected_amplitudes(state, part, correct),
                 state.mask,
                 self.settings.options.relaxation,
+                model_photons,
                 backend.kernels,
             )
+            if correct:
+                state.intensity.observe(part, to_numpy(model_photons))
             model[...] = self.farfield[part]
             psi = backend.ifft2(model, overwrite_x=True)
             terms = update_terms(state, corners, psi, for_probe=probe_too, terms=terms)
@@ -189,17 +190,21 @@ class DifferenceMap(Engine):
         rotate_modes(self.farfield, rotation, state.backend.kernels)
 
 
-def fourier_update(model, farfield, amplitude, mask, beta: float, kernels=None) -> float:
+def fourier_update(model, farfield, amplitude, mask, beta: float, model_photons=None, kernels=None) -> float:
     """Replace the stored far fields by their difference-map (RAAR) update, in place.
 
     ``model`` (N, modes, h, w) is ``F(P O)``, ``farfield`` the stored far
     fields ``F(psi)``; see the module docstring for the update. Returns the
-    amplitude misfit of ``model``. ``kernels``: the compiled kernels, or None
-    for the array expressions.
+    amplitude misfit of ``model``. ``model_photons``, if given, an (N,) array
+    filled with the photons of each frame's model in the good pixels.
+    ``kernels``: the compiled kernels, or None for the array expressions.
     """
     if kernels is not None:
         mask = kernel_mask(mask, model.shape[-2:], amplitude.dtype)
-        return kernels.difference_map_fourier(model, farfield, amplitude, mask, beta)
+        photons = np.empty(0) if model_photons is None else model_photons
+        return kernels.difference_map_fourier(model, farfield, amplitude, mask, beta, photons)
+    if model_photons is not None:
+        model_photons[...] = good_photons(model, mask)
     model_amp = model_amplitude(model)
     cost = amplitude_misfit(model_amp, amplitude, mask)
     reflected = 2 * model - farfield

@@ -286,12 +286,13 @@ def add_scaled_in(target, source, runs, tile, scale):
 
 
 @_compile
-def difference_map_fourier(model, farfield, amplitude, mask, beta):
+def difference_map_fourier(model, farfield, amplitude, mask, beta, model_photons):
     """The difference map's Fourier-space update of the stored far fields, in place.
 
     ``model`` (N, M, h, w) is ``F(P O)``; ``farfield`` the stored far fields,
     replaced by ``beta (farfield + P_F(2 model - farfield) - model) + (1 - beta) P_F(model)``.
-    Returns the amplitude misfit of ``model``.
+    Returns the amplitude misfit of ``model``. ``model_photons``: (N,)
+    filled with ``sum mask * |model|^2`` of each frame, or empty (0,).
     """
     n_frames, n_modes, h, w = model.shape
     model_power = np.empty(w, dtype=amplitude.dtype)
@@ -303,6 +304,7 @@ def difference_map_fourier(model, farfield, amplitude, mask, beta):
     cost = 0.0
     for j in range(n_frames):
         measured = amplitude[j]
+        photons = 0.0
         for y in range(h):
             model_power[:] = 0
             reflected_power[:] = 0
@@ -315,14 +317,17 @@ def difference_map_fourier(model, farfield, amplitude, mask, beta):
                     model_power[x] += f.real * f.real + f.imag * f.imag
                     reflected_power[x] += r.real * r.real + r.imag * r.imag
             row_cost = _ONE - _ONE
+            row_photons = _ONE - _ONE
             for x in range(w):
                 model_amplitude = np.sqrt(model_power[x])
                 target = measured[y, x]
                 good = mask[y, x]
                 row_cost += good * (model_amplitude - target) * (model_amplitude - target)
+                row_photons += good * model_power[x]
                 reflected_factor[x] = _ONE + good * (target / (np.sqrt(reflected_power[x]) + _FLOOR) - _ONE)
                 model_factor[x] = keep * (_ONE + good * (target / (model_amplitude + _FLOOR) - _ONE))
             cost += row_cost
+            photons += row_photons
             for m in range(n_modes):
                 model_row = model[j, m, y]
                 stored_row = farfield[j, m, y]
@@ -332,6 +337,8 @@ def difference_map_fourier(model, farfield, amplitude, mask, beta):
                     stored_row[x] = (
                         relaxation * (g + (_TWO * f - g) * reflected_factor[x] - f) + model_factor[x] * f
                     )
+        if model_photons.shape[0]:
+            model_photons[j] = photons
     return cost
 
 
