@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import empty_aligned, to_numpy
+from .backend import empty_aligned
 from .decomposition import sum_over_ranks
 from .engine import Engine
 from .forward import (
@@ -121,7 +121,7 @@ class DifferenceMap(Engine):
                 backend.kernels,
             )
             if correct:
-                state.intensity.observe(part, to_numpy(model_photons))
+                state.intensity.observe(part, model_photons)
             model[...] = self.farfield[part]
             psi = backend.ifft2(model, overwrite_x=True)
             terms = update_terms(state, corners, psi, for_probe=probe_too, terms=terms)

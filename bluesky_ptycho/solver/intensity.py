@@ -50,9 +50,9 @@ class FrameIntensity:
         self.photons = photons
         self.scales = np.concatenate([self.scales, np.ones(len(photons) - len(self.scales))])
 
-    def observe(self, frames: np.ndarray, model_photons: np.ndarray) -> None:
-        """New scales of ``frames`` from the model's photons in their good pixels (host array)."""
-        self.scales[frames] = np.sqrt(self.photons[frames] / np.maximum(model_photons, 1e-30))
+    def observe(self, frames: np.ndarray, model_photons) -> None:
+        """New scales of ``frames`` from the model's photons in their good pixels (any array module)."""
+        self.scales[frames] = np.sqrt(self.photons[frames] / np.maximum(to_numpy(model_photons), 1e-30))
 
     def normalise(self, comm: Communicator) -> None:
         """Scales to a mean square of one over every rank's frames (collective)."""
@@ -84,5 +84,5 @@ def corrected_exit_wave_update(
         state.backend, state.probe, state.object, corners, amplitude, state.mask, noise_model, model_photons
     )
     if correct:
-        state.intensity.observe(chunk, to_numpy(model_photons))
+        state.intensity.observe(chunk, model_photons)
     return update

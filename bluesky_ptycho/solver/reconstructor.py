@@ -433,13 +433,13 @@ class Reconstructor:
         finally:
             seconds = time.perf_counter() - start
             self.wall_time += seconds
+        if self.engine.corrects_intensity(self.iteration):
+            self.state.intensity.normalise(self.comm)
         visited = self.state.n_frames if frames is None or not self.engine.visits_some_frames else len(frames)
         self._iteration_cost.add(visited, seconds)
         photons = (
             self._photons if frames is None or not self.engine.visits_some_frames else self._photons[frames]
         )
-        if self.engine.corrects_intensity(self.iteration):
-            self.state.intensity.normalise(self.comm)
         cost = self.comm.total(misfit) / self.comm.total(photons.sum())
         if self._diverged(cost):
             self._recover(cost)
