@@ -115,6 +115,15 @@ def settings_options(function):
             show_default=True,
             help="Fit each frame's share of the beam, for a beam whose power drifts through the scan.",
         ),
+        click.option(
+            "--variable-probe",
+            "variable_probe_modes",
+            type=click.IntRange(min=0),
+            default=final.variable_probe_modes,
+            show_default=True,
+            help="Eigen-probes of a probe that changes through the scan (orthogonal probe relaxation; "
+            "lsqml only); 0: one probe for every frame.",
+        ),
         click.option("--device", type=click.Choice(DEVICES), default=final.device, show_default=True),
     ]
     for option in reversed(options):
@@ -130,6 +139,7 @@ def make_settings(
     position_correction,
     position_step,
     intensity_correction,
+    variable_probe_modes,
     device,
     **algorithm_options,
 ) -> ReconstructionSettings:
@@ -152,6 +162,7 @@ def make_settings(
             position_correction=position_correction,
             position_step=position_step,
             intensity_correction=intensity_correction,
+            variable_probe_modes=variable_probe_modes,
             device=device,
         )
     except ValueError as error:

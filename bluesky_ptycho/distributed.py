@@ -108,8 +108,7 @@ def reconstruct_on_ranks(
     ranks = comm.gather(
         {
             "frames": mine,
-            "positions": result.positions,
-            "frame_scales": result.frame_scales,
+            "per_frame": {name: getattr(result, name) for name in result.PER_FRAME},
             "peak_memory_bytes": _peak_memory(),
             "memory_before_bytes": before,
             "bytes_sent_per_iteration": (comm.bytes_sent - sent_before) / done,
@@ -117,11 +116,13 @@ def reconstruct_on_ranks(
     )
     if comm.rank != 0:
         return None
-    scales = None if result.frame_scales is None else np.ones(len(positions))
-    for rank in ranks:
-        positions[rank["frames"]] = rank["positions"]
-        if scales is not None:
-            scales[rank["frames"]] = rank["frame_scales"]
+    per_frame = {}
+    for name in result.PER_FRAME:
+        mine_here = getattr(result, name)
+        if mine_here is not None:
+            per_frame[name] = np.empty((len(positions), *mine_here.shape[1:]), mine_here.dtype)
+            for rank in ranks:
+                per_frame[name][rank["frames"]] = rank["per_frame"][name]
     record = {
         "ranks": comm.size,
         "ranks_idle": given - comm.size,
@@ -138,8 +139,7 @@ def reconstruct_on_ranks(
         result,
         object=obj,
         object_origin=origin,
-        positions=positions,
-        frame_scales=scales,
+        **per_frame,
         extra={**result.extra, "distributed": record},
     )
 
@@ -176,9 +176,9 @@ def _r_factor(result, frame_files, starts, mine, comm: Communicator) -> float:
     sums, offset = np.zeros(2), 0
     for index, part in _rank_parts(frame_files, starts, mine, PIECE_FRAMES):
         piece = slice(offset, offset + len(index))
-        scales = None if result.frame_scales is None else result.frame_scales[piece]
-        own = replace(result, positions=result.positions[piece], frame_scales=scales)
-        sums += fourier_r_factor_sums(own, part, batch=max(1, R_FACTOR_PIXELS // part.frames[0].size))
+        sums += fourier_r_factor_sums(
+            result.of_frames(piece), part, batch=max(1, R_FACTOR_PIXELS // part.frames[0].size)
+        )
         offset += len(index)
     return comm.total(sums[0]) / comm.total(sums[1])
 

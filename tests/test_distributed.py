@@ -351,3 +351,23 @@ def test_each_frames_share_of_a_drifting_beam_comes_back_in_the_files_order(tmp_
     assert distributed.frame_scales.shape == (len(drift.data),)
     assert np.mean(distributed.frame_scales**2) == pytest.approx(1.0)  # over both ranks' frames
     assert np.corrcoef(distributed.frame_scales, single.frame_scales)[0, 1] > 0.95
+
+
+def test_a_probe_varying_through_the_scan_is_fitted_over_ranks(tmp_path):
+    """The eigen-probes are every rank's (their sums all-reduced); each frame's weights come back in the files' order."""
+    drift = simulate(
+        n_frames=160,
+        frame_size=32,
+        photons=1e6,
+        seed=4,
+        object_kind="weak_phase",
+        probe_drift=ProbeDrift(0.5),
+    )
+    settings = ReconstructionSettings(
+        algorithm="lsqml", iterations=40, variable_probe_modes=1, variable_probe_start=10, fft_workers=1
+    )
+    distributed = on_ranks(tmp_path, drift.data, settings)
+    single = in_one_process(drift.data, settings)
+    assert distributed.eigen_weights.shape == (len(drift.data), 1)
+    assert np.corrcoef(distributed.eigen_weights[:, 0], single.eigen_weights[:, 0])[0, 1] > 0.95
+    assert distributed.extra["distributed"]["r_factor"] < 1.05 * fourier_r_factor(single, drift.data)

@@ -13,12 +13,14 @@ import scipy.fft
 
 from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, object_error
 from bluesky_ptycho.solver.backend import FFTW_INSTALLED, make_backend
+from bluesky_ptycho.solver.data import ProbeVariation
 from bluesky_ptycho.solver.dm import fourier_update
-from bluesky_ptycho.solver.forward import exit_waves_at, fourier_change
+from bluesky_ptycho.solver.forward import add_variation_waves, exit_waves_at, fourier_change
 from bluesky_ptycho.solver.lsqml import step_products
 from bluesky_ptycho.solver.positions import gradient_sums
 from bluesky_ptycho.solver.state import SolverState
 from bluesky_ptycho.solver.updates import add_regularised_step, patch_overlap, update_terms
+from bluesky_ptycho.solver.variable_probe import eigen_projections, frame_probe_changes, weighted_frames
 
 SHAPE = (16, 12)
 
@@ -314,3 +316,41 @@ def test_rotate_modes(problem, modes):
     gram = flat.conj() @ flat.T
     assert np.abs(gram - np.diag(np.diag(gram))).max() <= 1e-4 * np.abs(gram).max()
     assert np.all(np.diff(np.diag(gram).real) <= 0), "strongest mode first"
+
+
+@pytest.mark.parametrize("eigen", [1, 3])
+def test_variable_probe_kernels(problem, eigen):
+    """The variable probe's passes (:mod:`.variable_probe`): exit waves, object terms, probe changes, projections, sums."""
+    rng, obj, probe, corners, _, _ = problem
+    eigen_probes = random_complex(rng, (eigen, *SHAPE))
+    weights = rng.standard_normal((9, eigen)).astype(np.float32)
+    variation = ProbeVariation(weights, eigen_probes)
+    waves = exit_waves_at(obj, corners, probe)
+    (_, (_, _, _, compiled_waves)), (_, (_, _, _, array_waves)) = both_ways(
+        add_variation_waves, obj, corners, variation, waves
+    )
+    assert_close(compiled_waves, array_waves)
+    assert not np.allclose(array_waves[:, 0], waves[:, 0]) and np.array_equal(
+        array_waves[:, 1:], waves[:, 1:]
+    )
+
+    state = SolverState(COMPILED, obj, probe, None, None, corners.astype(float), corners, np.zeros(2), (1, 1))
+    diff = random_complex(rng, (9, 3, *SHAPE))
+
+    def terms(state, corners, diff, kernels):
+        backend = COMPILED if kernels is not None else ARRAYS
+        return update_terms(
+            replace(state, backend=backend), corners, diff, for_probe=False, variation=variation
+        )
+
+    (compiled, _), (arrays, _) = both_ways(terms, state, corners, diff)
+    assert_close(compiled.object_numerator, arrays.object_numerator)
+    without = update_terms(replace(state, backend=ARRAYS), corners, diff, for_probe=False)
+    assert not np.allclose(without.object_numerator, arrays.object_numerator)
+
+    (changes, _), (array_changes, _) = both_ways(frame_probe_changes, obj, corners, diff, 0.1)
+    assert_close(changes, array_changes)
+    (projections, _), (array_projections, _) = both_ways(eigen_projections, array_changes, eigen_probes)
+    assert_close(projections, array_projections, rtol=1e-5)
+    (sums, _), (array_sums, _) = both_ways(weighted_frames, array_changes, weights)
+    assert_close(sums, array_sums)

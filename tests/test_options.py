@@ -79,6 +79,7 @@ def test_the_cli_has_an_option_for_every_field_and_refuses_the_wrong_algorithms(
         "position_correction": False,
         "position_step": 1.0,
         "intensity_correction": False,
+        "variable_probe_modes": 0,
         "device": "cpu",
     }
     none = dict.fromkeys(algorithm_option_fields())

@@ -37,6 +37,8 @@ SOURCE = "entry_1/instrument_1/source_1"
 TRANSLATION = "entry_1/sample_1/geometry_1/translation"
 FRAMES = ("entry_1/data_1/data", f"{DETECTOR}/data")
 RESULT = "entry_1/reconstruction_1"
+# the result's arrays that only some reconstructions have (None where they have not), kept under their own names
+OPTIONAL_ARRAYS = ("frame_scales", "eigen_probes", "eigen_weights")
 # a subset of the frames is read this many consecutive frames at a time (HDF5 reads whole chunks anyway)
 READ_BLOCK_FRAMES = 256
 
@@ -202,8 +204,9 @@ def write_result(path: str | Path, result: ReconstructionResult) -> Path:
         group.create_dataset("pixel_size", data=np.asarray(result.pixel_size))
         group.create_dataset("object_origin", data=np.asarray(result.object_origin))
         group.create_dataset("cost_history", data=np.asarray(result.cost_history, dtype=float))
-        if result.frame_scales is not None:
-            group.create_dataset("frame_scales", data=result.frame_scales)
+        for name in OPTIONAL_ARRAYS:
+            if getattr(result, name) is not None:
+                group.create_dataset(name, data=getattr(result, name))
         group.attrs["iterations"] = result.iterations
         group.attrs["wall_time"] = result.wall_time
         group.attrs["settings"] = json.dumps(result.settings)
@@ -233,5 +236,5 @@ def read_result(path: str | Path) -> ReconstructionResult:
             geometry=Geometry.from_dict(json.loads(group.attrs["geometry"]))
             if "geometry" in group.attrs
             else None,
-            frame_scales=group["frame_scales"][()] if "frame_scales" in group else None,
+            **{name: group[name][()] if name in group else None for name in OPTIONAL_ARRAYS},
         )

@@ -25,6 +25,8 @@ class Engine(ABC):
     #: whether an iteration can visit some of the frames only (the minibatch
     #: algorithms); one that cannot visits every frame whatever it is given
     visits_some_frames = True
+    #: whether it fits a probe that varies through the scan (:mod:`.variable_probe`)
+    varies_probe = False
 
     def __init__(self, settings: ReconstructionSettings) -> None:
         self.settings = settings
@@ -46,6 +48,11 @@ class Engine(ABC):
         """Whether each frame's share of the beam is fitted in ``iteration``."""
         s = self.settings
         return s.intensity_correction and iteration >= s.intensity_correction_start
+
+    def varies_probe_in(self, iteration: int) -> bool:
+        """Whether the probe's variation through the scan is fitted in ``iteration``."""
+        s = self.settings
+        return s.variable_probe_modes > 0 and iteration >= s.variable_probe_start
 
     def refines_positions(self, iteration: int) -> bool:
         """Whether positions are refined in ``iteration``."""
@@ -108,9 +115,13 @@ class Engine(ABC):
         if state.probe.shape[0] > 1 and self.orthogonalizes(iteration):
             rotation = mode_rotation(state.probe)
             state.probe = rotate_modes(state.probe, rotation, state.backend.kernels)
+            if state.variable_probe is not None:
+                state.variable_probe.follow_first_mode(rotation)
             self.modes_rotated(state, rotation)
         shift = recentre(state)
         if shift is not None:
+            if state.variable_probe is not None:
+                state.variable_probe.roll(state.xp, shift)
             self.probe_shifted(state, shift)
 
     def probe_shifted(self, state: SolverState, shift: tuple[int, int]) -> None:  # noqa: B027

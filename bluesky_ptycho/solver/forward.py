@@ -21,6 +21,7 @@ from .backend import (
     scatter_add,
     sliding_windows,
 )
+from .data import ProbeVariation
 
 AMPLITUDE_FLOOR = 1e-6
 
@@ -89,6 +90,18 @@ def exit_waves_at(obj, corners, probe, out=None, kernels=None):
         return waves
     out[...] = waves
     return out
+
+
+def add_variation_waves(obj, corners, variation: ProbeVariation, waves, kernels=None) -> None:
+    """``waves[j, 0] += V_j * patch_j``: the first mode's exit waves of a probe varying frame by frame, in place.
+
+    ``variation``: each frame's change ``V_j`` of the first probe mode.
+    ``kernels``: the compiled kernels, or None for the array expression.
+    """
+    if kernels is not None:
+        kernels.add_variation_waves(obj, corners, variation.weights, variation.eigen_probes, waves)
+        return
+    waves[:, 0] += variation.frames() * gather_patches(obj, corners, waves.shape[-2:])
 
 
 def model_amplitude(farfield):
@@ -183,13 +196,15 @@ def exit_wave_update(
     mask=None,
     noise_model: str = "gaussian",
     model_photons=None,
+    variation=None,
 ):
     """Propagate, apply the measured moduli and back-propagate, with ``backend``'s FFTs and kernels.
 
     ``amplitude`` (B, h, w) holds the measured amplitudes of the B patches at
     ``corners``; see :func:`fourier_change` for the other parameters.
     ``model_photons``, if given, a (B,) array filled with the photons each
-    modelled far field puts in the good pixels.
+    modelled far field puts in the good pixels. ``variation``, if given,
+    each frame's change of the first probe mode (:mod:`.variable_probe`).
 
     Returns
     -------
@@ -199,7 +214,10 @@ def exit_wave_update(
     cost
         The amplitude misfit of the modelled exit waves.
     """
-    farfield = backend.fft2(exit_waves_at(obj, corners, probe, kernels=backend.kernels), overwrite_x=True)
+    waves = exit_waves_at(obj, corners, probe, kernels=backend.kernels)
+    if variation is not None:
+        add_variation_waves(obj, corners, variation, waves, backend.kernels)
+    farfield = backend.fft2(waves, overwrite_x=True)
     cost = fourier_change(farfield, amplitude, mask, noise_model, model_photons, backend.kernels)
     return backend.ifft2(farfield, overwrite_x=True), cost
 

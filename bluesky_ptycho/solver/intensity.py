@@ -71,17 +71,31 @@ def corrected_amplitudes(state: SolverState, frames, correct: bool):
 
 
 def corrected_exit_wave_update(
-    state: SolverState, chunk: np.ndarray, corners, noise_model: str = "gaussian", correct: bool = False
+    state: SolverState,
+    chunk: np.ndarray,
+    corners,
+    noise_model: str = "gaussian",
+    correct: bool = False,
+    variation=None,
 ):
     """:func:`.forward.exit_wave_update` of the frames ``chunk`` at ``corners`` against their measured amplitudes.
 
     With ``correct`` each frame's amplitudes are divided by its scale, and
-    the scales of ``chunk`` are observed from this model.
+    the scales of ``chunk`` are observed from this model. ``variation``: the
+    frames' change of the first probe mode (:mod:`.variable_probe`), or None.
     """
     amplitude = corrected_amplitudes(state, chunk, correct)
     model_photons = state.xp.empty(len(chunk), np.float64) if correct else None
     update = exit_wave_update(
-        state.backend, state.probe, state.object, corners, amplitude, state.mask, noise_model, model_photons
+        state.backend,
+        state.probe,
+        state.object,
+        corners,
+        amplitude,
+        state.mask,
+        noise_model,
+        model_photons,
+        variation,
     )
     if correct:
         state.intensity.observe(chunk, model_photons)

@@ -183,6 +183,108 @@ def accumulate_object_terms(diff, corners, probe, numerator, illumination):
 
 
 @_compile
+def _variation_row(weights, eigen_probes, j, y, out):
+    """``out[:] = sum_k weights[j, k] * eigen_probes[k, y]``: row ``y`` of frame ``j``'s probe variation."""
+    out[:] = 0
+    for k in range(eigen_probes.shape[0]):
+        weight = weights[j, k]
+        eigen_row = eigen_probes[k, y]
+        for x in range(out.shape[0]):
+            out[x] += weight * eigen_row[x]
+
+
+@_compile
+def add_variation_waves(obj, corners, weights, eigen_probes, waves):
+    """``waves[j, 0] += V_j * obj[patch_j]``, ``V_j = sum_k weights[j, k] eigen_probes[k]``, in place (see :func:`.forward.add_variation_waves`)."""
+    n_frames = corners.shape[0]
+    h, w = eigen_probes.shape[1:]
+    variation = np.empty(w, dtype=eigen_probes.dtype)
+    for j in range(n_frames):
+        r, c = corners[j, 0], corners[j, 1]
+        for y in range(h):
+            _variation_row(weights, eigen_probes, j, y, variation)
+            patch_row = obj[r + y, c : c + w]
+            wave_row = waves[j, 0, y]
+            for x in range(w):
+                wave_row[x] += variation[x] * patch_row[x]
+
+
+@_compile
+def accumulate_variation_terms(diff, corners, weights, eigen_probes, numerator):
+    """``numerator[patch_j] += conj(V_j) * diff[j, 0]``, ``V_j`` as in :func:`add_variation_waves`, in place (see :func:`.updates.update_terms`)."""
+    n_frames = corners.shape[0]
+    h, w = eigen_probes.shape[1:]
+    variation = np.empty(w, dtype=eigen_probes.dtype)
+    for j in range(n_frames):
+        r, c = corners[j, 0], corners[j, 1]
+        for y in range(h):
+            _variation_row(weights, eigen_probes, j, y, variation)
+            numerator_row = numerator[r + y, c : c + w]
+            diff_row = diff[j, 0, y]
+            for x in range(w):
+                numerator_row[x] += np.conj(variation[x]) * diff_row[x]
+
+
+@_compile
+def frame_probe_changes(obj, corners, chi, alpha):
+    """``conj(O_j) chi_j0 / ((1 - alpha)|O_j|^2 + alpha max|O_j|^2)`` (B, h, w) (see :func:`.variable_probe.frame_probe_changes`)."""
+    n_frames, _, h, w = chi.shape
+    keep = obj.real.dtype.type(1 - alpha)
+    power = np.empty((h, w), dtype=obj.real.dtype)
+    out = np.empty((n_frames, h, w), dtype=chi.dtype)
+    for j in range(n_frames):
+        r, c = corners[j, 0], corners[j, 1]
+        largest = obj.real.dtype.type(0)
+        for y in range(h):
+            patch_row = obj[r + y, c : c + w]
+            power_row = power[y]
+            for x in range(w):
+                power_row[x] = patch_row[x].real * patch_row[x].real + patch_row[x].imag * patch_row[x].imag
+                largest = max(largest, power_row[x])
+        floor = obj.real.dtype.type((alpha + 1e-6) * largest + 1e-30)
+        for y in range(h):
+            patch_row = obj[r + y, c : c + w]
+            power_row = power[y]
+            change_row = chi[j, 0, y]
+            out_row = out[j, y]
+            for x in range(w):
+                out_row[x] = np.conj(patch_row[x]) * change_row[x] * (_ONE / (keep * power_row[x] + floor))
+    return out
+
+
+@_compile
+def eigen_projections(changes, eigen_probes):
+    """``Re<U_k, R_j>`` (B, K) float64 (see :func:`.variable_probe.eigen_projections`)."""
+    n_frames, h, w = changes.shape
+    n_eigen = eigen_probes.shape[0]
+    out = np.zeros((n_frames, n_eigen))
+    for j in range(n_frames):
+        for k in range(n_eigen):
+            total = 0.0
+            for y in range(h):
+                for x in range(w):
+                    u, r = eigen_probes[k, y, x], changes[j, y, x]
+                    total += u.real * r.real + u.imag * r.imag
+            out[j, k] = total
+    return out
+
+
+@_compile
+def weighted_frames(changes, weights):
+    """``sum_j weights[j, k] R_j`` (K, h, w) (see :func:`.variable_probe.weighted_frames`)."""
+    n_frames, h, w = changes.shape
+    n_eigen = weights.shape[1]
+    out = np.zeros((n_eigen, h, w), dtype=changes.dtype)
+    for j in range(n_frames):
+        for k in range(n_eigen):
+            weight = weights[j, k]
+            for y in range(h):
+                for x in range(w):
+                    out[k, y, x] += weight * changes[j, y, x]
+    return out
+
+
+@_compile
 def accumulate_probe_terms(diff, corners, obj, numerator, weights):
     """Add ``sum_j conj(obj[patch_j]) diff_jm`` and ``sum_j |obj[patch_j]|^2``, in place."""
     n_frames, n_modes, h, w = diff.shape

@@ -31,6 +31,7 @@ from .state import SolverState, mode_power
 from .updates import (
     UpdateTerms,
     add_scaled_in,
+    frame_inner,
     mode_sum,
     probe_terms_of_every_rank,
     regularised_step,
@@ -39,11 +40,6 @@ from .updates import (
 )
 
 STEP_REGULARISATION = 1e-3
-
-
-def frame_inner(u, v):
-    """``sum Re(conj(u) v)`` over each frame's pixels, (B,)."""
-    return (u.real * v.real + u.imag * v.imag).sum(axis=(-2, -1))
 
 
 def step_products(obj, object_direction, probe, probe_direction, corners, chi, kernels=None):
@@ -105,7 +101,9 @@ class LSQMLOptions(MinibatchOptions):
 
 
 class LSQML(Engine):
-    """LSQ-ML with minibatches, Gaussian or Poisson noise model."""
+    """LSQ-ML with minibatches, Gaussian or Poisson noise model; optionally a probe varying through the scan."""
+
+    varies_probe = True
 
     def iterate(
         self, state: SolverState, iteration: int, rng: np.random.Generator, frames: np.ndarray | None = None
@@ -116,6 +114,7 @@ class LSQML(Engine):
         update_probe = self.updates_probe(iteration)
         cost = 0.0
         kernels = state.backend.kernels
+        variable = state.variable_probe
         for batch in self.batches(state, rng, frames):
             numerator, illumination = state.object_sums()
             terms, parts = UpdateTerms(numerator, illumination), []
@@ -123,11 +122,14 @@ class LSQML(Engine):
             for chunk in self.chunks(batch, state):
                 index = xp.asarray(chunk)
                 corners = state.corners[index]
+                variation = None if variable is None else variable.variation(xp, chunk)
                 chi, chunk_cost = corrected_exit_wave_update(
-                    state, chunk, corners, options.noise_model, self.corrects_intensity(iteration)
+                    state, chunk, corners, options.noise_model, self.corrects_intensity(iteration), variation
                 )
                 cost += chunk_cost
-                terms = update_terms(state, corners, chi, for_probe=update_probe, terms=terms)
+                terms = update_terms(
+                    state, corners, chi, for_probe=update_probe, terms=terms, variation=variation
+                )
                 parts.append((chunk, corners, chi))
             probe_direction = step_probe = None
             if update_probe:
@@ -166,9 +168,14 @@ class LSQML(Engine):
                     region, state.object, object_direction, s.object_step * mean_step(step_object), kernels
                 )
             if update_probe:
-                state.probe += np.float32(s.probe_step * mean_step(step_probe, state.comm)) * probe_direction
+                probe_step = s.probe_step * mean_step(step_probe, state.comm)
+                state.probe += np.float32(probe_step) * probe_direction
+                if self.varies_probe_in(iteration):
+                    variable.fit_weights(state, parts, options.alpha, probe_step)
             move_positions(state, moves)
         merge_ranks(state)
+        if self.varies_probe_in(iteration):
+            variable.fit_eigen_probes(state.comm)
         if update_probe:
             self.finish_probe(state, iteration)
         return cost

@@ -8,7 +8,7 @@ import numpy as np
 
 from .backend import fft2
 from .data import PtychoData, ReconstructionResult
-from .forward import exit_waves, gather_patches, model_amplitude
+from .forward import gather_patches, model_amplitude
 from .probe import shift_ramp
 from .simulate import SimulatedData
 
@@ -162,7 +162,7 @@ def fourier_r_factor_sums(
     for start in range(0, len(data), batch):
         stop = min(start + batch, len(data))
         patches = gather_patches(result.object, corners[start:stop], result.probe.shape[-2:])
-        model = model_amplitude(fft2(exit_waves(result.probe, patches)))
+        model = model_amplitude(fft2(result.frame_probes(slice(start, stop)) * patches[:, None]))
         if result.frame_scales is not None:
             model *= result.frame_scales[start:stop, None, None]
         measured = np.sqrt(np.fft.ifftshift(data.frames[start:stop], axes=(-2, -1)))

@@ -34,9 +34,10 @@ from .frames import MeasuredAmplitudes
 from .intensity import FrameIntensity
 from .iteration_cost import IterationCost
 from .positions import refinement_record
-from .probe import add_modes, normalize_power, orthogonalize_modes, probe_from_mean_pattern
+from .probe import add_modes, mode_rotation, normalize_power, probe_from_mean_pattern, rotate_modes
 from .settings import ReconstructionSettings
 from .state import SolverState, canvas_margin
+from .variable_probe import VariableProbe
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +254,8 @@ class Reconstructor:
             total = float(self.xp.sum(self.xp.abs(self.state.probe) ** 2))
             probe = add_modes(to_numpy(self.state.probe), self.settings.probe_modes)
             self.state.probe = self.xp.asarray(normalize_power(probe, total))
+            self._corrections(self.state, self.comm.total(self.state.n_frames))
+            self._take_frames()
             self.engine.frames_added(self.state, 0)
             self._best = None
         return self
@@ -307,8 +310,7 @@ class Reconstructor:
             self.state.set_positions(np.concatenate([self.state.positions, self.state.pixels(positions)]))
         for frames, _ in pending:
             self.state.measured.append(frames)
-        if self.state.intensity is not None:
-            self.state.intensity.take(self._photons)
+        self._take_frames()
         self.engine.frames_added(self.state, n_before)
         self._best = None
         logger.debug("took %d frames (%d in all)", len(positions), self.state.n_frames)
@@ -494,9 +496,11 @@ class Reconstructor:
         state = self.prepare().state
         covered, origin = state.covered()
         obj = to_numpy(state.object[covered])
+        probe = to_numpy(state.probe)
+        rotation = mode_rotation(probe) if len(probe) > 1 else np.ones((1, 1))
         return ReconstructionResult(
             object=obj.copy() if copy else obj,
-            probe=orthogonalize_modes(to_numpy(state.probe)).copy(),
+            probe=rotate_modes(probe, rotation).copy(),
             positions=state.metres(state.positions),
             pixel_size=self.pixel_size,
             object_origin=(float(origin[0]), float(origin[1])),
@@ -505,6 +509,7 @@ class Reconstructor:
             settings=self.settings.to_dict(),
             wall_time=self.wall_time,
             frame_scales=None if state.intensity is None else state.intensity.scales.copy(),
+            **({} if state.variable_probe is None else state.variable_probe.recorded(rotation)),
             extra={
                 **self.extra,
                 "backend": self.backend.describe(),
@@ -571,10 +576,35 @@ class Reconstructor:
             origin=self._origin + np.multiply(first, self.pixel_size)[::-1],
             pixel_size=self.pixel_size,
             comm=comm,
-            intensity=FrameIntensity() if self.settings.intensity_correction else None,
         )
         state.set_positions(pixels - first)
+        self._corrections(state, comm.total(len(positions)))
         return state
+
+    def _take_frames(self) -> None:
+        """The frames' beam shares and probe variations take every frame the state has."""
+        if self.state.intensity is not None:
+            self.state.intensity.take(self._photons)
+        if self.state.variable_probe is not None:
+            self.state.variable_probe.take(self.state.n_frames)
+
+    def _corrections(self, state: SolverState, n_frames: float) -> None:
+        """Give ``state`` the frames' beam shares and the probe's variation its settings ask for (``n_frames``: every rank's)."""
+        s = self.settings
+        state.intensity = (state.intensity or FrameIntensity()) if s.intensity_correction else None
+        count = s.variable_probe_modes
+        if count >= n_frames:
+            raise ValueError(
+                f"variable_probe_modes={count}: a probe varying through the scan needs more frames "
+                f"than eigen-probes, and this scan has {n_frames:g}"
+            )
+        variable = state.variable_probe
+        if not count:
+            state.variable_probe = None
+        elif variable is None or len(variable.eigen_probes) != count:
+            # the same start on every rank: a generator of its own, from the seed
+            rng = np.random.default_rng(s.seed)
+            state.variable_probe = VariableProbe.start(self.xp, count, self.geometry.frame_shape, rng)
 
     def _initial_defocus(self, frames: np.ndarray, positions: np.ndarray) -> float:
         """The defocus of the initial probe: given (sign checked) or measured from the data."""

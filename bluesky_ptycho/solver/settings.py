@@ -63,6 +63,12 @@ class ReconstructionSettings:
         First iteration in which the frames' shares are fitted: before it the
         object takes its absorption from the data (fitted from the start,
         the shares take up an absorbing object's contrast instead).
+    variable_probe_modes
+        Eigen-probes of a probe that changes through the scan (orthogonal
+        probe relaxation, :mod:`.variable_probe`); 0 (default): one probe
+        for every frame. LSQ-ML only.
+    variable_probe_start
+        First iteration in which the eigen-probes are fitted.
     probe_defocus
         Defocus in metres of the initial probe built when none is given
         (positive: sample downstream of the focus). A given value whose
@@ -97,6 +103,8 @@ class ReconstructionSettings:
     max_position_step: float = 0.5
     intensity_correction: bool = False
     intensity_correction_start: int = 50
+    variable_probe_modes: int = 0
+    variable_probe_start: int = 20
     probe_defocus: float | str | None = None
     device: str = "cpu"
     fft_library: str | None = None
@@ -119,6 +127,14 @@ class ReconstructionSettings:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.probe_modes < 1:
             raise ValueError(f"probe_modes must be >= 1, got {self.probe_modes}")
+        if self.variable_probe_modes < 0:
+            raise ValueError(f"variable_probe_modes must be >= 0, got {self.variable_probe_modes}")
+        if self.variable_probe_modes and not REGISTRY[self.algorithm].engine.varies_probe:
+            varying = ", ".join(name for name, entry in REGISTRY.items() if entry.engine.varies_probe)
+            raise ValueError(
+                f"variable_probe_modes (a probe varying through the scan) is not an option of "
+                f"{self.algorithm}: only of {varying}"
+            )
         if isinstance(self.probe_defocus, str) and self.probe_defocus.lower() in ("auto", "none"):
             self.probe_defocus = {"auto": "auto", "none": 0.0}[self.probe_defocus.lower()]
         elif self.probe_defocus is not None:
@@ -148,8 +164,8 @@ class ReconstructionSettings:
         return cls(**{**FINAL_DEFAULTS, **overrides})
 
     def for_preview(self) -> ReconstructionSettings:
-        """These settings with the fast preview algorithm (:data:`PREVIEW_DEFAULTS`: rPIE, one mode)."""
-        return replace(self, options=None, **PREVIEW_DEFAULTS)
+        """These settings with the fast preview algorithm (:data:`PREVIEW_DEFAULTS`: rPIE, one mode, one probe for every frame)."""
+        return replace(self, options=None, variable_probe_modes=0, **PREVIEW_DEFAULTS)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-friendly dictionary (the options as one of their own)."""

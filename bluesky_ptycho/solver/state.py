@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -11,6 +12,9 @@ from .backend import ArrayBackend
 from .communicator import Communicator
 from .frames import MeasuredAmplitudes
 from .intensity import FrameIntensity
+
+if TYPE_CHECKING:
+    from .variable_probe import VariableProbe
 
 # a canvas that must grow grows by at least this share of its size on that side: a scan whose frames
 # come a few hundred at a time then copies its canvas (hundreds of MB at 50,000 frames) a few dozen
@@ -64,6 +68,8 @@ class SolverState:
         (N,) True for frames whose refined position was held at that bound.
     intensity
         Each frame's share of the beam, where it is corrected (:mod:`.intensity`), else None.
+    variable_probe
+        Eigen-probes and each frame's weights, where the probe varies through the scan (:mod:`.variable_probe`), else None.
     origin
         (x, y) in metres of canvas pixel (0, 0) as a patch corner.
     pixel_size
@@ -84,6 +90,7 @@ class SolverState:
     start_positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     at_bound: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     intensity: FrameIntensity | None = None
+    variable_probe: VariableProbe | None = None
     _object_sums: tuple | None = field(default=None, repr=False)
 
     @property

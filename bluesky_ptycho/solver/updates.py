@@ -38,6 +38,11 @@ class UpdateTerms:
     probe_weights: Any = None
 
 
+def frame_inner(u, v):
+    """``sum Re(conj(u) v)`` over each frame's pixels, (B,)."""
+    return (u.real * v.real + u.imag * v.imag).sum(axis=(-2, -1))
+
+
 def mode_sum(probe, waves):
     """``sum_m conj(probe_m) * waves_m`` for waves (B, modes, h, w): (B, h, w)."""
     if probe.shape[0] == 1:
@@ -52,12 +57,16 @@ def update_terms(
     for_object: bool = True,
     for_probe: bool = True,
     terms: UpdateTerms | None = None,
+    variation=None,
 ):
     """Object and/or probe update terms of exit-wave changes ``diff`` at ``corners``.
 
     The probe terms use the object patches of ``state.object`` as it is now.
     Given ``terms`` (of earlier frames of the same batch), the new frames'
-    terms are added to them, in place.
+    terms are added to them, in place. ``variation``: each frame's change of
+    the first probe mode (:class:`.data.ProbeVariation`), or None; its
+    object numerator joins the shared probe's (the illumination stays the
+    shared probe's).
 
     Returns
     -------
@@ -78,6 +87,12 @@ def update_terms(
         else:
             scatter_patches(terms.object_numerator, corners, mode_sum(state.probe, diff))
             terms.illumination += stamp_patch(state.illumination_weights(), corners, state.object.shape)
+        if variation is not None and kernels is not None:
+            kernels.accumulate_variation_terms(
+                diff, corners, variation.weights, variation.eigen_probes, terms.object_numerator
+            )
+        elif variation is not None:
+            scatter_patches(terms.object_numerator, corners, variation.frames().conj() * diff[:, 0])
     if for_probe:
         if terms.probe_numerator is None:
             terms.probe_numerator = xp.zeros_like(state.probe)

@@ -1,0 +1,210 @@
+"""A probe that changes through the scan: orthogonal probe relaxation (OPR; Odstrcil et al., Opt. Express 24, 8360, 2016).
+
+Frame ``j`` is lit by the first probe mode plus a variation of its own,
+``P_j = P_0 + sum_k w_jk U_k``: a few eigen-probes ``U_k`` (orthonormal, shared
+by the scan) with real per-frame weights ``w_jk``. The variation's exit wave
+``V_j O_j`` joins the forward model (:func:`.forward.exit_wave_update`) and its
+object gradient ``conj(V_j) chi_j`` the object update (:func:`.updates.update_terms`);
+the illumination that preconditions the object step, the LSQ-ML step lengths
+and the position gradients keep the shared probe (the variation is a small
+share of it).
+
+After each batch the probe change every frame asks for alone,
+``R_j = conj(O_j) chi_j0 / |O_j|^2`` (regularised like rPIE), less its mean
+over the batch (the shared probe's update takes that), is fitted by one
+alternating least-squares step of the rank-K model: each frame's weights
+move by the projections of ``R_j`` on the eigen-probes, then the eigen-probes
+become the least-squares fit to every frame's variation with those weights
+(``V_j + R_j``, the batch's frames), and are made orthonormal again (the
+weights follow, so no frame's probe changes). Three passes over the frames
+(:func:`frame_probe_changes`, :func:`eigen_projections`,
+:func:`weighted_frames`) whatever K; the rest is K x K algebra. LSQ-ML only
+(:class:`.lsqml.LSQML`); the probe modes' blur (mixed states) stays with
+the modes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .backend import array_module, to_numpy
+from .data import ProbeVariation, combined
+from .forward import gather_patches
+from .updates import frame_inner
+
+
+@dataclass
+class VariableProbe:
+    """Eigen-probes and every frame's weights on them.
+
+    Attributes
+    ----------
+    eigen_probes
+        (K, h, w) complex, on the state's array module; orthonormal
+        (``Re<U_k, U_l>``), fitted once an iteration (:meth:`fit_eigen_probes`).
+    weights
+        (N, K) float32 host array: frame ``j``'s ``w_jk`` (0 until the
+        frame is first fitted).
+    """
+
+    eigen_probes: Any
+    weights: np.ndarray
+    _sums: _EigenSums | None = field(default=None, repr=False)
+
+    @classmethod
+    def start(cls, xp, count: int, shape: tuple[int, int], rng: np.random.Generator) -> VariableProbe:
+        """``count`` random unit eigen-probes of ``shape`` (a power iteration's start), no frames yet."""
+        noise = rng.normal(size=(count, *shape)) + 1j * rng.normal(size=(count, *shape))
+        start = cls(xp.asarray(noise.astype(np.complex64)), np.zeros((0, count), np.float32))
+        start.orthonormalise()
+        return start
+
+    def take(self, n_frames: int) -> None:
+        """Weights for ``n_frames`` frames in all, those new here at 0."""
+        new = np.zeros((n_frames - len(self.weights), self.weights.shape[1]), np.float32)
+        self.weights = np.concatenate([self.weights, new])
+
+    def variation(self, xp, frames) -> ProbeVariation | None:
+        """``V_j = sum_k w_jk U_k`` of ``frames``, or None while their weights are all 0."""
+        weights = self.weights[frames]
+        if not weights.any():
+            return None
+        return ProbeVariation(xp.asarray(weights), self.eigen_probes)
+
+    def recorded(self, rotation=None) -> dict[str, np.ndarray]:
+        """What a :class:`.data.ReconstructionResult` keeps of it: host copies of ``eigen_probes`` and ``eigen_weights``.
+
+        ``rotation``: how the result's probe modes were mixed from the state's (see :meth:`follow_first_mode`).
+        """
+        eigen_probes = to_numpy(self.eigen_probes) * (1 if rotation is None else to_numpy(rotation)[0, 0])
+        return {"eigen_probes": eigen_probes.astype(np.complex64), "eigen_weights": self.weights.copy()}
+
+    def follow_first_mode(self, rotation) -> None:
+        """The probe modes were mixed into ``sum_m rotation[m, k] P_m``: the variation stays with the new first mode.
+
+        The old first mode's variation ``V`` goes to new mode ``k`` as
+        ``rotation[0, k] V``; the first mode's share is kept (the modes'
+        rotation is nearly the identity but for each mode's phase, which
+        the eigen-decomposition sets afresh every time).
+        """
+        self.eigen_probes = self.eigen_probes * self.eigen_probes.dtype.type(to_numpy(rotation)[0, 0])
+
+    def roll(self, xp, shift: tuple[int, int]) -> None:
+        """Move the eigen-probes with the probe (:func:`.probe.recentre`)."""
+        self.eigen_probes = xp.roll(self.eigen_probes, shift, axis=(-2, -1))
+
+    def fit_weights(self, state, parts: list[tuple[np.ndarray, Any, Any]], alpha: float, step: float) -> None:
+        """Move the batch's weights by ``step`` times the projections of the probe changes it asks for; keep the eigen-probes' sums.
+
+        ``parts``: (frames, corners, chi) of the batch's chunks, ``chi`` the
+        exit-wave changes (B, modes, h, w) of their model; ``alpha``
+        regularises ``1 / |O_j|^2`` like rPIE's step; ``step``: the shared
+        probe's step along its direction. Collective over the ranks (a rank
+        whose batch was empty takes part with nothing).
+        """
+        xp, comm, kernels = state.xp, state.comm, state.backend.kernels
+        frames = np.concatenate([chunk for chunk, _, _ in parts]) if parts else np.zeros(0, int)
+        count = comm.total(len(frames))
+        if count == 0:
+            return
+        eigen = self.eigen_probes
+        changes = [
+            frame_probe_changes(state.object, corners, chi, alpha, kernels) for _, corners, chi in parts
+        ]
+        total = xp.zeros(state.frame_shape, eigen.dtype)
+        for change in changes:
+            total += change.sum(axis=0)
+        mean = comm.sum(total) / np.float32(count)
+        old = self.weights[frames].astype(np.float64)
+        # R_j - mean projected on the eigen-probes' span
+        projections = [to_numpy(eigen_projections(change, eigen, kernels)) for change in changes]
+        projections = np.concatenate(projections) if projections else np.zeros_like(old)
+        projections -= to_numpy(frame_inner(eigen, mean))
+        new = old + step * projections @ np.linalg.inv(gram(eigen))
+        self.weights[frames] = new
+        # the eigen-probes' least squares: sum_j w_j (w_j . U) = sum_j w_j (V_j + step (R_j - mean))
+        sums = self._sums or _EigenSums(
+            np.zeros((len(eigen),) * 2), np.zeros((len(eigen),) * 2), xp.zeros_like(eigen)
+        )
+        sums.normal += new.T @ new
+        sums.cross += new.T @ old
+        rows = np.cumsum([0, *(len(change) for change in changes)])
+        for change, first, end in zip(changes, rows[:-1], rows[1:], strict=True):
+            weights = xp.asarray((step * new[first:end]).astype(np.float32))
+            sums.fitted += weighted_frames(change, weights, kernels)
+        sums.fitted -= xp.asarray((step * new.sum(axis=0)).astype(np.float32))[:, None, None] * mean
+        self._sums = sums
+
+    def fit_eigen_probes(self, comm) -> None:
+        """After an iteration's batches: the eigen-probes their least squares ask for, made orthonormal (collective)."""
+        sums, self._sums = self._sums, None
+        if sums is None:
+            return
+        normal, cross, fitted = comm.sum(sums.normal), comm.sum(sums.cross), comm.sum(sums.fitted)
+        if (
+            np.linalg.cond(normal) < 1 / np.finfo(np.float32).eps
+        ):  # else the weights do not tell them apart yet
+            solve = np.linalg.inv(normal)
+            self.eigen_probes = mixed(solve @ cross, self.eigen_probes) + mixed(solve, fitted)
+        self.orthonormalise()
+
+    def orthonormalise(self) -> None:
+        """Eigen-probes orthonormal again, every frame's weights changed so that no frame's probe changes.
+
+        ``U = L U'`` with ``gram(U) = L L^T`` (Cholesky), the weights times ``L``.
+        """
+        lower = np.linalg.cholesky(gram(self.eigen_probes))
+        self.eigen_probes = mixed(np.linalg.inv(lower), self.eigen_probes)
+        self.weights = (self.weights @ lower).astype(np.float32)
+
+
+@dataclass
+class _EigenSums:
+    """An iteration's sums of the eigen-probes' normal equations: ``normal @ U = cross @ U + fitted``."""
+
+    normal: np.ndarray
+    cross: np.ndarray
+    fitted: Any
+
+
+def mixed(matrix: np.ndarray, images):
+    """``sum_l matrix[k, l] * images[l]`` for each k: (K, h, w) of a real (K, K) host matrix and (K, h, w) images."""
+    return combined(array_module(images).asarray(matrix.astype(np.float32)), images)
+
+
+def gram(images) -> np.ndarray:
+    """``Re<images_k, images_l>``, (K, K) float64 on the host."""
+    return np.array([[float(frame_inner(a, b)) for b in images] for a in images])
+
+
+def frame_probe_changes(obj, corners, chi, alpha: float, kernels=None):
+    """``R_j = conj(O_j) chi_j0 / ((1 - alpha)|O_j|^2 + alpha max|O_j|^2)``: the probe change each frame asks for alone, (B, h, w).
+
+    ``chi`` (B, modes, h, w): the frames' exit-wave changes (the first
+    probe mode's is used); ``O_j`` the object patch at frame ``j``'s corner (rPIE's
+    regularisation, :func:`.updates.regularised_step`, frame by frame).
+    ``kernels``: the compiled kernels, or None for the array expression.
+    """
+    if kernels is not None:
+        return kernels.frame_probe_changes(obj, corners, chi, alpha)
+    patches = gather_patches(obj, corners, chi.shape[-2:])
+    power = patches.real**2 + patches.imag**2
+    largest = power.max(axis=(-2, -1), keepdims=True)
+    return patches.conj() * chi[:, 0] / ((1 - alpha) * power + (alpha + 1e-6) * largest + 1e-30)
+
+
+def eigen_projections(changes, eigen_probes, kernels=None):
+    """``Re<U_k, R_j>``: (B, K) float64 of (B, h, w) frames and (K, h, w) eigen-probes."""
+    if kernels is not None:
+        return kernels.eigen_projections(changes, eigen_probes)
+    return frame_inner(eigen_probes[None], changes[:, None]).astype(np.float64)
+
+
+def weighted_frames(changes, weights, kernels=None):
+    """``sum_j weights[j, k] R_j``: (K, h, w) of (B, h, w) frames and (B, K) real weights."""
+    if kernels is not None:
+        return kernels.weighted_frames(changes, weights)
+    return (weights.T[:, :, None, None] * changes[None]).sum(axis=1)

@@ -1,0 +1,129 @@
+"""A probe that changes through the scan (orthogonal probe relaxation): fitted by LSQ-ML, kept with the result, refused elsewhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bluesky_ptycho.cli import main
+from bluesky_ptycho.io import read_result, write_cxi, write_result
+from bluesky_ptycho.solver import (
+    ProbeDrift,
+    ReconstructionSettings,
+    Reconstructor,
+    fourier_r_factor,
+    object_error,
+    simulate,
+)
+from bluesky_ptycho.solver.imperfections import stage_of_frames
+
+
+@pytest.fixture(scope="module")
+def drifting():
+    """A weak-phase object under a beam whose power wanders by up to 50 % through the scan."""
+    return simulate(
+        n_frames=160,
+        frame_size=32,
+        photons=1e6,
+        seed=4,
+        object_kind="weak_phase",
+        probe_drift=ProbeDrift(intensity=0.5),
+    )
+
+
+def true_amplitudes(sim) -> np.ndarray:
+    """Each frame's beam amplitude relative to the scan's mean."""
+    power = np.sum(np.abs(sim.true_probes) ** 2, axis=(1, 2, 3))[stage_of_frames(len(sim.data), 16)]
+    return np.sqrt(power / power.mean())
+
+
+def reconstruct(sim, **settings):
+    return Reconstructor.from_data(sim.data, ReconstructionSettings(**settings)).iterate().result()
+
+
+@pytest.mark.parametrize("modes", [1, 2])
+def test_a_drifting_beam_is_fitted_by_an_eigen_probe(drifting, modes):
+    """With two probe modes, too: their orthogonalisation sets each mode's phase afresh every iteration."""
+    common = {"algorithm": "lsqml", "iterations": 80, "probe_modes": modes, "variable_probe_start": 10}
+    off = reconstruct(drifting, **common)
+    on = reconstruct(drifting, **common, variable_probe_modes=1)
+    assert off.eigen_probes is None and off.eigen_weights is None
+    assert on.eigen_probes.shape == (1, 32, 32) and on.eigen_weights.shape == (160, 1)
+    # the eigen-probe is the probe's first mode, each frame's weight its share of the beam
+    first = on.probe[0]
+    alignment = abs(np.vdot(on.eigen_probes[0], first)) / np.linalg.norm(first)
+    assert alignment > 0.9
+    assert abs(np.corrcoef(on.eigen_weights[:, 0], true_amplitudes(drifting))[0, 1]) > 0.9
+    assert object_error(on, drifting) < 0.7 * object_error(off, drifting)
+    # the R-factor lights each frame with its own probe
+    assert fourier_r_factor(on, drifting.data) < 0.8 * fourier_r_factor(off, drifting.data)
+    steady = type(on)(**{**on.__dict__, "eigen_probes": None, "eigen_weights": None})
+    assert fourier_r_factor(steady, drifting.data) > fourier_r_factor(on, drifting.data)
+
+
+def test_nothing_varies_before_the_start_iteration(drifting):
+    result = reconstruct(
+        drifting, algorithm="lsqml", iterations=10, variable_probe_modes=2, variable_probe_start=20
+    )
+    np.testing.assert_array_equal(result.eigen_weights, np.zeros((len(drifting.data), 2)))
+    gram = np.real(result.eigen_probes.reshape(2, -1).conj() @ result.eigen_probes.reshape(2, -1).T)
+    np.testing.assert_allclose(gram, np.eye(2), atol=1e-5)
+
+
+def test_only_lsqml_varies_the_probe_and_with_fewer_eigen_probes_than_frames(drifting):
+    for algorithm in ("rpie", "epie", "dm"):
+        with pytest.raises(
+            ValueError, match=f"variable_probe_modes .* not an option of {algorithm}: only of lsqml"
+        ):
+            ReconstructionSettings(algorithm=algorithm, variable_probe_modes=1)
+    with pytest.raises(ValueError, match="variable_probe_modes must be >= 0, got -1"):
+        ReconstructionSettings(algorithm="lsqml", variable_probe_modes=-1)
+    # previews (rPIE) keep one probe for every frame
+    assert ReconstructionSettings.final(variable_probe_modes=2).for_preview().variable_probe_modes == 0
+    few = Reconstructor(
+        drifting.data.geometry, ReconstructionSettings(algorithm="lsqml", variable_probe_modes=4)
+    )
+    few.add_frames(drifting.data.frames[:4], drifting.data.positions[:4])
+    with pytest.raises(
+        ValueError, match=r"variable_probe_modes=4: .* more frames than eigen-probes, and this scan has 4"
+    ):
+        few.iterate(1)
+
+
+def test_the_variation_is_kept_in_the_result_file(drifting, tmp_path):
+    result = reconstruct(
+        drifting, algorithm="lsqml", iterations=20, variable_probe_modes=2, variable_probe_start=5
+    )
+    back = read_result(write_result(tmp_path / "result.cxi", result))
+    np.testing.assert_array_equal(back.eigen_probes, result.eigen_probes)
+    np.testing.assert_array_equal(back.eigen_weights, result.eigen_weights)
+    assert back.frame_probes(slice(3, 7)).shape == (4, 1, 32, 32)
+    plain = read_result(write_result(tmp_path / "plain.cxi", reconstruct(drifting, iterations=2)))
+    assert plain.eigen_probes is None and plain.frame_probes(slice(0, 5)).shape == (1, 1, 32, 32)
+
+
+def test_the_cli_takes_the_number_of_eigen_probes(tmp_path):
+    scan = tmp_path / "scan.cxi"
+    write_cxi(scan, simulate(n_frames=30, frame_size=32, seed=2).data)
+    ran = CliRunner().invoke(
+        main, ["reconstruct", str(scan), "-a", "lsqml", "-n", "3", "--variable-probe", "2"]
+    )
+    assert ran.exit_code == 0, ran.output
+    recon = read_result(tmp_path / "scan_recon.cxi")
+    assert recon.settings["variable_probe_modes"] == 2 and recon.eigen_weights.shape == (30, 2)
+    refused = CliRunner().invoke(main, ["reconstruct", str(scan), "-a", "rpie", "--variable-probe", "1"])
+    assert refused.exit_code == 2 and "not an option of rpie: only of lsqml" in refused.output
+
+
+def test_a_final_after_previews_varies_the_probe(drifting):
+    """The live runner's final continues the previews' reconstructor with its own settings."""
+    final = ReconstructionSettings(
+        algorithm="lsqml", iterations=30, variable_probe_modes=1, variable_probe_start=5
+    )
+    reconstructor = Reconstructor.from_data(drifting.data, final.for_preview()).iterate(10)
+    assert reconstructor.result().eigen_probes is None
+    result = reconstructor.use_settings(final).iterate().result()
+    assert result.eigen_weights.shape == (160, 1) and np.abs(result.eigen_weights).max() > 0
+    back = reconstructor.use_settings(final.for_preview()).iterate(1).result()
+    assert back.eigen_probes is None
