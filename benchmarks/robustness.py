@@ -10,7 +10,9 @@ motion and a drifting probe, :data:`IMPERFECTIONS`; ``--refinement``: R with
 refinement on against off where the recorded positions are nearly right;
 ``--position-step`` the share of each least-squares shift refinement takes;
 ``--intensity``: intensity correction on against off, on the grid and under
-a beam whose power drifts). On a grid of
+a beam whose power drifts; ``--variable-probe K``: a probe varying through
+the scan, K eigen-probes, against one probe, on the grid and under drifting
+and fly-scanned beams, with the R of the model that made the frames). On a grid of
 measured-like simulations (:func:`bluesky_ptycho.solver.simulate.realistic`:
 zone plate with central stop, partially coherent beam, weak-phase object,
 detector noise and bad pixels, position errors; defocus 0.2-3 mm of both signs,
@@ -45,7 +47,7 @@ from bluesky_ptycho.solver import (
     position_error,
 )
 from bluesky_ptycho.solver.data import ELECTRON_VOLT
-from bluesky_ptycho.solver.simulate import realistic
+from bluesky_ptycho.solver.simulate import blurred_intensity, realistic
 
 GEOMETRIES = {
     "A": {"energy": 8.8e3 * ELECTRON_VOLT, "detector_distance": 2.0, "detector_pixel_size": 75e-6},
@@ -107,6 +109,8 @@ BEAM_DRIFTS = {
     "power 20 %": {"probe_drift": ProbeDrift(intensity=0.2)},
     "power 20 %, shape": IMPERFECTIONS["probe drift"],
 }
+# beams --variable-probe judges a probe varying through the scan under: those and a fly scan's blur
+CHANGING_BEAMS = {**BEAM_DRIFTS, "fly 0.5 step": IMPERFECTIONS["fly 0.5 step"]}
 
 
 def simulate_case(case: Case, n_frames: int, seed: int = 11, **imperfections):
@@ -266,32 +270,68 @@ def refinement_on_accurate_scans(cases: list[Case], n_frames: int, settings: Rec
     print(default_verdict(ratios))
 
 
-def intensity_corrected(cases: list[Case], n_frames: int, settings: ReconstructionSettings) -> None:
-    """R and object error with intensity correction off and on: on ``cases`` (a steady beam) and under drifting beams."""
-    corrected = replace(settings, intensity_correction=True)
+def truth_r_factor(sim) -> float:
+    """R-factor of the model that made the frames: true object, probes and positions (a fly scan's path); noise and detector aside."""
+    path = sim.true_positions[None] if sim.fly_path is None else sim.fly_path
+    py, px = sim.data.geometry.sample_pixel_size
+    corners = np.rint((path - np.asarray(sim.object_origin))[..., ::-1] / (py, px)).astype(np.int64)
+    probes = sim.true_probe[None] if sim.true_probes is None else sim.true_probes
+    model = np.sqrt(blurred_intensity(sim.true_object, corners, probes))
+    measured = np.sqrt(sim.data.frames.astype(np.float32))
+    good = 1.0 if sim.data.mask is None else sim.data.mask
+    return float(np.sum(np.abs(model - measured) * good) / np.sum(measured * good))
+
+
+def correction_against_none(
+    title: str, cases: list[Case], n_frames: int, settings, corrected, beams: dict[str, dict]
+) -> None:
+    """R and object error of ``settings`` and ``corrected`` on ``cases`` (a steady beam) and under ``beams`` (on POSITION_CASES).
+
+    Under a changing beam also the R of the model that made the frames (:func:`truth_r_factor`).
+    """
     print(
-        f"\nintensity correction ({n_frames} frames of 128x128, {settings.algorithm}, {settings.probe_modes} "
-        f"modes, {settings.iterations} iterations, fitted from iteration {settings.intensity_correction_start})"
+        f"\n{title} ({n_frames} frames of 128x128, {settings.algorithm}, {settings.probe_modes} modes, "
+        f"{settings.iterations} iterations)"
     )
     print(
-        f"{'case':>20} {'beam':>18} {'R off':>7} {'R on':>7} {'on/off':>7} "
+        f"{'case':>20} {'beam':>18} {'R off':>7} {'R on':>7} {'on/off':>7} {'R truth':>7} "
         f"{'err off':>8} {'err on':>8} {'s off':>6} {'s on':>6}"
     )
     steady = []
     runs = [(case, "steady", {}) for case in cases]
-    runs += [(case, name, drift) for case in POSITION_CASES for name, drift in BEAM_DRIFTS.items()]
-    for case, beam, drift in runs:
-        sim = simulate_case(case, n_frames, **drift)
+    runs += [(case, name, beam) for case in POSITION_CASES for name, beam in beams.items()]
+    for case, name, beam in runs:
+        sim = simulate_case(case, n_frames, **beam)
         r_off, e_off, s_off, _ = run(sim, settings)
         r_on, e_on, s_on, _ = run(sim, corrected)
-        if not drift:
+        if not beam:
             steady.append(r_on / r_off)
+        truth = f"{truth_r_factor(sim):7.4f}" if beam else f"{'':>7}"
         print(
-            f"{case.label():>20} {beam:>18} {r_off:7.4f} {r_on:7.4f} {r_on / r_off:7.3f} "
+            f"{case.label():>20} {name:>18} {r_off:7.4f} {r_on:7.4f} {r_on / r_off:7.3f} {truth} "
             f"{e_off:8.4f} {e_on:8.4f} {s_off:6.1f} {s_on:6.1f}",
             flush=True,
         )
     print(f"steady beam, {default_verdict(steady)}")
+
+
+def intensity_corrected(cases: list[Case], n_frames: int, settings: ReconstructionSettings) -> None:
+    """R and object error with intensity correction off and on: on ``cases`` (a steady beam) and under drifting beams."""
+    title = f"intensity correction, fitted from iteration {settings.intensity_correction_start}"
+    correction_against_none(
+        title, cases, n_frames, settings, replace(settings, intensity_correction=True), BEAM_DRIFTS
+    )
+
+
+def probe_varied(
+    cases: list[Case], n_frames: int, settings: ReconstructionSettings, eigen_probes: int
+) -> None:
+    """R and object error with a probe varying through the scan (OPR) against one probe: steady, drifting and fly-scanned beams."""
+    varied = replace(settings, variable_probe_modes=eigen_probes)
+    title = (
+        f"variable probe, {eigen_probes} eigen-probes fitted from iteration {settings.variable_probe_start}"
+    )
+    correction_against_none(title, cases, n_frames, settings, varied, CHANGING_BEAMS)
 
 
 def ranks_against_one_process(
@@ -370,6 +410,13 @@ def main() -> None:
         help="judge position refinement on imperfect scans (stage errors, fly scans, a drifting probe), instead",
     )
     parser.add_argument(
+        "--variable-probe",
+        type=int,
+        default=0,
+        metavar="K",
+        help="R with a probe varying through the scan (K eigen-probes) against one probe, instead",
+    )
+    parser.add_argument(
         "--intensity",
         action="store_true",
         help="R with intensity correction on against off, on the grid and under drifting beams, instead",
@@ -391,6 +438,9 @@ def main() -> None:
         return
     if args.intensity:
         intensity_corrected(cases, args.frames, settings)
+        return
+    if args.variable_probe:
+        probe_varied(cases, args.frames, settings, args.variable_probe)
         return
     if args.positions:
         positions_refined(POSITION_CASES[:1] if args.quick else POSITION_CASES, args.frames, settings)

@@ -226,12 +226,15 @@ def accumulate_variation_terms(diff, corners, weights, eigen_probes, numerator):
 
 
 @_compile
-def frame_probe_changes(obj, corners, chi, alpha):
-    """``conj(O_j) chi_j0 / ((1 - alpha)|O_j|^2 + alpha max|O_j|^2)`` (B, h, w) (see :func:`.variable_probe.frame_probe_changes`)."""
+def frame_probe_changes(obj, corners, chi, alpha, eigen_probes):
+    """``R_j``, ``Re<U_k, R_j>`` and ``sum_j R_j`` in one pass (see :func:`.variable_probe.frame_probe_changes`)."""
     n_frames, _, h, w = chi.shape
+    n_eigen = eigen_probes.shape[0]
     keep = obj.real.dtype.type(1 - alpha)
     power = np.empty((h, w), dtype=obj.real.dtype)
-    out = np.empty((n_frames, h, w), dtype=chi.dtype)
+    changes = np.empty((n_frames, h, w), dtype=chi.dtype)
+    projections = np.zeros((n_frames, n_eigen))
+    total = np.zeros((h, w), dtype=chi.dtype)
     for j in range(n_frames):
         r, c = corners[j, 0], corners[j, 1]
         largest = obj.real.dtype.type(0)
@@ -245,28 +248,19 @@ def frame_probe_changes(obj, corners, chi, alpha):
         for y in range(h):
             patch_row = obj[r + y, c : c + w]
             power_row = power[y]
-            change_row = chi[j, 0, y]
-            out_row = out[j, y]
+            chi_row = chi[j, 0, y]
+            change_row = changes[j, y]
+            total_row = total[y]
             for x in range(w):
-                out_row[x] = np.conj(patch_row[x]) * change_row[x] * (_ONE / (keep * power_row[x] + floor))
-    return out
-
-
-@_compile
-def eigen_projections(changes, eigen_probes):
-    """``Re<U_k, R_j>`` (B, K) float64 (see :func:`.variable_probe.eigen_projections`)."""
-    n_frames, h, w = changes.shape
-    n_eigen = eigen_probes.shape[0]
-    out = np.zeros((n_frames, n_eigen))
-    for j in range(n_frames):
-        for k in range(n_eigen):
-            total = 0.0
-            for y in range(h):
+                change_row[x] = np.conj(patch_row[x]) * chi_row[x] * (_ONE / (keep * power_row[x] + floor))
+                total_row[x] += change_row[x]
+            for k in range(n_eigen):
+                eigen_row = eigen_probes[k, y]
+                along = 0.0
                 for x in range(w):
-                    u, r = eigen_probes[k, y, x], changes[j, y, x]
-                    total += u.real * r.real + u.imag * r.imag
-            out[j, k] = total
-    return out
+                    along += eigen_row[x].real * change_row[x].real + eigen_row[x].imag * change_row[x].imag
+                projections[j, k] += along
+    return changes, projections, total
 
 
 @_compile

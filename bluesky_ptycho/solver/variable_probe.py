@@ -16,9 +16,9 @@ alternating least-squares step of the rank-K model: each frame's weights
 move by the projections of ``R_j`` on the eigen-probes, then the eigen-probes
 become the least-squares fit to every frame's variation with those weights
 (``V_j + R_j``, the batch's frames), and are made orthonormal again (the
-weights follow, so no frame's probe changes). Three passes over the frames
-(:func:`frame_probe_changes`, :func:`eigen_projections`,
-:func:`weighted_frames`) whatever K; the rest is K x K algebra. LSQ-ML only
+weights follow, so no frame's probe changes). Two passes over the frames
+(:func:`frame_probe_changes`, :func:`weighted_frames`) whatever K; the rest
+is K x K algebra. LSQ-ML only
 (:class:`.lsqml.LSQML`); the probe modes' blur (mixed states) stays with
 the modes.
 """
@@ -111,16 +111,18 @@ class VariableProbe:
         if count == 0:
             return
         eigen = self.eigen_probes
-        changes = [
-            frame_probe_changes(state.object, corners, chi, alpha, kernels) for _, corners, chi in parts
+        passes = [
+            frame_probe_changes(state.object, corners, chi, alpha, eigen, kernels)
+            for _, corners, chi in parts
         ]
+        changes = [change for change, _, _ in passes]
         total = xp.zeros(state.frame_shape, eigen.dtype)
-        for change in changes:
-            total += change.sum(axis=0)
+        for _, _, part in passes:
+            total += part
         mean = comm.sum(total) / np.float32(count)
         old = self.weights[frames].astype(np.float64)
         # R_j - mean projected on the eigen-probes' span
-        projections = [to_numpy(eigen_projections(change, eigen, kernels)) for change in changes]
+        projections = [to_numpy(along) for _, along, _ in passes]
         projections = np.concatenate(projections) if projections else np.zeros_like(old)
         projections -= to_numpy(frame_inner(eigen, mean))
         new = old + step * projections @ np.linalg.inv(gram(eigen))
@@ -180,27 +182,32 @@ def gram(images) -> np.ndarray:
     return np.array([[float(frame_inner(a, b)) for b in images] for a in images])
 
 
-def frame_probe_changes(obj, corners, chi, alpha: float, kernels=None):
-    """``R_j = conj(O_j) chi_j0 / ((1 - alpha)|O_j|^2 + alpha max|O_j|^2)``: the probe change each frame asks for alone, (B, h, w).
+def frame_probe_changes(obj, corners, chi, alpha: float, eigen_probes, kernels=None):
+    """The probe change each frame asks for alone, its projections on the eigen-probes and their sum.
 
-    ``chi`` (B, modes, h, w): the frames' exit-wave changes (the first
-    probe mode's is used); ``O_j`` the object patch at frame ``j``'s corner (rPIE's
-    regularisation, :func:`.updates.regularised_step`, frame by frame).
-    ``kernels``: the compiled kernels, or None for the array expression.
+    ``R_j = conj(O_j) chi_j0 / ((1 - alpha)|O_j|^2 + alpha max|O_j|^2)``, with
+    ``chi`` (B, modes, h, w) the frames' exit-wave changes (the first probe
+    mode's is used) and ``O_j`` the object patch at frame ``j``'s corner
+    (rPIE's regularisation, :func:`.updates.regularised_step`, frame by frame).
+    ``kernels``: the compiled kernels, or None for the array expressions.
+
+    Returns
+    -------
+    changes
+        (B, h, w) every ``R_j``.
+    projections
+        (B, K) float64 ``Re<U_k, R_j>`` on the (K, h, w) ``eigen_probes``.
+    total
+        (h, w) ``sum_j R_j``.
     """
     if kernels is not None:
-        return kernels.frame_probe_changes(obj, corners, chi, alpha)
+        return kernels.frame_probe_changes(obj, corners, chi, alpha, eigen_probes)
     patches = gather_patches(obj, corners, chi.shape[-2:])
     power = patches.real**2 + patches.imag**2
     largest = power.max(axis=(-2, -1), keepdims=True)
-    return patches.conj() * chi[:, 0] / ((1 - alpha) * power + (alpha + 1e-6) * largest + 1e-30)
-
-
-def eigen_projections(changes, eigen_probes, kernels=None):
-    """``Re<U_k, R_j>``: (B, K) float64 of (B, h, w) frames and (K, h, w) eigen-probes."""
-    if kernels is not None:
-        return kernels.eigen_projections(changes, eigen_probes)
-    return frame_inner(eigen_probes[None], changes[:, None]).astype(np.float64)
+    changes = patches.conj() * chi[:, 0] / ((1 - alpha) * power + (alpha + 1e-6) * largest + 1e-30)
+    projections = frame_inner(eigen_probes[None], changes[:, None]).astype(np.float64)
+    return changes, projections, changes.sum(axis=0)
 
 
 def weighted_frames(changes, weights, kernels=None):
