@@ -16,7 +16,8 @@ from bluesky_ptycho.catalog import from_polar
 from bluesky_ptycho.federation.auth import make_app, make_clients, token_storage
 from bluesky_ptycho.federation.globus_settings import load_globus_settings
 from bluesky_ptycho.federation.testing import access_token
-from bluesky_ptycho.solver import ReconstructionResult
+from bluesky_ptycho.solver import ProbeDrift, ReconstructionResult, simulate
+from bluesky_ptycho.solver.imperfections import stage_of_frames
 
 
 class Documents(list):
@@ -188,3 +189,23 @@ def assert_previews_then_final(
     assert all(step == preview_iterations for step in steps[:-1]), iterations
     unrecorded = len(scheduled) - len(previews)
     assert final_iterations <= steps[-1] <= final_iterations + unrecorded * preview_iterations, iterations
+
+
+def drifting_beam():
+    """A weak-phase object under a beam whose power wanders by up to 50 % through the scan (160 frames of 32²)."""
+    return simulate(
+        n_frames=160,
+        frame_size=32,
+        photons=1e6,
+        seed=4,
+        object_kind="weak_phase",
+        probe_drift=ProbeDrift(intensity=0.5),
+    )
+
+
+def beam_amplitudes(sim) -> np.ndarray:
+    """Each frame's beam amplitude relative to the scan's mean, in a simulation with a drifting probe."""
+    power = np.sum(np.abs(sim.true_probes) ** 2, axis=(1, 2, 3))[
+        stage_of_frames(len(sim.data), len(sim.true_probes))
+    ]
+    return np.sqrt(power / power.mean())

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from bluesky import RunEngine
 from click.testing import CliRunner
-from helpers import Documents, assert_previews_then_final, result_of, scan_positions
+from helpers import Documents, assert_previews_then_final, drifting_beam, result_of, scan_positions
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.cli import main
@@ -26,7 +26,6 @@ from bluesky_ptycho.federation.remote import reconstruct_files
 from bluesky_ptycho.io import read_result, write_cxi
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import (
-    ProbeDrift,
     ReconstructionSettings,
     Reconstructor,
     fourier_r_factor,
@@ -331,14 +330,7 @@ def test_a_globus_mpi_engine_task_reconstructs_the_staged_scan_on_the_ranks_its_
 
 
 def test_each_frames_share_of_a_drifting_beam_comes_back_in_the_files_order(tmp_path):
-    drift = simulate(
-        n_frames=160,
-        frame_size=32,
-        photons=1e6,
-        seed=4,
-        object_kind="weak_phase",
-        probe_drift=ProbeDrift(0.5),
-    )
+    drift = drifting_beam()
     settings = ReconstructionSettings(
         algorithm="lsqml",
         iterations=40,
@@ -355,14 +347,7 @@ def test_each_frames_share_of_a_drifting_beam_comes_back_in_the_files_order(tmp_
 
 def test_a_probe_varying_through_the_scan_is_fitted_over_ranks(tmp_path):
     """The eigen-probes are every rank's (their sums all-reduced); each frame's weights come back in the files' order."""
-    drift = simulate(
-        n_frames=160,
-        frame_size=32,
-        photons=1e6,
-        seed=4,
-        object_kind="weak_phase",
-        probe_drift=ProbeDrift(0.5),
-    )
+    drift = drifting_beam()
     settings = ReconstructionSettings(
         algorithm="lsqml", iterations=40, variable_probe_modes=1, variable_probe_start=10, fft_workers=1
     )

@@ -4,37 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import beam_amplitudes, drifting_beam
 
 from bluesky_ptycho.io import read_result, write_result
 from bluesky_ptycho.solver import (
     ALGORITHMS,
-    ProbeDrift,
     ReconstructionSettings,
     Reconstructor,
     fourier_r_factor,
     object_error,
     simulate,
 )
-from bluesky_ptycho.solver.imperfections import stage_of_frames
 
 
 @pytest.fixture(scope="module")
 def drifting():
-    """A weak-phase object under a beam whose power wanders by up to 50 % through the scan."""
-    return simulate(
-        n_frames=160,
-        frame_size=32,
-        photons=1e6,
-        seed=4,
-        object_kind="weak_phase",
-        probe_drift=ProbeDrift(intensity=0.5),
-    )
-
-
-def true_scales(sim) -> np.ndarray:
-    """Each frame's beam amplitude relative to the scan's mean."""
-    power = np.sum(np.abs(sim.true_probes) ** 2, axis=(1, 2, 3))[stage_of_frames(len(sim.data), 16)]
-    return np.sqrt(power / power.mean())
+    return drifting_beam()
 
 
 def reconstruct(sim, **settings):
@@ -46,7 +31,7 @@ def test_a_drifting_beam_is_fitted_frame_by_frame(drifting, algorithm):
     common = {"algorithm": algorithm, "iterations": 80, "intensity_correction_start": 20}
     off = reconstruct(drifting, **common)
     on = reconstruct(drifting, **common, intensity_correction=True)
-    truth = true_scales(drifting)
+    truth = beam_amplitudes(drifting)
     assert off.frame_scales is None
     assert np.sqrt(np.mean((on.frame_scales - truth) ** 2)) < 0.5 * np.sqrt(np.mean((truth - 1) ** 2))
     assert np.mean(on.frame_scales**2) == pytest.approx(1.0)

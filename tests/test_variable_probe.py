@@ -5,37 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import beam_amplitudes, drifting_beam
 
 from bluesky_ptycho.cli import main
 from bluesky_ptycho.io import read_result, write_cxi, write_result
 from bluesky_ptycho.solver import (
-    ProbeDrift,
     ReconstructionSettings,
     Reconstructor,
     fourier_r_factor,
     object_error,
     simulate,
 )
-from bluesky_ptycho.solver.imperfections import stage_of_frames
 
 
 @pytest.fixture(scope="module")
 def drifting():
-    """A weak-phase object under a beam whose power wanders by up to 50 % through the scan."""
-    return simulate(
-        n_frames=160,
-        frame_size=32,
-        photons=1e6,
-        seed=4,
-        object_kind="weak_phase",
-        probe_drift=ProbeDrift(intensity=0.5),
-    )
-
-
-def true_amplitudes(sim) -> np.ndarray:
-    """Each frame's beam amplitude relative to the scan's mean."""
-    power = np.sum(np.abs(sim.true_probes) ** 2, axis=(1, 2, 3))[stage_of_frames(len(sim.data), 16)]
-    return np.sqrt(power / power.mean())
+    return drifting_beam()
 
 
 def reconstruct(sim, **settings):
@@ -54,7 +39,7 @@ def test_a_drifting_beam_is_fitted_by_an_eigen_probe(drifting, modes):
     first = on.probe[0]
     alignment = abs(np.vdot(on.eigen_probes[0], first)) / np.linalg.norm(first)
     assert alignment > 0.9
-    assert abs(np.corrcoef(on.eigen_weights[:, 0], true_amplitudes(drifting))[0, 1]) > 0.9
+    assert abs(np.corrcoef(on.eigen_weights[:, 0], beam_amplitudes(drifting))[0, 1]) > 0.9
     assert object_error(on, drifting) < 0.7 * object_error(off, drifting)
     # the R-factor lights each frame with its own probe
     assert fourier_r_factor(on, drifting.data) < 0.8 * fourier_r_factor(off, drifting.data)

@@ -20,7 +20,8 @@ weights follow, so no frame's probe changes). Two passes over the frames
 (:func:`frame_probe_changes`, :func:`weighted_frames`) whatever K; the rest
 is K x K algebra. LSQ-ML only
 (:class:`.lsqml.LSQML`); the probe modes' blur (mixed states) stays with
-the modes.
+the modes. A recovery from divergence restores object and probe and keeps
+the variation as it is (it is fitted again from there).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class VariableProbe:
 
     @classmethod
     def start(cls, xp, count: int, shape: tuple[int, int], rng: np.random.Generator) -> VariableProbe:
-        """``count`` random unit eigen-probes of ``shape`` (a power iteration's start), no frames yet."""
+        """``count`` random orthonormal eigen-probes of ``shape`` (a power iteration's start), no frames yet."""
         noise = rng.normal(size=(count, *shape)) + 1j * rng.normal(size=(count, *shape))
         start = cls(xp.asarray(noise.astype(np.complex64)), np.zeros((0, count), np.float32))
         start.orthonormalise()
@@ -146,9 +147,8 @@ class VariableProbe:
         if sums is None:
             return
         normal, cross, fitted = comm.sum(sums.normal), comm.sum(sums.cross), comm.sum(sums.fitted)
-        if (
-            np.linalg.cond(normal) < 1 / np.finfo(np.float32).eps
-        ):  # else the weights do not tell them apart yet
+        # where the weights cannot tell the eigen-probes apart (yet), they stay as they are
+        if np.linalg.cond(normal) < 1 / np.finfo(np.float32).eps:
             solve = np.linalg.inv(normal)
             self.eigen_probes = mixed(solve @ cross, self.eigen_probes) + mixed(solve, fitted)
         self.orthonormalise()
