@@ -121,7 +121,7 @@ class Engine(ABC):
         shift = recentre(state)
         if shift is not None:
             if state.variable_probe is not None:
-                state.variable_probe.roll(state.xp, shift)
+                state.variable_probe.roll(shift)
             self.probe_shifted(state, shift)
 
     def probe_shifted(self, state: SolverState, shift: tuple[int, int]) -> None:  # noqa: B027

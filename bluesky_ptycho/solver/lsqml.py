@@ -122,7 +122,7 @@ class LSQML(Engine):
             for chunk in self.chunks(batch, state):
                 index = xp.asarray(chunk)
                 corners = state.corners[index]
-                variation = None if variable is None else variable.variation(xp, chunk)
+                variation = None if variable is None else variable.variation(chunk)
                 chi, chunk_cost = corrected_exit_wave_update(
                     state, chunk, corners, options.noise_model, self.corrects_intensity(iteration), variation
                 )

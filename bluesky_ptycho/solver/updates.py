@@ -87,12 +87,13 @@ def update_terms(
         else:
             scatter_patches(terms.object_numerator, corners, mode_sum(state.probe, diff))
             terms.illumination += stamp_patch(state.illumination_weights(), corners, state.object.shape)
-        if variation is not None and kernels is not None:
-            kernels.accumulate_variation_terms(
-                diff, corners, variation.weights, variation.eigen_probes, terms.object_numerator
-            )
-        elif variation is not None:
-            scatter_patches(terms.object_numerator, corners, variation.frames().conj() * diff[:, 0])
+        if variation is not None:
+            if kernels is not None:
+                kernels.accumulate_variation_terms(
+                    diff, corners, variation.weights, variation.eigen_probes, terms.object_numerator
+                )
+            else:
+                scatter_patches(terms.object_numerator, corners, variation.frames().conj() * diff[:, 0])
     if for_probe:
         if terms.probe_numerator is None:
             terms.probe_numerator = xp.zeros_like(state.probe)

@@ -68,19 +68,19 @@ class VariableProbe:
         new = np.zeros((n_frames - len(self.weights), self.weights.shape[1]), np.float32)
         self.weights = np.concatenate([self.weights, new])
 
-    def variation(self, xp, frames) -> ProbeVariation | None:
+    def variation(self, frames) -> ProbeVariation | None:
         """``V_j = sum_k w_jk U_k`` of ``frames``, or None while their weights are all 0."""
         weights = self.weights[frames]
         if not weights.any():
             return None
-        return ProbeVariation(xp.asarray(weights), self.eigen_probes)
+        return ProbeVariation(array_module(self.eigen_probes).asarray(weights), self.eigen_probes)
 
-    def recorded(self, rotation=None) -> dict[str, np.ndarray]:
+    def recorded(self, rotation) -> dict[str, np.ndarray]:
         """What a :class:`.data.ReconstructionResult` keeps of it: host copies of ``eigen_probes`` and ``eigen_weights``.
 
         ``rotation``: how the result's probe modes were mixed from the state's (see :meth:`follow_first_mode`).
         """
-        eigen_probes = to_numpy(self.eigen_probes) * (1 if rotation is None else to_numpy(rotation)[0, 0])
+        eigen_probes = to_numpy(self.eigen_probes) * to_numpy(rotation)[0, 0]
         return {"eigen_probes": eigen_probes.astype(np.complex64), "eigen_weights": self.weights.copy()}
 
     def follow_first_mode(self, rotation) -> None:
@@ -93,9 +93,9 @@ class VariableProbe:
         """
         self.eigen_probes = self.eigen_probes * self.eigen_probes.dtype.type(to_numpy(rotation)[0, 0])
 
-    def roll(self, xp, shift: tuple[int, int]) -> None:
+    def roll(self, shift: tuple[int, int]) -> None:
         """Move the eigen-probes with the probe (:func:`.probe.recentre`)."""
-        self.eigen_probes = xp.roll(self.eigen_probes, shift, axis=(-2, -1))
+        self.eigen_probes = array_module(self.eigen_probes).roll(self.eigen_probes, shift, axis=(-2, -1))
 
     def fit_weights(self, state, parts: list[tuple[np.ndarray, Any, Any]], alpha: float, step: float) -> None:
         """Move the batch's weights by ``step`` times the projections of the probe changes it asks for; keep the eigen-probes' sums.
