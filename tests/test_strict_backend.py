@@ -44,7 +44,9 @@ def measured_like():
 
 
 @pytest.mark.parametrize("algorithm", ["rpie", "epie", "dm", "lsqml"])
-def test_every_algorithm_with_modes_position_and_intensity_correction(measured_like, algorithm):
+def test_every_algorithm_with_modes_position_and_intensity_correction_and_a_varying_probe(
+    measured_like, algorithm
+):
     data = measured_like.data
     options = {
         "algorithm": algorithm,
@@ -53,6 +55,8 @@ def test_every_algorithm_with_modes_position_and_intensity_correction(measured_l
         "position_correction_start": 5,
         "intensity_correction": True,
         "intensity_correction_start": 5,
+        # LSQ-ML alone fits a probe varying through the scan
+        **({"variable_probe_modes": 1, "variable_probe_start": 5} if algorithm == "lsqml" else {}),
     }
     strict = Reconstructor.from_data(data, ReconstructionSettings(device="strict", **options))
     assert isinstance(strict.state.object, StrictArray) and isinstance(strict.state.probe, StrictArray)

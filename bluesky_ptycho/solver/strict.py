@@ -58,6 +58,12 @@ class StrictArray(NDArrayOperatorsMixin):
         )
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        for value in (*inputs, *kwargs.get("out", ())):
+            if isinstance(value, np.ndarray) and value.ndim:  # as CuPy's ufuncs refuse host arrays
+                raise TypeError(
+                    f"{ufunc.__name__} of a strict (CuPy-like) array and a host array of shape {value.shape}: "
+                    "move it to the device first (xp.asarray)"
+                )
         return wrap(getattr(ufunc, method)(*unwrap(inputs), **unwrap(kwargs)))
 
     def __array_function__(self, func, types, args, kwargs):
