@@ -226,56 +226,59 @@ def accumulate_variation_terms(diff, corners, weights, eigen_probes, numerator):
 
 
 @_compile
-def frame_probe_changes(obj, corners, chi, alpha, eigen_probes):
-    """``R_j``, ``Re<U_k, R_j>`` and ``sum_j R_j`` in one pass (see :func:`.variable_probe.frame_probe_changes`)."""
+def probe_change_sums(obj, corners, chi, alpha, eigen_probes, weights):
+    """``Re<U_k, R_j>``, ``sum_j R_j``, ``sum_j weights[j, k] R_j`` and ``sum_j Re<U_k, R_j> R_j``, frame by frame.
+
+    See :func:`.variable_probe.probe_change_sums`; each ``R_j`` lives in one frame's scratch.
+    """
     n_frames, _, h, w = chi.shape
     n_eigen = eigen_probes.shape[0]
     keep = obj.real.dtype.type(1 - alpha)
     power = np.empty((h, w), dtype=obj.real.dtype)
-    changes = np.empty((n_frames, h, w), dtype=chi.dtype)
+    change = np.empty((h, w), dtype=chi.dtype)
     projections = np.zeros((n_frames, n_eigen))
     total = np.zeros((h, w), dtype=chi.dtype)
+    by_weights = np.zeros((n_eigen, h, w), dtype=chi.dtype)
+    by_projections = np.zeros((n_eigen, h, w), dtype=chi.dtype)
+    # the largest |O|^2 column by column: a running maximum of each row's pixels would not vectorise
+    largest_in_column = np.empty(w, dtype=obj.real.dtype)
     for j in range(n_frames):
         r, c = corners[j, 0], corners[j, 1]
-        largest = obj.real.dtype.type(0)
+        largest_in_column[:] = 0
         for y in range(h):
             patch_row = obj[r + y, c : c + w]
             power_row = power[y]
             for x in range(w):
                 power_row[x] = patch_row[x].real * patch_row[x].real + patch_row[x].imag * patch_row[x].imag
-                largest = max(largest, power_row[x])
+                largest_in_column[x] = max(largest_in_column[x], power_row[x])
+        largest = largest_in_column.max()
         floor = obj.real.dtype.type((alpha + 1e-6) * largest + 1e-30)
         for y in range(h):
             patch_row = obj[r + y, c : c + w]
             power_row = power[y]
             chi_row = chi[j, 0, y]
-            change_row = changes[j, y]
+            change_row = change[y]
             total_row = total[y]
             for x in range(w):
                 change_row[x] = np.conj(patch_row[x]) * chi_row[x] * (_ONE / (keep * power_row[x] + floor))
                 total_row[x] += change_row[x]
             for k in range(n_eigen):
                 eigen_row = eigen_probes[k, y]
-                along = 0.0
+                sum_row = by_weights[k, y]
+                weight = weights[j, k]
+                along = _ONE - _ONE
                 for x in range(w):
                     along += eigen_row[x].real * change_row[x].real + eigen_row[x].imag * change_row[x].imag
+                    sum_row[x] += weight * change_row[x]
                 projections[j, k] += along
-    return changes, projections, total
-
-
-@_compile
-def weighted_frames(changes, weights):
-    """``sum_j weights[j, k] R_j`` (K, h, w) (see :func:`.variable_probe.weighted_frames`)."""
-    n_frames, h, w = changes.shape
-    n_eigen = weights.shape[1]
-    out = np.zeros((n_eigen, h, w), dtype=changes.dtype)
-    for j in range(n_frames):
         for k in range(n_eigen):
-            weight = weights[j, k]
+            along = weights.dtype.type(projections[j, k])
             for y in range(h):
+                change_row = change[y]
+                sum_row = by_projections[k, y]
                 for x in range(w):
-                    out[k, y, x] += weight * changes[j, y, x]
-    return out
+                    sum_row[x] += along * change_row[x]
+    return projections, total, by_weights, by_projections
 
 
 @_compile

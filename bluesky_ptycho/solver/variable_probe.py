@@ -16,9 +16,10 @@ alternating least-squares step of the rank-K model: each frame's weights
 move by the projections of ``R_j`` on the eigen-probes, then the eigen-probes
 become the least-squares fit to every frame's variation with those weights
 (``V_j + R_j``, the batch's frames), and are made orthonormal again (the
-weights follow, so no frame's probe changes). Two passes over the frames
-(:func:`frame_probe_changes`, :func:`weighted_frames`) whatever K; the rest
-is K x K algebra. LSQ-ML only
+weights follow, so no frame's probe changes). One pass over the frames
+whatever K (:func:`probe_change_sums`: each ``R_j`` is reduced to the sums
+the fit needs as it is made, never held for the whole batch); the rest is
+K x K algebra. LSQ-ML only
 (:class:`.lsqml.LSQML`); the probe modes' blur (mixed states) stays with
 the modes. A recovery from divergence restores object and probe and keeps
 the variation as it is (it is fitted again from there).
@@ -112,32 +113,37 @@ class VariableProbe:
         if count == 0:
             return
         eigen = self.eigen_probes
-        passes = [
-            frame_probe_changes(state.object, corners, chi, alpha, eigen, kernels)
-            for _, corners, chi in parts
-        ]
-        changes = [change for change, _, _ in passes]
         total = xp.zeros(state.frame_shape, eigen.dtype)
-        for _, _, part in passes:
-            total += part
+        by_old, by_projections = xp.zeros_like(eigen), xp.zeros_like(eigen)
+        projections = []
+        for chunk, corners, chi in parts:
+            along, *part = probe_change_sums(
+                state.object, corners, chi, alpha, eigen, xp.asarray(self.weights[chunk]), kernels
+            )
+            projections.append(to_numpy(along))
+            total += part[0]
+            by_old += part[1]
+            by_projections += part[2]
         mean = comm.sum(total) / np.float32(count)
         old = self.weights[frames].astype(np.float64)
         # R_j - mean projected on the eigen-probes' span
-        projections = [to_numpy(along) for _, along, _ in passes]
+        along_mean = to_numpy(frame_inner(eigen, mean)).astype(np.float64)
         projections = np.concatenate(projections) if projections else np.zeros_like(old)
-        projections -= to_numpy(frame_inner(eigen, mean))
-        new = old + step * projections @ np.linalg.inv(gram(eigen))
+        inverse = np.linalg.inv(gram(eigen))
+        new = old + step * (projections - along_mean) @ inverse
         self.weights[frames] = new
-        # the eigen-probes' least squares: sum_j w_j (w_j . U) = sum_j w_j (V_j + step (R_j - mean))
+        # the eigen-probes' least squares: sum_j w_j (w_j . U) = sum_j w_j (V_j + step (R_j - mean)),
+        # sum_j new_j R_j = by_old + step inverse^T (by_projections - along_mean total), summed by the pass
         sums = self._sums or _EigenSums(
             np.zeros((len(eigen),) * 2), np.zeros((len(eigen),) * 2), xp.zeros_like(eigen)
         )
         sums.normal += new.T @ new
         sums.cross += new.T @ old
-        rows = np.cumsum([0, *(len(change) for change in changes)])
-        for change, first, end in zip(changes, rows[:-1], rows[1:], strict=True):
-            weights = xp.asarray((step * new[first:end]).astype(np.float32))
-            sums.fitted += weighted_frames(change, weights, kernels)
+        by_new = by_old + mixed(
+            step * inverse.T,
+            by_projections - xp.asarray(along_mean.astype(np.float32))[:, None, None] * total,
+        )
+        sums.fitted += np.float32(step) * by_new
         sums.fitted -= xp.asarray((step * new.sum(axis=0)).astype(np.float32))[:, None, None] * mean
         self._sums = sums
 
@@ -182,8 +188,8 @@ def gram(images) -> np.ndarray:
     return np.array([[float(frame_inner(a, b)) for b in images] for a in images])
 
 
-def frame_probe_changes(obj, corners, chi, alpha: float, eigen_probes, kernels=None):
-    """The probe change each frame asks for alone, its projections on the eigen-probes and their sum.
+def probe_change_sums(obj, corners, chi, alpha: float, eigen_probes, weights, kernels=None):
+    """The probe change each frame asks for alone, reduced to what the fit needs (never held for every frame at once).
 
     ``R_j = conj(O_j) chi_j0 / ((1 - alpha)|O_j|^2 + alpha max|O_j|^2)``, with
     ``chi`` (B, modes, h, w) the frames' exit-wave changes (the first probe
@@ -193,25 +199,24 @@ def frame_probe_changes(obj, corners, chi, alpha: float, eigen_probes, kernels=N
 
     Returns
     -------
-    changes
-        (B, h, w) every ``R_j``.
     projections
-        (B, K) float64 ``Re<U_k, R_j>`` on the (K, h, w) ``eigen_probes``.
+        (B, K) float64 ``p_jk = Re<U_k, R_j>`` on the (K, h, w) ``eigen_probes``.
     total
         (h, w) ``sum_j R_j``.
+    by_weights
+        (K, h, w) ``sum_j weights[j, k] R_j``, ``weights`` (B, K) float32.
+    by_projections
+        (K, h, w) ``sum_j p_jk R_j``.
     """
     if kernels is not None:
-        return kernels.frame_probe_changes(obj, corners, chi, alpha, eigen_probes)
+        return kernels.probe_change_sums(obj, corners, chi, alpha, eigen_probes, weights)
     patches = gather_patches(obj, corners, chi.shape[-2:])
     power = patches.real**2 + patches.imag**2
     largest = power.max(axis=(-2, -1), keepdims=True)
     changes = patches.conj() * chi[:, 0] / ((1 - alpha) * power + (alpha + 1e-6) * largest + 1e-30)
     projections = frame_inner(eigen_probes[None], changes[:, None]).astype(np.float64)
-    return changes, projections, changes.sum(axis=0)
 
+    def weighted(frame_weights):
+        return (frame_weights.T[:, :, None, None] * changes[None]).sum(axis=1)
 
-def weighted_frames(changes, weights, kernels=None):
-    """``sum_j weights[j, k] R_j``: (K, h, w) of (B, h, w) frames and (B, K) real weights."""
-    if kernels is not None:
-        return kernels.weighted_frames(changes, weights)
-    return (weights.T[:, :, None, None] * changes[None]).sum(axis=1)
+    return projections, changes.sum(axis=0), weighted(weights), weighted(projections.astype(np.float32))
