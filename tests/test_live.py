@@ -123,6 +123,27 @@ def test_aborted_scan_gives_a_partial_reconstruction(RE, beamline):
     assert stop["exit_status"] == "success" and "partial" in stop["reason"] and "abort" in stop["reason"]
 
 
+def test_events_lost_on_the_way_give_a_partial_final_that_says_how_many(RE, beamline):
+    """As a lossy bus (0MQ) delivers a scan: seven of its events never come; the stop document counts them."""
+    stage, det = beamline
+    raw, recon = Documents(), Documents()
+    RE.subscribe(raw)
+    RE(fermat_spiral_ptycho_scan(det, stage, n_points=60))
+    (primary,) = [doc["uid"] for doc in raw.named("descriptor") if doc["name"] == "primary"]
+    frames = [i for i, (name, doc) in enumerate(raw) if name == "event" and doc["descriptor"] == primary]
+    lost = set(frames[20:27])
+    callback = PtychoCallback(recon, settings=ReconstructionSettings(iterations=5), preview_every=None)
+    for i, (name, doc) in enumerate(raw):
+        if i not in lost:
+            callback(name, doc)
+    assert callback.wait(60)
+    final = recon.named("event")[-1]["data"]
+    assert final["final"] and final["partial"] and final["n_frames"] == 53
+    (stop,) = recon.named("stop")
+    assert stop["exit_status"] == "success"
+    assert "partial: 7 of the scan's 60 events never came here (the document bus lost them)" in stop["reason"]
+
+
 def test_two_scans_in_a_row_are_linked_to_their_raw_scans(RE, beamline):
     stage, det = beamline
     recon = Documents()

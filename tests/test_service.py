@@ -11,7 +11,7 @@ from bluesky.callbacks.zmq import Publisher
 from helpers import Documents
 
 from bluesky_ptycho.callbacks import PtychoCallback
-from bluesky_ptycho.catalog import connect, reconstructions_of
+from bluesky_ptycho.catalog import connect, reconstructions_of, summarize
 from bluesky_ptycho.service.testing import Service, ZmqProxy, close_publisher, recorded, service_config
 from bluesky_ptycho.sim import fermat_spiral_ptycho_scan, simulated_beamline
 from bluesky_ptycho.solver import ReconstructionSettings
@@ -154,6 +154,30 @@ def test_a_proxy_outage_mid_scan_fails_that_scan_and_the_next_scan_is_reconstruc
     assert service.terminate() == 0
     assert len(reconstructions_of(catalog, cut_uid)) == 1
     assert service.log_text().count("unreachable") == 1
+
+
+def test_a_scan_whose_stop_the_bus_lost_is_reconstructed_partial_when_the_next_scan_begins(
+    proxy, serve, catalog, publisher
+):
+    proxy.start()
+    service = serve()
+    service.wait_for_log("connected to the document bus")
+    send = publisher()
+    unstopped, whole = scan(seed=4), scan(seed=1)
+    for name, doc in unstopped[:-1]:
+        send(name, doc)
+    for name, doc in whole:
+        send(name, doc)
+    first, second = (documents.named("start")[0]["uid"] for documents in (unstopped, whole))
+    stop = recorded(catalog, first, timeout=60)
+    assert stop["exit_status"] == "success", stop
+    assert stop["reason"].startswith(
+        f"partial: the scan's stop document never came here (the document bus lost it; the next scan, {second}, began)"
+    )
+    (run,) = reconstructions_of(catalog, first)
+    assert summarize(run).n_frames == 60
+    assert recorded(catalog, second)["reason"] == ""
+    assert service.terminate() == 0
 
 
 def test_a_reconstruction_given_up_while_running_is_recorded_as_failed_and_its_late_result_dropped():

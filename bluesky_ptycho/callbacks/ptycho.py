@@ -235,6 +235,18 @@ class PtychoCallback:
             self._scans.pop(scan.uid, None)
         return sum(scan.abandon(reason) for scan in scans)
 
+    def end_open_scans(self, why: str, but: str | None = None) -> int:
+        """End the scans still taking frames (but run ``but``) whose stop documents will not come (``why``); how many.
+
+        Each is reconstructed from the frames it took, its final marked
+        partial with ``why``. A service on a bus that loses documents calls
+        this when the next scan starts (a RunEngine runs one scan at a time).
+        """
+        scans = [scan for uid, scan in self._scans.items() if uid != but]
+        for scan in scans:
+            scan.end_without_stop(why)
+        return len(scans)
+
     def _missed(self, run_uid: str, descriptor: dict | None) -> None:
         """Record a scan whose documents came without its start: not reconstructed, and why."""
         keys = [self.geometry_overrides.get(key) for key in ("data_key", "x_key", "y_key")]

@@ -131,6 +131,8 @@ class ScanReconstruction(DocumentRouter):
         self.error: str | None = None
         self.is_ptycho = "ptycho" in start  # or: a descriptor with the frames and both positions
         self.frame_descriptors: set[str] = set()
+        self.frame_streams: set[str] = set()  # their stream names, which the stop document counts events of
+        self.events = 0  # of the frame streams, taken or not
         # not yet handed to the runner: frames, references or (for a worker process) shared memory
         self.frames: list[np.ndarray | FramePoint] | SharedFrames = []
         self.since_preview = 0  # frames taken since the last preview's job (sent ahead or not)
@@ -178,7 +180,7 @@ class ScanReconstruction(DocumentRouter):
     # --- documents ---------------------------------------------------------
 
     def __call__(self, name: str, doc: dict):
-        if self.abandoned:
+        if self.abandoned or self.stopped:  # stopped: by a stop document, or ended without one
             return name, doc
         return super().__call__(name, doc)
 
@@ -212,6 +214,7 @@ class ScanReconstruction(DocumentRouter):
         if self.scan is None:
             return
         self.frame_descriptors.add(doc["uid"])
+        self.frame_streams.add(doc.get("name", "primary"))
         shape = [n for n in doc["data_keys"][self.scan.data_key].get("shape") or [] if n != 1]
         if self.detector_shape is None and len(shape) == 2 and min(shape) > 1:
             self._set_detector_shape((int(shape[0]), int(shape[1])))  # as the detector declares it
@@ -219,6 +222,7 @@ class ScanReconstruction(DocumentRouter):
     def event(self, doc: dict) -> None:
         if doc["descriptor"] not in self.frame_descriptors:
             return  # another stream (baseline, monitors)
+        self.events += 1
         data, scan = doc["data"], self.scan
         scale = scan.metres_per_position_unit
         position = (float(data[scan.x_key]) * scale, float(data[scan.y_key]) * scale)
@@ -355,6 +359,26 @@ class ScanReconstruction(DocumentRouter):
             self._send_frames()
 
     def stop(self, doc: dict) -> None:
+        exit_status = doc.get("exit_status", "success")
+        counted = sum(doc.get("num_events", {}).get(stream, 0) for stream in self.frame_streams)
+        if exit_status != "success":
+            self._end(f"partial: the raw scan ended with exit_status {exit_status!r}")
+        elif counted > self.events:  # a lossy bus (0MQ) drops documents without a word
+            self._end(
+                f"partial: {counted - self.events} of the scan's {counted} events never came here "
+                "(the document bus lost them)"
+            )
+        else:
+            self._end("")
+
+    def end_without_stop(self, why: str) -> None:
+        """End the scan whose stop document will not come (``why``): the frames taken make a partial final."""
+        self._end(f"partial: the scan's stop document never came here ({why})")
+
+    def _end(self, partial: str) -> None:
+        """No frames will come: the final, of every frame taken; ``partial``: why it lacks some, or ''."""
+        if partial:
+            logger.warning("scan %s: %s", self.uid, partial)
         if self.unprepared:  # fewer frames than fixing the region waits for
             self._prepare_frames()
             if self.abandoned:
@@ -373,8 +397,6 @@ class ScanReconstruction(DocumentRouter):
                 f"{len(self.frames_by_seq_num)} frames without positions and "
                 f"{len(self.positions_by_seq_num)} positions without frames were left unused",
             )
-        exit_status = doc.get("exit_status", "success")
-        partial = exit_status != "success"
         if self.error is not None or self.scan is None:
             self.writer.close("fail", reason=self.error or "no descriptor of the frames came")
             return
@@ -383,15 +405,15 @@ class ScanReconstruction(DocumentRouter):
             self.writer.close("fail", reason=reason)
             return
         if self._probe_pending():  # the final is the scan's first job: it goes once the lookup answers
-            self._when_probe_known(lambda: self._submit_final(partial, exit_status))
+            self._when_probe_known(lambda: self._submit_final(partial))
         else:
-            self._submit_final(partial, exit_status)
+            self._submit_final(partial)
 
-    def _submit_final(self, partial: bool, exit_status: str) -> None:
+    def _submit_final(self, partial: str) -> None:
         job = self._job(self.owner.settings.iterations, final=True)
         self.external.close()  # reopened if the last frames had to be read here
         future = self.owner.runner.submit(job)
-        self.owner.when_done(future, lambda f: self._finish(f, partial, exit_status))
+        self.owner.when_done(future, lambda f: self._finish(f, partial))
 
     # --- work --------------------------------------------------------------
 
@@ -534,18 +556,17 @@ class ScanReconstruction(DocumentRouter):
         self.writer.add_result(self._recorded(future), final=False)
         self.owner.notify(self.uid, future.result(), final=False)
 
-    def _finish(self, future: Future, partial: bool, exit_status: str) -> None:
+    def _finish(self, future: Future, partial: str) -> None:
         error = future.exception()
         if error is not None:
             logger.error("scan %s: reconstruction failed: %s", self.uid, error)
             self.writer.close("fail", reason=f"reconstruction failed: {type(error).__name__}: {error}")
             return
         try:
-            self.writer.add_result(self._recorded(future), final=True, partial=partial)
+            self.writer.add_result(self._recorded(future), final=True, partial=bool(partial))
         except ValueError as error:
             self.writer.close("fail", reason=f"the result could not be recorded: {error}")
             return
-        reason = f"partial: the raw scan ended with exit_status {exit_status!r}" if partial else ""
         saturated = future.result().extra.get("saturated_frames", 0)
         if saturated:  # counted where the frames were read: the runner's worker
             self.problems.add(
@@ -553,7 +574,7 @@ class ScanReconstruction(DocumentRouter):
                 f"{saturated} frames read by the worker hold pixels at or above the saturation count "
                 f"{self.preparation.saturation:g}, used as recorded",
             )
-        reason = "; ".join(filter(None, [reason, *self.problems.summary(), *future.result().warnings]))
+        reason = "; ".join(filter(None, [partial, *self.problems.summary(), *future.result().warnings]))
         self.writer.close("success", reason=reason)
         self.owner.notify(self.uid, future.result(), final=True)
 

@@ -110,9 +110,20 @@ class ReconstructionService:
             getattr(self.catalog, "uri", "?"),
         )
         try:
-            self.bus.run(self.callback, self.health, self.stopping)  # the callback never raises
+            self.bus.run(self._deliver, self.health, self.stopping)
         finally:
             self._wind_down()
+
+    def _deliver(self, name: str, doc: dict) -> None:
+        """Hand one document to the callback (which never raises)."""
+        if name == "start" and self.bus.lossy:
+            try:
+                self.callback.end_open_scans(
+                    f"the document bus lost it; the next scan, {doc.get('uid')}, began", but=doc.get("uid")
+                )
+            except Exception:  # the new scan is followed whatever became of the old
+                logger.exception("the scans still open when scan %s began could not be ended", doc.get("uid"))
+        self.callback(name, doc)
 
     def stop(self, why: str = "stopped") -> None:
         """Ask :meth:`run` to return (safe from a signal handler).
