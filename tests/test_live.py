@@ -308,6 +308,39 @@ def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory
         latest_final_reconstruction(catalog, "no-such-scan")
 
 
+def test_a_probe_varying_through_the_scan_is_kept_in_the_catalog(RE, beamline, simple_tiled_server):
+    """The final's eigen-probes and weights go into a stream of their own; previews (rPIE) have none."""
+    from bluesky_tiled_plugins import TiledWriter
+    from tiled.client import from_uri
+
+    from bluesky_ptycho.catalog import result_from_run
+
+    catalog = from_uri(simple_tiled_server().uri)
+    writer = TiledWriter(catalog, batch_size=10)
+    stage, det = beamline
+    results = []
+    callback = PtychoCallback(
+        writer,
+        settings=ReconstructionSettings.final(iterations=20, variable_probe_modes=2, variable_probe_start=5),
+        preview_every=30,
+        queue_previews=True,
+        preview_seconds=math.inf,
+        on_result=lambda raw_uid, result, final: results.append(result),
+    )
+    RE.subscribe(writer)
+    RE.subscribe(callback)
+    (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=60))
+    assert callback.wait(120)
+    final = latest_final_reconstruction(catalog, uid)
+    assert final.eigen_probes.shape == (2, 64, 64) and final.eigen_weights.shape == (60, 2)
+    np.testing.assert_allclose(final.eigen_probes, results[-1].eigen_probes, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(final.eigen_weights, results[-1].eigen_weights)
+    assert np.abs(final.eigen_weights).max() > 0
+    (run,) = reconstructions_of(catalog, uid)
+    first = result_from_run(run, 0)
+    assert not first.extra["final"] and first.eigen_probes is None and first.eigen_weights is None
+
+
 @pytest.mark.parametrize("asset_docs", ["stream", "resource"])
 def test_frames_from_hdf5_files_as_they_are_written(RE, tmp_path, asset_docs, simple_tiled_server):
     """The detector writes HDF5 files and emits StreamResource/StreamDatum or Resource/Datum."""

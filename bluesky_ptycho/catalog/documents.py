@@ -25,6 +25,8 @@ from ..solver.scan_area import ObjectCanvas, ScanArea
 logger = logging.getLogger(__name__)
 DocumentCallback = Callable[[str, dict], Any]
 PLAN_NAME = "ptycho_reconstruction"
+# the stream of a result's probe varying through the scan, when it has one (:mod:`..solver.variable_probe`)
+VARIABLE_PROBE = "variable_probe"
 
 
 def as_polar(array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -113,6 +115,24 @@ def reconstruction_data_keys(
     }
 
 
+def variable_probe_data_keys(
+    eigen_shape: tuple[int, int, int], n_points: int | None = None
+) -> dict[str, dict]:
+    """Descriptor data keys of the :data:`VARIABLE_PROBE` stream: the eigen-probes and each frame's weights.
+
+    Frame ``j``'s first probe mode is ``probe[0] + sum_k eigen_weights[j, k] * eigen_probes[k]``;
+    ``iteration`` names the primary stream's event (the result) they belong to.
+    """
+    return {
+        "eigen_probe_amplitude": _data_key("array", list(eigen_shape), "sqrt(photons)", dtype_numpy="<f4"),
+        "eigen_probe_phase": _data_key("array", list(eigen_shape), "rad", dtype_numpy="<f4"),
+        "eigen_weights": _data_key(
+            "array", [n_points, eigen_shape[0]], description="each frame's weights; NaN: not yet taken"
+        ),
+        "iteration": _data_key("integer", [], description="the result's, in the primary stream"),
+    }
+
+
 def frames_visited(result: ReconstructionResult) -> int:
     """Frames the iterations of the job that gave ``result`` visited: a time-bounded preview's share, or all."""
     return int(result.extra.get("preview", {}).get("frames_visited", result.n_frames))
@@ -185,6 +205,7 @@ class ReconstructionRunWriter:
         self._n_points = raw_start.get("num_points")
         self._descriptor = None
         self._convergence = None  # the descriptor of the cost per iteration
+        self._variable_probe = None  # the descriptor of the eigen-probes, once a result has them
         self._iterations_written = 0
         self._started = False
         self._closed = False
@@ -276,6 +297,29 @@ class ReconstructionRunWriter:
             self._add_convergence(result.cost_history, now)  # first: a live view draws on the event
             event = self._descriptor.compose_event(data=data, timestamps=dict.fromkeys(data, now))
             self._emit("event", event)
+            self._add_variable_probe(result, now)
+
+    def _add_variable_probe(self, result: ReconstructionResult, now: float) -> None:
+        """Emit the result's eigen-probes and weights (:data:`VARIABLE_PROBE`), if its probe varies."""
+        if result.eigen_probes is None:
+            return
+        weights = padded_frames(result.eigen_weights.astype(float), self._n_points)
+        if self._variable_probe is None:
+            regular = weights.shape[0] if weights.shape[0] == self._n_points else None
+            self._variable_probe = self._bundle.compose_descriptor(
+                name=VARIABLE_PROBE, data_keys=variable_probe_data_keys(result.eigen_probes.shape, regular)
+            )
+            self._emit("descriptor", self._variable_probe.descriptor_doc)
+        amplitude, phase = as_polar(result.eigen_probes)
+        data = {
+            "eigen_probe_amplitude": amplitude,
+            "eigen_probe_phase": phase,
+            "eigen_weights": weights,
+            "iteration": result.iterations,
+        }
+        self._emit(
+            "event", self._variable_probe.compose_event(data=data, timestamps=dict.fromkeys(data, now))
+        )
 
     def _add_convergence(self, cost_history: list[float], now: float) -> None:
         """Emit the costs of the iterations since the last result, one event per iteration."""

@@ -11,7 +11,7 @@ from tiled.queries import Key, Like, NotEq
 from tiled.structures.core import StructureFamily
 
 from ..solver.data import Geometry, ReconstructionResult
-from .documents import PLAN_NAME, from_polar
+from .documents import PLAN_NAME, VARIABLE_PROBE, from_polar
 
 
 def reconstructions_of(catalog, raw_uid: str) -> list:
@@ -91,6 +91,7 @@ def result_from_run(run, index: int = -1, stream: StreamParts | None = None) -> 
     scales = row("frame_scales").astype(float)[taken] if "frame_scales" in stream.arrays else None
     iterations = int(scalars["iteration"])
     costs = StreamParts(run["convergence"]).columns(["cost"])["cost"] if "convergence" in run else np.empty(0)
+    eigen_probes, eigen_weights = variable_probe_of(run, iterations)
     return ReconstructionResult(
         object=from_polar(row("object_amplitude"), row("object_phase")),
         probe=without_empty_modes(from_polar(row("probe_amplitude"), row("probe_phase"))),
@@ -109,7 +110,28 @@ def result_from_run(run, index: int = -1, stream: StreamParts | None = None) -> 
         },
         geometry=Geometry.from_dict(start["ptycho_geometry"]) if "ptycho_geometry" in start else None,
         frame_scales=None if scales is None or np.isnan(scales).all() else scales,
+        eigen_probes=eigen_probes,
+        eigen_weights=None if eigen_weights is None else eigen_weights[taken].astype(np.float32),
     )
+
+
+def variable_probe_of(run, iteration: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The eigen-probes and weights (every point's row) of the run's result at ``iteration``; None, None if none."""
+    if VARIABLE_PROBE not in run:
+        return None, None
+    stream = StreamParts(run[VARIABLE_PROBE])
+    matches = np.flatnonzero(stream.columns(["iteration"])["iteration"] == iteration)
+    if not len(matches):
+        return None, None
+    index = int(matches[-1])
+
+    def row(key: str) -> np.ndarray:
+        value = stream.arrays[key][index]
+        return np.asarray(
+            value if isinstance(value, np.ndarray) else value.tolist()
+        )  # ragged: see result_from_run
+
+    return from_polar(row("eigen_probe_amplitude"), row("eigen_probe_phase")), row("eigen_weights")
 
 
 def final_stream(run) -> StreamParts | None:
