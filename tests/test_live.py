@@ -250,29 +250,35 @@ def test_a_malformed_scan_area_fails_the_reconstruction_not_the_scan(RE, beamlin
     )
 
 
-def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory):
+def scanned_into(catalog, RE, beamline, settings, n_points: int, preview_every: int) -> tuple[str, list]:
+    """A live scan, raw and reconstruction written into ``catalog`` (every preview queued, unbounded): its uid and results."""
     from bluesky_tiled_plugins import TiledWriter
-    from tiled.client import from_uri
 
-    server = tiled_server_factory()
-    catalog = from_uri(server.uri)
     writer = TiledWriter(catalog, batch_size=10)
     stage, det = beamline
     results = []
     callback = PtychoCallback(
         writer,
-        settings=ReconstructionSettings(
-            iterations=30, intensity_correction=True, intensity_correction_start=10
-        ),
-        preview_every=40,
+        settings=settings,
+        preview_every=preview_every,
         queue_previews=True,
         preview_seconds=math.inf,
         on_result=lambda raw_uid, result, final: results.append(result),
     )
     RE.subscribe(writer)
     RE.subscribe(callback)
-    (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=80))
+    (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=n_points))
     assert callback.wait(120)
+    return uid, results
+
+
+def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory):
+    from tiled.client import from_uri
+
+    server = tiled_server_factory()
+    catalog = from_uri(server.uri)
+    settings = ReconstructionSettings(iterations=30, intensity_correction=True, intensity_correction_start=10)
+    uid, results = scanned_into(catalog, RE, beamline, settings, n_points=80, preview_every=40)
     assert catalog[uid]["primary"]["det_image"].read().shape == (80, 64, 64)
     (run,) = reconstructions_of(catalog, uid)
     assert run.metadata["stop"]["exit_status"] == "success"
@@ -310,27 +316,13 @@ def test_results_land_in_a_real_tiled_catalog(RE, beamline, tiled_server_factory
 
 def test_a_probe_varying_through_the_scan_is_kept_in_the_catalog(RE, beamline, simple_tiled_server):
     """The final's eigen-probes and weights go into a stream of their own; previews (rPIE) have none."""
-    from bluesky_tiled_plugins import TiledWriter
     from tiled.client import from_uri
 
     from bluesky_ptycho.catalog import result_from_run
 
     catalog = from_uri(simple_tiled_server().uri)
-    writer = TiledWriter(catalog, batch_size=10)
-    stage, det = beamline
-    results = []
-    callback = PtychoCallback(
-        writer,
-        settings=ReconstructionSettings.final(iterations=20, variable_probe_modes=2, variable_probe_start=5),
-        preview_every=30,
-        queue_previews=True,
-        preview_seconds=math.inf,
-        on_result=lambda raw_uid, result, final: results.append(result),
-    )
-    RE.subscribe(writer)
-    RE.subscribe(callback)
-    (uid,) = RE(fermat_spiral_ptycho_scan(det, stage, n_points=60))
-    assert callback.wait(120)
+    settings = ReconstructionSettings.final(iterations=20, variable_probe_modes=2, variable_probe_start=5)
+    uid, results = scanned_into(catalog, RE, beamline, settings, n_points=60, preview_every=30)
     final = latest_final_reconstruction(catalog, uid)
     assert final.eigen_probes.shape == (2, 64, 64) and final.eigen_weights.shape == (60, 2)
     np.testing.assert_allclose(final.eigen_probes, results[-1].eigen_probes, rtol=1e-5, atol=1e-6)

@@ -50,6 +50,12 @@ class StreamParts:
             raise KeyError(f"the stream has no column {', '.join(sorted(missing))}")
         return found
 
+    def row(self, key: str, index: int) -> np.ndarray:
+        """Event ``index``'s array ``key``: only it leaves the server."""
+        value = self.arrays[key][index]
+        # a ragged array (object and positions of runs without a planned scan area) converts fast only via lists
+        return np.asarray(value if isinstance(value, np.ndarray) else value.tolist())
+
 
 def without_empty_modes(probe: np.ndarray) -> np.ndarray:
     """``probe`` without the all-zero modes a run stores to give every event the same shape."""
@@ -80,9 +86,7 @@ def result_from_run(run, index: int = -1, stream: StreamParts | None = None) -> 
     }
 
     def row(key: str) -> np.ndarray:
-        value = stream.arrays[key][index]  # only this event's array leaves the server
-        # a ragged array (object and positions of runs without a planned scan area) converts fast only via lists
-        return np.asarray(value if isinstance(value, np.ndarray) else value.tolist())
+        return stream.row(key, index)
 
     start = run.metadata["start"]
     positions = row("positions").astype(float)
@@ -90,8 +94,15 @@ def result_from_run(run, index: int = -1, stream: StreamParts | None = None) -> 
     # NaN where the intensity was not corrected; absent from runs recorded before it was
     scales = row("frame_scales").astype(float)[taken] if "frame_scales" in stream.arrays else None
     iterations = int(scalars["iteration"])
-    costs = StreamParts(run["convergence"]).columns(["cost"])["cost"] if "convergence" in run else np.empty(0)
-    eigen_probes, eigen_weights = variable_probe_of(run, iterations)
+    streams = set(run)  # one request, where asking for each stream would take one each
+    costs = (
+        StreamParts(run["convergence"]).columns(["cost"])["cost"] if "convergence" in streams else np.empty(0)
+    )
+    eigen_probes, eigen_weights = (
+        variable_probe_of(StreamParts(run[VARIABLE_PROBE]), iterations)
+        if VARIABLE_PROBE in streams
+        else (None, None)
+    )
     return ReconstructionResult(
         object=from_polar(row("object_amplitude"), row("object_phase")),
         probe=without_empty_modes(from_polar(row("probe_amplitude"), row("probe_phase"))),
@@ -115,23 +126,19 @@ def result_from_run(run, index: int = -1, stream: StreamParts | None = None) -> 
     )
 
 
-def variable_probe_of(run, iteration: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """The eigen-probes and weights (every point's row) of the run's result at ``iteration``; None, None if none."""
-    if VARIABLE_PROBE not in run:
-        return None, None
-    stream = StreamParts(run[VARIABLE_PROBE])
+def variable_probe_of(stream: StreamParts, iteration: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The eigen-probes and weights (every point's row) of the result at ``iteration``; None, None if none.
+
+    ``stream``: the run's :data:`~.documents.VARIABLE_PROBE` stream.
+    """
     matches = np.flatnonzero(stream.columns(["iteration"])["iteration"] == iteration)
     if not len(matches):
         return None, None
     index = int(matches[-1])
-
-    def row(key: str) -> np.ndarray:
-        value = stream.arrays[key][index]
-        return np.asarray(
-            value if isinstance(value, np.ndarray) else value.tolist()
-        )  # ragged: see result_from_run
-
-    return from_polar(row("eigen_probe_amplitude"), row("eigen_probe_phase")), row("eigen_weights")
+    eigen_probes = from_polar(
+        stream.row("eigen_probe_amplitude", index), stream.row("eigen_probe_phase", index)
+    )
+    return eigen_probes, stream.row("eigen_weights", index)
 
 
 def final_stream(run) -> StreamParts | None:
