@@ -145,16 +145,21 @@ def main() -> None:
         "--model", action="store_true", help="the weak-scaling model from the measured numbers"
     )
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
+    parser.add_argument(
+        "--case", type=int, nargs=2, metavar=("FRAMES", "SIZE"), help="this case only (e.g. 16000 128)"
+    )
+    parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, default=ALGORITHMS)
     args = parser.parse_args()
+    cases = [tuple(args.case)] if args.case else QUICK_CASES if args.quick else CASES
     with tempfile.TemporaryDirectory() as directory:
-        for n_frames, size in QUICK_CASES if args.quick else CASES:
+        for n_frames, size in cases:
             path = Path(directory) / f"scan_{n_frames}_{size}.cxi"
             write_cxi(path, simulate(n_frames=n_frames, frame_size=size, photons=PHOTONS, seed=0).data)
             print(f"\n{n_frames} x {size}², {args.iterations} iterations")
             if args.decompositions:
                 compare_decompositions(path, args.iterations)
                 continue
-            measured = compare(path, ("rpie",) if args.model else ALGORITHMS, args.iterations)
+            measured = compare(path, ("rpie",) if args.model else tuple(args.algorithms), args.iterations)
             if args.model:
                 seconds, _ = measured["rpie"]
                 weak_scaling_model(size, seconds * default_workers() / n_frames, 25e9)
