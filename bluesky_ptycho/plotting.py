@@ -12,9 +12,16 @@ from .solver.probe import mode_powers
 
 
 def summary_figure(result: ReconstructionResult, title: str = "") -> Figure:
-    """A 2 x 2 figure: object amplitude and phase, probe modes, cost history."""
-    figure = Figure(figsize=(10, 8), layout="constrained")
-    axes = figure.subplots(2, 2)
+    """A 2 x 2 figure: object amplitude and phase, probe modes, cost history.
+
+    A result whose beam was fitted frame by frame (intensity correction, a
+    varying probe) has a third row: the beam through the scan (each frame's
+    share of the power, its weights on the eigen-probes) and the first
+    eigen-probe.
+    """
+    varies = result.frame_scales is not None or result.eigen_weights is not None
+    figure = Figure(figsize=(10, 12 if varies else 8), layout="constrained")
+    axes = figure.subplots(3 if varies else 2, 2)
     extent_um = _extent_um(result.object.shape, result.pixel_size)
     panels = [
         (axes[0, 0], np.abs(result.object), "gray", "object amplitude"),
@@ -39,9 +46,41 @@ def summary_figure(result: ReconstructionResult, title: str = "") -> Figure:
     ax.set_ylabel("normalised amplitude cost")
     ax.set_title(f"convergence: {result.iterations} iterations, {result.n_frames} frames")
     ax.grid(True, which="both", alpha=0.3)
+    if varies:
+        _beam_through_the_scan(result, axes[2, 0], axes[2, 1])
     algorithm = result.settings.get("algorithm", "?")
     figure.suptitle(title or f"{algorithm} reconstruction, {result.wall_time:.1f} s")
     return figure
+
+
+def _beam_through_the_scan(result: ReconstructionResult, per_frame, eigen) -> None:
+    """How each frame's beam differs from the shared probe, against the frame number; the first eigen-probe.
+
+    Both as shares of the probe's first mode: the beam's amplitude share less
+    one (intensity correction), each eigen-probe's weight over that mode's
+    norm (the eigen-probes are orthonormal).
+    """
+    frames = np.arange(result.n_frames)
+    if result.frame_scales is not None:
+        per_frame.plot(frames, result.frame_scales - 1, label="amplitude share - 1 (intensity correction)")
+    if result.eigen_weights is not None:
+        norm = float(np.linalg.norm(result.probe[0]))
+        for k, weights in enumerate(result.eigen_weights.T):
+            per_frame.plot(frames, weights / norm, label=f"eigen-probe {k + 1}'s weight")
+    per_frame.set_xlabel("frame")
+    per_frame.set_ylabel("change of the beam (share of the probe)")
+    per_frame.set_title("the beam through the scan")
+    per_frame.legend(fontsize="small")
+    per_frame.grid(True, alpha=0.3)
+    if result.eigen_probes is None:
+        eigen.set_axis_off()
+        return
+    eigen.imshow(
+        _complex_to_rgb(result.eigen_probes[0]),
+        extent=_extent_um(result.eigen_probes.shape, result.pixel_size),
+    )
+    eigen.set_title("eigen-probe 1 (hue: phase): how the probe varies")
+    eigen.set_xlabel("x (µm)")
 
 
 def save_summary_png(result: ReconstructionResult, path: str | Path, title: str = "") -> Path:

@@ -112,3 +112,18 @@ def test_a_final_after_previews_varies_the_probe(drifting):
     assert result.eigen_weights.shape == (160, 1) and np.abs(result.eigen_weights).max() > 0
     back = reconstructor.use_settings(final.for_preview()).iterate(1).result()
     assert back.eigen_probes is None
+
+
+def test_the_summary_figure_shows_the_beam_through_the_scan(drifting):
+    from bluesky_ptycho.plotting import summary_figure
+
+    result = reconstruct(
+        drifting, algorithm="lsqml", iterations=6, variable_probe_modes=1, variable_probe_start=2
+    )
+    figure = summary_figure(result)
+    (beam,) = [ax for ax in figure.axes if ax.get_title() == "the beam through the scan"]
+    share = result.eigen_weights[:, 0] / np.linalg.norm(result.probe[0])
+    np.testing.assert_allclose(beam.lines[0].get_ydata(), share, rtol=1e-6)
+    assert [ax for ax in figure.axes if ax.get_title().startswith("eigen-probe 1")]
+    steady = type(result)(**{**result.__dict__, "eigen_probes": None, "eigen_weights": None})
+    assert "the beam through the scan" not in [ax.get_title() for ax in summary_figure(steady).axes]
