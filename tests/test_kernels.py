@@ -348,6 +348,9 @@ def test_variable_probe_kernels(problem, eigen):
     without = update_terms(replace(state, backend=ARRAYS), corners, diff, for_probe=False)
     assert not np.allclose(without.object_numerator, arrays.object_numerator)
 
-    (compiled, _), (arrays, _) = both_ways(probe_change_sums, obj, corners, diff, 0.1, eigen_probes, weights)
+    gain = rng.standard_normal((eigen, eigen))
+    (compiled, _), (arrays, _) = both_ways(
+        probe_change_sums, obj, corners, diff, 0.1, eigen_probes, weights, gain
+    )
     for got, expected in zip(compiled, arrays, strict=True):
         assert_close(got, expected, rtol=1e-5)

@@ -226,8 +226,8 @@ def accumulate_variation_terms(diff, corners, weights, eigen_probes, numerator):
 
 
 @_compile
-def probe_change_sums(obj, corners, chi, alpha, eigen_probes, weights):
-    """``Re<U_k, R_j>``, ``sum_j R_j``, ``sum_j weights[j, k] R_j`` and ``sum_j Re<U_k, R_j> R_j``, frame by frame.
+def probe_change_sums(obj, corners, chi, alpha, eigen_probes, weights, gain):
+    """``p_jk = Re<U_k, R_j>``, ``sum_j R_j`` and ``sum_j (weights[j] + p_j @ gain)_k R_j``, frame by frame.
 
     See :func:`.variable_probe.probe_change_sums`; each ``R_j`` lives in one frame's scratch.
     """
@@ -238,8 +238,7 @@ def probe_change_sums(obj, corners, chi, alpha, eigen_probes, weights):
     change = np.empty((h, w), dtype=chi.dtype)
     projections = np.zeros((n_frames, n_eigen))
     total = np.zeros((h, w), dtype=chi.dtype)
-    by_weights = np.zeros((n_eigen, h, w), dtype=chi.dtype)
-    by_projections = np.zeros((n_eigen, h, w), dtype=chi.dtype)
+    by_new = np.zeros((n_eigen, h, w), dtype=chi.dtype)
     # the largest |O|^2 column by column: a running maximum of each row's pixels would not vectorise
     largest_in_column = np.empty(w, dtype=obj.real.dtype)
     for j in range(n_frames):
@@ -264,21 +263,20 @@ def probe_change_sums(obj, corners, chi, alpha, eigen_probes, weights):
                 total_row[x] += change_row[x]
             for k in range(n_eigen):
                 eigen_row = eigen_probes[k, y]
-                sum_row = by_weights[k, y]
-                weight = weights[j, k]
                 along = _ONE - _ONE
                 for x in range(w):
                     along += eigen_row[x].real * change_row[x].real + eigen_row[x].imag * change_row[x].imag
-                    sum_row[x] += weight * change_row[x]
                 projections[j, k] += along
         for k in range(n_eigen):
-            along = weights.dtype.type(projections[j, k])
+            coefficient = weights[j, k]
+            for m in range(n_eigen):
+                coefficient += weights.dtype.type(projections[j, m] * gain[m, k])
             for y in range(h):
                 change_row = change[y]
-                sum_row = by_projections[k, y]
+                sum_row = by_new[k, y]
                 for x in range(w):
-                    sum_row[x] += along * change_row[x]
-    return projections, total, by_weights, by_projections
+                    sum_row[x] += coefficient * change_row[x]
+    return projections, total, by_new
 
 
 @_compile

@@ -113,36 +113,32 @@ class VariableProbe:
         if count == 0:
             return
         eigen = self.eigen_probes
-        total = xp.zeros(state.frame_shape, eigen.dtype)
-        by_old, by_projections = xp.zeros_like(eigen), xp.zeros_like(eigen)
+        # each frame's weights move by gain times the projections of its change less the batch's mean
+        gain = step * np.linalg.inv(gram(eigen))
+        total, by_new = xp.zeros(state.frame_shape, eigen.dtype), xp.zeros_like(eigen)
         projections = []
         for chunk, corners, chi in parts:
-            along, *part = probe_change_sums(
-                state.object, corners, chi, alpha, eigen, xp.asarray(self.weights[chunk]), kernels
+            along, part_total, part_by_new = probe_change_sums(
+                state.object, corners, chi, alpha, eigen, xp.asarray(self.weights[chunk]), gain, kernels
             )
             projections.append(to_numpy(along))
-            total += part[0]
-            by_old += part[1]
-            by_projections += part[2]
+            total += part_total
+            by_new += part_by_new
         mean = comm.sum(total) / np.float32(count)
         old = self.weights[frames].astype(np.float64)
         # R_j - mean projected on the eigen-probes' span
-        along_mean = to_numpy(frame_inner(eigen, mean)).astype(np.float64)
+        along_mean = to_numpy(frame_inner(eigen, mean)).astype(np.float64) @ gain
         projections = np.concatenate(projections) if projections else np.zeros_like(old)
-        inverse = np.linalg.inv(gram(eigen))
-        new = old + step * (projections - along_mean) @ inverse
+        new = old + projections @ gain - along_mean
         self.weights[frames] = new
         # the eigen-probes' least squares: sum_j w_j (w_j . U) = sum_j w_j (V_j + step (R_j - mean)),
-        # sum_j new_j R_j = by_old + step inverse^T (by_projections - along_mean total), summed by the pass
+        # with sum_j new_j R_j = by_new - along_mean total (the pass summed the rest)
         sums = self._sums or _EigenSums(
             np.zeros((len(eigen),) * 2), np.zeros((len(eigen),) * 2), xp.zeros_like(eigen)
         )
         sums.normal += new.T @ new
         sums.cross += new.T @ old
-        by_new = by_old + mixed(
-            step * inverse.T,
-            by_projections - xp.asarray(along_mean.astype(np.float32))[:, None, None] * total,
-        )
+        by_new -= xp.asarray(along_mean.astype(np.float32))[:, None, None] * total
         sums.fitted += np.float32(step) * by_new
         sums.fitted -= xp.asarray((step * new.sum(axis=0)).astype(np.float32))[:, None, None] * mean
         self._sums = sums
@@ -188,7 +184,7 @@ def gram(images) -> np.ndarray:
     return np.array([[float(frame_inner(a, b)) for b in images] for a in images])
 
 
-def probe_change_sums(obj, corners, chi, alpha: float, eigen_probes, weights, kernels=None):
+def probe_change_sums(obj, corners, chi, alpha: float, eigen_probes, weights, gain: np.ndarray, kernels=None):
     """The probe change each frame asks for alone, reduced to what the fit needs (never held for every frame at once).
 
     ``R_j = conj(O_j) chi_j0 / ((1 - alpha)|O_j|^2 + alpha max|O_j|^2)``, with
@@ -203,20 +199,18 @@ def probe_change_sums(obj, corners, chi, alpha: float, eigen_probes, weights, ke
         (B, K) float64 ``p_jk = Re<U_k, R_j>`` on the (K, h, w) ``eigen_probes``.
     total
         (h, w) ``sum_j R_j``.
-    by_weights
-        (K, h, w) ``sum_j weights[j, k] R_j``, ``weights`` (B, K) float32.
-    by_projections
-        (K, h, w) ``sum_j p_jk R_j``.
+    by_new
+        (K, h, w) ``sum_j (weights[j] + p_j @ gain)_k R_j``, ``weights`` (B, K)
+        float32, ``gain`` a (K, K) float64 host array: each frame's change
+        weighs with its new weights (but for the batch's mean, which the
+        pass cannot know yet).
     """
     if kernels is not None:
-        return kernels.probe_change_sums(obj, corners, chi, alpha, eigen_probes, weights)
+        return kernels.probe_change_sums(obj, corners, chi, alpha, eigen_probes, weights, gain)
     patches = gather_patches(obj, corners, chi.shape[-2:])
     power = patches.real**2 + patches.imag**2
     largest = power.max(axis=(-2, -1), keepdims=True)
     changes = patches.conj() * chi[:, 0] / ((1 - alpha) * power + (alpha + 1e-6) * largest + 1e-30)
     projections = frame_inner(eigen_probes[None], changes[:, None]).astype(np.float64)
-
-    def weighted(frame_weights):
-        return (frame_weights.T[:, :, None, None] * changes[None]).sum(axis=1)
-
-    return projections, changes.sum(axis=0), weighted(weights), weighted(projections.astype(np.float32))
+    coefficients = weights + (projections @ array_module(projections).asarray(gain)).astype(np.float32)
+    return projections, changes.sum(axis=0), (coefficients.T[:, :, None, None] * changes[None]).sum(axis=1)
