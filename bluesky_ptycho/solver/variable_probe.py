@@ -126,19 +126,19 @@ class VariableProbe:
             by_new += part_by_new
         mean = comm.sum(total) / np.float32(count)
         old = self.weights[frames].astype(np.float64)
-        # R_j - mean projected on the eigen-probes' span
-        along_mean = to_numpy(frame_inner(eigen, mean)).astype(np.float64) @ gain
+        # the batch's mean change is the shared probe's: it moves no frame's weights
+        mean_move = to_numpy(frame_inner(eigen, mean)).astype(np.float64) @ gain
         projections = np.concatenate(projections) if projections else np.zeros_like(old)
-        new = old + projections @ gain - along_mean
+        new = old + projections @ gain - mean_move
         self.weights[frames] = new
         # the eigen-probes' least squares: sum_j w_j (w_j . U) = sum_j w_j (V_j + step (R_j - mean)),
-        # with sum_j new_j R_j = by_new - along_mean total (the pass summed the rest)
+        # with sum_j new_j R_j = by_new - mean_move total (the pass summed the rest)
         sums = self._sums or _EigenSums(
             np.zeros((len(eigen),) * 2), np.zeros((len(eigen),) * 2), xp.zeros_like(eigen)
         )
         sums.normal += new.T @ new
         sums.cross += new.T @ old
-        by_new -= xp.asarray(along_mean.astype(np.float32))[:, None, None] * total
+        by_new -= xp.asarray(mean_move.astype(np.float32))[:, None, None] * total
         sums.fitted += np.float32(step) * by_new
         sums.fitted -= xp.asarray((step * new.sum(axis=0)).astype(np.float32))[:, None, None] * mean
         self._sums = sums
