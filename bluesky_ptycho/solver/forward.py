@@ -72,36 +72,30 @@ def exit_waves(probe, patches):
     return probe[None, :, :, :] * patches[:, None, :, :]
 
 
-def exit_waves_at(obj, corners, probe, out=None, kernels=None):
+def exit_waves_at(obj, corners, probe, out=None, kernels=None, variation: ProbeVariation | None = None):
     """Exit waves (B, modes, h, w) of every probe mode on the object patches at ``corners``.
 
     ``out``, if given, is a C-contiguous array of that shape and the probe's
     dtype to write them into (saves allocating it again each iteration).
     ``kernels``: the compiled kernels to use (an :class:`ArrayBackend`'s), or
-    None for the array expressions.
+    None for the array expressions. ``variation``: each frame's change
+    ``V_j`` of the first probe mode (a probe varying frame by frame), or None.
     """
     if kernels is not None:
         if out is None:
             out = empty_aligned((len(corners), *probe.shape), probe.dtype)
         kernels.exit_waves(obj, corners, probe, out)
+        if variation is not None:
+            kernels.add_variation_waves(obj, corners, variation.weights, variation.eigen_probes, out)
         return out
-    waves = exit_waves(probe, gather_patches(obj, corners, probe.shape[-2:]))
+    patches = gather_patches(obj, corners, probe.shape[-2:])
+    waves = exit_waves(probe, patches)
+    if variation is not None:
+        waves[:, 0] += variation.frames() * patches
     if out is None:
         return waves
     out[...] = waves
     return out
-
-
-def add_variation_waves(obj, corners, variation: ProbeVariation, waves, kernels=None) -> None:
-    """``waves[j, 0] += V_j * patch_j``: the first mode's exit waves of a probe varying frame by frame, in place.
-
-    ``variation``: each frame's change ``V_j`` of the first probe mode.
-    ``kernels``: the compiled kernels, or None for the array expression.
-    """
-    if kernels is not None:
-        kernels.add_variation_waves(obj, corners, variation.weights, variation.eigen_probes, waves)
-        return
-    waves[:, 0] += variation.frames() * gather_patches(obj, corners, waves.shape[-2:])
 
 
 def model_amplitude(farfield):
@@ -214,9 +208,7 @@ def exit_wave_update(
     cost
         The amplitude misfit of the modelled exit waves.
     """
-    waves = exit_waves_at(obj, corners, probe, kernels=backend.kernels)
-    if variation is not None:
-        add_variation_waves(obj, corners, variation, waves, backend.kernels)
+    waves = exit_waves_at(obj, corners, probe, kernels=backend.kernels, variation=variation)
     farfield = backend.fft2(waves, overwrite_x=True)
     cost = fourier_change(farfield, amplitude, mask, noise_model, model_photons, backend.kernels)
     return backend.ifft2(farfield, overwrite_x=True), cost

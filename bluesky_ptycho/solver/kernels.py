@@ -195,7 +195,7 @@ def _variation_row(weights, eigen_probes, j, y, out):
 
 @_compile
 def add_variation_waves(obj, corners, weights, eigen_probes, waves):
-    """``waves[j, 0] += V_j * obj[patch_j]``, ``V_j = sum_k weights[j, k] eigen_probes[k]``, in place (see :func:`.forward.add_variation_waves`)."""
+    """``waves[j, 0] += V_j * obj[patch_j]``, ``V_j = sum_k weights[j, k] eigen_probes[k]``, in place (see :func:`.forward.exit_waves_at`)."""
     n_frames = corners.shape[0]
     h, w = eigen_probes.shape[1:]
     variation = np.empty(w, dtype=eigen_probes.dtype)

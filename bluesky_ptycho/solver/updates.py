@@ -84,16 +84,16 @@ def update_terms(
             kernels.accumulate_object_terms(
                 diff, corners, state.probe, terms.object_numerator, terms.illumination
             )
-        else:
-            scatter_patches(terms.object_numerator, corners, mode_sum(state.probe, diff))
-            terms.illumination += stamp_patch(state.illumination_weights(), corners, state.object.shape)
-        if variation is not None:
-            if kernels is not None:
+            if variation is not None:
                 kernels.accumulate_variation_terms(
                     diff, corners, variation.weights, variation.eigen_probes, terms.object_numerator
                 )
-            else:
-                scatter_patches(terms.object_numerator, corners, variation.frames().conj() * diff[:, 0])
+        else:
+            numerator = mode_sum(state.probe, diff)
+            if variation is not None:  # scattered with the shared probe's, in one pass
+                numerator += variation.frames().conj() * diff[:, 0]
+            scatter_patches(terms.object_numerator, corners, numerator)
+            terms.illumination += stamp_patch(state.illumination_weights(), corners, state.object.shape)
     if for_probe:
         if terms.probe_numerator is None:
             terms.probe_numerator = xp.zeros_like(state.probe)
