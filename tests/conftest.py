@@ -15,7 +15,7 @@ import pytest
 
 from bluesky_ptycho.catalog.table_storage import serialize_duckdb_connections
 from bluesky_ptycho.service.testing import free_port
-from bluesky_ptycho.solver import simulate
+from bluesky_ptycho.solver import ProbeDrift, simulate
 from bluesky_ptycho.solver.backend import FFTW_INSTALLED, STRICT_DEVICE, gpu_available
 from bluesky_ptycho.solver.simulate import aperture_probe
 
@@ -26,6 +26,19 @@ DEVICES = [
     STRICT_DEVICE,
     pytest.param("gpu", marks=pytest.mark.skipif(not gpu_available(), reason="needs CuPy and a CUDA GPU")),
 ]
+
+
+@pytest.fixture(scope="session")
+def drifting():
+    """A weak-phase object under a beam whose power wanders by up to 50 % through the scan (160 frames of 32²)."""
+    return simulate(
+        n_frames=160,
+        frame_size=32,
+        photons=1e6,
+        seed=4,
+        object_kind="weak_phase",
+        probe_drift=ProbeDrift(intensity=0.5),
+    )
 
 
 @pytest.fixture(params=DEVICES)

@@ -16,7 +16,11 @@ from bluesky_ptycho.catalog import from_polar
 from bluesky_ptycho.federation.auth import make_app, make_clients, token_storage
 from bluesky_ptycho.federation.globus_settings import load_globus_settings
 from bluesky_ptycho.federation.testing import access_token
-from bluesky_ptycho.solver import ProbeDrift, ReconstructionResult, simulate
+from bluesky_ptycho.solver import (
+    ReconstructionResult,
+    ReconstructionSettings,
+    Reconstructor,
+)
 from bluesky_ptycho.solver.imperfections import stage_of_frames
 
 
@@ -191,16 +195,9 @@ def assert_previews_then_final(
     assert final_iterations <= steps[-1] <= final_iterations + unrecorded * preview_iterations, iterations
 
 
-def drifting_beam():
-    """A weak-phase object under a beam whose power wanders by up to 50 % through the scan (160 frames of 32²)."""
-    return simulate(
-        n_frames=160,
-        frame_size=32,
-        photons=1e6,
-        seed=4,
-        object_kind="weak_phase",
-        probe_drift=ProbeDrift(intensity=0.5),
-    )
+def reconstructed(sim, **settings) -> ReconstructionResult:
+    """The result of reconstructing a simulation's data with ``ReconstructionSettings(**settings)``."""
+    return Reconstructor.from_data(sim.data, ReconstructionSettings(**settings)).iterate().result()
 
 
 def beam_amplitudes(sim) -> np.ndarray:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from bluesky import RunEngine
 from click.testing import CliRunner
-from helpers import Documents, assert_previews_then_final, drifting_beam, result_of, scan_positions
+from helpers import Documents, assert_previews_then_final, result_of, scan_positions
 
 from bluesky_ptycho.callbacks import PtychoCallback
 from bluesky_ptycho.cli import main
@@ -329,8 +329,7 @@ def test_a_globus_mpi_engine_task_reconstructs_the_staged_scan_on_the_ranks_its_
     assert sorted(path.name for path in tmp_path.glob("*.cxi")) == ["result_1.cxi"]
 
 
-def test_each_frames_share_of_a_drifting_beam_comes_back_in_the_files_order(tmp_path):
-    drift = drifting_beam()
+def test_each_frames_share_of_a_drifting_beam_comes_back_in_the_files_order(tmp_path, drifting):
     settings = ReconstructionSettings(
         algorithm="lsqml",
         iterations=40,
@@ -338,21 +337,20 @@ def test_each_frames_share_of_a_drifting_beam_comes_back_in_the_files_order(tmp_
         intensity_correction_start=10,
         fft_workers=1,
     )
-    distributed = on_ranks(tmp_path, drift.data, settings)
-    single = in_one_process(drift.data, settings)
-    assert distributed.frame_scales.shape == (len(drift.data),)
+    distributed = on_ranks(tmp_path, drifting.data, settings)
+    single = in_one_process(drifting.data, settings)
+    assert distributed.frame_scales.shape == (len(drifting.data),)
     assert np.mean(distributed.frame_scales**2) == pytest.approx(1.0)  # over both ranks' frames
     assert np.corrcoef(distributed.frame_scales, single.frame_scales)[0, 1] > 0.95
 
 
-def test_a_probe_varying_through_the_scan_is_fitted_over_ranks(tmp_path):
+def test_a_probe_varying_through_the_scan_is_fitted_over_ranks(tmp_path, drifting):
     """The eigen-probes are every rank's (their sums all-reduced); each frame's weights come back in the files' order."""
-    drift = drifting_beam()
     settings = ReconstructionSettings(
         algorithm="lsqml", iterations=40, variable_probe_modes=1, variable_probe_start=10, fft_workers=1
     )
-    distributed = on_ranks(tmp_path, drift.data, settings)
-    single = in_one_process(drift.data, settings)
-    assert distributed.eigen_weights.shape == (len(drift.data), 1)
+    distributed = on_ranks(tmp_path, drifting.data, settings)
+    single = in_one_process(drifting.data, settings)
+    assert distributed.eigen_weights.shape == (len(drifting.data), 1)
     assert np.corrcoef(distributed.eigen_weights[:, 0], single.eigen_weights[:, 0])[0, 1] > 0.95
-    assert distributed.extra["distributed"]["r_factor"] < 1.05 * fourier_r_factor(single, drift.data)
+    assert distributed.extra["distributed"]["r_factor"] < 1.05 * fourier_r_factor(single, drifting.data)

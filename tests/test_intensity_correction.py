@@ -4,33 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import beam_amplitudes, drifting_beam
+from helpers import beam_amplitudes, reconstructed
 
 from bluesky_ptycho.io import read_result, write_result
 from bluesky_ptycho.solver import (
     ALGORITHMS,
-    ReconstructionSettings,
-    Reconstructor,
     fourier_r_factor,
     object_error,
     simulate,
 )
 
 
-@pytest.fixture(scope="module")
-def drifting():
-    return drifting_beam()
-
-
-def reconstruct(sim, **settings):
-    return Reconstructor.from_data(sim.data, ReconstructionSettings(**settings)).iterate().result()
-
-
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_a_drifting_beam_is_fitted_frame_by_frame(drifting, algorithm):
     common = {"algorithm": algorithm, "iterations": 80, "intensity_correction_start": 20}
-    off = reconstruct(drifting, **common)
-    on = reconstruct(drifting, **common, intensity_correction=True)
+    off = reconstructed(drifting, **common)
+    on = reconstructed(drifting, **common, intensity_correction=True)
     truth = beam_amplitudes(drifting)
     assert off.frame_scales is None
     assert np.sqrt(np.mean((on.frame_scales - truth) ** 2)) < 0.5 * np.sqrt(np.mean((truth - 1) ** 2))
@@ -41,7 +30,7 @@ def test_a_drifting_beam_is_fitted_frame_by_frame(drifting, algorithm):
 
 
 def test_nothing_is_fitted_before_the_start_iteration(drifting):
-    result = reconstruct(drifting, iterations=10, intensity_correction=True, intensity_correction_start=20)
+    result = reconstructed(drifting, iterations=10, intensity_correction=True, intensity_correction_start=20)
     np.testing.assert_array_equal(result.frame_scales, np.ones(len(drifting.data)))
 
 
@@ -50,17 +39,17 @@ def test_an_absorbing_object_keeps_its_contrast_as_the_fit_starts_late():
     sim = simulate(n_frames=100, frame_size=32, overlap=0.7, photons=1e6, seed=3)  # transmission 0.3-1
     assert np.abs(sim.true_object).min() < 0.5
     common = {"algorithm": "lsqml", "iterations": 200}
-    off = object_error(reconstruct(sim, **common), sim)
-    assert object_error(reconstruct(sim, **common, intensity_correction=True), sim) < 1.1 * off
-    early = reconstruct(sim, **common, intensity_correction=True, intensity_correction_start=1)
+    off = object_error(reconstructed(sim, **common), sim)
+    assert object_error(reconstructed(sim, **common, intensity_correction=True), sim) < 1.1 * off
+    early = reconstructed(sim, **common, intensity_correction=True, intensity_correction_start=1)
     assert object_error(early, sim) > 1.5 * off
 
 
 def test_the_scales_are_kept_in_the_result_file(drifting, tmp_path):
-    result = reconstruct(drifting, iterations=30, intensity_correction=True, intensity_correction_start=10)
+    result = reconstructed(drifting, iterations=30, intensity_correction=True, intensity_correction_start=10)
     back = read_result(write_result(tmp_path / "result.cxi", result))
     np.testing.assert_array_equal(back.frame_scales, result.frame_scales)
     assert (
-        read_result(write_result(tmp_path / "plain.cxi", reconstruct(drifting, iterations=2))).frame_scales
+        read_result(write_result(tmp_path / "plain.cxi", reconstructed(drifting, iterations=2))).frame_scales
         is None
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import beam_amplitudes, drifting_beam
+from helpers import beam_amplitudes, reconstructed
 
 from bluesky_ptycho.cli import main
 from bluesky_ptycho.io import read_result, write_cxi, write_result
@@ -18,21 +18,12 @@ from bluesky_ptycho.solver import (
 )
 
 
-@pytest.fixture(scope="module")
-def drifting():
-    return drifting_beam()
-
-
-def reconstruct(sim, **settings):
-    return Reconstructor.from_data(sim.data, ReconstructionSettings(**settings)).iterate().result()
-
-
 @pytest.mark.parametrize("modes", [1, 2])
 def test_a_drifting_beam_is_fitted_by_an_eigen_probe(drifting, modes):
     """With two probe modes, too: their orthogonalisation sets each mode's phase afresh every iteration."""
     common = {"algorithm": "lsqml", "iterations": 80, "probe_modes": modes, "variable_probe_start": 10}
-    off = reconstruct(drifting, **common)
-    on = reconstruct(drifting, **common, variable_probe_modes=1)
+    off = reconstructed(drifting, **common)
+    on = reconstructed(drifting, **common, variable_probe_modes=1)
     assert off.eigen_probes is None and off.eigen_weights is None
     assert on.eigen_probes.shape == (1, 32, 32) and on.eigen_weights.shape == (160, 1)
     # the eigen-probe is the probe's first mode, each frame's weight its share of the beam
@@ -48,7 +39,7 @@ def test_a_drifting_beam_is_fitted_by_an_eigen_probe(drifting, modes):
 
 
 def test_nothing_varies_before_the_start_iteration(drifting):
-    result = reconstruct(
+    result = reconstructed(
         drifting, algorithm="lsqml", iterations=10, variable_probe_modes=2, variable_probe_start=20
     )
     np.testing.assert_array_equal(result.eigen_weights, np.zeros((len(drifting.data), 2)))
@@ -77,14 +68,14 @@ def test_only_lsqml_varies_the_probe_and_with_fewer_eigen_probes_than_frames(dri
 
 
 def test_the_variation_is_kept_in_the_result_file(drifting, tmp_path):
-    result = reconstruct(
+    result = reconstructed(
         drifting, algorithm="lsqml", iterations=20, variable_probe_modes=2, variable_probe_start=5
     )
     back = read_result(write_result(tmp_path / "result.cxi", result))
     np.testing.assert_array_equal(back.eigen_probes, result.eigen_probes)
     np.testing.assert_array_equal(back.eigen_weights, result.eigen_weights)
     assert back.frame_probes(slice(3, 7)).shape == (4, 1, 32, 32)
-    plain = read_result(write_result(tmp_path / "plain.cxi", reconstruct(drifting, iterations=2)))
+    plain = read_result(write_result(tmp_path / "plain.cxi", reconstructed(drifting, iterations=2)))
     assert plain.eigen_probes is None and plain.frame_probes(slice(0, 5)).shape == (1, 1, 32, 32)
 
 
@@ -117,7 +108,7 @@ def test_a_final_after_previews_varies_the_probe(drifting):
 def test_the_summary_figure_shows_the_beam_through_the_scan(drifting):
     from bluesky_ptycho.plotting import summary_figure
 
-    result = reconstruct(
+    result = reconstructed(
         drifting, algorithm="lsqml", iterations=6, variable_probe_modes=1, variable_probe_start=2
     )
     figure = summary_figure(result)
