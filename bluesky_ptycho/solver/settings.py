@@ -17,7 +17,7 @@ ALGORITHMS = tuple(REGISTRY)
 # 5 % of a start from the true probe (100: 17 of 24). ReconstructionSettings() itself
 # stays the fast preview choice, rPIE with one mode.
 FINAL_DEFAULTS = {"algorithm": "lsqml", "probe_modes": 3, "iterations": 200}
-PREVIEW_DEFAULTS = {"algorithm": "rpie", "probe_modes": 1, "iterations": 100}
+PREVIEW_DEFAULTS = {"algorithm": "rpie", "probe_modes": 1, "iterations": 100, "variable_probe_modes": 0}
 # a zone plate's focal length is millimetres to a metre: a larger defocus is a unit mistake
 MAX_DEFOCUS = 1.0
 
@@ -165,7 +165,7 @@ class ReconstructionSettings:
 
     def for_preview(self) -> ReconstructionSettings:
         """These settings with the fast preview algorithm (:data:`PREVIEW_DEFAULTS`: rPIE, one mode, one probe for every frame)."""
-        return replace(self, options=None, variable_probe_modes=0, **PREVIEW_DEFAULTS)
+        return replace(self, options=None, **PREVIEW_DEFAULTS)
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a JSON-friendly dictionary (the options as one of their own)."""
