@@ -330,6 +330,7 @@ def probe_varied(
     varied = replace(settings, variable_probe_modes=eigen_probes)
     title = (
         f"variable probe, {eigen_probes} eigen-probes fitted from iteration {settings.variable_probe_start}"
+        + (", both with intensity correction" if settings.intensity_correction else "")
     )
     correction_against_none(title, cases, n_frames, settings, varied, CHANGING_BEAMS)
 
@@ -419,7 +420,8 @@ def main() -> None:
     parser.add_argument(
         "--intensity",
         action="store_true",
-        help="R with intensity correction on against off, on the grid and under drifting beams, instead",
+        help="R with intensity correction on against off, on the grid and under drifting beams, instead "
+        "(with --variable-probe: both with intensity correction)",
     )
     args = parser.parse_args()
     cases = QUICK if args.quick else GRID
@@ -436,11 +438,13 @@ def main() -> None:
     if args.refinement:
         refinement_on_accurate_scans(cases, args.frames, settings)
         return
+    if args.variable_probe:
+        probe_varied(
+            cases, args.frames, replace(settings, intensity_correction=args.intensity), args.variable_probe
+        )
+        return
     if args.intensity:
         intensity_corrected(cases, args.frames, settings)
-        return
-    if args.variable_probe:
-        probe_varied(cases, args.frames, settings, args.variable_probe)
         return
     if args.positions:
         positions_refined(POSITION_CASES[:1] if args.quick else POSITION_CASES, args.frames, settings)

@@ -389,7 +389,7 @@ class ReconstructionResult:
 
     @property
     def warnings(self) -> list[str]:
-        """What the reconstruction warned about: suspicious geometry, a flipped defocus, positions held at their bound, recovered divergence."""
+        """What the reconstruction warned about: suspicious geometry, a flipped defocus, positions or the probe's variation held at their bound, recovered divergence."""
         warnings = list(self.extra.get("warnings", []))
         if self.extra.get("probe_defocus_sign_corrected"):
             warnings.append(f"probe defocus sign corrected to {self.extra['probe_defocus']:.4g} m")
@@ -398,6 +398,12 @@ class ReconstructionResult:
             warnings.append(
                 f"position refinement ran away: {refinement['frames_at_bound']} frames were held at "
                 f"{refinement['bound_px']:g} pixels from the positions they started from"
+            )
+        variation = self.extra.get("variable_probe", {})
+        if variation.get("frames_at_bound"):
+            warnings.append(
+                f"the probe's variation ran away: {variation['frames_at_bound']} frames were held at "
+                f"{variation['bound']:g} of the probe"
             )
         for event in self.extra.get("divergence", []):
             warnings.append(

@@ -175,7 +175,7 @@ class LSQML(Engine):
             move_positions(state, moves)
         merge_ranks(state)
         if self.varies_probe_in(iteration):
-            variable.fit_eigen_probes(state.comm)
+            variable.fit_eigen_probes(state.comm, state.probe[0], self.corrects_intensity(iteration))
         if update_probe:
             self.finish_probe(state, iteration)
         return cost

@@ -520,6 +520,11 @@ class Reconstructor:
                     if self.settings.position_correction
                     else {}
                 ),
+                **(
+                    {}
+                    if state.variable_probe is None
+                    else {"variable_probe": state.variable_probe.record(self.comm)}
+                ),
             },
             geometry=self.geometry,
         )

@@ -16,8 +16,11 @@ alternating least-squares step of the rank-K model: each frame's weights
 move by the projections of ``R_j`` on the eigen-probes, then the eigen-probes
 become the least-squares fit to every frame's variation with those weights
 (``V_j + R_j``, the batch's frames), and are made orthonormal again (the
-weights follow, so no frame's probe changes). One pass over the frames
-whatever K (:func:`probe_change_sums`: each ``R_j`` is reduced to the sums
+weights follow, so no frame's probe changes). No frame's variation
+exceeds :data:`VARIATION_BOUND` of the probe; the eigen-probes hold no
+share of ``P_0`` that only turns its phase or, where each frame's scale is
+fitted (:mod:`.intensity`), its power (:meth:`VariableProbe.free_of`).
+One pass over the frames whatever K (:func:`probe_change_sums`: each ``R_j`` is reduced to the sums
 the fit needs as it is made, never held for the whole batch); the rest is
 K x K algebra. LSQ-ML only
 (:class:`.lsqml.LSQML`); the probe modes' blur (mixed states) stays with
@@ -37,6 +40,9 @@ from .data import ProbeVariation, combined
 from .forward import gather_patches
 from .updates import frame_inner
 
+#: the largest variation of any frame's probe, as a share of the first probe mode's norm
+VARIATION_BOUND = 0.5
+
 
 @dataclass
 class VariableProbe:
@@ -50,10 +56,14 @@ class VariableProbe:
     weights
         (N, K) float32 host array: frame ``j``'s ``w_jk`` (0 until the
         frame is first fitted).
+    at_bound
+        (N,) whether frame ``j``'s variation was ever held at
+        :data:`VARIATION_BOUND` (:meth:`bounded`).
     """
 
     eigen_probes: Any
     weights: np.ndarray
+    at_bound: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
     _sums: _EigenSums | None = field(default=None, repr=False)
 
     @classmethod
@@ -68,6 +78,7 @@ class VariableProbe:
         """Weights for ``n_frames`` frames in all, those new here at 0."""
         new = np.zeros((n_frames - len(self.weights), self.weights.shape[1]), np.float32)
         self.weights = np.concatenate([self.weights, new])
+        self.at_bound = np.concatenate([self.at_bound, np.zeros(len(new), bool)])
 
     def variation(self, frames) -> ProbeVariation | None:
         """``V_j = sum_k w_jk U_k`` of ``frames``, or None while their weights are all 0."""
@@ -130,6 +141,7 @@ class VariableProbe:
         mean_move = to_numpy(frame_inner(eigen, mean)).astype(np.float64) @ gain
         projections = np.concatenate(projections) if projections else np.zeros_like(old)
         new = old + projections @ gain - mean_move
+        new = self.bounded(frames, new, state.probe[0])
         self.weights[frames] = new
         # the eigen-probes' least squares: sum_j w_j (w_j . U) = sum_j w_j (V_j + step (R_j - mean)),
         # with sum_j new_j R_j = by_new - mean_move total (the pass summed the rest)
@@ -143,8 +155,34 @@ class VariableProbe:
         sums.fitted -= xp.asarray((step * new.sum(axis=0)).astype(np.float32))[:, None, None] * mean
         self._sums = sums
 
-    def fit_eigen_probes(self, comm) -> None:
-        """After an iteration's batches: the eigen-probes their least squares ask for, made orthonormal (collective)."""
+    def bounded(self, frames: np.ndarray, weights: np.ndarray, first_mode) -> np.ndarray:
+        """``weights`` (B, K) of ``frames``, each frame's variation held within :data:`VARIATION_BOUND` of ``first_mode``.
+
+        The eigen-probes are orthonormal, so a frame's variation is as large
+        as its weights' norm. Where few photons tell a frame's probe, its
+        weights can wander off on noise (and with each frame's scale fitted
+        too, into a probe that is mostly variation, the scale shrinking to
+        match, and then diverge); a frame held is marked in ``at_bound``.
+        """
+        limit = VARIATION_BOUND * np.sqrt(float(frame_inner(first_mode, first_mode)))
+        norms = np.sqrt(np.sum(weights**2, axis=1))
+        over = norms > limit
+        self.at_bound[frames[over]] = True
+        return np.where(over[:, None], weights * (limit / np.maximum(norms, 1e-30))[:, None], weights)
+
+    def record(self, comm) -> dict:
+        """The result's ``extra["variable_probe"]`` (collective): the bound, as a share of the probe, and the frames ever held at it."""
+        return {"bound": VARIATION_BOUND, "frames_at_bound": int(comm.total(self.at_bound.sum()))}
+
+    def fit_eigen_probes(self, comm, first_mode, scaled: bool) -> None:
+        """After an iteration's batches: the eigen-probes their least squares ask for, made orthonormal (collective).
+
+        Then the eigen-probes are freed of what no frame's data can tell or
+        another fit owns (:meth:`free_of`), and every frame's variation held
+        within its bound (:meth:`bounded`): ``first_mode`` is the probe's
+        first mode ``P_0``, ``scaled`` whether each frame's power is fitted
+        by its own scale (:mod:`.intensity`).
+        """
         sums, self._sums = self._sums, None
         if sums is None:
             return
@@ -153,7 +191,26 @@ class VariableProbe:
         if np.linalg.cond(normal) < 1 / np.finfo(np.float32).eps:
             solve = np.linalg.inv(normal)
             self.eigen_probes = mixed(solve @ cross, self.eigen_probes) + mixed(solve, fitted)
+        self.free_of(first_mode, scaled)
         self.orthonormalise()
+        self.weights = self.bounded(np.arange(len(self.weights)), self.weights, first_mode)
+
+    def free_of(self, first_mode, scaled: bool) -> None:
+        """Eigen-probes without the share of ``first_mode`` (``P_0``) that only turns or (where ``scaled``) scales it.
+
+        ``i P_0`` in a frame's variation turns its probe's phase, which its
+        intensities cannot see: weights along it are held by nothing. Where each frame
+        has a scale of its own, ``P_0`` itself (its power) is the scale's:
+        two fits of one power chase each other and diverge. The frames'
+        probes change only by what their data cannot tell or the scales take.
+        """
+        along = (first_mode.conj()[None] * self.eigen_probes).sum(axis=(-2, -1)) / frame_inner(
+            first_mode, first_mode
+        )
+        share = along if scaled else 1j * along.imag
+        self.eigen_probes = (
+            self.eigen_probes - share.astype(self.eigen_probes.dtype)[:, None, None] * first_mode
+        )
 
     def orthonormalise(self) -> None:
         """Eigen-probes orthonormal again, every frame's weights changed so that no frame's probe changes.
