@@ -122,7 +122,9 @@ def settings_options(function):
             default=final.variable_probe_modes,
             show_default=True,
             help="Eigen-probes of a probe that changes through the scan (orthogonal probe relaxation; "
-            "lsqml only); 0: one probe for every frame.",
+            "lsqml only); 0: one probe for every frame. With --intensity-correction the power is the "
+            "frames' scales' and the eigen-probes fit the probe's shape; use one for each way the beam "
+            "changes (a spare one curves the object's amplitude).",
         ),
         click.option("--device", type=click.Choice(DEVICES), default=final.device, show_default=True),
     ]
