@@ -141,6 +141,8 @@ class VariableProbe:
         mean_move = to_numpy(frame_inner(eigen, mean)).astype(np.float64) @ gain
         projections = np.concatenate(projections) if projections else np.zeros_like(old)
         new = old + projections @ gain - mean_move
+        # the pass weighed each R_j by the weights its frame asked for: for a frame held at the
+        # bound (a runaway, rare) the eigen-probes' sums below mix those with the weights it keeps
         new = self.bounded(frames, new, state.probe[0])
         self.weights[frames] = new
         # the eigen-probes' least squares: sum_j w_j (w_j . U) = sum_j w_j (V_j + step (R_j - mean)),
