@@ -64,6 +64,13 @@ class ProbeVariation:
         return combined(self.weights, self.eigen_probes)
 
 
+def kernel_variation(variation: ProbeVariation | None, n_frames: int, probe) -> tuple[Any, Any]:
+    """``(weights, eigen_probes)`` of ``variation`` as the compiled kernels take them: (B, K) and (K, h, w), K = 0 for None."""
+    if variation is not None:
+        return variation.weights, variation.eigen_probes
+    return np.zeros((n_frames, 0), np.float32), np.zeros((0, *probe.shape[1:]), probe.dtype)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Far-field geometry of the instrument.

@@ -21,7 +21,7 @@ from .backend import (
     scatter_add,
     sliding_windows,
 )
-from .data import ProbeVariation
+from .data import ProbeVariation, kernel_variation
 
 AMPLITUDE_FLOOR = 1e-6
 
@@ -84,9 +84,7 @@ def exit_waves_at(obj, corners, probe, out=None, kernels=None, variation: ProbeV
     if kernels is not None:
         if out is None:
             out = empty_aligned((len(corners), *probe.shape), probe.dtype)
-        kernels.exit_waves(obj, corners, probe, out)
-        if variation is not None:
-            kernels.add_variation_waves(obj, corners, variation.weights, variation.eigen_probes, out)
+        kernels.exit_waves(obj, corners, probe, *kernel_variation(variation, len(corners), probe), out)
         return out
     patches = gather_patches(obj, corners, probe.shape[-2:])
     waves = exit_waves(probe, patches)

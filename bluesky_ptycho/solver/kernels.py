@@ -81,9 +81,28 @@ def _mode_power(modes, dtype):
 
 
 @_compile
-def exit_waves(obj, corners, probe, out):
-    """``out[j, m] = probe[m] * obj[patch_j]``: exit waves, (B, M, h, w)."""
+def _variation_row(weights, eigen_probes, j, y, out):
+    """``out[:] = sum_k weights[j, k] * eigen_probes[k, y]``: row ``y`` of frame ``j``'s probe variation."""
+    out[:] = 0
+    for k in range(eigen_probes.shape[0]):
+        weight = weights[j, k]
+        eigen_row = eigen_probes[k, y]
+        for x in range(out.shape[0]):
+            out[x] += weight * eigen_row[x]
+
+
+@_compile
+def exit_waves(obj, corners, probe, weights, eigen_probes, out):
+    """``out[j, m] = P_jm * obj[patch_j]``: exit waves, (B, M, h, w).
+
+    ``P_jm = probe[m]``, the first mode plus frame ``j``'s variation
+    ``V_j = sum_k weights[j, k] * eigen_probes[k]`` ((B, K) ``weights``,
+    (K, h, w) ``eigen_probes``; K = 0: none). Each branch keeps its
+    own loop: one loop over a row chosen by a branch did not vectorise.
+    """
     n_modes, h, w = probe.shape
+    varies = eigen_probes.shape[0] > 0
+    variation = np.empty(w, dtype=probe.dtype)
     for j in range(corners.shape[0]):
         r, c = corners[j, 0], corners[j, 1]
         for m in range(n_modes):
@@ -91,8 +110,13 @@ def exit_waves(obj, corners, probe, out):
                 patch_row = obj[r + y, c : c + w]
                 probe_row = probe[m, y]
                 out_row = out[j, m, y]
-                for x in range(w):
-                    out_row[x] = probe_row[x] * patch_row[x]
+                if m == 0 and varies:
+                    _variation_row(weights, eigen_probes, j, y, variation)
+                    for x in range(w):
+                        out_row[x] = (probe_row[x] + variation[x]) * patch_row[x]
+                else:
+                    for x in range(w):
+                        out_row[x] = probe_row[x] * patch_row[x]
 
 
 @_compile
@@ -162,11 +186,16 @@ def fourier_change(farfield, amplitude, mask, poisson, model_photons):
 
 
 @_compile
-def accumulate_object_terms(diff, corners, probe, numerator, illumination):
-    """Add ``sum_m conj(probe_m) diff_jm`` and ``sum_m |probe_m|^2`` at every patch, in place."""
+def accumulate_object_terms(diff, corners, probe, weights, eigen_probes, numerator, illumination):
+    """Add ``sum_m conj(P_jm) diff_jm`` and ``sum_m |probe_m|^2`` at every patch, in place.
+
+    ``P_jm`` as in :func:`exit_waves`; the illumination is the shared probe's.
+    """
     n_frames, n_modes, h, w = diff.shape
     power = _mode_power(probe, illumination.dtype)
     conj_probe = np.conj(probe)
+    varies = eigen_probes.shape[0] > 0
+    variation = np.empty(w, dtype=probe.dtype)
     for j in range(n_frames):
         r, c = corners[j, 0], corners[j, 1]
         for y in range(h):
@@ -175,54 +204,17 @@ def accumulate_object_terms(diff, corners, probe, numerator, illumination):
             power_row = power[y]
             for x in range(w):
                 illumination_row[x] += power_row[x]
-            for m in range(n_modes):
+            if varies:
+                _variation_row(weights, eigen_probes, j, y, variation)
+                diff_row = diff[j, 0, y]
+                probe_row = conj_probe[0, y]
+                for x in range(w):
+                    numerator_row[x] += (probe_row[x] + np.conj(variation[x])) * diff_row[x]
+            for m in range(1 if varies else 0, n_modes):
                 diff_row = diff[j, m, y]
                 probe_row = conj_probe[m, y]
                 for x in range(w):
                     numerator_row[x] += probe_row[x] * diff_row[x]
-
-
-@_compile
-def _variation_row(weights, eigen_probes, j, y, out):
-    """``out[:] = sum_k weights[j, k] * eigen_probes[k, y]``: row ``y`` of frame ``j``'s probe variation."""
-    out[:] = 0
-    for k in range(eigen_probes.shape[0]):
-        weight = weights[j, k]
-        eigen_row = eigen_probes[k, y]
-        for x in range(out.shape[0]):
-            out[x] += weight * eigen_row[x]
-
-
-@_compile
-def add_variation_waves(obj, corners, weights, eigen_probes, waves):
-    """``waves[j, 0] += V_j * obj[patch_j]``, ``V_j = sum_k weights[j, k] eigen_probes[k]``, in place (see :func:`.forward.exit_waves_at`)."""
-    n_frames = corners.shape[0]
-    h, w = eigen_probes.shape[1:]
-    variation = np.empty(w, dtype=eigen_probes.dtype)
-    for j in range(n_frames):
-        r, c = corners[j, 0], corners[j, 1]
-        for y in range(h):
-            _variation_row(weights, eigen_probes, j, y, variation)
-            patch_row = obj[r + y, c : c + w]
-            wave_row = waves[j, 0, y]
-            for x in range(w):
-                wave_row[x] += variation[x] * patch_row[x]
-
-
-@_compile
-def accumulate_variation_terms(diff, corners, weights, eigen_probes, numerator):
-    """``numerator[patch_j] += conj(V_j) * diff[j, 0]``, ``V_j`` as in :func:`add_variation_waves`, in place (see :func:`.updates.update_terms`)."""
-    n_frames = corners.shape[0]
-    h, w = eigen_probes.shape[1:]
-    variation = np.empty(w, dtype=eigen_probes.dtype)
-    for j in range(n_frames):
-        r, c = corners[j, 0], corners[j, 1]
-        for y in range(h):
-            _variation_row(weights, eigen_probes, j, y, variation)
-            numerator_row = numerator[r + y, c : c + w]
-            diff_row = diff[j, 0, y]
-            for x in range(w):
-                numerator_row[x] += np.conj(variation[x]) * diff_row[x]
 
 
 @_compile

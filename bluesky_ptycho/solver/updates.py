@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backend import array_module
+from .data import kernel_variation
 from .forward import gather_patches, scatter_patches, stamp_patch
 from .regions import CanvasRegion
 from .state import SolverState, mode_power
@@ -82,12 +83,13 @@ def update_terms(
             terms.illumination = xp.zeros(state.object.shape, real)
         if kernels is not None:
             kernels.accumulate_object_terms(
-                diff, corners, state.probe, terms.object_numerator, terms.illumination
+                diff,
+                corners,
+                state.probe,
+                *kernel_variation(variation, len(corners), state.probe),
+                terms.object_numerator,
+                terms.illumination,
             )
-            if variation is not None:
-                kernels.accumulate_variation_terms(
-                    diff, corners, variation.weights, variation.eigen_probes, terms.object_numerator
-                )
         else:
             numerator = mode_sum(state.probe, diff)
             if variation is not None:  # scattered with the shared probe's, in one pass
