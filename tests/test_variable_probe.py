@@ -22,8 +22,11 @@ from bluesky_ptycho.solver.variable_probe import VARIATION_BOUND
 
 @pytest.mark.parametrize("modes", [1, 2])
 def test_a_drifting_beam_is_fitted_by_an_eigen_probe(drifting, modes):
-    """With two probe modes, too: their orthogonalisation sets each mode's phase afresh every iteration."""
-    common = {"algorithm": "lsqml", "iterations": 80, "probe_modes": modes, "variable_probe_start": 10}
+    """With two probe modes, too: their orthogonalisation sets each mode's phase afresh every iteration.
+
+    The variation is fitted every second iteration (``FIT_EVERY``): 70 fits.
+    """
+    common = {"algorithm": "lsqml", "iterations": 150, "probe_modes": modes, "variable_probe_start": 10}
     off = reconstructed(drifting, **common)
     on = reconstructed(drifting, **common, variable_probe_modes=1)
     assert off.eigen_probes is None and off.eigen_weights is None
@@ -38,6 +41,19 @@ def test_a_drifting_beam_is_fitted_by_an_eigen_probe(drifting, modes):
     assert fourier_r_factor(on, drifting.data) < 0.8 * fourier_r_factor(off, drifting.data)
     steady = type(on)(**{**on.__dict__, "eigen_probes": None, "eigen_weights": None})
     assert fourier_r_factor(steady, drifting.data) > fourier_r_factor(on, drifting.data)
+
+
+def test_the_variation_is_fitted_every_second_iteration_and_applied_in_between(drifting):
+    settings = ReconstructionSettings(algorithm="lsqml", variable_probe_modes=1, variable_probe_start=2)
+    reconstructor = Reconstructor.from_data(drifting.data, settings).iterate(3)
+    fitted = reconstructor.result().eigen_weights
+    assert np.abs(fitted).max() > 0
+    between = reconstructor.iterate(1).result()
+    np.testing.assert_array_equal(between.eigen_weights, fitted)
+    assert fourier_r_factor(between, drifting.data) < fourier_r_factor(
+        type(between)(**{**between.__dict__, "eigen_probes": None, "eigen_weights": None}), drifting.data
+    )
+    assert not np.array_equal(reconstructor.iterate(1).result().eigen_weights, fitted)
 
 
 def test_nothing_varies_before_the_start_iteration(drifting):

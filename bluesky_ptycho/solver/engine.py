@@ -12,6 +12,7 @@ import numpy as np
 from .probe import mode_rotation, recentre, rotate_modes
 from .regions import spatial_blocks
 from .state import SolverState
+from .variable_probe import FIT_EVERY
 
 if TYPE_CHECKING:
     from .settings import ReconstructionSettings
@@ -50,9 +51,13 @@ class Engine(ABC):
         return s.intensity_correction and iteration >= s.intensity_correction_start
 
     def varies_probe_in(self, iteration: int) -> bool:
-        """Whether the probe's variation through the scan is fitted in ``iteration``."""
+        """Whether the probe's variation through the scan is fitted in ``iteration``: every ``FIT_EVERY``-th from its start."""
         s = self.settings
-        return s.variable_probe_modes > 0 and iteration >= s.variable_probe_start
+        return (
+            s.variable_probe_modes > 0
+            and iteration >= s.variable_probe_start
+            and (iteration - s.variable_probe_start) % FIT_EVERY == 0
+        )
 
     def refines_positions(self, iteration: int) -> bool:
         """Whether positions are refined in ``iteration``."""

@@ -68,7 +68,8 @@ class ReconstructionSettings:
         probe relaxation, :mod:`.variable_probe`); 0 (default): one probe
         for every frame. LSQ-ML only.
     variable_probe_start
-        First iteration in which the eigen-probes are fitted.
+        First iteration in which the eigen-probes are fitted (then every
+        second one, :data:`.variable_probe.FIT_EVERY`).
     probe_defocus
         Defocus in metres of the initial probe built when none is given
         (positive: sample downstream of the focus). A given value whose
