@@ -103,8 +103,8 @@ def exit_waves(obj, corners, probe, weights, eigen_probes, out):
 
     ``P_jm = probe[m]``, the first mode plus frame ``j``'s variation
     ``V_j = sum_k weights[j, k] * eigen_probes[k]`` ((B, K) ``weights``,
-    (K, h, w) ``eigen_probes``; K = 0: none). Each branch keeps its
-    own loop: one loop over a row chosen by a branch did not vectorise.
+    (K, h, w) ``eigen_probes``; K = 0: none), formed row by row by
+    :func:`_first_mode_row`.
     """
     n_modes, h, w = probe.shape
     varies = eigen_probes.shape[0] > 0
