@@ -44,8 +44,8 @@ from .updates import frame_inner
 #: the largest variation of any frame's probe, as a share of the first probe mode's norm
 VARIATION_BOUND = 0.5
 #: the variation is fitted every this many iterations (the iterations between apply it as it is):
-#: a beam drifts slowly, and fitting every iteration cost an LSQ-ML iteration with one probe mode
-#: 1.4x (every second: 1.3x) for the same R and object error with one eigen-probe
+#: a beam drifts slowly, and every second iteration gave the same R and object error as every one,
+#: for less time (README, "Imperfect scans")
 FIT_EVERY = 2
 
 
