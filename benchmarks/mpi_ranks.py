@@ -61,8 +61,9 @@ def describe(result, record, iterations: int) -> tuple[float, str]:
         p - b for p, b in zip(record["peak_memory_bytes"], record["memory_before_bytes"], strict=True)
     )
     sent = max(record["bytes_sent_per_iteration"]) / 2**20
+    collectives = max(record["collectives_per_iteration"])
     return per_iteration, (
-        f"{per_iteration:7.3f} s/it, sent {sent:7.1f} MiB/it, peak {peak:.2f} GiB "
+        f"{per_iteration:7.3f} s/it, sent {sent:7.1f} MiB/it in {collectives:.0f} collectives, peak {peak:.2f} GiB "
         f"({above / GIB:.2f} above the interpreter), R {record['r_factor']:.4f}"
     )
 

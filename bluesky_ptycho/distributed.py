@@ -98,7 +98,7 @@ def reconstruct_on_ranks(
         communicator=comm,
     )
     _add_rank_frames(reconstructor, frame_files, starts, mine, positions)
-    sent_before = comm.bytes_sent
+    sent_before, collectives_before = comm.bytes_sent, comm.collectives
     reconstructor.iterate(iterations, progress=progress)
     result = reconstructor.result()
     done = max(reconstructor.iteration - (0 if previous is None else previous.iterations), 1)
@@ -112,6 +112,7 @@ def reconstruct_on_ranks(
             "peak_memory_bytes": _peak_memory(),
             "memory_before_bytes": before,
             "bytes_sent_per_iteration": (comm.bytes_sent - sent_before) / done,
+            "collectives_per_iteration": (comm.collectives - collectives_before) / done,
         }
     )
     if comm.rank != 0:
@@ -133,6 +134,7 @@ def reconstruct_on_ranks(
         "peak_memory_bytes": [rank["peak_memory_bytes"] for rank in ranks],
         "memory_before_bytes": [rank["memory_before_bytes"] for rank in ranks],
         "bytes_sent_per_iteration": [rank["bytes_sent_per_iteration"] for rank in ranks],
+        "collectives_per_iteration": [rank["collectives_per_iteration"] for rank in ranks],
     }
     obj, origin = joined
     return replace(

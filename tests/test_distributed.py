@@ -143,6 +143,33 @@ def test_every_algorithm_on_two_ranks_with_modes_and_position_refinement(tmp_pat
     assert distributed.extra["distributed"]["ranks"] == 2
 
 
+@pytest.mark.parametrize(("algorithm", "per_batch"), [("rpie", 1), ("lsqml", 2)])
+def test_a_batchs_sums_cross_the_ranks_in_one_collective_each_time_they_are_needed(
+    tmp_path, sim, algorithm, per_batch
+):
+    """Over many ranks a small all-reduce costs its latency, whatever its bytes, and these come after every batch.
+
+    rPIE sums its probe's numerator and weights (one collective); LSQ-ML
+    those, then its step's sum and count (two).
+    """
+    collectives = {}
+    for batch_size in (16, 32):
+        settings = ReconstructionSettings(
+            algorithm=algorithm,
+            iterations=3,
+            probe_update_start=0,
+            fft_workers=1,
+            options={"batch_size": batch_size},
+        )
+        record = on_ranks(tmp_path, sim.data, settings).extra["distributed"]
+        assert record["frames_per_rank"] == [75, 75]
+        first, second = record["collectives_per_iteration"]
+        assert first == second  # the ranks' collectives pair up, or they would wait for ever
+        collectives[batch_size] = first
+    # a rank's batch is half the batch size, of its 75 frames: 10 batches an iteration against 5
+    assert collectives[16] - collectives[32] == per_batch * (10 - 5)
+
+
 def test_a_live_scan_is_reconstructed_over_ranks_previews_and_final(tmp_path):
     """The callback stays in the RunEngine's process; every job, previews and final, runs on two ranks."""
     stage, det = simulated_beamline(seed=1)

@@ -9,7 +9,11 @@ make the same collective calls in the same order.
 
 Arrays of any module go through :meth:`Communicator.sum` (NumPy arrays in
 place, other arrays (CuPy, the strict test module) through host memory) and
-:meth:`Communicator.exchange` (sent from host memory).
+:meth:`Communicator.exchange` (sent from host memory). Sums wanted at the
+same point go through one collective (:meth:`Communicator.sum_together`,
+:meth:`Communicator.totals`): over many ranks a small all-reduce costs its
+messages' latency, whatever its bytes, and the algorithms make some after
+every batch.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class Communicator:
         This process's rank and the number of ranks.
     bytes_sent
         Bytes this rank contributed to collectives so far (0 in one process).
+    collectives
+        Collective operations this rank took part in so far (0 in one process).
     """
 
     rank = 0
@@ -46,14 +52,26 @@ class Communicator:
 
     def __init__(self) -> None:
         self.bytes_sent = 0
+        self.collectives = 0
 
     def sum(self, array):
         """``array`` summed over the ranks, in place where it can be; returns the sum."""
-        return array
+        return self.sum_together(array)[0]
+
+    def sum_together(self, *arrays) -> tuple:
+        """Each of ``arrays`` (any array module, real or complex) summed over the ranks in one collective.
+
+        In place where it can be; returns the sums.
+        """
+        return arrays
 
     def total(self, value: float) -> float:
         """A number summed over the ranks."""
-        return float(value)
+        return self.totals(value)[0]
+
+    def totals(self, *values: float) -> tuple[float, ...]:
+        """Numbers each summed over the ranks, in one collective."""
+        return tuple(float(value) for value in values)
 
     def most(self, value: float) -> float:
         """The largest of the ranks' ``value`` (an int stays an int)."""
@@ -115,38 +133,50 @@ class MPICommunicator(Communicator):
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
 
-    def sum(self, array):
-        if self.size == 1:
-            return array
-        if isinstance(array, np.ndarray) and array.flags.c_contiguous:
-            self.comm.Allreduce(self._mpi.IN_PLACE, array)
-            self.bytes_sent += array.nbytes
-            return array
-        host = np.ascontiguousarray(to_numpy(array))
-        self.comm.Allreduce(self._mpi.IN_PLACE, host)
-        self.bytes_sent += host.nbytes
-        array[...] = array_module(array).asarray(host)
-        return array
+    def _all_reduce(self, buffer: np.ndarray, op=None) -> np.ndarray:
+        """``buffer`` (contiguous NumPy) reduced over the ranks in place (default: summed)."""
+        self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM if op is None else op)
+        self.bytes_sent += buffer.nbytes
+        self.collectives += 1
+        return buffer
 
-    def total(self, value: float) -> float:
-        self.bytes_sent += 8
-        return float(self.comm.allreduce(float(value), op=self._mpi.SUM))
+    def sum_together(self, *arrays) -> tuple:
+        if self.size == 1:
+            return arrays
+        if len(arrays) == 1 and isinstance(arrays[0], np.ndarray) and arrays[0].flags.c_contiguous:
+            self._all_reduce(arrays[0])
+            return arrays
+        hosts = [np.ascontiguousarray(to_numpy(array)) for array in arrays]
+        # one buffer of reals: a complex array's real and imaginary parts side by side
+        parts = [host.reshape(-1).view(host.real.dtype) for host in hosts]
+        common = np.result_type(*parts)
+        summed = self._all_reduce(np.concatenate([part.astype(common, copy=False) for part in parts]))
+        start = 0
+        for array, part, host in zip(arrays, parts, hosts, strict=True):
+            values = summed[start : start + part.size].astype(part.dtype).view(host.dtype).reshape(host.shape)
+            array[...] = values if isinstance(array, np.ndarray) else array_module(array).asarray(values)
+            start += part.size
+        return arrays
+
+    def totals(self, *values: float) -> tuple[float, ...]:
+        return tuple(float(value) for value in self._all_reduce(np.array(values, dtype=np.float64)))
 
     def most(self, value: float) -> float:
         self.bytes_sent += 8
+        self.collectives += 1
         return self.comm.allreduce(value, op=self._mpi.MAX)
 
     def extent(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        low, high = np.array(low, dtype=np.float64), np.array(high, dtype=np.float64)
-        self.comm.Allreduce(self._mpi.IN_PLACE, low, op=self._mpi.MIN)
-        self.comm.Allreduce(self._mpi.IN_PLACE, high, op=self._mpi.MAX)
-        self.bytes_sent += low.nbytes + high.nbytes
-        return low, high
+        # the lowest low and the highest high in one collective: the minimum of (low, -high)
+        lowest = self._all_reduce(np.concatenate([low, -np.asarray(high)]).astype(np.float64), self._mpi.MIN)
+        return lowest[: len(low)], -lowest[len(low) :]
 
     def broadcast(self, value: Any) -> Any:
+        self.collectives += 1
         return self.comm.bcast(value, root=0)
 
     def gather(self, value: Any) -> list[Any]:
+        self.collectives += 1
         return self.comm.allgather(value)
 
     def exchange(self, sends: dict[int, Any], receives: dict[int, np.ndarray]) -> None:

@@ -56,7 +56,8 @@ class FrameIntensity:
 
     def normalise(self, comm: Communicator) -> None:
         """Scales to a mean square of one over every rank's frames (collective)."""
-        mean_square = comm.total(np.sum(self.scales**2)) / comm.total(len(self.scales))
+        squares, count = comm.totals(np.sum(self.scales**2), len(self.scales))
+        mean_square = squares / count
         if mean_square > 0:
             self.scales /= np.sqrt(mean_square)
 

@@ -189,6 +189,7 @@ def mean_step(steps, comm: Communicator | None = None) -> float:
     """
     if comm is None or comm.size == 1:
         return float(steps.clip(0, None).mean())
-    total = 0.0 if steps is None else float(steps.clip(0, None).sum())
-    count = comm.total(0 if steps is None else len(steps))
-    return comm.total(total) / count if count else 0.0
+    total, count = comm.totals(
+        0.0 if steps is None else float(steps.clip(0, None).sum()), 0 if steps is None else len(steps)
+    )
+    return total / count if count else 0.0

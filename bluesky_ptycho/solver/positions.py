@@ -136,9 +136,10 @@ def refinement_record(state: SolverState) -> dict:
     comm = state.comm
     offset = state.positions - state.pixels(state.start_positions)
     squared = np.sum(offset**2, axis=1)
+    squares, n_frames, at_bound = comm.totals(squared.sum(), len(squared), state.at_bound.sum())
     return {
-        "moved_rms_px": float(np.sqrt(comm.total(squared.sum()) / max(comm.total(len(squared)), 1))),
+        "moved_rms_px": float(np.sqrt(squares / max(n_frames, 1))),
         "moved_max_px": float(np.sqrt(comm.most(float(squared.max(initial=0.0))))),
         "bound_px": offset_bound(state.frame_shape),
-        "frames_at_bound": int(comm.total(state.at_bound.sum())),
+        "frames_at_bound": int(at_bound),
     }

@@ -442,7 +442,8 @@ class Reconstructor:
         photons = (
             self._photons if frames is None or not self.engine.visits_some_frames else self._photons[frames]
         )
-        cost = self.comm.total(misfit) / self.comm.total(photons.sum())
+        misfit, photons_visited = self.comm.totals(misfit, photons.sum())
+        cost = misfit / photons_visited
         if self._diverged(cost):
             self._recover(cost)
         else:
@@ -542,7 +543,8 @@ class Reconstructor:
         # this rank's part of the canvas: its frames' patches and the margin (in one process, all of it)
         first = np.maximum(np.floor(pixels.min(axis=0)).astype(int) - margin, 0) if comm.size > 1 else 0
         end = np.ceil(pixels.max(axis=0)).astype(int) + (h, w) + margin + 1
-        mean_counts = comm.total(self._photons.sum()) / comm.total(len(self._photons))
+        counts, n_frames = comm.totals(self._photons.sum(), len(self._photons))
+        mean_counts = counts / n_frames
         probe = self._initial_probe
         if probe is not None:
             self.extra.setdefault("probe_source", self._probe_source)

@@ -116,8 +116,7 @@ def probe_terms_of_every_rank(state: SolverState, terms: UpdateTerms) -> UpdateT
     if terms.probe_numerator is None:
         terms.probe_numerator = state.xp.zeros_like(state.probe)
         terms.probe_weights = state.xp.zeros(state.frame_shape, state.object.real.dtype)
-    state.comm.sum(terms.probe_numerator)
-    state.comm.sum(terms.probe_weights)
+    state.comm.sum_together(terms.probe_numerator, terms.probe_weights)
     return terms
 
 

@@ -126,9 +126,6 @@ class VariableProbe:
         """
         xp, comm, kernels = state.xp, state.comm, state.backend.kernels
         frames = np.concatenate([chunk for chunk, _, _ in parts]) if parts else np.zeros(0, int)
-        count = comm.total(len(frames))
-        if count == 0:
-            return
         eigen = self.eigen_probes
         # each frame's weights move by gain times the projections of its change less the batch's mean
         gain = step * np.linalg.inv(gram(eigen))
@@ -141,7 +138,11 @@ class VariableProbe:
             projections.append(to_numpy(along))
             total += part_total
             by_new += part_by_new
-        mean = comm.sum(total) / np.float32(count)
+        count = np.array([len(frames)], np.float32)
+        comm.sum_together(total, count)
+        if count[0] == 0:
+            return
+        mean = total / count[0]
         old = self.weights[frames].astype(np.float64)
         # the batch's mean change is the shared probe's: it moves no frame's weights
         mean_move = to_numpy(frame_inner(eigen, mean)).astype(np.float64) @ gain
