@@ -149,7 +149,7 @@ def test_with_each_frames_scale_the_power_is_the_scales_and_the_eigen_probes_tak
         variable_probe_start=10,
     )
     assert "divergence" not in result.extra
-    # (0.99 without the eigen-probe: a spare one fits what the power does not explain, see the README)
+    # (0.99 without the eigen-probe: a spare one fits what the power does not explain, see docs/imperfect-scans.md)
     assert np.corrcoef(result.frame_scales, beam_amplitudes(drifting))[0, 1] > 0.85
     along_first = np.vdot(result.probe[0], result.eigen_probes[0]) / np.linalg.norm(result.probe[0])
     assert abs(along_first) < 1e-3

@@ -9,8 +9,8 @@ The algorithms fit the model to the measured amplitudes divided by ``c_j``
 both over the good pixels, and after every iteration the scales are
 brought back to a mean square of one over every rank's frames.
 
-Off by default (``ReconstructionSettings.intensity_correction``); the
-README's "Imperfect scans" says what it was measured to do.
+Off by default (``ReconstructionSettings.intensity_correction``);
+docs/imperfect-scans.md says what it was measured to do.
 """
 
 from __future__ import annotations

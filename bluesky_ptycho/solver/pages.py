@@ -7,7 +7,7 @@ compacting memory on the spot, so the first write to fresh memory costs 10-20
 times as much as with ordinary pages on a machine whose memory is in use: on
 the 2-core development machine, storing a 256² frame in the frame store took
 1.1-1.3 ms with huge pages and 0.07 ms without, while iterations took the
-same time either way (README, "Scans at detector rate"). A reconstruction
+same time either way (docs/performance.md, "Scans at detector rate"). A reconstruction
 writes fresh memory all the time (frame stores that grow with the scan,
 canvases, results), so the processes this package starts for itself (the
 worker, the MPI ranks, the command line and ``serve``) use ordinary pages,

@@ -12,7 +12,7 @@ from .options import AlgorithmOptions
 
 ALGORITHMS = tuple(REGISTRY)
 # the final reconstruction's defaults, chosen on the robustness grid of measured-like
-# simulations (benchmarks/robustness.py --final; the table is in the README): the best
+# simulations (benchmarks/robustness.py --final; the table is in docs/quality.md): the best
 # R-factor within the time target; 200 iterations bring every case of the grid within
 # 5 % of a start from the true probe (100: 17 of 24). ReconstructionSettings() itself
 # stays the fast preview choice, rPIE with one mode.
@@ -53,7 +53,7 @@ class ReconstructionSettings:
         Share of each frame's least-squares shift applied in one iteration,
         (0, 1]. A full step (default) corrects real errors fastest; a
         smaller one lets less of each iteration's noise into positions that
-        are nearly right (README, "Imperfect scans": 0.25 measured).
+        are nearly right (docs/imperfect-scans.md: 0.25 measured).
     max_position_step
         Largest position change in one iteration, in object pixels.
     intensity_correction

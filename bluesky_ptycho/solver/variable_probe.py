@@ -45,7 +45,7 @@ from .updates import frame_inner
 VARIATION_BOUND = 0.5
 #: the variation is fitted every this many iterations (the iterations between apply it as it is):
 #: a beam drifts slowly, and every second iteration gave the same R and object error as every one,
-#: for less time (README, "Imperfect scans")
+#: for less time (docs/imperfect-scans.md)
 FIT_EVERY = 2
 
 
