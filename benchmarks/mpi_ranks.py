@@ -34,6 +34,9 @@ ITERATIONS = 10
 PHOTONS = 3e5
 # seconds a message step costs on the model's interconnect (MPI over InfiniBand: a few µs; NCCL: ~10)
 LATENCY = 10e-6
+# the collectives each batch makes over the ranks (tests/test_distributed.py holds the code to them):
+# the probe's sums; LSQ-ML then its step length, which needs the summed probe
+COLLECTIVES_PER_BATCH = {"rpie": 1, "lsqml": 2}
 GIB = 2**30
 
 
@@ -102,8 +105,8 @@ def compare_decompositions(path: Path, iterations: int) -> None:
         print(f"  rpie one process  {n:3d} iterations: R {record['r_factor']:.4f}")
 
 
-def weak_scaling_model(size: int, seconds_per_frame: float, link_bytes_per_s: float) -> None:
-    """Predicted seconds per iteration of 1,000,000 frames of ``size``² on 8, 64 and 512 ranks (minibatch algorithms).
+def weak_scaling_model(algorithm: str, size: int, seconds_per_frame: float, link_bytes_per_s: float) -> None:
+    """Predicted seconds per iteration of 1,000,000 frames of ``size``² on 8, 64 and 512 ranks (a minibatch ``algorithm``).
 
     Compute: ``seconds_per_frame`` x frames per rank. Canvas: each rank sends
     the overlaps of its part of the canvas (its stripe of the scan, a frame
@@ -111,14 +114,16 @@ def weak_scaling_model(size: int, seconds_per_frame: float, link_bytes_per_s: fl
     per iteration; before the parts, a ring all-reduce of the whole canvas
     moved 2 (P - 1) / P of it per rank. Probe: each batch's probe sums (12
     bytes a probe pixel, one mode) all-reduced, ``batch_size / P`` frames a
-    batch on each rank, at ``LATENCY`` a message step (2 log2 P steps).
+    batch on each rank, and the algorithm's other collectives of the batch
+    (:data:`COLLECTIVES_PER_BATCH`), each at ``LATENCY`` a message step
+    (2 log2 P steps).
     """
     total = 1_000_000
     side = math.sqrt(total) * size * 0.3  # square scan, step of a 70 % overlap spiral
     band = size + 2 * canvas_margin((size, size))[0]
     batch_size = RPIEOptions().batch_size
     print(
-        f"  1,000,000 x {size}², {seconds_per_frame * 1e3:.3f} ms per frame-iteration, "
+        f"  {algorithm}, 1,000,000 x {size}², {seconds_per_frame * 1e3:.3f} ms per frame-iteration, "
         f"canvas {side:.0f}² px, {link_bytes_per_s / 1e9:.0f} GB/s links, {LATENCY * 1e6:.0f} µs a message"
     )
     for ranks in (8, 64, 512):
@@ -129,7 +134,8 @@ def weak_scaling_model(size: int, seconds_per_frame: float, link_bytes_per_s: fl
         parts = overlap * 12 / link_bytes_per_s
         batches = math.ceil(total / ranks / math.ceil(batch_size / ranks))
         probe = batches * (
-            2 * (ranks - 1) / ranks * size**2 * 12 / link_bytes_per_s + 2 * math.log2(ranks) * LATENCY
+            2 * (ranks - 1) / ranks * size**2 * 12 / link_bytes_per_s
+            + COLLECTIVES_PER_BATCH[algorithm] * 2 * math.log2(ranks) * LATENCY
         )
         print(
             f"  {ranks:4d} ranks: compute {compute:8.3f} s, canvas parts' overlaps {parts:7.4f} s "
@@ -160,10 +166,12 @@ def main() -> None:
             if args.decompositions:
                 compare_decompositions(path, args.iterations)
                 continue
-            measured = compare(path, ("rpie",) if args.model else tuple(args.algorithms), args.iterations)
+            measured = compare(
+                path, tuple(COLLECTIVES_PER_BATCH) if args.model else tuple(args.algorithms), args.iterations
+            )
             if args.model:
-                seconds, _ = measured["rpie"]
-                weak_scaling_model(size, seconds * default_workers() / n_frames, 25e9)
+                for algorithm, (seconds, _) in measured.items():
+                    weak_scaling_model(algorithm, size, seconds * default_workers() / n_frames, 25e9)
 
 
 if __name__ == "__main__":
