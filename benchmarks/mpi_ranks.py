@@ -23,6 +23,7 @@ from pathlib import Path
 from bluesky_ptycho.federation.mpi import reconstruct_with_mpiexec
 from bluesky_ptycho.io import write_cxi
 from bluesky_ptycho.solver import ReconstructionSettings, simulate
+from bluesky_ptycho.solver.algorithms import REGISTRY
 from bluesky_ptycho.solver.backend import default_workers
 from bluesky_ptycho.solver.rpie import RPIEOptions
 from bluesky_ptycho.solver.state import canvas_margin
@@ -34,9 +35,8 @@ ITERATIONS = 10
 PHOTONS = 3e5
 # seconds a message step costs on the model's interconnect (MPI over InfiniBand: a few µs; NCCL: ~10)
 LATENCY = 10e-6
-# the collectives each batch makes over the ranks (tests/test_distributed.py holds the code to them):
-# the probe's sums; LSQ-ML then its step length, which needs the summed probe
-COLLECTIVES_PER_BATCH = {"rpie": 1, "lsqml": 2}
+# the minibatch algorithms the weak-scaling model predicts
+MODELLED = ("rpie", "lsqml")
 GIB = 2**30
 
 
@@ -114,8 +114,8 @@ def weak_scaling_model(algorithm: str, size: int, seconds_per_frame: float, link
     per iteration; before the parts, a ring all-reduce of the whole canvas
     moved 2 (P - 1) / P of it per rank. Probe: each batch's probe sums (12
     bytes a probe pixel, one mode) all-reduced, ``batch_size / P`` frames a
-    batch on each rank, and the algorithm's other collectives of the batch
-    (:data:`COLLECTIVES_PER_BATCH`), each at ``LATENCY`` a message step
+    batch on each rank, in the algorithm's collectives of a batch
+    (``Engine.collectives_per_batch``), each at ``LATENCY`` a message step
     (2 log2 P steps).
     """
     total = 1_000_000
@@ -135,7 +135,7 @@ def weak_scaling_model(algorithm: str, size: int, seconds_per_frame: float, link
         batches = math.ceil(total / ranks / math.ceil(batch_size / ranks))
         probe = batches * (
             2 * (ranks - 1) / ranks * size**2 * 12 / link_bytes_per_s
-            + COLLECTIVES_PER_BATCH[algorithm] * 2 * math.log2(ranks) * LATENCY
+            + REGISTRY[algorithm].engine.collectives_per_batch * 2 * math.log2(ranks) * LATENCY
         )
         print(
             f"  {ranks:4d} ranks: compute {compute:8.3f} s, canvas parts' overlaps {parts:7.4f} s "
@@ -166,9 +166,7 @@ def main() -> None:
             if args.decompositions:
                 compare_decompositions(path, args.iterations)
                 continue
-            measured = compare(
-                path, tuple(COLLECTIVES_PER_BATCH) if args.model else tuple(args.algorithms), args.iterations
-            )
+            measured = compare(path, MODELLED if args.model else tuple(args.algorithms), args.iterations)
             if args.model:
                 for algorithm, (seconds, _) in measured.items():
                     weak_scaling_model(algorithm, size, seconds * default_workers() / n_frames, 25e9)

@@ -32,6 +32,7 @@ from bluesky_ptycho.solver import (
     object_error,
     simulate,
 )
+from bluesky_ptycho.solver.algorithms import REGISTRY
 from bluesky_ptycho.solver.communicator import MPI_MISSING
 from bluesky_ptycho.solver.decomposition import assign_frames
 from bluesky_ptycho.solver.simulate import aperture_probe
@@ -150,8 +151,10 @@ def test_a_batchs_sums_cross_the_ranks_in_one_collective_each_time_they_are_need
     """Over many ranks a small all-reduce costs its latency, whatever its bytes, and these come after every batch.
 
     rPIE sums its probe's numerator and weights (one collective); LSQ-ML
-    those, then its step's sum and count (two).
+    those, then its step's sum and count (two): what each engine says it
+    makes (``collectives_per_batch``, the weak-scaling model's input).
     """
+    assert REGISTRY[algorithm].engine.collectives_per_batch == per_batch
     collectives = {}
     for batch_size in (16, 32):
         settings = ReconstructionSettings(

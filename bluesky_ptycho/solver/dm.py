@@ -70,6 +70,7 @@ class DifferenceMap(Engine):
     """Difference map (``algorithm="dm"``): every iteration visits every frame (its far fields are one state)."""
 
     visits_some_frames = False
+    collectives_per_batch = 0
 
     def __init__(self, settings) -> None:
         super().__init__(settings)

@@ -28,6 +28,9 @@ class Engine(ABC):
     visits_some_frames = True
     #: whether it fits a probe that varies through the scan (:mod:`.variable_probe`)
     varies_probe = False
+    #: collectives over the ranks after each batch that updates the probe (the probe's sums: one;
+    #: each costs its messages' latency); an engine whose only batch is every frame makes none
+    collectives_per_batch = 1
 
     def __init__(self, settings: ReconstructionSettings) -> None:
         self.settings = settings

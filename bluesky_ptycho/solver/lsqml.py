@@ -104,6 +104,8 @@ class LSQML(Engine):
     """LSQ-ML with minibatches, Gaussian or Poisson noise model; optionally a probe varying through the scan."""
 
     varies_probe = True
+    #: the probe's sums, then its step length (which needs them summed)
+    collectives_per_batch = 2
 
     def iterate(
         self, state: SolverState, iteration: int, rng: np.random.Generator, frames: np.ndarray | None = None
