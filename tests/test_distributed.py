@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -171,6 +172,53 @@ def test_a_batchs_sums_cross_the_ranks_in_one_collective_each_time_they_are_need
         collectives[batch_size] = first
     # a rank's batch is half the batch size, of its 75 frames: 10 batches an iteration against 5
     assert collectives[16] - collectives[32] == per_batch * (10 - 5)
+
+
+# each rank sums arrays of its own values: rank r's are (r + 1) times the base ones
+RANK_SUMS = """
+import json, numpy as np
+from bluesky_ptycho.solver import strict
+from bluesky_ptycho.solver.backend import to_numpy
+from bluesky_ptycho.solver.communicator import MPICommunicator
+comm = MPICommunicator()
+scale = comm.rank + 1
+complex_wide = (np.arange(6).reshape(2, 3) + 1 / 7) * (1 + 2j) * scale  # a seventh: no float32 holds it
+real_narrow = np.arange(4, dtype=np.float32)[::2] * scale  # not contiguous
+on_device = strict.xp.asarray(np.full((2, 2), 1.5 + 0.5j, np.complex64) * scale)
+sums = comm.sum_together(complex_wide, real_narrow, on_device)
+totals = comm.totals(0.25 * scale, 3 * scale)
+if comm.rank == 0:
+    print(json.dumps({
+        "same": [sums[0] is complex_wide, sums[1] is real_narrow, sums[2] is on_device],
+        "complex_wide": [complex_wide.real.tolist(), complex_wide.imag.tolist(), str(complex_wide.dtype)],
+        "real_narrow": [real_narrow.tolist(), str(real_narrow.dtype)],
+        "on_device": [to_numpy(on_device).real.tolist(), to_numpy(on_device).imag.tolist()],
+        "totals": totals,
+        "collectives": comm.collectives,
+    }))
+"""
+
+
+def test_arrays_of_any_type_and_module_are_summed_over_the_ranks_in_one_collective():
+    done = subprocess.run(
+        [mpiexec_path(), "-n", "2", sys.executable, "-c", RANK_SUMS],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    ranks = 1 + 2  # the scales of ranks 0 and 1
+    base = np.arange(6).reshape(2, 3) + 1 / 7
+    assert got["same"] == [True, True, True]  # summed in place
+    real, imag, dtype = got["complex_wide"]
+    assert dtype == "complex128"
+    np.testing.assert_allclose(real, base * ranks, rtol=1e-14)  # summed in double precision
+    np.testing.assert_allclose(imag, 2 * base * ranks, rtol=1e-14)
+    assert got["real_narrow"] == [[0.0, 2.0 * ranks], "float32"]
+    assert got["on_device"] == [[[1.5 * ranks] * 2] * 2, [[0.5 * ranks] * 2] * 2]
+    assert got["totals"] == [0.25 * ranks, 3.0 * ranks]
+    assert got["collectives"] == 2
 
 
 def test_a_live_scan_is_reconstructed_over_ranks_previews_and_final(tmp_path):
