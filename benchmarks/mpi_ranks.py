@@ -139,7 +139,7 @@ def weak_scaling_model(algorithm: str, size: int, seconds_per_frame: float, link
         )
         print(
             f"  {ranks:4d} ranks: compute {compute:8.3f} s, canvas parts' overlaps {parts:7.4f} s "
-            f"(whole-canvas all-reduce {whole:6.3f} s), probe sums {probe:6.3f} s "
+            f"(whole-canvas all-reduce {whole:6.3f} s), probe's collectives {probe:6.3f} s "
             f"({batches} batches) -> {compute + parts + probe:8.3f} s/it"
         )
 

@@ -29,7 +29,8 @@ class Engine(ABC):
     #: whether it fits a probe that varies through the scan (:mod:`.variable_probe`)
     varies_probe = False
     #: collectives over the ranks after each batch that updates the probe (the probe's sums: one;
-    #: each costs its messages' latency); an engine whose only batch is every frame makes none
+    #: each costs its messages' latency; a varying probe's fit adds one in the iterations that fit
+    #: it); an engine whose only batch is every frame makes none
     collectives_per_batch = 1
 
     def __init__(self, settings: ReconstructionSettings) -> None:
