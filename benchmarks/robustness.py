@@ -4,7 +4,8 @@ Run ``python benchmarks/robustness.py`` (``--quick``: four cases; ``--final``:
 also compare the candidates for the default final reconstruction;
 ``--preview``: judge the preview defaults instead of the final ones;
 ``--precision``: R with the frames held in half precision, the default,
-against single; ``--ranks N``: R over N MPI ranks against one process;
+against single; ``--dm-precision``: R with DM's stored far fields in half
+precision against single; ``--ranks N``: R over N MPI ranks against one process;
 ``--positions``: position refinement on scans with stage errors, fly-scan
 motion and a drifting probe, :data:`IMPERFECTIONS`; ``--refinement``: R with
 refinement on against off where the recorded positions are nearly right;
@@ -183,20 +184,27 @@ def final_candidates(cases: list[Case], n_frames: int) -> None:
     print(f"{'mean':>20} " + " ".join(f"{cell:>26}" for cell in cells))
 
 
-def frame_precisions(cases: list[Case], n_frames: int, settings: ReconstructionSettings) -> None:
-    """R with the frames held as float16 amplitudes (the default) against float32, case by case."""
+def precisions(
+    cases: list[Case], n_frames: int, held: str, half: ReconstructionSettings, single: ReconstructionSettings
+) -> None:
+    """R with ``held`` in half precision against single, case by case (``half`` and ``single``: the settings)."""
     print(
-        f"\nframes held in half against single precision ({n_frames} frames of 128x128, {settings.algorithm})"
+        f"\n{held} held in half against single precision ({n_frames} frames of 128x128, {half.algorithm}, "
+        f"{half.probe_modes} modes, {half.iterations} iterations)"
     )
-    print(f"{'case':>20} {'R half':>8} {'R single':>9} {'change':>8} {'err half':>9} {'err single':>11}")
+    print(
+        f"{'case':>20} {'R half':>8} {'R single':>9} {'change':>8} {'err half':>9} {'err single':>11} "
+        f"{'s half':>7} {'s single':>8}"
+    )
     changes = []
     for case in cases:
         sim = simulate_case(case, n_frames)
-        r_half, e_half, _, _ = run(sim, replace(settings, frame_precision="half"))
-        r_single, e_single, _, _ = run(sim, replace(settings, frame_precision="single"))
+        r_half, e_half, s_half, _ = run(sim, half)
+        r_single, e_single, s_single, _ = run(sim, single)
         changes.append(r_half / r_single - 1)
         print(
-            f"{case.label():>20} {r_half:8.4f} {r_single:9.4f} {changes[-1]:+8.3%} {e_half:9.4f} {e_single:11.4f}"
+            f"{case.label():>20} {r_half:8.4f} {r_single:9.4f} {changes[-1]:+8.3%} {e_half:9.4f} {e_single:11.4f} "
+            f"{s_half:7.1f} {s_single:8.1f}"
         )
     print(f"largest change of R: {max(changes, key=abs):+.3%} (target: within 0.5 %)")
 
@@ -389,6 +397,11 @@ def main() -> None:
         help="compare frames held as float16 amplitudes (the default) with float32, instead",
     )
     parser.add_argument(
+        "--dm-precision",
+        action="store_true",
+        help="compare DM (the final's modes and iterations) with its far fields in float16 against complex64, instead",
+    )
+    parser.add_argument(
         "--ranks",
         type=int,
         default=None,
@@ -430,7 +443,14 @@ def main() -> None:
     if args.position_step is not None:
         settings = replace(settings, position_step=args.position_step)
     if args.precision:
-        frame_precisions(cases, args.frames, settings)
+        frames = [replace(settings, frame_precision=p) for p in ("half", "single")]
+        precisions(cases, args.frames, "frames", *frames)
+        return
+    if args.dm_precision:
+        dm = [
+            replace(settings, algorithm="dm", options={"farfield_precision": p}) for p in ("half", "single")
+        ]
+        precisions(cases, args.frames, "dm's far fields", *dm)
         return
     if args.ranks:
         ranks_against_one_process(cases, args.frames, settings, args.ranks)

@@ -15,8 +15,10 @@ seconds per frame per iteration of scans of 1,000, 10,000 and 50,000
 frames of 16-bit counts (``--frames``) of 128² and 256² (``--sizes``) simulated on a Fermat spiral,
 for every algorithm with one probe mode and with three modes and position
 refinement, and each as a ratio to the 1,000-frame scan's (target: at most
-1.2). A scan whose arrays would not fit in this machine's memory is
-skipped with its estimate.
+1.2); ``--farfield-precision half`` holds DM's far fields in half
+precision. A scan whose arrays would not fit in this machine's memory is
+skipped with its estimate; where the solver's arrays fit only without the
+simulated counts beside them, the counts go once the solver holds them.
 
 ``--corrections`` prints what position refinement and intensity correction
 cost: seconds per iteration of every algorithm with one and three probe
@@ -50,6 +52,7 @@ from bluesky_ptycho.solver.backend import (
     gpu_available,
     make_backend,
 )
+from bluesky_ptycho.solver.farfields import PRECISIONS
 from bluesky_ptycho.solver.simulate import aperture_probe, realistic
 
 CASES = [(200, 64, 100), (516, 128, 20), (1000, 256, 4)]
@@ -143,27 +146,46 @@ SCALING_PHOTONS = 3e5  # per frame: 16-bit counts at 128² and 256²
 SCALING_VARIANTS = {"1 mode": {}, "3 modes + positions": {"probe_modes": 3, "position_correction": True}}
 
 
-def scan_bytes(n_frames: int, size: int, algorithm: str, modes: int) -> int:
-    """Peak bytes of a scaling case: per pixel of its frames, 2 for the 16-bit counts, 2 for the solver's
-    float16 amplitudes, and DM's stored far fields (complex64 per mode)."""
-    return n_frames * size * size * (4 + (8 * modes if algorithm == "dm" else 0))
+def solver_bytes(n_frames: int, size: int, algorithm: str, modes: int, farfield_precision: str) -> int:
+    """The solver's bytes for a scaling case: per pixel of its frames, 2 for its float16 amplitudes and DM's
+    stored far fields (per mode: 8 as complex64, 4 as float16 pairs)."""
+    farfield = (8 if farfield_precision == "single" else 4) * modes if algorithm == "dm" else 0
+    return n_frames * size * size * (2 + farfield)
 
 
-def run_scaling(frame_counts: list[int], sizes: list[int], device: str, library: str) -> None:
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+def run_scaling(
+    frame_counts: list[int],
+    sizes: list[int],
+    device: str,
+    library: str,
+    farfield_precision: str,
+    algorithms: list[str],
+) -> None:
+    room = 0.8 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     rows = [
         (algorithm, variant, options)
-        for algorithm in ALGORITHMS
+        for algorithm in algorithms
         for variant, options in SCALING_VARIANTS.items()
     ]
+
+    def needs(n_frames: int, size: int, algorithm: str, options: dict) -> int:
+        return solver_bytes(n_frames, size, algorithm, options.get("probe_modes", 1), farfield_precision)
+
     for size in sizes:
-        print(f"\nseconds per frame per iteration, {size}x{size} frames ({device}, {library} FFTs)")
+        print(
+            f"\nseconds per frame per iteration, {size}x{size} frames ({device}, {library} FFTs; "
+            f"dm's far fields in {farfield_precision} precision)"
+        )
         seconds: dict[tuple[str, str], dict[int, float]] = {(a, v): {} for a, v, _ in rows}
-        for n_frames in frame_counts:  # one scan in memory at a time, simulated once for every row
+        for n_frames in frame_counts:  # one scan in memory at a time, simulated once for the rows that fit
+            counts = n_frames * size * size * 2  # 16-bit
             data = None
-            for algorithm, variant, options in rows:
-                if scan_bytes(n_frames, size, algorithm, options.get("probe_modes", 1)) > 0.8 * memory:
-                    continue
+            fitting = [
+                row for row in rows if needs(n_frames, size, row[0], row[2]) <= room and 2 * counts <= room
+            ]
+            for algorithm, variant, options in sorted(
+                fitting, key=lambda row: needs(n_frames, size, row[0], row[2])
+            ):
                 if data is None:
                     data = simulate(n_frames=n_frames, frame_size=size, photons=SCALING_PHOTONS, seed=0).data
                 settings = ReconstructionSettings(
@@ -173,9 +195,13 @@ def run_scaling(frame_counts: list[int], sizes: list[int], device: str, library:
                     probe_defocus=0.0,
                     position_correction_start=0,
                     **options,
+                    **({"options": {"farfield_precision": farfield_precision}} if algorithm == "dm" else {}),
                 )
                 reconstructor = Reconstructor(data.geometry, settings)
-                reconstructor.add_frames(data.frames, data.positions).prepare()
+                reconstructor.add_frames(data.frames, data.positions)
+                if needs(n_frames, size, algorithm, options) + counts > room:
+                    data = None  # the counts are in the solver now: their room is the far fields' (simulated again if needed)
+                reconstructor.prepare()
                 per_frame = seconds_per_iteration(reconstructor, 1, reconstructor.xp, rounds=2) / n_frames
                 seconds[algorithm, variant][n_frames] = per_frame
                 del reconstructor
@@ -189,7 +215,7 @@ def run_scaling(frame_counts: list[int], sizes: list[int], device: str, library:
             cells = [
                 f"{measured[n] * 1e3:8.4f} ms ({measured[n] / first:4.2f}x)"
                 if n in measured
-                else f"({scan_bytes(n, size, algorithm, options.get('probe_modes', 1)) / 2**30:.0f} GiB: skipped)"
+                else f"({needs(n, size, algorithm, options) / 2**30:.0f} GiB: skipped)"
                 for n in frame_counts
             ]
             print(f"{algorithm:>10} {variant:>20} " + " ".join(f"{cell:>18}" for cell in cells), flush=True)
@@ -284,6 +310,15 @@ def main() -> None:
     parser.add_argument("--frames", type=int, nargs="+", default=list(SCALING_FRAMES), help="with --scaling")
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SCALING_SIZES), help="with --scaling")
     parser.add_argument(
+        "--algorithms", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS), help="with --scaling"
+    )
+    parser.add_argument(
+        "--farfield-precision",
+        choices=PRECISIONS,
+        default="single",
+        help="with --scaling: how dm holds its far fields",
+    )
+    parser.add_argument(
         "--memory", action="store_true", help="peak memory of a scan of counts (--frames, --sizes)"
     )
     parser.add_argument(
@@ -301,7 +336,7 @@ def main() -> None:
                     run_memory(n_frames, size, device, args.fft)
             continue
         if args.scaling:
-            run_scaling(args.frames, args.sizes, device, args.fft)
+            run_scaling(args.frames, args.sizes, device, args.fft, args.farfield_precision, args.algorithms)
             continue
         for n_frames, size, iterations in CASES[:1] if args.quick else CASES:
             run_case(n_frames, size, iterations, device, args.fft)

@@ -64,6 +64,10 @@ def test_empty_reconstructor_cannot_iterate_or_snapshot():
         ({"algorithm": "lsqml", "options": {"noise_model": "laplace"}}, "noise_model must be one of"),
         ({"algorithm": "dm", "options": {"relaxation": 0}}, "relaxation must be within"),
         ({"algorithm": "dm", "options": {"alpha": 0.5}}, "dm takes no option alpha"),
+        (
+            {"algorithm": "dm", "options": {"farfield_precision": "double"}},
+            "farfield_precision must be one of",
+        ),
         ({"algorithm": "epie", "options": {"alpha": 0.5}}, "epie takes no option alpha"),
         ({"options": {"batch_size": 0}}, "batch_size must be >= 1"),
         ({"device": "tpu"}, "device must be one of"),

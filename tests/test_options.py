@@ -70,7 +70,13 @@ def test_lowering_a_step_after_divergence_leaves_the_callers_options_alone():
 
 
 def test_the_cli_has_an_option_for_every_field_and_refuses_the_wrong_algorithms():
-    assert set(algorithm_option_fields()) == {"batch_size", "alpha", "relaxation", "noise_model"}
+    assert set(algorithm_option_fields()) == {
+        "batch_size",
+        "alpha",
+        "relaxation",
+        "farfield_precision",
+        "noise_model",
+    }
     assert set(algorithm_option_fields()["alpha"]) == {"rpie", "lsqml"}
     common = {
         "iterations": 5,
@@ -100,9 +106,22 @@ def test_reconstruct_records_the_options_it_ran_with(tmp_path):
     write_cxi(scan, simulate(n_frames=30, frame_size=32, seed=2).data)
     result = CliRunner().invoke(
         main,
-        ["reconstruct", str(scan), "-a", "dm", "--relaxation", "0.9", "-n", "3", "--intensity-correction"],
+        [
+            "reconstruct",
+            str(scan),
+            "-a",
+            "dm",
+            "--relaxation",
+            "0.9",
+            "--farfield-precision",
+            "half",
+            "-n",
+            "3",
+            "--intensity-correction",
+        ],
     )
     assert result.exit_code == 0, result.output
     recon = read_result(tmp_path / "scan_recon.cxi")
-    assert recon.settings["algorithm"] == "dm" and recon.settings["options"] == {"relaxation": 0.9}
+    assert recon.settings["algorithm"] == "dm"
+    assert recon.settings["options"] == {"relaxation": 0.9, "farfield_precision": "half"}
     assert recon.settings["intensity_correction"] and recon.frame_scales.shape == (30,)

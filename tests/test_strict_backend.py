@@ -43,13 +43,17 @@ def measured_like():
     return realistic(-1e-3, photons=1e5, n_frames=120, frame_size=64, seed=4)
 
 
-@pytest.mark.parametrize("algorithm", ["rpie", "epie", "dm", "lsqml"])
+@pytest.mark.parametrize(
+    ("algorithm", "algorithm_options"),
+    [("rpie", {}), ("epie", {}), ("dm", {}), ("dm", {"farfield_precision": "half"}), ("lsqml", {})],
+)
 def test_every_algorithm_with_modes_position_and_intensity_correction_and_a_varying_probe(
-    measured_like, algorithm
+    measured_like, algorithm, algorithm_options
 ):
     data = measured_like.data
     options = {
         "algorithm": algorithm,
+        "options": algorithm_options,
         "probe_modes": 2,
         "position_correction": True,
         "position_correction_start": 5,

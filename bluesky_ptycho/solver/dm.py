@@ -33,6 +33,7 @@ import numpy as np
 from .backend import empty_aligned
 from .decomposition import sum_over_ranks
 from .engine import Engine
+from .farfields import PRECISIONS, StoredFarFields
 from .forward import (
     amplitude_misfit,
     exit_waves_at,
@@ -60,6 +61,11 @@ class DMOptions(AlgorithmOptions):
 
     algorithm = "dm"
     relaxation: float = option(0.75, "RAAR relaxation beta, (0, 1]: 1 is the classical difference map")
+    farfield_precision: str = option(
+        "single",
+        "precision of every frame's stored far fields: half takes half the memory (see farfields)",
+        choices=PRECISIONS,
+    )
 
     def validate(self) -> None:
         if not 0.0 < self.relaxation <= 1.0:
@@ -76,22 +82,33 @@ class DifferenceMap(Engine):
         super().__init__(settings)
         self.farfield = None
         self.workspace = None
+        self.stored_workspace = None
 
     def frames_added(self, state: SolverState, n_before: int) -> None:
         xp, backend = state.xp, state.backend
-        index = xp.arange(n_before, state.n_frames)
-        new = backend.fft2(
-            exit_waves_at(state.object, state.corners[index], state.probe, kernels=backend.kernels)
-        )
-        self.farfield = new if self.farfield is None else xp.concatenate([self.farfield, new])
+        if self.farfield is None:
+            self.farfield = StoredFarFields(backend, self.settings.options.farfield_precision)
+        shape = state.probe.shape
+        self.farfield.grow(state.n_frames, shape)
         largest = max(part.stop - part.start for part in self.parts(state))
-        self.workspace = empty_aligned((largest, *self.farfield.shape[1:]), self.farfield.dtype, xp)
+        self.workspace = empty_aligned((largest, *shape), state.probe.dtype, xp)
+        if self.farfield.precision != "single":
+            self.stored_workspace = empty_aligned((largest, *shape), state.probe.dtype, xp)
+        for part in self.parts(state, n_before):
+            waves = exit_waves_at(
+                state.object,
+                state.corners[part],
+                state.probe,
+                out=self.workspace[: part.stop - part.start],
+                kernels=backend.kernels,
+            )
+            self.farfield.put(part, backend.fft2(waves, overwrite_x=True))
 
-    def parts(self, state: SolverState) -> list[slice]:
-        """Every frame, in :meth:`chunks` of consecutive frames."""
+    def parts(self, state: SolverState, first: int = 0) -> list[slice]:
+        """The frames from ``first`` on, in :meth:`chunks` of consecutive frames."""
         return [
             slice(int(chunk[0]), int(chunk[-1]) + 1)
-            for chunk in self.chunks(np.arange(state.n_frames), state)
+            for chunk in self.chunks(np.arange(first, state.n_frames), state)
         ]
 
     def iterate(
@@ -112,9 +129,10 @@ class DifferenceMap(Engine):
             )
             model = backend.fft2(model, overwrite_x=True)
             model_photons = state.xp.empty(len(corners), np.float64) if correct else None
+            stored = self.farfield.chunk(part, self.stored_workspace)
             cost += fourier_update(
                 model,
-                self.farfield[part],
+                stored,
                 corrected_amplitudes(state, part, correct),
                 state.mask,
                 self.settings.options.relaxation,
@@ -123,7 +141,8 @@ class DifferenceMap(Engine):
             )
             if correct:
                 state.intensity.observe(part, model_photons)
-            model[...] = self.farfield[part]
+            self.farfield.keep(part, stored)
+            model[...] = stored
             psi = backend.ifft2(model, overwrite_x=True)
             terms = update_terms(state, corners, psi, for_probe=probe_too, terms=terms)
         sum_over_ranks(state, [terms.object_numerator, terms.illumination])
@@ -158,8 +177,7 @@ class DifferenceMap(Engine):
         backend, shifts = state.backend, []
         for part in self.parts(state):
             corners = state.corners[part]
-            waves = self.workspace[: len(corners)]
-            waves[...] = self.farfield[part]
+            waves = self.farfield.read(part, self.workspace[: len(corners)])
             chi = backend.ifft2(waves, overwrite_x=True)
             chi -= exit_waves_at(state.object, corners, state.probe, kernels=backend.kernels)
             shifts.append(gradient_shifts(state, corners, chi))
@@ -184,11 +202,20 @@ class DifferenceMap(Engine):
 
     def probe_shifted(self, state: SolverState, shift: tuple[int, int]) -> None:
         """Shift the stored exit waves with probe and object (a Fourier phase ramp)."""
-        self.farfield *= shift_ramp(state.frame_shape, shift, state.xp).astype(self.farfield.dtype)
+        ramp = shift_ramp(state.frame_shape, shift, state.xp).astype(state.probe.dtype)
+
+        def shifted(waves) -> None:
+            waves *= ramp
+
+        self.farfield.change(self.parts(state), shifted, self.stored_workspace)
 
     def modes_rotated(self, state: SolverState, rotation) -> None:
         """Mix the stored exit waves' modes as the probe's were: each must stay its mode's."""
-        rotate_modes(self.farfield, rotation, state.backend.kernels)
+        self.farfield.change(
+            self.parts(state),
+            lambda waves: rotate_modes(waves, rotation, state.backend.kernels),
+            self.stored_workspace,
+        )
 
 
 def fourier_update(model, farfield, amplitude, mask, beta: float, model_photons=None, kernels=None) -> float:

@@ -529,25 +529,76 @@ def position_gradient_sums(obj, corners, probe, chi):
     return sums
 
 
+@_inline
+def _single_row_from_half(source, target, target_bits, unscale):
+    """``target = float32(source) * unscale`` for a row of float16 given as its uint16 bits.
+
+    A float16's exponent and mantissa, shifted into a float32's, then scaled
+    by ``2**112``, are its magnitude exactly; the sign bit moves 16 places up.
+    """
+    for x in range(source.shape[0]):
+        bits = np.uint32(source[x])
+        target_bits[x] = ((bits & np.uint32(0x8000)) << 16) | ((bits & np.uint32(0x7FFF)) << 13)
+    for x in range(source.shape[0]):
+        target[x] *= _HALF_BITS_TO_SINGLE
+        target[x] *= unscale
+
+
+@_inline
+def _half_bits(value, value_bits):
+    """The uint16 bits of the float16 nearest ``value`` >= 0, a float32 whose bits are ``value_bits``.
+
+    Ties to even and overflow to infinity, as NumPy rounds.
+    """
+    subnormal = np.uint32(np.rint(value * _HALF_SUBNORMALS))
+    bits = np.uint32(value_bits - _SINGLE_TO_HALF_EXPONENT)
+    normal = min((bits + np.uint32(0x0FFF) + ((bits >> 13) & np.uint32(1))) >> 13, _HALF_INFINITY)
+    return np.uint16(subnormal if value < _SMALLEST_NORMAL_HALF else normal)
+
+
 @_compile
 def single_from_half(bits, rows, targets, unscale, out):
     """``out[targets[j]] = page[rows[j]] * unscale`` in float32, for a float16 page given as its uint16 ``bits``.
 
-    The values are non-negative (amplitudes): a float16's exponent and
-    mantissa, shifted into a float32's, then scaled by ``2**112``, are its
-    value exactly. See :func:`.frames.single_from_stored`.
+    See :func:`.frames.single_from_stored`.
     """
-    h, w = bits.shape[1:]
+    h = bits.shape[1]
     for j in range(rows.shape[0]):
         source = bits[rows[j]]
         target = out[targets[j]]
         target_bits = target.view(np.uint32)
         for y in range(h):
-            for x in range(w):
-                target_bits[y, x] = np.uint32(source[y, x] & 0x7FFF) << 13
-            for x in range(w):
-                target[y, x] *= _HALF_BITS_TO_SINGLE
-                target[y, x] *= unscale
+            _single_row_from_half(source[y], target[y], target_bits[y], unscale)
+
+
+@_compile
+def single_rows_from_half(bits, unscale, out):
+    """``out = float32(bits as float16) * unscale``, row by row of 2-D arrays (rows, n).
+
+    See :func:`.farfields.single_from_half`.
+    """
+    out_bits = out.view(np.uint32)
+    for r in range(bits.shape[0]):
+        _single_row_from_half(bits[r], out[r], out_bits[r], unscale)
+
+
+@_compile
+def half_rows_from_single(values, scale, out_bits):
+    """``out = float16(values * scale)`` written as the float16s' uint16 bits, row by row of 2-D float32 arrays.
+
+    Rounded as NumPy rounds (see :func:`_half_bits`). See :func:`.farfields.half_from_single`.
+    """
+    n = values.shape[1]
+    row = np.empty(n, np.float32)
+    row_bits = row.view(np.uint32)
+    for r in range(values.shape[0]):
+        source = values[r]
+        target = out_bits[r]
+        for x in range(n):
+            row[x] = abs(source[x]) * scale
+        for x in range(n):
+            sign = np.uint16(0x8000) if source[x] < 0 else np.uint16(0)
+            target[x] = _half_bits(row[x], row_bits[x]) | sign
 
 
 @_compile
@@ -571,7 +622,4 @@ def half_amplitudes(counts, scale, out_bits):
                 row[w - half_w + x] = np.sqrt(np.float32(source[x])) * scale
             target = out_bits[j, y]
             for x in range(w):
-                subnormal = np.uint32(np.rint(row[x] * _HALF_SUBNORMALS))
-                bits = np.uint32(row_bits[x] - _SINGLE_TO_HALF_EXPONENT)
-                normal = min((bits + np.uint32(0x0FFF) + ((bits >> 13) & np.uint32(1))) >> 13, _HALF_INFINITY)
-                target[x] = np.uint16(subnormal if row[x] < _SMALLEST_NORMAL_HALF else normal)
+                target[x] = _half_bits(row[x], row_bits[x])

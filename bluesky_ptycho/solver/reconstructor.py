@@ -304,12 +304,14 @@ class Reconstructor:
             # the initial probe and canvas are made from these frames, as one array
             first = pending[0][0] if len(pending) == 1 else np.concatenate([f for f, _ in pending])
             self.state = self._initial_state(first, positions)
+            del first
             n_before = 0
         else:
             n_before = self.state.n_frames
             self.state.set_positions(np.concatenate([self.state.positions, self.state.pixels(positions)]))
         for frames, _ in pending:
             self.state.measured.append(frames)
+        del pending, frames  # in the store now: what the engine makes next can have the counts' room
         self._take_frames()
         self.engine.frames_added(self.state, n_before)
         self._best = None

@@ -1,0 +1,158 @@
+"""The difference map's stored far fields, every frame's, in single precision or in half.
+
+DM's iterate is the set of exit waves, one complex number a pixel for every
+frame and mode, kept from one iteration to the next (as far fields,
+:mod:`.dm`): 50,000 frames of 256² are 26 GB in single precision, more than
+the frames themselves (6.5 GB of float16 amplitudes). ``precision="half"``
+keeps each complex number as two float16s, four bytes: 11 significant bits,
+a relative rounding of at most 2^-11 of each stored number each time it is
+written, below the Poisson noise of the amplitudes it is projected onto
+(:mod:`.frames`). The numbers are stored times a power of two
+(:func:`.frames.storage_scale` of the brightest one first stored) so that
+faint values keep their precision and DM's excursions above the measured
+amplitudes stay far below float16's largest value.
+
+Every read and write goes a chunk of frames at a time through a
+single-precision workspace: the FFTs and the update stay in single precision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import psutil
+
+from .frames import storage_scale
+
+PRECISIONS = ("single", "half")
+
+
+class StoredFarFields:
+    """Far fields (N, modes, h, w) of every frame, held in ``precision``.
+
+    Parameters
+    ----------
+    backend
+        The array backend: its array module holds the values, its compiled
+        kernels (where it has them) convert them.
+    precision
+        "single" (complex64, eight bytes a number) or "half" (two float16s, four).
+    """
+
+    def __init__(self, backend, precision: str = "single") -> None:
+        self.backend = backend
+        self.precision = precision
+        self.values = None
+        self.scale = None
+
+    def __len__(self) -> int:
+        return 0 if self.values is None else len(self.values)
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.values is None else self.values.nbytes
+
+    def bytes_per_frame(self, shape: tuple[int, int, int]) -> int:
+        """Bytes a frame of (modes, h, w) far fields takes as stored."""
+        return int(np.prod(shape)) * (8 if self.precision == "single" else 4)
+
+    def grow(self, n_frames: int, shape: tuple[int, int, int]) -> None:
+        """Room for ``n_frames`` frames of (modes, h, w), the frames stored so far kept first.
+
+        Refuses, naming what would help, far fields that would not fit in the
+        host's free memory.
+        """
+        xp = self.backend.xp
+        available = psutil.virtual_memory().available
+        if xp is np and n_frames * self.bytes_per_frame(shape) > available:
+            raise MemoryError(self.too_large(n_frames, shape, available))
+        modes, h, w = shape
+        grown = (
+            xp.empty((n_frames, modes, h, w), np.complex64)
+            if self.precision == "single"
+            else xp.empty((n_frames, modes, h, 2 * w), np.float16)
+        )
+        if self.values is not None:
+            grown[: len(self.values)] = self.values
+        self.values = grown
+
+    def too_large(self, n_frames: int, shape: tuple[int, int, int], available: int) -> str:
+        """Why ``n_frames`` frames' far fields cannot be held, and what would help."""
+        gib = 2**30
+        needed = n_frames * self.bytes_per_frame(shape)
+        modes, h, w = shape
+        smaller = "farfield_precision='half' halves that, " if self.precision == "single" else ""
+        return (
+            f"dm keeps every frame's far fields: {n_frames} frames x {modes} modes of {h}x{w} need "
+            f"{needed / gib:.1f} GiB in {self.precision} precision, and {available / gib:.1f} GiB of memory "
+            f"is free; {smaller}several MPI ranks (--ranks) share it, and rpie or lsqml keep none"
+        )
+
+    def put(self, part: slice, values) -> None:
+        """Store the complex ``values`` (n, modes, h, w) as the frames of ``part``."""
+        if self.precision == "single":
+            self.values[part] = values
+            return
+        if self.scale is None:
+            self.scale = storage_scale(float(abs(values).max()))
+        kernels = self.backend.kernels
+        stored = self.values[part]
+        if kernels is not None:
+            kernels.half_rows_from_single(
+                rows(values.view(np.float32)), np.float32(self.scale), rows(stored.view(np.uint16))
+            )
+        else:
+            stored[...] = half_from_single(values, self.scale)
+
+    def chunk(self, part: slice, workspace):
+        """The far fields of ``part`` as complex64 to read or change: the stored ones, or a copy in ``workspace``.
+
+        A change reaches the store with :meth:`keep`.
+        """
+        if self.precision == "single":
+            return self.values[part]
+        return self.read(part, workspace[: part.stop - part.start])
+
+    def read(self, part: slice, out):
+        """``out`` (n, modes, h, w) complex64 = the far fields of ``part``; returns ``out``."""
+        if self.precision == "single":
+            out[...] = self.values[part]
+            return out
+        stored = self.values[part]
+        unscale = np.float32(1 / self.scale)
+        kernels = self.backend.kernels
+        if kernels is not None:
+            kernels.single_rows_from_half(rows(stored.view(np.uint16)), unscale, rows(out.view(np.float32)))
+        else:
+            single_from_half(stored, unscale, out)
+        return out
+
+    def keep(self, part: slice, chunk) -> None:
+        """Keep a :meth:`chunk` of ``part`` changed in place (in single precision it is the store itself)."""
+        if self.precision == "half":
+            self.put(part, chunk)
+
+    def change(self, parts: list[slice], change: Callable, workspace) -> None:
+        """``change(far_fields)`` every part's far fields in place, and keep them."""
+        for part in parts:
+            values = self.chunk(part, workspace)
+            change(values)
+            self.keep(part, values)
+
+
+def rows(values):
+    """A C-contiguous array as 2-D rows of its last axis (what the conversion kernels take)."""
+    return values.reshape(-1, values.shape[-1])
+
+
+def half_from_single(values, scale: float):
+    """Complex64 ``values`` (..., w) times ``scale`` as float16 pairs (..., 2w): the definition of
+    :func:`.kernels.half_rows_from_single`."""
+    return (values.view(np.float32) * np.float32(scale)).astype(np.float16)
+
+
+def single_from_half(stored, unscale, out) -> None:
+    """``out`` (..., w) complex64 = float16 pairs ``stored`` (..., 2w) times ``unscale``: the definition of
+    :func:`.kernels.single_rows_from_half`."""
+    out.view(np.float32)[...] = stored.astype(np.float32) * np.float32(unscale)

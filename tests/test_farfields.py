@@ -1,0 +1,85 @@
+"""DM keeps every frame's far fields in single precision or, at half the memory, in half."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, fourier_r_factor, object_error
+from bluesky_ptycho.solver.backend import make_backend
+from bluesky_ptycho.solver.farfields import StoredFarFields, half_from_single, rows, single_from_half
+from bluesky_ptycho.solver.simulate import realistic
+
+BACKEND = make_backend("cpu")
+
+
+def test_the_compiled_conversions_are_the_array_expressions_bit_for_bit():
+    """complex64 -> float16 pairs and back, scaled: signs, zeros, subnormals, halfway cases and overflow."""
+    rng = np.random.default_rng(7)
+    values = (rng.standard_normal((5, 2, 6, 7)) + 1j * rng.standard_normal((5, 2, 6, 7))).astype(np.complex64)
+    values *= rng.choice([1e-9, 1e-6, 1.0, 3e3], size=values.shape).astype(np.float32)
+    flat = values.view(np.float32).reshape(-1)
+    flat[:6] = [0.0, -0.0, 1 + 2**-11, -(1 + 3 * 2**-11), 7e4, -7e4]  # halfway cases round to even; overflow
+    for scale in (2.0**-3, 1.0, 2.0**9):
+        compiled = np.zeros((5, 2, 6, 14), np.uint16)
+        BACKEND.kernels.half_rows_from_single(
+            rows(values.view(np.float32)), np.float32(scale), rows(compiled)
+        )
+        with np.errstate(over="ignore"):  # the overflow is part of the case
+            expected = half_from_single(values, scale)
+        assert np.array_equal(compiled.view(np.float16), expected), f"scale {scale}"
+        if scale == 1.0:  # halfway between two float16s: to the even one; the two overflows
+            assert list(expected.reshape(-1)[2:4]) == [np.float16(1), -np.float16(1 + 2**-9)]
+            assert np.isinf(expected).sum() == 2
+    stored = half_from_single(values, 2.0**-3)
+    stored.reshape(-1)[4:6] = 0  # no infinities: not a value a store reads back
+    assert (stored < 0).any() and (stored > 0).any() and (abs(stored) < 2**-14).any()  # subnormals too
+    unscale = np.float32(2.0**3)
+    compiled = np.full(values.shape, np.nan, np.complex64)
+    BACKEND.kernels.single_rows_from_half(
+        rows(stored.view(np.uint16)), unscale, rows(compiled.view(np.float32))
+    )
+    read = np.empty_like(compiled)
+    single_from_half(stored, unscale, read)
+    assert np.array_equal(compiled, read)
+    assert (read.view(np.float32) < 0).any() and (read.view(np.float32) > 0).any()
+
+
+@pytest.fixture(scope="module")
+def measured_like():
+    return realistic(-1e-3, photons=1e5, n_frames=120, frame_size=64, seed=4)
+
+
+def test_dm_with_half_far_fields_reconstructs_as_in_single_precision_in_half_the_memory(measured_like):
+    """Two probe modes (rotated every tenth iteration with the far fields), refinement and recentring alike."""
+    data = measured_like.data
+    results, stores = {}, {}
+    for precision in ("single", "half"):
+        settings = ReconstructionSettings(
+            algorithm="dm",
+            probe_modes=2,
+            position_correction=True,
+            position_correction_start=5,
+            options={"farfield_precision": precision},
+        )
+        reconstructor = Reconstructor.from_data(data, settings)
+        results[precision] = reconstructor.iterate(40).result()
+        stores[precision] = reconstructor.engine.farfield
+    assert stores["half"].nbytes * 2 == stores["single"].nbytes == 120 * 2 * 64 * 64 * 8
+    single, half = results["single"], results["half"]
+    assert fourier_r_factor(half, data) == pytest.approx(fourier_r_factor(single, data), rel=0.005)
+    assert object_error(half, measured_like) == pytest.approx(object_error(single, measured_like), rel=0.02)
+    np.testing.assert_allclose(half.cost_history, single.cost_history, rtol=0.01)
+
+
+@pytest.mark.parametrize("precision", ["single", "half"])
+def test_far_fields_that_do_not_fit_are_refused_naming_what_would_help(precision):
+    store = StoredFarFields(BACKEND, precision)
+    with pytest.raises(MemoryError) as refused:
+        store.grow(10**9, (1, 256, 256))
+    message = str(refused.value)
+    assert "dm keeps every frame's far fields: 1000000000 frames x 1 modes of 256x256 need" in message
+    gib = 10**9 * 256 * 256 * (8 if precision == "single" else 4) / 2**30
+    assert f"{gib:.1f} GiB in {precision} precision" in message
+    assert ("farfield_precision='half'" in message) == (precision == "single")
+    assert "--ranks" in message and store.values is None
