@@ -15,8 +15,8 @@ seconds per frame per iteration of scans of 1,000, 10,000 and 50,000
 frames of 16-bit counts (``--frames``) of 128² and 256² (``--sizes``) simulated on a Fermat spiral,
 for every algorithm with one probe mode and with three modes and position
 refinement, and each as a ratio to the 1,000-frame scan's (target: at most
-1.2); ``--farfield-precision half`` holds DM's far fields in half
-precision. A scan whose arrays would not fit in this machine's memory is
+1.2); ``--farfield-precision`` says how DM holds its far fields (default:
+DM's default, half). A scan whose arrays would not fit in this machine's memory is
 skipped with its estimate; where the solver's arrays fit only without the
 simulated counts beside them, the counts go once the solver holds them.
 
@@ -52,6 +52,7 @@ from bluesky_ptycho.solver.backend import (
     gpu_available,
     make_backend,
 )
+from bluesky_ptycho.solver.dm import DMOptions
 from bluesky_ptycho.solver.farfields import PRECISIONS
 from bluesky_ptycho.solver.simulate import aperture_probe, realistic
 
@@ -315,7 +316,7 @@ def main() -> None:
     parser.add_argument(
         "--farfield-precision",
         choices=PRECISIONS,
-        default="single",
+        default=DMOptions().farfield_precision,
         help="with --scaling: how dm holds its far fields",
     )
     parser.add_argument(

@@ -7,6 +7,7 @@ import pytest
 
 from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, fourier_r_factor, object_error
 from bluesky_ptycho.solver.backend import make_backend
+from bluesky_ptycho.solver.dm import fourier_update, kernel_arguments
 from bluesky_ptycho.solver.farfields import StoredFarFields, half_from_single, rows, single_from_half
 from bluesky_ptycho.solver.simulate import realistic
 
@@ -43,6 +44,35 @@ def test_the_compiled_conversions_are_the_array_expressions_bit_for_bit():
     single_from_half(stored, unscale, read)
     assert np.array_equal(compiled, read)
     assert (read.view(np.float32) < 0).any() and (read.view(np.float32) > 0).any()
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.75])
+@pytest.mark.parametrize("modes", [1, 3])
+def test_the_compiled_update_of_half_far_fields_is_the_array_expression_on_them_unpacked(beta, modes):
+    """The fused pass reads the float16 pairs, updates, and leaves the update in the model and, rounded, in the store."""
+    rng = np.random.default_rng(3)
+    shape = (6, modes, 16, 12)
+
+    def waves():
+        return (3 * (rng.standard_normal(shape) + 1j * rng.standard_normal(shape))).astype(np.complex64)
+
+    model, scale = waves(), 2.0**4
+    stored = half_from_single(waves(), scale)
+    amplitude = np.abs(3 * rng.standard_normal((6, 16, 12))).astype(np.float32)
+    mask = rng.random((16, 12)) > 0.1
+    expected = np.empty_like(model)
+    single_from_half(stored, 1 / scale, expected)
+    expected_photons = np.zeros(6)
+    expected_cost = fourier_update(model.copy(), expected, amplitude, mask, beta, expected_photons)
+    bits, updated, photons = stored.view(np.uint16).copy(), model.copy(), np.zeros(6)
+    kernel_mask, _ = kernel_arguments(mask, model, amplitude, photons)
+    cost = BACKEND.kernels.difference_map_fourier_half(
+        updated, bits, np.float32(1 / scale), np.float32(scale), amplitude, kernel_mask, beta, photons
+    )
+    assert cost == pytest.approx(expected_cost, rel=1e-5)
+    assert np.abs(updated - expected).max() <= 2e-5 * np.abs(expected).max()
+    assert np.array_equal(bits.view(np.float16), half_from_single(updated, scale))
+    np.testing.assert_allclose(photons, expected_photons, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")

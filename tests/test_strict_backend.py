@@ -45,7 +45,7 @@ def measured_like():
 
 @pytest.mark.parametrize(
     ("algorithm", "algorithm_options"),
-    [("rpie", {}), ("epie", {}), ("dm", {}), ("dm", {"farfield_precision": "half"}), ("lsqml", {})],
+    [("rpie", {}), ("epie", {}), ("dm", {}), ("dm", {"farfield_precision": "single"}), ("lsqml", {})],
 )
 def test_every_algorithm_with_modes_position_and_intensity_correction_and_a_varying_probe(
     measured_like, algorithm, algorithm_options

@@ -62,8 +62,8 @@ class DMOptions(AlgorithmOptions):
     algorithm = "dm"
     relaxation: float = option(0.75, "RAAR relaxation beta, (0, 1]: 1 is the classical difference map")
     farfield_precision: str = option(
-        "single",
-        "precision of every frame's stored far fields: half takes half the memory (see farfields)",
+        "half",
+        "precision of every frame's stored far fields: single takes twice the memory (see farfields)",
         choices=PRECISIONS,
     )
 
@@ -129,20 +129,10 @@ class DifferenceMap(Engine):
             )
             model = backend.fft2(model, overwrite_x=True)
             model_photons = state.xp.empty(len(corners), np.float64) if correct else None
-            stored = self.farfield.chunk(part, self.stored_workspace)
-            cost += fourier_update(
-                model,
-                stored,
-                corrected_amplitudes(state, part, correct),
-                state.mask,
-                self.settings.options.relaxation,
-                model_photons,
-                backend.kernels,
-            )
+            amplitude = corrected_amplitudes(state, part, correct)
+            cost += self.update_far_fields(state, part, model, amplitude, model_photons)
             if correct:
                 state.intensity.observe(part, model_photons)
-            self.farfield.keep(part, stored)
-            model[...] = stored
             psi = backend.ifft2(model, overwrite_x=True)
             terms = update_terms(state, corners, psi, for_probe=probe_too, terms=terms)
         sum_over_ranks(state, [terms.object_numerator, terms.illumination])
@@ -157,6 +147,24 @@ class DifferenceMap(Engine):
             self.finish_probe(state, iteration)
         if self.refines_positions(iteration):
             self.refine_positions(state)
+        return cost
+
+    def update_far_fields(self, state: SolverState, part: slice, model, amplitude, model_photons) -> float:
+        """:func:`fourier_update` of the far fields of ``part``; ``model`` (``F(P O)``) becomes the updated ones.
+
+        Returns the amplitude misfit of ``model``. Far fields in half precision
+        are read and written by one compiled pass where there are kernels.
+        """
+        kernels, stored, beta = state.backend.kernels, self.farfield, self.settings.options.relaxation
+        if kernels is not None and stored.precision == "half":
+            mask, photons = kernel_arguments(state.mask, model, amplitude, model_photons)
+            return kernels.difference_map_fourier_half(
+                model, stored.bits(part), stored.unscale, stored.scale, amplitude, mask, beta, photons
+            )
+        chunk = stored.chunk(part, self.stored_workspace)
+        cost = fourier_update(model, chunk, amplitude, state.mask, beta, model_photons, kernels)
+        stored.keep(part, chunk)
+        model[...] = chunk
         return cost
 
     def refines_positions(self, iteration: int) -> bool:
@@ -228,8 +236,7 @@ def fourier_update(model, farfield, amplitude, mask, beta: float, model_photons=
     ``kernels``: the compiled kernels, or None for the array expressions.
     """
     if kernels is not None:
-        mask = kernel_mask(mask, model.shape[-2:], amplitude.dtype)
-        photons = np.empty(0) if model_photons is None else model_photons
+        mask, photons = kernel_arguments(mask, model, amplitude, model_photons)
         return kernels.difference_map_fourier(model, farfield, amplitude, mask, beta, photons)
     if model_photons is not None:
         model_photons[...] = good_photons(model, mask)
@@ -244,6 +251,13 @@ def fourier_update(model, farfield, amplitude, mask, beta: float, model_photons=
         farfield *= beta
         farfield += (1 - beta) * model
     return cost
+
+
+def kernel_arguments(mask, model, amplitude, model_photons):
+    """The mask and the photons' array as the compiled Fourier updates take them."""
+    return kernel_mask(mask, model.shape[-2:], amplitude.dtype), np.empty(
+        0
+    ) if model_photons is None else model_photons
 
 
 def damped_quotient(numerator, weights, previous, largest: float | None = None):

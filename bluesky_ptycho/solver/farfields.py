@@ -1,19 +1,22 @@
-"""The difference map's stored far fields, every frame's, in single precision or in half.
+"""The difference map's stored far fields, every frame's, in half precision or in single.
 
 DM's iterate is the set of exit waves, one complex number a pixel for every
 frame and mode, kept from one iteration to the next (as far fields,
-:mod:`.dm`): 50,000 frames of 256² are 26 GB in single precision, more than
-the frames themselves (6.5 GB of float16 amplitudes). ``precision="half"``
-keeps each complex number as two float16s, four bytes: 11 significant bits,
-a relative rounding of at most 2^-11 of each stored number each time it is
-written, below the Poisson noise of the amplitudes it is projected onto
-(:mod:`.frames`). The numbers are stored times a power of two
-(:func:`.frames.storage_scale` of the brightest one first stored) so that
-faint values keep their precision and DM's excursions above the measured
-amplitudes stay far below float16's largest value.
+:mod:`.dm`): 50,000 frames of 256² are 26 GB in single precision, four
+times the frames themselves (6.5 GB of float16 amplitudes). In half
+precision (``DMOptions.farfield_precision``'s default) each complex number
+is two float16s, four bytes: 11 significant bits, a relative rounding of at
+most 2^-11 of each stored number each time it is written, below the Poisson
+noise of the amplitudes it is projected onto (:mod:`.frames`). The numbers
+are stored times a power of two (:func:`.frames.storage_scale` of the
+brightest one first stored) so that faint values keep their precision and
+DM's excursions above the measured amplitudes stay far below float16's
+largest value.
 
-Every read and write goes a chunk of frames at a time through a
-single-precision workspace: the FFTs and the update stay in single precision.
+The FFTs and the update stay in single precision: DM's Fourier update
+reads and writes the float16 pairs in the same compiled pass
+(:func:`.kernels.difference_map_fourier_half`); every other read and write
+goes a chunk of frames at a time through a single-precision workspace.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class StoredFarFields:
         "single" (complex64, eight bytes a number) or "half" (two float16s, four).
     """
 
-    def __init__(self, backend, precision: str = "single") -> None:
+    def __init__(self, backend, precision: str) -> None:
         self.backend = backend
         self.precision = precision
         self.values = None
@@ -95,15 +98,12 @@ class StoredFarFields:
             self.values[part] = values
             return
         if self.scale is None:
-            self.scale = storage_scale(float(abs(values).max()))
+            self.scale = np.float32(storage_scale(float(abs(values).max())))
         kernels = self.backend.kernels
-        stored = self.values[part]
         if kernels is not None:
-            kernels.half_rows_from_single(
-                rows(values.view(np.float32)), np.float32(self.scale), rows(stored.view(np.uint16))
-            )
+            kernels.half_rows_from_single(rows(values.view(np.float32)), self.scale, rows(self.bits(part)))
         else:
-            stored[...] = half_from_single(values, self.scale)
+            self.values[part] = half_from_single(values, self.scale)
 
     def chunk(self, part: slice, workspace):
         """The far fields of ``part`` as complex64 to read or change: the stored ones, or a copy in ``workspace``.
@@ -119,14 +119,21 @@ class StoredFarFields:
         if self.precision == "single":
             out[...] = self.values[part]
             return out
-        stored = self.values[part]
-        unscale = np.float32(1 / self.scale)
         kernels = self.backend.kernels
         if kernels is not None:
-            kernels.single_rows_from_half(rows(stored.view(np.uint16)), unscale, rows(out.view(np.float32)))
+            kernels.single_rows_from_half(rows(self.bits(part)), self.unscale, rows(out.view(np.float32)))
         else:
-            single_from_half(stored, unscale, out)
+            single_from_half(self.values[part], self.unscale, out)
         return out
+
+    def bits(self, part: slice):
+        """The stored float16 pairs of ``part`` as their uint16 bits (what compiled kernels take; half precision)."""
+        return self.values[part].view(np.uint16)
+
+    @property
+    def unscale(self) -> np.float32:
+        """The inverse of the stored numbers' scale (half precision)."""
+        return np.float32(1 / self.scale)
 
     def keep(self, part: slice, chunk) -> None:
         """Keep a :meth:`chunk` of ``part`` changed in place (in single precision it is the store itself)."""

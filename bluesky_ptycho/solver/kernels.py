@@ -379,6 +379,53 @@ def add_scaled_in(target, source, runs, tile, scale):
                 source_row[x] = 0
 
 
+@_inline
+def _difference_map_row(model, y, stored, stored_y, out, out_y, measured, good, keep, relaxation, buffers):
+    """Row ``y`` of a frame's difference-map update: rows ``out_y`` of ``out`` from ``model``'s and ``stored``'s.
+
+    ``model``, ``stored`` and ``out`` are (modes, rows, w), C-contiguous (each
+    row is then too, and the loops vectorise); ``out`` may be either of the
+    others (each number is read before it is written). ``buffers`` (4, w)
+    of the amplitudes' type. Returns the row's amplitude misfit and its
+    model's photons in the good pixels.
+    """
+    model_power, reflected_power, reflected_factor, model_factor = (
+        buffers[0],
+        buffers[1],
+        buffers[2],
+        buffers[3],
+    )
+    n_modes, _, w = model.shape
+    model_power[:] = 0
+    reflected_power[:] = 0
+    for m in range(n_modes):
+        model_row = model[m, y]
+        stored_row = stored[m, stored_y]
+        for x in range(w):
+            f = model_row[x]
+            r = _TWO * f - stored_row[x]
+            model_power[x] += f.real * f.real + f.imag * f.imag
+            reflected_power[x] += r.real * r.real + r.imag * r.imag
+    row_cost = _ONE - _ONE
+    row_photons = _ONE - _ONE
+    for x in range(w):
+        model_amplitude = np.sqrt(model_power[x])
+        target = measured[x]
+        row_cost += good[x] * (model_amplitude - target) * (model_amplitude - target)
+        row_photons += good[x] * model_power[x]
+        reflected_factor[x] = _ONE + good[x] * (target / (np.sqrt(reflected_power[x]) + _FLOOR) - _ONE)
+        model_factor[x] = keep * (_ONE + good[x] * (target / (model_amplitude + _FLOOR) - _ONE))
+    for m in range(n_modes):
+        model_row = model[m, y]
+        stored_row = stored[m, stored_y]
+        out_row = out[m, out_y]
+        for x in range(w):
+            f = model_row[x]
+            g = stored_row[x]
+            out_row[x] = relaxation * (g + (_TWO * f - g) * reflected_factor[x] - f) + model_factor[x] * f
+    return row_cost, row_photons
+
+
 @_compile
 def difference_map_fourier(model, farfield, amplitude, mask, beta, model_photons):
     """The difference map's Fourier-space update of the stored far fields, in place.
@@ -388,49 +435,66 @@ def difference_map_fourier(model, farfield, amplitude, mask, beta, model_photons
     Returns the amplitude misfit of ``model``. ``model_photons``: (N,)
     filled with ``sum mask * |model|^2`` of each frame, or empty (0,).
     """
-    n_frames, n_modes, h, w = model.shape
-    model_power = np.empty(w, dtype=amplitude.dtype)
-    reflected_power = np.empty(w, dtype=amplitude.dtype)
-    reflected_factor = np.empty(w, dtype=amplitude.dtype)
-    model_factor = np.empty(w, dtype=amplitude.dtype)
+    n_frames, _, h, w = model.shape
+    buffers = np.empty((4, w), dtype=amplitude.dtype)
     keep = amplitude.dtype.type(1 - beta)
     relaxation = amplitude.dtype.type(beta)
     cost = 0.0
     for j in range(n_frames):
-        measured = amplitude[j]
         photons = 0.0
         for y in range(h):
-            model_power[:] = 0
-            reflected_power[:] = 0
+            row_cost, row_photons = _difference_map_row(
+                model[j],
+                y,
+                farfield[j],
+                y,
+                farfield[j],
+                y,
+                amplitude[j, y],
+                mask[y],
+                keep,
+                relaxation,
+                buffers,
+            )
+            cost += row_cost
+            photons += row_photons
+        if model_photons.shape[0]:
+            model_photons[j] = photons
+    return cost
+
+
+@_compile
+def difference_map_fourier_half(model, stored_bits, unscale, scale, amplitude, mask, beta, model_photons):
+    """:func:`difference_map_fourier` of far fields stored as float16 pairs, given as their uint16 bits.
+
+    ``stored_bits`` (N, M, h, 2w) hold the far fields times ``scale``
+    (``unscale`` is its inverse); they are replaced by the update, which
+    also replaces ``model``, in single precision (ready for the inverse FFT).
+    See :func:`.farfields.single_from_half` and :func:`.farfields.half_from_single`.
+    """
+    n_frames, n_modes, h, w = model.shape
+    buffers = np.empty((4, w), dtype=amplitude.dtype)
+    stored = np.empty((n_modes, 1, w), dtype=model.dtype)
+    row = np.empty(2 * w, np.float32)
+    row_bits = row.view(np.uint32)
+    keep = amplitude.dtype.type(1 - beta)
+    relaxation = amplitude.dtype.type(beta)
+    cost = 0.0
+    for j in range(n_frames):
+        photons = 0.0
+        for y in range(h):
             for m in range(n_modes):
-                model_row = model[j, m, y]
-                stored_row = farfield[j, m, y]
-                for x in range(w):
-                    f = model_row[x]
-                    r = _TWO * f - stored_row[x]
-                    model_power[x] += f.real * f.real + f.imag * f.imag
-                    reflected_power[x] += r.real * r.real + r.imag * r.imag
-            row_cost = _ONE - _ONE
-            row_photons = _ONE - _ONE
-            for x in range(w):
-                model_amplitude = np.sqrt(model_power[x])
-                target = measured[y, x]
-                good = mask[y, x]
-                row_cost += good * (model_amplitude - target) * (model_amplitude - target)
-                row_photons += good * model_power[x]
-                reflected_factor[x] = _ONE + good * (target / (np.sqrt(reflected_power[x]) + _FLOOR) - _ONE)
-                model_factor[x] = keep * (_ONE + good * (target / (model_amplitude + _FLOOR) - _ONE))
+                values = stored[m, 0].view(np.float32)
+                _single_row_from_half(stored_bits[j, m, y], values, values.view(np.uint32), unscale)
+            row_cost, row_photons = _difference_map_row(
+                model[j], y, stored, 0, model[j], y, amplitude[j, y], mask[y], keep, relaxation, buffers
+            )
             cost += row_cost
             photons += row_photons
             for m in range(n_modes):
-                model_row = model[j, m, y]
-                stored_row = farfield[j, m, y]
-                for x in range(w):
-                    f = model_row[x]
-                    g = stored_row[x]
-                    stored_row[x] = (
-                        relaxation * (g + (_TWO * f - g) * reflected_factor[x] - f) + model_factor[x] * f
-                    )
+                _half_row_from_single(
+                    model[j, m, y].view(np.float32), scale, stored_bits[j, m, y], row, row_bits
+                )
         if model_photons.shape[0]:
             model_photons[j] = photons
     return cost
@@ -582,23 +646,26 @@ def single_rows_from_half(bits, unscale, out):
         _single_row_from_half(bits[r], out[r], out_bits[r], unscale)
 
 
+@_inline
+def _half_row_from_single(source, scale, target, row, row_bits):
+    """``target = float16(source * scale)`` as uint16 bits, for a float32 row; ``row`` (and its bits) a scratch row."""
+    for x in range(source.shape[0]):
+        row[x] = abs(source[x]) * scale
+    for x in range(source.shape[0]):
+        sign = np.uint16(0x8000) if source[x] < 0 else np.uint16(0)
+        target[x] = _half_bits(row[x], row_bits[x]) | sign
+
+
 @_compile
 def half_rows_from_single(values, scale, out_bits):
     """``out = float16(values * scale)`` written as the float16s' uint16 bits, row by row of 2-D float32 arrays.
 
     Rounded as NumPy rounds (see :func:`_half_bits`). See :func:`.farfields.half_from_single`.
     """
-    n = values.shape[1]
-    row = np.empty(n, np.float32)
+    row = np.empty(values.shape[1], np.float32)
     row_bits = row.view(np.uint32)
     for r in range(values.shape[0]):
-        source = values[r]
-        target = out_bits[r]
-        for x in range(n):
-            row[x] = abs(source[x]) * scale
-        for x in range(n):
-            sign = np.uint16(0x8000) if source[x] < 0 else np.uint16(0)
-            target[x] = _half_bits(row[x], row_bits[x]) | sign
+        _half_row_from_single(values[r], scale, out_bits[r], row, row_bits)
 
 
 @_compile
