@@ -53,7 +53,7 @@ from bluesky_ptycho.solver.backend import (
     make_backend,
 )
 from bluesky_ptycho.solver.dm import DMOptions
-from bluesky_ptycho.solver.farfields import PRECISIONS
+from bluesky_ptycho.solver.farfields import BYTES_PER_NUMBER, PRECISIONS
 from bluesky_ptycho.solver.simulate import aperture_probe, realistic
 
 CASES = [(200, 64, 100), (516, 128, 20), (1000, 256, 4)]
@@ -149,8 +149,8 @@ SCALING_VARIANTS = {"1 mode": {}, "3 modes + positions": {"probe_modes": 3, "pos
 
 def solver_bytes(n_frames: int, size: int, algorithm: str, modes: int, farfield_precision: str) -> int:
     """The solver's bytes for a scaling case: per pixel of its frames, 2 for its float16 amplitudes and DM's
-    stored far fields (per mode: 8 as complex64, 4 as float16 pairs)."""
-    farfield = (8 if farfield_precision == "single" else 4) * modes if algorithm == "dm" else 0
+    stored far fields (per mode, :data:`~bluesky_ptycho.solver.farfields.BYTES_PER_NUMBER`)."""
+    farfield = BYTES_PER_NUMBER[farfield_precision] * modes if algorithm == "dm" else 0
     return n_frames * size * size * (2 + farfield)
 
 

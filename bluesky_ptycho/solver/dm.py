@@ -255,9 +255,8 @@ def fourier_update(model, farfield, amplitude, mask, beta: float, model_photons=
 
 def kernel_arguments(mask, model, amplitude, model_photons):
     """The mask and the photons' array as the compiled Fourier updates take them."""
-    return kernel_mask(mask, model.shape[-2:], amplitude.dtype), np.empty(
-        0
-    ) if model_photons is None else model_photons
+    photons = np.empty(0) if model_photons is None else model_photons
+    return kernel_mask(mask, model.shape[-2:], amplitude.dtype), photons
 
 
 def damped_quotient(numerator, weights, previous, largest: float | None = None):

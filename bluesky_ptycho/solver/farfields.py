@@ -28,7 +28,9 @@ import psutil
 
 from .frames import storage_scale
 
-PRECISIONS = ("single", "half")
+# DMOptions.farfield_precision: the bytes each stored complex number takes
+BYTES_PER_NUMBER = {"single": 8, "half": 4}
+PRECISIONS = tuple(BYTES_PER_NUMBER)
 
 
 class StoredFarFields:
@@ -58,7 +60,7 @@ class StoredFarFields:
 
     def bytes_per_frame(self, shape: tuple[int, int, int]) -> int:
         """Bytes a frame of (modes, h, w) far fields takes as stored."""
-        return int(np.prod(shape)) * (8 if self.precision == "single" else 4)
+        return int(np.prod(shape)) * BYTES_PER_NUMBER[self.precision]
 
     def grow(self, n_frames: int, shape: tuple[int, int, int]) -> None:
         """Room for ``n_frames`` frames of (modes, h, w), the frames stored so far kept first.
@@ -67,9 +69,10 @@ class StoredFarFields:
         host's free memory.
         """
         xp = self.backend.xp
-        available = psutil.virtual_memory().available
-        if xp is np and n_frames * self.bytes_per_frame(shape) > available:
-            raise MemoryError(self.too_large(n_frames, shape, available))
+        if xp is np:
+            needed, available = n_frames * self.bytes_per_frame(shape), psutil.virtual_memory().available
+            if needed > available:
+                raise MemoryError(self.too_large(n_frames, shape, needed, available))
         modes, h, w = shape
         grown = (
             xp.empty((n_frames, modes, h, w), np.complex64)
@@ -80,10 +83,9 @@ class StoredFarFields:
             grown[: len(self.values)] = self.values
         self.values = grown
 
-    def too_large(self, n_frames: int, shape: tuple[int, int, int], available: int) -> str:
-        """Why ``n_frames`` frames' far fields cannot be held, and what would help."""
+    def too_large(self, n_frames: int, shape: tuple[int, int, int], needed: int, available: int) -> str:
+        """Why ``n_frames`` frames' far fields (``needed`` bytes) cannot be held, and what would help."""
         gib = 2**30
-        needed = n_frames * self.bytes_per_frame(shape)
         modes, h, w = shape
         smaller = "farfield_precision='half' halves that, " if self.precision == "single" else ""
         return (
