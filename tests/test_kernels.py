@@ -141,7 +141,7 @@ def test_patch_overlap(problem):
 
     def overlap(state, first, second, kernels):
         return patch_overlap(
-            replace(state, backend=COMPILED if kernels is not None else ARRAYS), first, second
+            replace(state, backend=COMPILED if kernels is not None else ARRAYS), first, second, state.corners
         )
 
     (compiled, _), (arrays, _) = both_ways(overlap, state, obj, changed)

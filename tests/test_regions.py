@@ -12,7 +12,7 @@ from bluesky_ptycho.solver.communicator import Communicator
 from bluesky_ptycho.solver.positions import patch_gradients
 from bluesky_ptycho.solver.regions import CanvasRegion, spatial_blocks
 from bluesky_ptycho.solver.rpie import RPIE
-from bluesky_ptycho.solver.simulate import fermat_spiral
+from bluesky_ptycho.solver.simulate import fermat_spiral, simulate
 from bluesky_ptycho.solver.updates import add_scaled_in, regularised_step, regularised_step_in
 
 COMPILED = make_backend("cpu")
@@ -140,3 +140,38 @@ def test_a_refined_position_never_leaves_its_patch_without_a_pixel_of_canvas(alg
     assert state.host_corners.min() >= 1
     assert np.all(state.host_corners + state.frame_shape + 1 <= state.object.shape)
     assert np.isfinite(reconstructor.cost_history[-1])
+
+
+def test_dm_visits_a_large_scan_block_by_block_and_each_frame_keeps_its_own_results():
+    """DM stores and visits the far fields in spatially compact blocks; positions, scales and amplitudes
+    stay with their frames, so the frames' order in the scan changes nothing but rounding."""
+    data = simulate(n_frames=2400, frame_size=32, photons=1e5, position_error=1.0, seed=1).data
+    rng = np.random.default_rng(2)
+    shuffled = np.concatenate([rng.permutation(1500), 1500 + rng.permutation(900)])  # the same frames come first
+    settings = ReconstructionSettings(
+        algorithm="dm",
+        position_correction=True,
+        position_correction_start=0,
+        intensity_correction=True,
+        intensity_correction_start=2,
+    )
+    results = []
+    for order in (np.arange(len(shuffled)), shuffled):
+        reconstructor = Reconstructor(data.geometry, settings)
+        reconstructor.add_frames(data.frames[order[:1500]], data.positions[order[:1500]])
+        reconstructor.iterate(1)  # live: the rest arrive after an iteration
+        reconstructor.add_frames(data.frames[order[1500:]], data.positions[order[1500:]])
+        reconstructor.iterate(5)
+        stored = reconstructor.engine.order
+        assert sorted(stored) == list(range(2400)), "every frame's far fields once"
+        first = spatial_blocks(data.positions[order[:1500]])
+        assert np.array_equal(stored[: len(first[0])], first[0]), "block by block"
+        results.append(reconstructor.result())
+    natural, permuted = results
+    back = np.argsort(shuffled)
+    np.testing.assert_allclose(
+        permuted.positions[back], natural.positions, rtol=0, atol=1e-3 * min(natural.pixel_size)
+    )
+    np.testing.assert_allclose(permuted.frame_scales[back], natural.frame_scales, rtol=1e-4)
+    np.testing.assert_allclose(permuted.cost_history, natural.cost_history, rtol=1e-4)
+    assert np.abs(natural.positions - data.positions).max() > 0.1 * min(natural.pixel_size), "refined"

@@ -11,6 +11,9 @@ The exit waves are kept in Fourier space, where ``F(2 O P - psi)`` is
 which also gives the cost) and one inverse FFT (of the updated exit waves)
 per frame. All frames form one batch: the overlap projection is global; on
 several ranks its sums are summed over the ranks (:mod:`.decomposition`).
+The pass visits the frames block by spatially compact block
+(:func:`.regions.spatial_order`), the order their far fields are stored in:
+the canvas a block covers stays in cache however large the scan's area.
 
 The overlap projection updates the object from the exit waves and the probe,
 then the probe from the exit waves and the new object ``O'``. Both come from
@@ -46,6 +49,7 @@ from .intensity import corrected_amplitudes
 from .options import AlgorithmOptions, option
 from .positions import bounded_shifts, gradient_shifts, within_bound
 from .probe import rotate_modes, shift_ramp
+from .regions import spatial_order
 from .state import SolverState
 from .updates import patch_overlap, update_terms
 
@@ -81,6 +85,7 @@ class DifferenceMap(Engine):
     def __init__(self, settings) -> None:
         super().__init__(settings)
         self.farfield = None
+        self.order = np.arange(0)
         self.workspace = None
         self.stored_workspace = None
 
@@ -88,6 +93,8 @@ class DifferenceMap(Engine):
         xp, backend = state.xp, state.backend
         if self.farfield is None:
             self.farfield = StoredFarFields(backend, self.settings.options.farfield_precision)
+        new = n_before + spatial_order(state.positions[n_before:])
+        self.order = np.concatenate([self.order[:n_before], new])
         shape = state.probe.shape
         self.farfield.grow(state.n_frames, shape)
         largest = max(part.stop - part.start for part in self.parts(state))
@@ -97,7 +104,7 @@ class DifferenceMap(Engine):
         for part in self.parts(state, n_before):
             waves = exit_waves_at(
                 state.object,
-                state.corners[part],
+                state.corners[self.order[part]],
                 state.probe,
                 out=self.workspace[: part.stop - part.start],
                 kernels=backend.kernels,
@@ -105,7 +112,10 @@ class DifferenceMap(Engine):
             self.farfield.put(part, backend.fft2(waves, overwrite_x=True))
 
     def parts(self, state: SolverState, first: int = 0) -> list[slice]:
-        """The frames from ``first`` on, in :meth:`chunks` of consecutive frames."""
+        """The stored far fields from row ``first`` on, in :meth:`chunks` of consecutive rows.
+
+        Row ``r`` holds the far fields of frame ``self.order[r]``.
+        """
         return [
             slice(int(chunk[0]), int(chunk[-1]) + 1)
             for chunk in self.chunks(np.arange(first, state.n_frames), state)
@@ -119,7 +129,8 @@ class DifferenceMap(Engine):
         correct = self.corrects_intensity(iteration)
         # one pass, chunk by chunk in cache: Fourier side, then the object's and the probe's sums
         for part in self.parts(state):
-            corners = state.corners[part]
+            frames = self.order[part]
+            corners = state.corners[frames]
             model = exit_waves_at(
                 state.object,
                 corners,
@@ -129,10 +140,10 @@ class DifferenceMap(Engine):
             )
             model = backend.fft2(model, overwrite_x=True)
             model_photons = state.xp.empty(len(corners), np.float64) if correct else None
-            amplitude = corrected_amplitudes(state, part, correct)
+            amplitude = corrected_amplitudes(state, frames, correct)
             cost += self.update_far_fields(state, part, model, amplitude, model_photons)
             if correct:
-                state.intensity.observe(part, model_photons)
+                state.intensity.observe(frames, model_photons)
             psi = backend.ifft2(model, overwrite_x=True)
             terms = update_terms(state, corners, psi, for_probe=probe_too, terms=terms)
         sum_over_ranks(state, [terms.object_numerator, terms.illumination])
@@ -142,7 +153,8 @@ class DifferenceMap(Engine):
         largest = state.comm.most(float(terms.illumination.max()))  # every rank's canvas, as one process's
         state.object = damped_quotient(terms.object_numerator, terms.illumination, state.object, largest)
         if probe_too:
-            overlap = state.comm.sum(patch_overlap(state, previous, state.object))  # see the module docstring
+            overlap = patch_overlap(state, previous, state.object, state.corners[self.order])
+            overlap = state.comm.sum(overlap)  # see the module docstring
             state.probe = damped_quotient(terms.probe_numerator, overlap, state.probe)
             self.finish_probe(state, iteration)
         if self.refines_positions(iteration):
@@ -150,7 +162,7 @@ class DifferenceMap(Engine):
         return cost
 
     def update_far_fields(self, state: SolverState, part: slice, model, amplitude, model_photons) -> float:
-        """:func:`fourier_update` of the far fields of ``part``; ``model`` (``F(P O)``) becomes the updated ones.
+        """:func:`fourier_update` of the far fields in rows ``part``; ``model`` (``F(P O)``) becomes the updated ones.
 
         Returns the amplitude misfit of ``model``. Far fields in half precision
         are read and written by one compiled pass where there are kernels.
@@ -184,13 +196,14 @@ class DifferenceMap(Engine):
         """
         backend, shifts = state.backend, []
         for part in self.parts(state):
-            corners = state.corners[part]
+            corners = state.corners[self.order[part]]
             waves = self.farfield.read(part, self.workspace[: len(corners)])
             chi = backend.ifft2(waves, overwrite_x=True)
             chi -= exit_waves_at(state.object, corners, state.probe, kernels=backend.kernels)
             shifts.append(gradient_shifts(state, corners, chi))
         s = self.settings
-        moves = bounded_shifts(np.concatenate(shifts), s.position_step, s.max_position_step)
+        moves = np.empty_like(state.positions)
+        moves[self.order] = bounded_shifts(np.concatenate(shifts), s.position_step, s.max_position_step)
         state.set_positions(within_bound(state, state.positions + moves))
 
     def orthogonalizes(self, iteration: int) -> bool:

@@ -44,6 +44,11 @@ def spatial_blocks(positions: np.ndarray, largest: int = BLOCK_FRAMES) -> list[n
     return blocks
 
 
+def spatial_order(positions: np.ndarray) -> np.ndarray:
+    """Frame indices (N,), the :func:`spatial_blocks` of ``positions`` one after another."""
+    return np.concatenate(spatial_blocks(positions))
+
+
 @dataclass(frozen=True, eq=False)
 class CanvasRegion:
     """The ``tile`` x ``tile`` squares of a canvas that some patch touches.

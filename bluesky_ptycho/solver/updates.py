@@ -120,15 +120,18 @@ def probe_terms_of_every_rank(state: SolverState, terms: UpdateTerms) -> UpdateT
     return terms
 
 
-def patch_overlap(state: SolverState, first, second):
-    """``sum_j conj(first[patch_j]) * second[patch_j]`` over every frame's patch of two objects, (h, w)."""
+def patch_overlap(state: SolverState, first, second, corners):
+    """``sum_j conj(first[patch_j]) * second[patch_j]`` over the patches at ``corners`` of two objects, (h, w).
+
+    ``corners`` (N, 2) are visited in their order.
+    """
     kernels = state.backend.kernels
     if kernels is not None:
         overlap = state.xp.zeros(state.frame_shape, second.dtype)
-        kernels.accumulate_patch_overlap(first, second, state.corners, overlap)
+        kernels.accumulate_patch_overlap(first, second, corners, overlap)
         return overlap
-    patches = gather_patches(first, state.corners, state.frame_shape).conj()
-    return (patches * gather_patches(second, state.corners, state.frame_shape)).sum(axis=0)
+    patches = gather_patches(first, corners, state.frame_shape).conj()
+    return (patches * gather_patches(second, corners, state.frame_shape)).sum(axis=0)
 
 
 def regularised_step(numerator, weights, alpha: float):
