@@ -147,7 +147,9 @@ def test_dm_visits_a_large_scan_block_by_block_and_each_frame_keeps_its_own_resu
     stay with their frames, so the frames' order in the scan changes nothing but rounding."""
     data = simulate(n_frames=2400, frame_size=32, photons=1e5, position_error=1.0, seed=1).data
     rng = np.random.default_rng(2)
-    shuffled = np.concatenate([rng.permutation(1500), 1500 + rng.permutation(900)])  # the same frames come first
+    shuffled = np.concatenate(
+        [rng.permutation(1500), 1500 + rng.permutation(900)]
+    )  # the same frames come first
     settings = ReconstructionSettings(
         algorithm="dm",
         position_correction=True,
