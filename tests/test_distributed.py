@@ -187,6 +187,8 @@ real_narrow = np.arange(4, dtype=np.float32)[::2] * scale  # not contiguous
 on_device = strict.xp.asarray(np.full((2, 2), 1.5 + 0.5j, np.complex64) * scale)
 sums = comm.sum_together(complex_wide, real_narrow, on_device)
 totals = comm.totals(0.25 * scale, 3 * scale)
+most = comm.most(7 * scale)
+low, high = comm.extent(np.array([-1.0, 2.0]) * scale, np.array([4.0, 5.0]) * scale)
 if comm.rank == 0:
     print(json.dumps({
         "same": [sums[0] is complex_wide, sums[1] is real_narrow, sums[2] is on_device],
@@ -194,21 +196,24 @@ if comm.rank == 0:
         "real_narrow": [real_narrow.tolist(), str(real_narrow.dtype)],
         "on_device": [to_numpy(on_device).real.tolist(), to_numpy(on_device).imag.tolist()],
         "totals": totals,
+        "most": most,
+        "extent": [low.tolist(), high.tolist()],
         "collectives": comm.collectives,
     }))
 """
 
 
-def test_arrays_of_any_type_and_module_are_summed_over_the_ranks_in_one_collective():
+@pytest.mark.parametrize("n_ranks", [1, 2])
+def test_arrays_of_any_type_and_module_are_summed_over_the_ranks_in_one_collective(n_ranks):
     done = subprocess.run(
-        [mpiexec_path(), "-n", "2", sys.executable, "-c", RANK_SUMS],
+        [mpiexec_path(), "-n", str(n_ranks), sys.executable, "-c", RANK_SUMS],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
     )
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    ranks = 1 + 2  # the scales of ranks 0 and 1
+    ranks = sum(range(1, n_ranks + 1))  # the ranks' scales added
     base = np.arange(6).reshape(2, 3) + 1 / 7
     assert got["same"] == [True, True, True]  # summed in place
     real, imag, dtype = got["complex_wide"]
@@ -218,7 +223,9 @@ def test_arrays_of_any_type_and_module_are_summed_over_the_ranks_in_one_collecti
     assert got["real_narrow"] == [[0.0, 2.0 * ranks], "float32"]
     assert got["on_device"] == [[[1.5 * ranks] * 2] * 2, [[0.5 * ranks] * 2] * 2]
     assert got["totals"] == [0.25 * ranks, 3.0 * ranks]
-    assert got["collectives"] == 2
+    assert got["most"] == 7 * n_ranks
+    assert got["extent"] == [[-n_ranks, 2.0], [4.0 * n_ranks, 5.0 * n_ranks]]
+    assert got["collectives"] == (4 if n_ranks > 1 else 0), "one rank makes no reductions"
 
 
 def test_a_live_scan_is_reconstructed_over_ranks_previews_and_final(tmp_path):

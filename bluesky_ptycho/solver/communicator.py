@@ -13,7 +13,7 @@ place, other arrays (CuPy, the strict test module) through host memory) and
 same point go through one collective (:meth:`Communicator.sum_together`,
 :meth:`Communicator.totals`): over many ranks a small all-reduce costs its
 messages' latency, whatever its bytes, and the algorithms make some after
-every batch.
+every batch. An :class:`MPICommunicator` of one rank makes no reductions.
 """
 
 from __future__ import annotations
@@ -159,14 +159,20 @@ class MPICommunicator(Communicator):
         return arrays
 
     def totals(self, *values: float) -> tuple[float, ...]:
+        if self.size == 1:
+            return super().totals(*values)
         return tuple(float(value) for value in self._all_reduce(np.array(values, dtype=np.float64)))
 
     def most(self, value: float) -> float:
+        if self.size == 1:
+            return value
         self.bytes_sent += 8
         self.collectives += 1
         return self.comm.allreduce(value, op=self._mpi.MAX)
 
     def extent(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.size == 1:
+            return low, high
         # the lowest low and the highest high in one collective: the minimum of (low, -high)
         lowest = self._all_reduce(np.concatenate([low, -np.asarray(high)]).astype(np.float64), self._mpi.MIN)
         return lowest[: len(low)], -lowest[len(low) :]
