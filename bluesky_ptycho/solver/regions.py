@@ -9,7 +9,8 @@ spatially compact blocks of at most ``BLOCK_FRAMES`` frames
 more canvas than a batch of a scan of that size does, so an iteration
 costs in proportion to the scan's frames however large its area grows.
 Scans of up to ``BLOCK_FRAMES`` frames are one block: their batches are
-random draws from the whole scan, as ever.
+random draws from the whole scan, as ever. DM, whose one batch is every
+frame, visits them block after block (:func:`spatial_order`).
 """
 
 from __future__ import annotations
