@@ -9,6 +9,7 @@ from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, fourier
 from bluesky_ptycho.solver.backend import make_backend
 from bluesky_ptycho.solver.dm import fourier_update, kernel_arguments
 from bluesky_ptycho.solver.farfields import StoredFarFields, half_from_single, rows, single_from_half
+from bluesky_ptycho.solver.frames import PAGE_FRAMES
 from bluesky_ptycho.solver.simulate import realistic
 
 BACKEND = make_backend("cpu")
@@ -112,4 +113,36 @@ def test_far_fields_that_do_not_fit_are_refused_naming_what_would_help(precision
     gib = 10**9 * 256 * 256 * (8 if precision == "single" else 4) / 2**30
     assert f"{gib:.1f} GiB in {precision} precision" in message
     assert ("farfield_precision='half'" in message) == (precision == "single")
-    assert "--ranks" in message and store.values is None
+    assert "--ranks" in message and not store.pages
+
+
+@pytest.mark.parametrize("precision", ["single", "half"])
+def test_far_fields_grow_page_by_page_copying_only_the_last_partly_filled_page(precision):
+    store, shape = StoredFarFields(BACKEND, precision), (2, 4, 3)
+    rng = np.random.default_rng(5)
+    values = (rng.standard_normal((700, *shape)) + 1j * rng.standard_normal((700, *shape))).astype(
+        np.complex64
+    )
+
+    def put(first: int, stop: int) -> None:
+        for run in store.runs(first, stop):
+            store.put(slice(run.start, run.stop), values[run.start : run.stop])
+
+    store.grow(300, shape)
+    put(0, 300)
+    first_page = store.pages[0]
+    store.grow(700, shape)  # a live scan's next frames
+    put(300, 700)
+    assert store.pages[0] is first_page, "full pages are never copied"
+    assert [len(page) for page in store.pages] == [PAGE_FRAMES, PAGE_FRAMES, 700 - 2 * PAGE_FRAMES]
+    assert len(store) == 700 and store.nbytes == 700 * store.bytes_per_frame(shape)
+    assert [(run.start, run.stop) for run in store.runs(250, 600)] == [(250, 256), (256, 512), (512, 600)]
+    read = np.empty_like(values)
+    for run in store.runs(0, 700):
+        store.read(slice(run.start, run.stop), read[run.start : run.stop])
+    rounding = 0 if precision == "single" else 2**-10
+    assert np.abs(read - values).max() <= rounding * np.abs(values).max(), (
+        "every frame kept, the first ones too"
+    )
+    with pytest.raises(IndexError, match="span pages"):
+        store.stored(slice(250, 260))

@@ -112,13 +112,14 @@ class DifferenceMap(Engine):
             self.farfield.put(part, backend.fft2(waves, overwrite_x=True))
 
     def parts(self, state: SolverState, first: int = 0) -> list[slice]:
-        """The stored far fields from row ``first`` on, in :meth:`chunks` of consecutive rows.
+        """The stored far fields from row ``first`` on, in :meth:`chunks` of consecutive rows within a page.
 
         Row ``r`` holds the far fields of frame ``self.order[r]``.
         """
         return [
             slice(int(chunk[0]), int(chunk[-1]) + 1)
-            for chunk in self.chunks(np.arange(first, state.n_frames), state)
+            for run in self.farfield.runs(first, state.n_frames)
+            for chunk in self.chunks(np.arange(run.start, run.stop), state)
         ]
 
     def iterate(

@@ -17,16 +17,22 @@ The FFTs and the update stay in single precision: DM's Fourier update
 reads and writes the float16 pairs in the same compiled pass
 (:func:`.kernels.difference_map_fourier_half`); every other read and write
 goes a chunk of frames at a time through a single-precision workspace.
+
+The far fields are held in pages of ``PAGE_FRAMES`` frames, as the frames
+are: frames added to a live scan take new pages (and the last page, partly
+filled, is copied into a larger one), so that a scan's far fields are
+never copied whole nor held twice while they grow.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import numpy as np
 import psutil
 
-from .frames import storage_scale
+from .frames import PAGE_FRAMES, storage_scale
 
 # DMOptions.farfield_precision: the bytes each stored complex number takes
 BYTES_PER_NUMBER = {"single": 8, "half": 4}
@@ -34,7 +40,10 @@ PRECISIONS = tuple(BYTES_PER_NUMBER)
 
 
 class StoredFarFields:
-    """Far fields (N, modes, h, w) of every frame, held in ``precision``.
+    """Far fields (N, modes, h, w) of every frame, held in ``precision``, in pages of ``PAGE_FRAMES`` frames.
+
+    The frames of a ``part`` (a slice) read or written at once lie in one
+    page (:meth:`runs`).
 
     Parameters
     ----------
@@ -48,15 +57,15 @@ class StoredFarFields:
     def __init__(self, backend, precision: str) -> None:
         self.backend = backend
         self.precision = precision
-        self.values = None
+        self.pages: list = []  # every page but the last holds PAGE_FRAMES frames
         self.scale = None
 
     def __len__(self) -> int:
-        return 0 if self.values is None else len(self.values)
+        return sum(len(page) for page in self.pages)
 
     @property
     def nbytes(self) -> int:
-        return 0 if self.values is None else self.values.nbytes
+        return sum(int(page.nbytes) for page in self.pages)
 
     def bytes_per_frame(self, shape: tuple[int, int, int]) -> int:
         """Bytes a frame of (modes, h, w) far fields takes as stored."""
@@ -65,39 +74,61 @@ class StoredFarFields:
     def grow(self, n_frames: int, shape: tuple[int, int, int]) -> None:
         """Room for ``n_frames`` frames of (modes, h, w), the frames stored so far kept first.
 
-        Refuses, naming what would help, far fields that would not fit in the
-        host's free memory.
+        Only the last page, partly filled, is copied. Refuses, naming what
+        would help, far fields that would not fit in the host's free memory.
         """
-        xp = self.backend.xp
-        if xp is np:
-            needed, available = n_frames * self.bytes_per_frame(shape), psutil.virtual_memory().available
+        held = len(self)
+        sizes = [
+            min(PAGE_FRAMES, n_frames - first)
+            for first in range(held - held % PAGE_FRAMES, n_frames, PAGE_FRAMES)
+        ]
+        if self.backend.xp is np:
+            needed, available = sum(sizes) * self.bytes_per_frame(shape), psutil.virtual_memory().available
             if needed > available:
                 raise MemoryError(self.too_large(n_frames, shape, needed, available))
+        if held % PAGE_FRAMES:
+            partial = self.pages.pop()
+            self.pages.append(self.empty_page(sizes[0], shape))
+            self.pages[-1][: held % PAGE_FRAMES] = partial
+            sizes = sizes[1:]
+        self.pages += [self.empty_page(size, shape) for size in sizes]
+
+    def empty_page(self, n_frames: int, shape: tuple[int, int, int]):
+        """Uninitialised room for ``n_frames`` frames of (modes, h, w) as stored."""
         modes, h, w = shape
-        grown = (
-            xp.empty((n_frames, modes, h, w), np.complex64)
-            if self.precision == "single"
-            else xp.empty((n_frames, modes, h, 2 * w), np.float16)
-        )
-        if self.values is not None:
-            grown[: len(self.values)] = self.values
-        self.values = grown
+        if self.precision == "single":
+            return self.backend.xp.empty((n_frames, modes, h, w), np.complex64)
+        return self.backend.xp.empty((n_frames, modes, h, 2 * w), np.float16)
 
     def too_large(self, n_frames: int, shape: tuple[int, int, int], needed: int, available: int) -> str:
-        """Why ``n_frames`` frames' far fields (``needed`` bytes) cannot be held, and what would help."""
+        """Why ``n_frames`` frames' far fields (``needed`` bytes more than held) cannot be held, and what would help."""
         gib = 2**30
         modes, h, w = shape
         smaller = "farfield_precision='half' halves that, " if self.precision == "single" else ""
+        more = f" ({needed / gib:.1f} GiB more than held)" if self.pages else ""
         return (
             f"dm keeps every frame's far fields: {n_frames} frames x {modes} modes of {h}x{w} need "
-            f"{needed / gib:.1f} GiB in {self.precision} precision, and {available / gib:.1f} GiB of memory "
-            f"is free; {smaller}several MPI ranks (--ranks) share it, and rpie or lsqml keep none"
+            f"{n_frames * self.bytes_per_frame(shape) / gib:.1f} GiB in {self.precision} precision{more}, "
+            f"and {available / gib:.1f} GiB of memory is free; {smaller}several MPI ranks (--ranks) share it, "
+            "and rpie or lsqml keep none"
         )
+
+    def runs(self, first: int, stop: int) -> list[range]:
+        """The frames ``first`` to ``stop`` (exclusive) in runs that each lie in one page."""
+        edges = [first, *range((first // PAGE_FRAMES + 1) * PAGE_FRAMES, stop, PAGE_FRAMES), stop]
+        return [range(low, high) for low, high in itertools.pairwise(edges) if high > low]
+
+    def stored(self, part: slice):
+        """The stored values of ``part`` (within one page): a view."""
+        page, row = divmod(part.start, PAGE_FRAMES)
+        if part.stop - page * PAGE_FRAMES > PAGE_FRAMES:
+            raise IndexError(f"frames {part.start}-{part.stop - 1} span pages of {PAGE_FRAMES} frames")
+        return self.pages[page][row : part.stop - page * PAGE_FRAMES]
 
     def put(self, part: slice, values) -> None:
         """Store the complex ``values`` (n, modes, h, w) as the frames of ``part``."""
         if self.precision == "single":
-            self.values[part] = values
+            self.stored(part)[...] = values
             return
         if self.scale is None:
             self.scale = np.float32(storage_scale(float(abs(values).max())))
@@ -105,7 +136,7 @@ class StoredFarFields:
         if kernels is not None:
             kernels.half_rows_from_single(rows(values.view(np.float32)), self.scale, rows(self.bits(part)))
         else:
-            self.values[part] = half_from_single(values, self.scale)
+            self.stored(part)[...] = half_from_single(values, self.scale)
 
     def chunk(self, part: slice, workspace):
         """The far fields of ``part`` as complex64 to read or change: the stored ones, or a copy in ``workspace``.
@@ -113,24 +144,24 @@ class StoredFarFields:
         A change reaches the store with :meth:`keep`.
         """
         if self.precision == "single":
-            return self.values[part]
+            return self.stored(part)
         return self.read(part, workspace[: part.stop - part.start])
 
     def read(self, part: slice, out):
         """``out`` (n, modes, h, w) complex64 = the far fields of ``part``; returns ``out``."""
         if self.precision == "single":
-            out[...] = self.values[part]
+            out[...] = self.stored(part)
             return out
         kernels = self.backend.kernels
         if kernels is not None:
             kernels.single_rows_from_half(rows(self.bits(part)), self.unscale, rows(out.view(np.float32)))
         else:
-            single_from_half(self.values[part], self.unscale, out)
+            single_from_half(self.stored(part), self.unscale, out)
         return out
 
     def bits(self, part: slice):
         """The stored float16 pairs of ``part`` as their uint16 bits (what compiled kernels take; half precision)."""
-        return self.values[part].view(np.uint16)
+        return self.stored(part).view(np.uint16)
 
     @property
     def unscale(self) -> np.float32:
