@@ -134,7 +134,9 @@ class MPICommunicator(Communicator):
         self.size = self.comm.Get_size()
 
     def _all_reduce(self, buffer: np.ndarray, op=None) -> np.ndarray:
-        """``buffer`` (contiguous NumPy) reduced over the ranks in place (default: summed)."""
+        """``buffer`` (contiguous NumPy) reduced over the ranks in place (default: summed); one rank's is itself."""
+        if self.size == 1:
+            return buffer
         self.comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM if op is None else op)
         self.bytes_sent += buffer.nbytes
         self.collectives += 1
@@ -159,8 +161,6 @@ class MPICommunicator(Communicator):
         return arrays
 
     def totals(self, *values: float) -> tuple[float, ...]:
-        if self.size == 1:
-            return super().totals(*values)
         return tuple(float(value) for value in self._all_reduce(np.array(values, dtype=np.float64)))
 
     def most(self, value: float) -> float:
@@ -171,8 +171,6 @@ class MPICommunicator(Communicator):
         return self.comm.allreduce(value, op=self._mpi.MAX)
 
     def extent(self, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.size == 1:
-            return low, high
         # the lowest low and the highest high in one collective: the minimum of (low, -high)
         lowest = self._all_reduce(np.concatenate([low, -np.asarray(high)]).astype(np.float64), self._mpi.MIN)
         return lowest[: len(low)], -lowest[len(low) :]
