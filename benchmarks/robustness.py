@@ -10,6 +10,8 @@ precision against single; ``--ranks N``: R over N MPI ranks against one process;
 motion and a drifting probe, :data:`IMPERFECTIONS`; ``--refinement``: R with
 refinement on against off where the recorded positions are nearly right;
 ``--position-step`` the share of each least-squares shift refinement takes;
+``--object porous``: a porous sample instead of the star, on the grid and
+with ``--positions``;
 ``--intensity``: intensity correction on against off, on the grid and under
 a beam whose power drifts; ``--variable-probe K``: a probe varying through
 the scan, K eigen-probes, against one probe, on the grid and under drifting
@@ -61,9 +63,11 @@ class Case:
     geometry: str
     defocus: float
     photons: float
+    object_kind: str = "weak_phase"
 
     def label(self) -> str:
-        return f"{self.geometry} {self.defocus * 1e3:+5.1f} mm {self.photons:7.0e}"
+        kind = "" if self.object_kind == "weak_phase" else f" {self.object_kind}"
+        return f"{self.geometry} {self.defocus * 1e3:+5.1f} mm {self.photons:7.0e}{kind}"
 
 
 GRID = [
@@ -120,6 +124,7 @@ def simulate_case(case: Case, n_frames: int, seed: int = 11, **imperfections):
         photons=case.photons,
         n_frames=n_frames,
         seed=seed,
+        object_kind=case.object_kind,
         **imperfections,
         **GEOMETRIES[case.geometry],
     )
@@ -424,6 +429,13 @@ def main() -> None:
         help="judge position refinement on imperfect scans (stage errors, fly scans, a drifting probe), instead",
     )
     parser.add_argument(
+        "--object",
+        choices=("weak_phase", "porous"),
+        default="weak_phase",
+        help="the simulated sample: a weak-phase Siemens star (default) or a porous sample as thin, "
+        "whose texture shows a position error in every frame",
+    )
+    parser.add_argument(
         "--variable-probe",
         type=int,
         default=0,
@@ -437,7 +449,10 @@ def main() -> None:
         "(with --variable-probe: both with intensity correction)",
     )
     args = parser.parse_args()
-    cases = QUICK if args.quick else GRID
+    if args.object != "weak_phase" and (args.intensity or args.variable_probe):
+        parser.error("--object applies to the grid and --positions, not to --intensity or --variable-probe")
+    cases = [replace(case, object_kind=args.object) for case in (QUICK if args.quick else GRID)]
+    position_cases = [replace(case, object_kind=args.object) for case in POSITION_CASES]
     final = ReconstructionSettings.final()
     settings = final.for_preview() if args.preview else final
     if args.position_step is not None:
@@ -467,7 +482,7 @@ def main() -> None:
         intensity_corrected(cases, args.frames, settings)
         return
     if args.positions:
-        positions_refined(POSITION_CASES[:1] if args.quick else POSITION_CASES, args.frames, settings)
+        positions_refined(position_cases[:1] if args.quick else position_cases, args.frames, settings)
         return
     defaults_against_true_probe(cases, args.frames, settings)
     if args.final:

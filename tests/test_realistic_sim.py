@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from bluesky_ptycho.solver.probe import mode_powers
-from bluesky_ptycho.solver.simulate import DetectorModel, probe_diameter, realistic, simulate
+from bluesky_ptycho.solver.simulate import (
+    DetectorModel,
+    porous_object,
+    probe_diameter,
+    realistic,
+    simulate,
+    weak_phase_object,
+)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +81,33 @@ def test_detector_model_without_effects_is_poisson():
 def test_unknown_object_kind_is_refused():
     with pytest.raises(ValueError, match="object_kind"):
         simulate(n_frames=4, frame_size=16, object_kind="cat")
+
+
+def similarity(image: np.ndarray, corner: tuple[int, int], shift: tuple[int, int], size: int = 40) -> float:
+    """Correlation coefficient of a ``size``² patch of ``image`` at ``corner`` with the patch ``shift`` pixels away."""
+    (row, col), (down, right) = corner, shift
+    patch = image[row : row + size, col : col + size]
+    moved = image[row + down : row + down + size, col + right : col + right + size]
+    return float(np.corrcoef(patch.ravel(), moved.ravel())[0, 1])
+
+
+def test_porous_object_shows_a_shift_of_a_scan_step_in_every_direction():
+    phase = np.angle(porous_object((240, 240), np.random.default_rng(3)))
+    assert phase.min() >= 0 and phase.max() == pytest.approx(0.4, abs=0.01)
+    assert 0.4 < np.mean(phase > 0.2) < 0.6  # pores and material share the area
+    corner = (100, 170)
+    assert similarity(phase, corner, (1, 0)) > 0.8 and similarity(phase, corner, (0, 1)) > 0.8  # not noise
+    # a patch 10 px (a scan step) away looks different in any direction ...
+    steps = [(10, 0), (0, 10), (7, 7), (7, -7)]
+    assert max(similarity(phase, corner, step) for step in steps) < 0.4
+    # ... where the star's patch there hardly changes along its spoke (radially)
+    star = np.angle(weak_phase_object((240, 240)))
+    assert similarity(star, corner, (0, 10)) > 0.8
+
+
+def test_realistic_scan_of_a_porous_sample_keeps_the_scan():
+    star = realistic(-1e-3, photons=1e5, n_frames=20, frame_size=64, seed=2)
+    porous = realistic(-1e-3, photons=1e5, n_frames=20, frame_size=64, seed=2, object_kind="porous")
+    np.testing.assert_array_equal(porous.data.positions, star.data.positions)
+    assert np.abs(np.angle(porous.true_object) - np.angle(star.true_object)).max() > 0.2
+    assert not np.array_equal(porous.data.frames, star.data.frames)

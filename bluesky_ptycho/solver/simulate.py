@@ -17,7 +17,7 @@ from .probe import add_modes, normalize_power, orthogonalize_modes, propagate, s
 DEFAULT_ENERGY_J = 8000 * 1.602176634e-19
 DEFAULT_DISTANCE = 2.0
 DEFAULT_PIXEL = 75e-6
-OBJECT_KINDS = ("star", "weak_phase")
+OBJECT_KINDS = ("star", "weak_phase", "porous")
 # exit waves simulated at a time: a scan of any length needs memory for its frames only
 SIMULATION_CHUNK_BYTES = 2**30
 
@@ -44,6 +44,29 @@ def weak_phase_object(shape: tuple[int, int], max_phase: float = 0.4, absorption
     ``1 - absorption``; elsewhere the object is 1 (little amplitude contrast).
     """
     thickness = (siemens_star(shape, low=0.0)).astype(np.float64)
+    return ((1 - absorption * thickness) * np.exp(1j * max_phase * thickness)).astype(np.complex64)
+
+
+def porous_object(
+    shape: tuple[int, int],
+    rng: np.random.Generator,
+    max_phase: float = 0.4,
+    absorption: float = 0.03,
+    pore_size: float = 12.0,
+) -> np.ndarray:
+    """A thin porous sample as a hard X-ray beam sees it: a weak phase object with random, isotropic texture.
+
+    Pores of about ``pore_size`` pixels (the correlation length of a smoothed
+    random field cut at its median) in material of phase ``max_phase`` and
+    amplitude ``1 - absorption``. Unlike a Siemens star it looks different
+    wherever it is lit and in every direction, as measured porous samples
+    do: a position error of a scan step is visible in every frame.
+    """
+    import scipy.ndimage  # here, not in every import of the solver
+
+    field = scipy.ndimage.gaussian_filter(rng.normal(size=shape), pore_size / 3, mode="wrap")
+    material = (field > np.median(field)).astype(np.float64)
+    thickness = scipy.ndimage.gaussian_filter(material, 0.7)  # edges of a pixel, as the star's
     return ((1 - absorption * thickness) * np.exp(1j * max_phase * thickness)).astype(np.complex64)
 
 
@@ -353,7 +376,8 @@ def simulate(
         coherent modes (see :func:`partially_coherent_probe`).
     object_kind
         "star": a Siemens-star amplitude with a strong smooth phase;
-        "weak_phase": a thin star with little amplitude contrast (:func:`weak_phase_object`).
+        "weak_phase": a thin star with little amplitude contrast (:func:`weak_phase_object`);
+        "porous": as thin, a random porous texture (:func:`porous_object`).
     detector
         Detector effects (background, read noise, dead and hot pixels,
         beamstop) with the mask of the pixels they spoil; None: Poisson noise only.
@@ -407,7 +431,11 @@ def simulate(
     origin = visited.reshape(-1, 2).min(axis=0) - margin * on_grid
     corners = np.rint((visited - origin)[..., ::-1] / (py, px)).astype(np.int64)
     extent = tuple(int(e) for e in corners.reshape(-1, 2).max(axis=0) + shape + margin)
-    obj = test_object(extent) if object_kind == "star" else weak_phase_object(extent)
+    if object_kind == "porous":
+        # a generator of its own: one seed, one sample, whatever the scan and the noise draw
+        obj = porous_object(extent, np.random.default_rng([seed, 2]))
+    else:
+        obj = test_object(extent) if object_kind == "star" else weak_phase_object(extent)
     probe = normalize_power(probe, 1e6 if photons is None else photons)
     probes = None if probe_drift is None else probe_drift.probes(probe, geometry, imperfect)
     mask = None
@@ -463,6 +491,7 @@ def realistic(
     stage: StageErrors | None = None,
     fly_motion: float = 0.0,
     probe_drift: ProbeDrift | None = None,
+    object_kind: str = "weak_phase",
     **geometry,
 ) -> SimulatedData:
     """A scan as hard as measured data: what the robustness benchmark and the tests judge defaults on.
@@ -471,7 +500,8 @@ def realistic(
     metres out of focus, whose bright-field disc is sized so that the probe
     spans about 40 % of the frame (as an experimenter would choose); a
     partially coherent beam (three modes, the first carrying about 70-80 %);
-    a weak-phase Siemens star; Poisson noise with background, dead and hot
+    a weak-phase Siemens star (``object_kind="porous"``: a porous sample as
+    thin, :func:`porous_object`); Poisson noise with background, dead and hot
     pixels and a beamstop (masked); position errors of 3 % of the step, or
     the ``stage``'s errors where given; a fly scan's ``fly_motion`` and a
     ``probe_drift`` as :func:`simulate` takes them. ``geometry`` takes
@@ -507,7 +537,7 @@ def realistic(
         central_stop=0.4,
         order_sorting_aperture=0.5 * frame_size,
         source_size=frame_size / (8 * pupil_radius),
-        object_kind="weak_phase",
+        object_kind=object_kind,
         detector=detector,
         stage=stage,
         fly_motion=fly_motion,
