@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, object_error, simulate
+from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, StageErrors, object_error, simulate
 from bluesky_ptycho.solver.defocus import estimate_defocus
 from bluesky_ptycho.solver.probe import probe_from_mean_pattern, propagate
 from bluesky_ptycho.solver.simulate import realistic
@@ -15,6 +16,7 @@ from bluesky_ptycho.solver.simulate import realistic
 DEFOCI = [0.0, 1e-3, -1e-3, 2e-3, -2e-3]
 # measured-like data: the shadow is noisy, and blurred in a small disc at large defocus
 REALISTIC = [(0.2e-3, 1e4), (-0.5e-3, 1e4), (1e-3, 1e7), (2e-3, 1e7), (-3e-3, 1e5)]
+ONE_STEP_OFF = {"stage": StageErrors(random=1.0), "object_kind": "porous"}
 
 
 def focused_sim(defocus: float, seed: int = 3):
@@ -56,6 +58,20 @@ def test_estimate_on_measured_like_data(defocus, photons):
     assert np.sign(estimate.defocus) == np.sign(defocus)
     assert abs(estimate.defocus / defocus - 1) <= 0.25, estimate.defocus
     assert len(estimate.trials) == 7 and estimate.seconds < 5
+    assert estimate.warning is None
+
+
+def test_defocus_in_doubt_where_positions_are_off_by_a_step_is_recorded():
+    # a step of random position error: the trials take the smallest probe (here even the wrong sign)
+    sim = realistic(-1e-3, photons=1e5, n_frames=200, frame_size=64, seed=5, **ONE_STEP_OFF)
+    estimate = estimate_defocus(sim.data.frames, sim.data.positions, sim.data.geometry, sim.data.mask)
+    assert estimate.defocus == min(estimate.trials, key=abs)
+    assert "defocus is in doubt" in estimate.warning and "--probe-defocus" in estimate.warning
+    settings = ReconstructionSettings(algorithm="rpie", iterations=1, probe_modes=1)
+    result = Reconstructor.from_data(sim.data, settings).iterate().result()
+    assert estimate.warning in result.warnings
+    given = Reconstructor.from_data(sim.data, replace(settings, probe_defocus=-1e-3)).iterate().result()
+    assert not any("in doubt" in warning for warning in given.warnings)
 
 
 @pytest.mark.parametrize("defocus", [1.5e-3, -1.5e-3])

@@ -61,6 +61,13 @@ TRIAL_FACTORS = (0.5, 0.63, 0.8, 1.0, 1.25, 1.6, 2.0)
 # another size is taken only if its trial cost is this much lower (flat costs
 # on measured data must not pull the shadow's estimate away)
 TRIAL_MARGIN = 0.9
+# the trials fall toward the smallest probe when positions are off by a large share of the step
+# (robustness.py --positions: half a step of random error took half the defocus; none on the grid)
+SMALLEST_TRIAL = (
+    "the probe's defocus is in doubt: the trial reconstructions took the smallest probe tried "
+    "({:.3g} m; the shadow measured {:.3g} m), as they do where the positions are off by a large "
+    "part of the scan step; if they may be, give the defocus (probe_defocus, --probe-defocus)"
+)
 
 
 @dataclass
@@ -71,7 +78,8 @@ class DefocusEstimate:
     (detector pixels per sample pixel, signed as the defocus) and the mean
     correlation each collected; ``magnification`` is the one taken (from the
     scan step where no shadow was resolved), 0 for a focused probe.
-    ``trials`` maps the defoci tried around it to their trial costs.
+    ``trials`` maps the defoci tried around it to their trial costs;
+    ``warning`` says why the measurement is in doubt (None: it is not).
     """
 
     defocus: float
@@ -81,6 +89,7 @@ class DefocusEstimate:
     scores: list[float] = field(default_factory=list)
     trials: dict[float, float] = field(default_factory=dict)
     seconds: float = 0.0
+    warning: str | None = None
 
     def as_dict(self) -> dict:
         return {
@@ -264,9 +273,12 @@ def estimate_defocus(
         magnification = shadows.magnification_from_scan_step() * np.sign(candidates[best])
     defocus = magnification_scale(geometry) / magnification if magnification else 0.0
     trials = trial_costs(frames, positions, geometry, mask, defocus, device) if defocus else {}
+    warning = None
     if trials:
         best_trial = min(trials, key=trials.get)
         if trials[best_trial] < TRIAL_MARGIN * trials[defocus]:
+            if best_trial == min(trials, key=abs):
+                warning = SMALLEST_TRIAL.format(best_trial, defocus)
             defocus = refine_on_log_scale(trials, best_trial)
     estimate = DefocusEstimate(
         defocus=defocus,
@@ -276,6 +288,7 @@ def estimate_defocus(
         scores=scores.tolist(),
         trials=trials,
         seconds=time.perf_counter() - start,
+        warning=warning,
     )
     logger.info(
         "measured probe defocus %.3g m (shadow magnification %.3g, score %.3g, %.2f s)",

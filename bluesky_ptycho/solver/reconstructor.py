@@ -164,8 +164,7 @@ class Reconstructor:
         self._best: tuple[float, np.ndarray] | None = None  # cost and positions, since the frames changed
         self._best_arrays: tuple | None = None  # its object and probe, overwritten in place from then on
         for warning in geometry_warnings(geometry):
-            logger.warning(warning)
-            self.extra.setdefault("warnings", []).append(warning)
+            self._warn(warning)
 
     @classmethod
     def from_data(cls, data: PtychoData, settings: ReconstructionSettings | None = None) -> Reconstructor:
@@ -615,12 +614,19 @@ class Reconstructor:
             rng = np.random.default_rng(s.seed)
             state.variable_probe = VariableProbe.start(self.xp, count, self.geometry.frame_shape, rng)
 
+    def _warn(self, warning: str) -> None:
+        """Log ``warning`` and keep it for the result's record (:attr:`.ReconstructionResult.warnings`)."""
+        logger.warning(warning)
+        self.extra.setdefault("warnings", []).append(warning)
+
     def _initial_defocus(self, frames: np.ndarray, positions: np.ndarray) -> float:
         """The defocus of the initial probe: given (sign checked) or measured from the data."""
         defocus = self.settings.probe_defocus
         if defocus is None or defocus == "auto":
             estimate = estimate_defocus(frames, positions, self.geometry, self.mask, self.settings.device)
             self.extra.update(estimate.as_dict())
+            if estimate.warning:
+                self._warn(estimate.warning)
             return estimate.defocus
         defocus, flipped = check_defocus_sign(frames, positions, self.geometry, float(defocus), self.mask)
         self.extra.update(
