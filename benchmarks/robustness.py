@@ -11,7 +11,7 @@ motion and a drifting probe, :data:`IMPERFECTIONS`; ``--refinement``: R with
 refinement on against off where the recorded positions are nearly right;
 ``--position-step`` the share of each least-squares shift refinement takes;
 ``--object porous``: a porous sample instead of the star, on the grid and
-with ``--positions``;
+with ``--positions`` (``--defocus-given``: the true defocus given, not measured);
 ``--intensity``: intensity correction on against off, on the grid and under
 a beam whose power drifts; ``--variable-probe K``: a probe varying through
 the scan, K eigen-probes, against one probe, on the grid and under drifting
@@ -214,30 +214,39 @@ def precisions(
     print(f"largest change of R: {max(changes, key=abs):+.3%} (target: within 0.5 %)")
 
 
-def positions_refined(cases: list[Case], n_frames: int, settings: ReconstructionSettings) -> None:
-    """R, object and position errors with refinement off (the defaults) and on, against the true positions."""
-    refined = replace(settings, position_correction=True)
+def positions_refined(
+    cases: list[Case], n_frames: int, settings: ReconstructionSettings, defocus_given: bool = False
+) -> None:
+    """R, object and position errors with refinement off (the defaults) and on, against the true positions.
+
+    ``defocus_given``: every run is given the true defocus, as a user who knows it does
+    (``probe_defocus``); otherwise it is measured, from the recorded positions.
+    """
     print(
         f"\nposition refinement on imperfect scans ({n_frames} frames of 128x128, {settings.algorithm}, "
         f"{settings.probe_modes} modes, {settings.iterations} iterations; errors in pixels, R and object "
-        "error with the true positions / the recorded ones, refinement off / on)"
+        "error with the true positions / the recorded ones, refinement off / on; the defocus "
+        f"{'given' if defocus_given else 'measured (mm; ?: in doubt)'})"
     )
     print(
-        f"{'case':>20} {'scan':>21} {'pos. error':>10} {'refined':>8} {'moved max':>9} "
+        f"{'case':>20} {'scan':>21} {'defocus':>8} {'pos. error':>10} {'refined':>8} {'moved max':>9} "
         f"{'R true':>7} {'R off':>7} {'R on':>7} {'on/off':>7} {'on/true':>7} "
         f"{'err true':>8} {'err off':>8} {'err on':>8} {'s off':>6} {'s on':>6}"
     )
     for case in cases:
+        off_settings = replace(settings, probe_defocus=case.defocus) if defocus_given else settings
         for name, imperfections in IMPERFECTIONS.items():
             sim = simulate_case(case, n_frames, **imperfections)
             pixel = sim.data.geometry.sample_pixel_size
             truth = replace(sim, data=replace(sim.data, positions=sim.true_positions))
-            r_true, e_true, _, _ = run(truth, settings)
-            r_off, e_off, s_off, _ = run(sim, settings)
-            r_on, e_on, s_on, on = run(sim, refined)
+            r_true, e_true, _, _ = run(truth, off_settings)
+            r_off, e_off, s_off, off = run(sim, off_settings)
+            r_on, e_on, s_on, on = run(sim, replace(off_settings, position_correction=True))
             result = on.result()
+            doubt = "?" if any("in doubt" in warning for warning in off.result().warnings) else " "
+            defocus = "given" if defocus_given else f"{off.extra['probe_defocus'] * 1e3:+6.2f}{doubt}"
             print(
-                f"{case.label():>20} {name:>21} "
+                f"{case.label():>20} {name:>21} {defocus:>8} "
                 f"{position_error(sim.data.positions, sim.true_positions, pixel):10.2f} "
                 f"{position_error(result.positions, sim.true_positions, pixel):8.2f} "
                 f"{result.extra['position_refinement']['moved_max_px']:9.2f} "
@@ -429,6 +438,11 @@ def main() -> None:
         help="judge position refinement on imperfect scans (stage errors, fly scans, a drifting probe), instead",
     )
     parser.add_argument(
+        "--defocus-given",
+        action="store_true",
+        help="with --positions: give every reconstruction the true defocus instead of measuring it",
+    )
+    parser.add_argument(
         "--object",
         choices=("weak_phase", "porous"),
         default="weak_phase",
@@ -482,7 +496,9 @@ def main() -> None:
         intensity_corrected(cases, args.frames, settings)
         return
     if args.positions:
-        positions_refined(position_cases[:1] if args.quick else position_cases, args.frames, settings)
+        positions_refined(
+            position_cases[:1] if args.quick else position_cases, args.frames, settings, args.defocus_given
+        )
         return
     defaults_against_true_probe(cases, args.frames, settings)
     if args.final:
