@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, StageErrors, object_error, simulate
-from bluesky_ptycho.solver.defocus import estimate_defocus
+from bluesky_ptycho.solver.defocus import (
+    SIGN_MARGIN,
+    ShadowCorrelations,
+    check_defocus_sign,
+    estimate_defocus,
+    magnification_scale,
+)
 from bluesky_ptycho.solver.probe import probe_from_mean_pattern, propagate
 from bluesky_ptycho.solver.simulate import realistic
 
@@ -97,6 +103,17 @@ def test_wrong_sign_is_detected_and_corrected(caplog):
     right = Reconstructor.from_data(sim.data, ReconstructionSettings(probe_defocus=1e-3))
     assert right.extra["probe_defocus_sign_corrected"] is False
     assert right.extra["probe_source"] == "given defocus"
+
+
+def test_a_given_sign_stands_where_positions_off_by_a_step_leave_the_shadow_as_noise():
+    # the other sign collects a little more correlation here, by chance (about two standard errors)
+    sim = realistic(1e-3, photons=1e6, n_frames=200, frame_size=64, seed=3, stage=StageErrors(random=1.0))
+    frames, positions, geometry = sim.data.frames, sim.data.positions, sim.data.geometry
+    assert check_defocus_sign(frames, positions, geometry, 1e-3, sim.data.mask) == (1e-3, False)
+    shadows = ShadowCorrelations.measure(frames, positions, geometry, sim.data.mask)
+    magnification = magnification_scale(geometry) / 1e-3
+    given, other = shadows.score(magnification), shadows.score(-magnification)
+    assert other > 0 and other > SIGN_MARGIN * max(given, 0)  # what the sign check once took as clear
 
 
 def test_frames_taken_twice_at_one_place_measure_the_same_defocus():
