@@ -234,16 +234,16 @@ def positions_refined(
         f"{'err true':>8} {'err off':>8} {'err on':>8} {'s off':>6} {'s on':>6}"
     )
     for case in cases:
-        off_settings = replace(settings, probe_defocus=case.defocus) if defocus_given else settings
+        case_settings = replace(settings, probe_defocus=case.defocus) if defocus_given else settings
         for name, imperfections in IMPERFECTIONS.items():
             sim = simulate_case(case, n_frames, **imperfections)
             pixel = sim.data.geometry.sample_pixel_size
             truth = replace(sim, data=replace(sim.data, positions=sim.true_positions))
-            r_true, e_true, _, _ = run(truth, off_settings)
-            r_off, e_off, s_off, off = run(sim, off_settings)
-            r_on, e_on, s_on, on = run(sim, replace(off_settings, position_correction=True))
+            r_true, e_true, _, _ = run(truth, case_settings)
+            r_off, e_off, s_off, off = run(sim, case_settings)
+            r_on, e_on, s_on, on = run(sim, replace(case_settings, position_correction=True))
             result = on.result()
-            doubt = "?" if any("in doubt" in warning for warning in off.result().warnings) else " "
+            doubt = "?" if off.extra.get("probe_defocus_in_doubt") else " "
             defocus = "given" if defocus_given else f"{off.extra['probe_defocus'] * 1e3:+6.2f}{doubt}"
             print(
                 f"{case.label():>20} {name:>21} {defocus:>8} "

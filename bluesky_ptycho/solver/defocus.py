@@ -101,6 +101,7 @@ class DefocusEstimate:
             "probe_defocus_magnification": self.magnification,
             "probe_defocus_score": self.score,
             "probe_defocus_seconds": self.seconds,
+            "probe_defocus_in_doubt": self.warning is not None,
         }
 
 
