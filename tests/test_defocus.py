@@ -78,7 +78,7 @@ def test_defocus_in_doubt_where_positions_are_off_by_a_step_is_recorded():
     assert estimate.warning in result.warnings and result.extra["probe_defocus_in_doubt"] is True
     given = Reconstructor.from_data(sim.data, replace(settings, probe_defocus=-1e-3)).iterate().result()
     assert not given.extra.get("probe_defocus_in_doubt")
-    assert not any(estimate.warning == warning for warning in given.warnings)
+    assert estimate.warning not in given.warnings
 
 
 @pytest.mark.parametrize("defocus", [1.5e-3, -1.5e-3])

@@ -385,9 +385,9 @@ def check_defocus_sign(
         return defocus, False
     shadows = ShadowCorrelations.measure(frames, positions, geometry, mask)
     magnification = magnification_scale(geometry) / defocus
-    by_pair = shadows.values(magnification), shadows.values(-magnification)
-    given, flipped = (float(values.mean()) for values in by_pair)
-    gain = by_pair[1] - by_pair[0]
+    given_by_pair, flipped_by_pair = shadows.values(magnification), shadows.values(-magnification)
+    given, flipped = float(given_by_pair.mean()), float(flipped_by_pair.mean())
+    gain = flipped_by_pair - given_by_pair
     clear = gain.mean() > SIGN_SIGNIFICANCE * gain.std() / np.sqrt(len(gain))
     if clear and flipped > 0 and flipped > SIGN_MARGIN * max(given, 0):
         logger.warning(

@@ -43,8 +43,7 @@ def weak_phase_object(shape: tuple[int, int], max_phase: float = 0.4, absorption
     Where the star's material is, the phase is ``max_phase`` and the amplitude
     ``1 - absorption``; elsewhere the object is 1 (little amplitude contrast).
     """
-    thickness = (siemens_star(shape, low=0.0)).astype(np.float64)
-    return ((1 - absorption * thickness) * np.exp(1j * max_phase * thickness)).astype(np.complex64)
+    return thin_sample(siemens_star(shape, low=0.0).astype(np.float64), max_phase, absorption)
 
 
 def porous_object(
@@ -67,6 +66,11 @@ def porous_object(
     field = scipy.ndimage.gaussian_filter(rng.normal(size=shape), pore_size / 3, mode="wrap")
     material = (field > np.median(field)).astype(np.float64)
     thickness = scipy.ndimage.gaussian_filter(material, 0.7)  # edges of a pixel, as the star's
+    return thin_sample(thickness, max_phase, absorption)
+
+
+def thin_sample(thickness: np.ndarray, max_phase: float, absorption: float) -> np.ndarray:
+    """The transmission of a thin sample whose ``thickness`` (0-1) shifts the phase by up to ``max_phase`` and absorbs up to ``absorption``."""
     return ((1 - absorption * thickness) * np.exp(1j * max_phase * thickness)).astype(np.complex64)
 
 
@@ -431,11 +435,12 @@ def simulate(
     origin = visited.reshape(-1, 2).min(axis=0) - margin * on_grid
     corners = np.rint((visited - origin)[..., ::-1] / (py, px)).astype(np.int64)
     extent = tuple(int(e) for e in corners.reshape(-1, 2).max(axis=0) + shape + margin)
-    if object_kind == "porous":
-        # a generator of its own: one seed, one sample, whatever the scan and the noise draw
+    if object_kind == "star":
+        obj = test_object(extent)
+    elif object_kind == "weak_phase":
+        obj = weak_phase_object(extent)
+    else:  # porous, with a generator of its own: one seed, one sample, whatever the scan and the noise draw
         obj = porous_object(extent, np.random.default_rng([seed, 2]))
-    else:
-        obj = test_object(extent) if object_kind == "star" else weak_phase_object(extent)
     probe = normalize_power(probe, 1e6 if photons is None else photons)
     probes = None if probe_drift is None else probe_drift.probes(probe, geometry, imperfect)
     mask = None
