@@ -130,6 +130,7 @@ def test_every_algorithm_on_two_ranks_with_modes_and_position_refinement(tmp_pat
         probe_modes=2,
         position_correction=True,
         position_correction_start=10,
+        position_search_every=10,
         device=device,
         fft_workers=1,
     )
@@ -143,6 +144,7 @@ def test_every_algorithm_on_two_ranks_with_modes_and_position_refinement(tmp_pat
     r_distributed, r_single = fourier_r_factor(distributed, sim.data), fourier_r_factor(single, sim.data)
     assert r_distributed < 1.25 * r_single, (r_distributed, r_single)
     assert distributed.extra["distributed"]["ranks"] == 2
+    assert [search["iteration"] for search in distributed.extra["position_searches"]] == [20]
 
 
 @pytest.mark.parametrize(("algorithm", "per_batch"), [("rpie", 1), ("lsqml", 2)])

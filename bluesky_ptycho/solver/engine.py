@@ -68,6 +68,17 @@ class Engine(ABC):
         s = self.settings
         return s.position_correction and iteration >= s.position_correction_start
 
+    def searches_positions(self, iteration: int) -> bool:
+        """Whether stuck frames are searched for after ``iteration`` (:mod:`.position_search`)."""
+        s = self.settings
+        since = iteration - s.position_correction_start
+        return (
+            s.position_correction
+            and s.position_search_every > 0
+            and since > 0
+            and since % s.position_search_every == 0
+        )
+
     def batches(
         self, state: SolverState, rng: np.random.Generator, frames: np.ndarray | None = None
     ) -> list[np.ndarray]:

@@ -33,6 +33,7 @@ from .defocus import check_defocus_sign, estimate_defocus
 from .frames import MeasuredAmplitudes
 from .intensity import FrameIntensity
 from .iteration_cost import IterationCost
+from .position_search import search_stuck_frames
 from .positions import refinement_record
 from .probe import add_modes, mode_rotation, normalize_power, probe_from_mean_pattern, rotate_modes
 from .settings import ReconstructionSettings
@@ -433,6 +434,8 @@ class Reconstructor:
         start = time.perf_counter()
         try:
             misfit = self.engine.iterate(self.state, self.iteration, self.rng, frames)
+            if self.engine.searches_positions(self.iteration):
+                self._search_positions(frames)
         finally:
             seconds = time.perf_counter() - start
             self.wall_time += seconds
@@ -452,6 +455,13 @@ class Reconstructor:
             self._keep_if_best(cost)
         self.iteration += 1
         return cost
+
+    def _search_positions(self, frames: np.ndarray | None) -> None:
+        """Search ``frames`` (None: all) stuck far from their positions; the record in ``extra["position_searches"]``."""
+        state = self.state
+        frames = np.arange(state.n_frames) if frames is None else frames
+        record = search_stuck_frames(state, frames, lambda part: self.engine.chunks(part, state))
+        self.extra.setdefault("position_searches", []).append({"iteration": self.iteration, **record})
 
     def _diverged(self, cost: float) -> bool:
         return not np.isfinite(cost) or (self._best is not None and cost > DIVERGENCE_FACTOR * self._best[0])

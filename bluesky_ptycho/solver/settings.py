@@ -56,6 +56,11 @@ class ReconstructionSettings:
         are nearly right (docs/imperfect-scans.md: 0.25 measured).
     max_position_step
         Largest position change in one iteration, in object pixels.
+    position_search_every
+        While positions are refined, every this many iterations the frames
+        whose misfit stands out (stuck far from their true positions) are
+        searched for on a grid around where the scan recorded them
+        (:mod:`.position_search`); 0: never.
     intensity_correction
         Fit each frame's share of the beam (:mod:`.intensity`): for a beam
         whose power drifts through the scan (off by default).
@@ -102,6 +107,7 @@ class ReconstructionSettings:
     position_correction_start: int = 10
     position_step: float = 1.0
     max_position_step: float = 0.5
+    position_search_every: int = 30
     intensity_correction: bool = False
     intensity_correction_start: int = 50
     variable_probe_modes: int = 0
@@ -128,6 +134,8 @@ class ReconstructionSettings:
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         if self.probe_modes < 1:
             raise ValueError(f"probe_modes must be >= 1, got {self.probe_modes}")
+        if self.position_search_every < 0:
+            raise ValueError(f"position_search_every must be >= 0, got {self.position_search_every}")
         if self.variable_probe_modes < 0:
             raise ValueError(f"variable_probe_modes must be >= 0, got {self.variable_probe_modes}")
         if self.variable_probe_modes and not REGISTRY[self.algorithm].engine.varies_probe:

@@ -1,0 +1,127 @@
+"""Frames stuck far from their true positions: found by their misfit, searched for on a grid, moved.
+
+Gradient refinement (:mod:`.positions`) moves each frame towards the nearest
+position the object agrees with. A frame recorded half a scan step or more
+off can settle into a wrong one and stay there, and its misfit then stands
+out against the other frames'. Such a frame is tried at every point of a
+coarse grid within the refinement's bound of where the scan recorded it,
+against the current object, then on a fine grid around the best point, and
+moved there where that fits better and lies beyond the fine grid (nearer
+moves are the gradient's to make).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from .backend import to_numpy
+from .forward import exit_waves_at, model_amplitude
+from .intensity import corrected_amplitudes
+from .positions import offset_bound, within_bound
+from .state import SolverState
+
+# a frame is searched for where its misfit lies this many robust standard deviations above the median
+OUTLIER_DEVIATIONS = 3.0
+# pixels between the coarse grid's points: a frame a few pixels from its true position fits
+# visibly better than one further off (porous and star samples, 128² frames), so the grid
+# lands in the right basin
+COARSE_SPACING = 4
+# the MAD of a normal distribution times this is its standard deviation
+MAD_TO_STANDARD_DEVIATION = 1.4826
+
+
+def frame_misfits(state: SolverState, frames: np.ndarray, corners: np.ndarray) -> np.ndarray:
+    """Each frame's amplitude R-factor, ``sum |a_model - a| / sum a`` over good pixels, at ``corners``.
+
+    Parameters
+    ----------
+    state
+        The current reconstruction: object, probe, measured amplitudes and mask.
+    frames
+        (B,) frame indices, or (1,): one frame at every one of ``corners`` (its candidates).
+    corners
+        (B, 2) integer host array of patch corners on the canvas.
+
+    Returns
+    -------
+    (B,) host array.
+    """
+    xp = state.xp
+    amplitude = corrected_amplitudes(state, frames, state.intensity is not None)
+    variable = state.variable_probe
+    variation = None if variable is None else variable.variation(np.broadcast_to(frames, len(corners)))
+    waves = exit_waves_at(
+        state.object, xp.asarray(corners), state.probe, kernels=state.backend.kernels, variation=variation
+    )
+    model = model_amplitude(state.backend.fft2(waves, overwrite_x=True))
+    misfit = xp.abs(model - amplitude)
+    measured = amplitude
+    if state.mask is not None:
+        misfit, measured = misfit * state.mask, amplitude * state.mask
+    return to_numpy(xp.sum(misfit, axis=(1, 2))) / np.maximum(to_numpy(xp.sum(measured, axis=(1, 2))), 1e-30)
+
+
+def disk_offsets(radius: float, spacing: int) -> np.ndarray:
+    """(K, 2) integer offsets (rows, columns) ``spacing`` apart within ``radius`` of (0, 0)."""
+    steps = np.arange(-int(radius // spacing), int(radius // spacing) + 1) * spacing
+    offsets = np.stack(np.meshgrid(steps, steps, indexing="ij"), axis=-1).reshape(-1, 2)
+    return offsets[np.hypot(offsets[:, 0], offsets[:, 1]) <= radius]
+
+
+def best_fit(
+    state: SolverState, frame: int, candidates: np.ndarray, parts: Callable[[np.ndarray], list[np.ndarray]]
+) -> tuple[np.ndarray, float]:
+    """The candidate position (2,) of ``candidates`` (K, 2) at which ``frame`` fits best, and its misfit.
+
+    Candidates whose patch would leave the canvas (or its one-pixel rim) are
+    not tried; ``parts`` splits the candidates into groups computed at once.
+    """
+    corners = np.rint(candidates).astype(np.int64)
+    inside = np.all(
+        (corners >= 1) & (corners <= np.array(state.object.shape) - state.frame_shape - 1), axis=1
+    )
+    candidates, corners = candidates[inside], corners[inside]
+    if not len(candidates):
+        return state.positions[frame], np.inf
+    misfits = np.concatenate(
+        [frame_misfits(state, np.array([frame]), corners[part]) for part in parts(np.arange(len(corners)))]
+    )
+    best = int(np.argmin(misfits))
+    return candidates[best], float(misfits[best])
+
+
+def search_stuck_frames(
+    state: SolverState, frames: np.ndarray, parts: Callable[[np.ndarray], list[np.ndarray]]
+) -> dict:
+    """Search the ``frames`` whose misfit stands out for where they fit, and move them there, in place.
+
+    The median and spread of the misfits are every rank's; each rank
+    searches its own frames. Returns the record: frames ``searched`` and
+    ``moved``, over every rank.
+    """
+    current = np.concatenate(
+        [
+            frame_misfits(state, frames[part], state.host_corners[frames[part]])
+            for part in parts(np.arange(len(frames)))
+        ]
+    )
+    everyone = np.concatenate(state.comm.gather(current))
+    median = np.median(everyone)
+    spread = MAD_TO_STANDARD_DEVIATION * np.median(np.abs(everyone - median))
+    stuck = current > median + OUTLIER_DEVIATIONS * spread
+    coarse = disk_offsets(offset_bound(state.frame_shape), COARSE_SPACING)
+    fine = disk_offsets(np.sqrt(2) * (COARSE_SPACING // 2 + 1), 1)
+    positions, moved = state.positions.copy(), []
+    for frame, misfit in zip(frames[stuck], current[stuck], strict=True):
+        start = state.pixels(state.start_positions[frame : frame + 1])[0]
+        best, _ = best_fit(state, frame, start + coarse, parts)
+        best, fit = best_fit(state, frame, best + fine, parts)
+        if fit < misfit and np.hypot(*(best - positions[frame])) > COARSE_SPACING:
+            positions[frame] = best
+            moved.append(frame)
+    if moved:
+        state.set_positions(within_bound(state, positions, np.array(moved)))
+    searched, n_moved = state.comm.totals(int(stuck.sum()), len(moved))
+    return {"searched": int(searched), "moved": int(n_moved)}

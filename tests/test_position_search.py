@@ -1,0 +1,87 @@
+"""Frames stuck far from their true positions are found by their misfit and searched back (solver.position_search)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, StageErrors, position_error
+from bluesky_ptycho.solver.data import ELECTRON_VOLT
+from bluesky_ptycho.solver.position_search import search_stuck_frames
+from bluesky_ptycho.solver.simulate import realistic
+
+STUCK = np.array([17, 60, 111, 150])
+OFF_BY = np.array([9.0, -7.0])  # pixels (rows, columns): further than gradient refinement reaches
+
+
+@pytest.fixture
+def stuck_scan(noisy_sim, wrong_probe):
+    """A reconstruction (40 iterations, no refinement) whose ``STUCK`` frames were recorded ``OFF_BY`` off."""
+    data = noisy_sim.data
+    recorded = data.positions.copy()
+    recorded[STUCK] += OFF_BY[::-1] * data.geometry.sample_pixel_size[::-1]
+    reconstructor = Reconstructor(data.geometry, ReconstructionSettings(), probe=wrong_probe)
+    return reconstructor.add_frames(data.frames, recorded).iterate(40)
+
+
+def pixel_errors(positions, true_positions, pixel_size) -> np.ndarray:
+    return np.hypot(*((positions - true_positions) / pixel_size[::-1]).T)
+
+
+def test_the_stuck_frames_alone_are_searched_and_moved_back(stuck_scan, noisy_sim):
+    state = stuck_scan.state
+    before = state.positions.copy()
+    record = search_stuck_frames(state, np.arange(state.n_frames), lambda part: [part])
+    pixel = noisy_sim.data.geometry.sample_pixel_size
+    errors = pixel_errors(state.metres(state.positions), noisy_sim.true_positions, pixel)
+    assert np.all(errors[STUCK] < 1.5), errors[STUCK]
+    others = np.setdiff1d(np.arange(state.n_frames), STUCK)
+    assert np.array_equal(state.positions[others], before[others])
+    assert record == {"searched": record["searched"], "moved": len(STUCK)}
+    assert len(STUCK) <= record["searched"] <= 2 * len(STUCK)
+
+
+def test_half_a_step_of_random_error_is_refined_to_a_quarter_of_it_only_with_the_search():
+    """The issue's case: a porous sample, positions off by half a step rms, the defocus given (previews' settings)."""
+    sim = realistic(
+        -1e-3,
+        photons=1e5,
+        seed=11,
+        object_kind="porous",
+        stage=StageErrors(random=0.5),
+        energy=8.8e3 * ELECTRON_VOLT,
+        detector_distance=2.0,
+        detector_pixel_size=75e-6,
+    )
+    pixel = sim.data.geometry.sample_pixel_size
+    recorded = position_error(sim.data.positions, sim.true_positions, pixel)
+    settings = ReconstructionSettings(position_correction=True, probe_defocus=-1e-3)
+    refined = {}
+    for every in (0, 30):
+        result = (
+            Reconstructor.from_data(sim.data, replace(settings, position_search_every=every))
+            .iterate()
+            .result()
+        )
+        refined[every] = position_error(result.positions, sim.true_positions, pixel)
+    assert refined[30] < 0.25 * recorded < refined[0], (recorded, refined)
+    searches = result.extra["position_searches"]
+    assert [search["iteration"] for search in searches] == [40, 70]
+    assert searches[0]["moved"] > 5
+
+
+def test_no_search_is_made_or_recorded_where_it_is_off(noisy_sim, wrong_probe):
+    data = noisy_sim.data
+    settings = ReconstructionSettings(position_correction=True, position_search_every=0, iterations=40)
+    reconstructor = Reconstructor(data.geometry, settings, probe=wrong_probe)
+    result = reconstructor.add_frames(data.frames, data.positions).iterate().result()
+    assert "position_searches" not in result.extra
+    searched = reconstructor.use_settings(replace(settings, position_search_every=10)).iterate(1).result()
+    assert searched.extra["position_searches"][0]["iteration"] == 40
+
+
+def test_a_negative_search_interval_is_refused_by_name():
+    with pytest.raises(ValueError, match="position_search_every"):
+        ReconstructionSettings(position_search_every=-1)
