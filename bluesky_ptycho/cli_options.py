@@ -110,6 +110,14 @@ def settings_options(function):
             "0.25 keeps nearly right positions from wandering at low dose.",
         ),
         click.option(
+            "--position-search-every",
+            type=click.IntRange(min=0),
+            default=final.position_search_every,
+            show_default=True,
+            help="With --position-correction: every this many iterations, frames whose misfit stands out "
+            "are searched for around their recorded positions (stuck far off); 0: never.",
+        ),
+        click.option(
             "--intensity-correction/--no-intensity-correction",
             default=final.intensity_correction,
             show_default=True,
@@ -140,6 +148,7 @@ def make_settings(
     probe_defocus,
     position_correction,
     position_step,
+    position_search_every,
     intensity_correction,
     variable_probe_modes,
     device,
@@ -163,6 +172,7 @@ def make_settings(
             probe_defocus=probe_defocus,
             position_correction=position_correction,
             position_step=position_step,
+            position_search_every=position_search_every,
             intensity_correction=intensity_correction,
             variable_probe_modes=variable_probe_modes,
             device=device,

@@ -17,11 +17,14 @@ def test_simulate_then_reconstruct(tmp_path):
     result = runner.invoke(main, ["simulate", str(scan), "--frames", "40", "--size", "32"])
     assert result.exit_code == 0, result.output
     assert len(read_cxi(scan)) == 40
-    result = runner.invoke(main, ["reconstruct", str(scan), "-a", "lsqml", "-n", "5"])
+    result = runner.invoke(
+        main, ["reconstruct", str(scan), "-a", "lsqml", "-n", "5", "--position-search-every", "7"]
+    )
     assert result.exit_code == 0, result.output
     assert "R-factor" in result.output
     recon = read_result(tmp_path / "scan_recon.cxi")
     assert recon.iterations == 5 and recon.settings["algorithm"] == "lsqml"
+    assert recon.settings["position_search_every"] == 7
     assert (tmp_path / "scan_recon.png").read_bytes()[:4] == b"\x89PNG"
 
 

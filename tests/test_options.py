@@ -84,6 +84,7 @@ def test_the_cli_has_an_option_for_every_field_and_refuses_the_wrong_algorithms(
         "probe_defocus": None,
         "position_correction": False,
         "position_step": 1.0,
+        "position_search_every": 30,
         "intensity_correction": False,
         "variable_probe_modes": 0,
         "device": "cpu",
@@ -96,6 +97,8 @@ def test_the_cli_has_an_option_for_every_field_and_refuses_the_wrong_algorithms(
     with pytest.raises(Exception, match=r"position_step must be within \(0, 1\], got 1.5"):
         make_settings(algorithm="dm", **{**common, "position_step": 1.5}, **none)
     assert make_settings(algorithm="dm", **{**common, "position_step": 0.25}, **none).position_step == 0.25
+    searching = make_settings(algorithm="dm", **{**common, "position_search_every": 10}, **none)
+    assert searching.position_search_every == 10
 
 
 def test_reconstruct_records_the_options_it_ran_with(tmp_path):
