@@ -9,6 +9,7 @@ import pytest
 
 from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, StageErrors, position_error
 from bluesky_ptycho.solver.data import ELECTRON_VOLT
+from bluesky_ptycho.solver.forward import exit_waves_at
 from bluesky_ptycho.solver.position_search import search_stuck_frames
 from bluesky_ptycho.solver.simulate import realistic
 
@@ -33,12 +34,13 @@ def pixel_errors(positions, true_positions, pixel_size) -> np.ndarray:
 def test_the_stuck_frames_alone_are_searched_and_moved_back(stuck_scan, noisy_sim):
     state = stuck_scan.state
     before = state.positions.copy()
-    record = search_stuck_frames(state, np.arange(state.n_frames), lambda part: [part])
+    moved, record = search_stuck_frames(state, np.arange(state.n_frames), lambda part: [part])
     pixel = noisy_sim.data.geometry.sample_pixel_size
     errors = pixel_errors(state.metres(state.positions), noisy_sim.true_positions, pixel)
     assert np.all(errors[STUCK] < 1.5), errors[STUCK]
     others = np.setdiff1d(np.arange(state.n_frames), STUCK)
     assert np.array_equal(state.positions[others], before[others])
+    assert np.array_equal(np.sort(moved), STUCK)
     assert record == {"searched": record["searched"], "moved": len(STUCK)}
     assert len(STUCK) <= record["searched"] <= 2 * len(STUCK)
 
@@ -85,3 +87,23 @@ def test_no_search_is_made_or_recorded_where_it_is_off(noisy_sim, wrong_probe):
 def test_a_negative_search_interval_is_refused_by_name():
     with pytest.raises(ValueError, match="position_search_every"):
         ReconstructionSettings(position_search_every=-1)
+
+
+def test_dm_starts_the_far_fields_of_the_frames_it_moved_from_the_model_there(noisy_sim, wrong_probe):
+    """Stale far fields would hold the object where the frames were, and DM's refinement would pull them back."""
+    data = noisy_sim.data
+    recorded = data.positions.copy()
+    recorded[STUCK] += OFF_BY[::-1] * data.geometry.sample_pixel_size[::-1]
+    settings = ReconstructionSettings(algorithm="dm", position_correction=True, iterations=41)
+    reconstructor = Reconstructor(data.geometry, settings, probe=wrong_probe)
+    reconstructor.add_frames(data.frames, recorded).iterate()  # the search after iteration 40, the last
+    assert reconstructor.extra["position_searches"][0]["moved"] >= len(STUCK)
+    state, dm = reconstructor.state, reconstructor.engine
+    rows = np.flatnonzero(np.isin(dm.order, [*STUCK, 0]))
+    stored = np.stack([dm.farfield.read(slice(row, row + 1), dm.workspace[:1])[0].copy() for row in rows])
+    model = np.fft.fft2(exit_waves_at(state.object, state.corners[dm.order[rows]], state.probe), norm="ortho")
+    apart = np.sqrt(
+        np.sum(np.abs(stored - model) ** 2, axis=(1, 2, 3)) / np.sum(np.abs(model) ** 2, axis=(1, 2, 3))
+    )
+    moved = np.isin(dm.order[rows], STUCK)
+    assert np.all(apart[moved] < 1e-3) and np.all(apart[~moved] > 1e-2), apart

@@ -101,7 +101,12 @@ class DifferenceMap(Engine):
         self.workspace = empty_aligned((largest, *shape), state.probe.dtype, xp)
         if self.farfield.precision != "single":
             self.stored_workspace = empty_aligned((largest, *shape), state.probe.dtype, xp)
-        for part in self.parts(state, n_before):
+        self.start_far_fields(state, self.parts(state, n_before))
+
+    def start_far_fields(self, state: SolverState, parts: list[slice]) -> None:
+        """Store the far fields of the model's exit waves in the rows of ``parts``."""
+        backend = state.backend
+        for part in parts:
             waves = exit_waves_at(
                 state.object,
                 state.corners[self.order[part]],
@@ -221,6 +226,15 @@ class DifferenceMap(Engine):
         """Start the stored exit waves again from the restored object and probe."""
         self.farfield = None
         self.frames_added(state, 0)
+
+    def positions_jumped(self, state: SolverState, frames: np.ndarray) -> None:
+        """Start the stored exit waves of ``frames`` again from the model at their new positions.
+
+        Left as they were, they would hold the object where the frames were,
+        and refinement (:meth:`refine_positions`) would pull the frames back.
+        """
+        rows = np.flatnonzero(np.isin(self.order, frames))
+        self.start_far_fields(state, [slice(int(row), int(row) + 1) for row in rows])
 
     def probe_shifted(self, state: SolverState, shift: tuple[int, int]) -> None:
         """Shift the stored exit waves with probe and object (a Fourier phase ramp)."""

@@ -144,6 +144,9 @@ class Engine(ABC):
                 state.variable_probe.roll(shift)
             self.probe_shifted(state, shift)
 
+    def positions_jumped(self, state: SolverState, frames: np.ndarray) -> None:  # noqa: B027
+        """Called after the search (:mod:`.position_search`) moved ``frames`` far from where they were."""
+
     def probe_shifted(self, state: SolverState, shift: tuple[int, int]) -> None:  # noqa: B027
         """Called after probe and object were rolled by ``shift`` (rows, columns)."""
 

@@ -94,12 +94,12 @@ def best_fit(
 
 def search_stuck_frames(
     state: SolverState, frames: np.ndarray, parts: Callable[[np.ndarray], list[np.ndarray]]
-) -> dict:
+) -> tuple[np.ndarray, dict]:
     """Search the ``frames`` whose misfit stands out for where they fit, and move them there, in place.
 
     The median and spread of the misfits are every rank's; each rank
-    searches its own frames. Returns the record: frames ``searched`` and
-    ``moved``, over every rank.
+    searches its own frames. Returns this rank's frames moved, and the
+    record: frames ``searched`` and ``moved``, over every rank.
     """
     current = np.concatenate(
         [
@@ -121,7 +121,8 @@ def search_stuck_frames(
         if fit < misfit and np.hypot(*(best - positions[frame])) > COARSE_SPACING:
             positions[frame] = best
             moved.append(frame)
-    if moved:
-        state.set_positions(within_bound(state, positions, np.array(moved)))
+    moved = np.array(moved, dtype=np.int64)
+    if len(moved):
+        state.set_positions(within_bound(state, positions, moved))
     searched, n_moved = state.comm.totals(int(stuck.sum()), len(moved))
-    return {"searched": int(searched), "moved": int(n_moved)}
+    return moved, {"searched": int(searched), "moved": int(n_moved)}

@@ -460,7 +460,8 @@ class Reconstructor:
         """Search ``frames`` (None: all) stuck far from their positions; the record in ``extra["position_searches"]``."""
         state = self.state
         frames = np.arange(state.n_frames) if frames is None else frames
-        record = search_stuck_frames(state, frames, lambda part: self.engine.chunks(part, state))
+        moved, record = search_stuck_frames(state, frames, lambda part: self.engine.chunks(part, state))
+        self.engine.positions_jumped(state, moved)
         self.extra.setdefault("position_searches", []).append({"iteration": self.iteration, **record})
 
     def _diverged(self, cost: float) -> bool:
