@@ -434,11 +434,11 @@ class Reconstructor:
         start = time.perf_counter()
         try:
             misfit = self.engine.iterate(self.state, self.iteration, self.rng, frames)
-            if self.engine.searches_positions(self.iteration):
-                self._search_positions(frames)
         finally:
             seconds = time.perf_counter() - start
             self.wall_time += seconds
+        if self.engine.searches_positions(self.iteration):
+            self._search_positions(frames)
         if self.engine.corrects_intensity(self.iteration):
             self.state.intensity.normalise(self.comm)
         visited = self.state.n_frames if frames is None or not self.engine.visits_some_frames else len(frames)
@@ -457,12 +457,19 @@ class Reconstructor:
         return cost
 
     def _search_positions(self, frames: np.ndarray | None) -> None:
-        """Search ``frames`` (None: all) stuck far from their positions; the record in ``extra["position_searches"]``."""
-        state = self.state
+        """Search ``frames`` (None: all) stuck far from their positions; the record in ``extra["position_searches"]``.
+
+        Its time counts in the wall time, not in the iteration's cost that previews plan by.
+        """
+        start, state = time.perf_counter(), self.state
         frames = np.arange(state.n_frames) if frames is None else frames
         moved, record = search_stuck_frames(state, frames, lambda part: self.engine.chunks(part, state))
         self.engine.positions_jumped(state, moved)
-        self.extra.setdefault("position_searches", []).append({"iteration": self.iteration, **record})
+        seconds = time.perf_counter() - start
+        self.wall_time += seconds
+        self.extra.setdefault("position_searches", []).append(
+            {"iteration": self.iteration, **record, "seconds": round(seconds, 3)}
+        )
 
     def _diverged(self, cost: float) -> bool:
         return not np.isfinite(cost) or (self._best is not None and cost > DIVERGENCE_FACTOR * self._best[0])
