@@ -217,7 +217,7 @@ def precisions(
 def positions_refined(
     cases: list[Case], n_frames: int, settings: ReconstructionSettings, defocus_given: bool = False
 ) -> None:
-    """R, object and position errors with refinement off (the defaults) and on, against the true positions.
+    """R, object and position errors with refinement off and on, against the true positions.
 
     ``defocus_given``: every run is given the true defocus, as a user who knows it does
     (``probe_defocus``); otherwise it is measured, from the recorded positions.
@@ -234,7 +234,9 @@ def positions_refined(
         f"{'err true':>8} {'err off':>8} {'err on':>8} {'s off':>6} {'s on':>6}"
     )
     for case in cases:
-        case_settings = replace(settings, probe_defocus=case.defocus) if defocus_given else settings
+        case_settings = replace(settings, position_correction=False)
+        if defocus_given:
+            case_settings = replace(case_settings, probe_defocus=case.defocus)
         for name, imperfections in IMPERFECTIONS.items():
             sim = simulate_case(case, n_frames, **imperfections)
             pixel = sim.data.geometry.sample_pixel_size
@@ -266,8 +268,8 @@ def default_verdict(ratios: list[float]) -> str:
 
 
 def refinement_on_accurate_scans(cases: list[Case], n_frames: int, settings: ReconstructionSettings) -> None:
-    """R with refinement off (the defaults) and on, on the grid's scans, whose recorded positions are nearly right."""
-    refined = replace(settings, position_correction=True)
+    """R with refinement off and on, on the grid's scans, whose recorded positions are nearly right."""
+    settings, refined = (replace(settings, position_correction=on) for on in (False, True))
     print(
         f"\nposition refinement where the recorded positions are nearly right ({n_frames} frames of 128x128, "
         f"{settings.algorithm}, {settings.probe_modes} modes, {settings.iterations} iterations; errors in pixels)"

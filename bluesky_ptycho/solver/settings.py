@@ -14,9 +14,19 @@ ALGORITHMS = tuple(REGISTRY)
 # the final reconstruction's defaults, chosen on the robustness grid of measured-like
 # simulations (benchmarks/robustness.py --final; the table is in docs/quality.md): the best
 # R-factor within the time target; 200 iterations bring every case of the grid within
-# 5 % of a start from the true probe (100: 17 of 24). ReconstructionSettings() itself
-# stays the fast preview choice, rPIE with one mode.
-FINAL_DEFAULTS = {"algorithm": "lsqml", "probe_modes": 3, "iterations": 200}
+# 5 % of a start from the true probe (100: 17 of 24). Position refinement with a quarter
+# step is on: on that grid (nearly right positions) R with it is at worst 1.002x without
+# (final and previews, robustness.py --refinement --position-step 0.25; the rule
+# is 1.02x), and it corrects a fifth of a step of random error, a drifting stage and, with
+# its search, frames stuck far off (docs/imperfect-scans.md). ReconstructionSettings()
+# itself stays the fast preview choice, rPIE with one mode and nothing refined.
+FINAL_DEFAULTS = {
+    "algorithm": "lsqml",
+    "probe_modes": 3,
+    "iterations": 200,
+    "position_correction": True,
+    "position_step": 0.25,
+}
 PREVIEW_DEFAULTS = {"algorithm": "rpie", "probe_modes": 1, "iterations": 100, "variable_probe_modes": 0}
 # a zone plate's focal length is millimetres to a metre: a larger defocus is a unit mistake
 MAX_DEFOCUS = 1.0
