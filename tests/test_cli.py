@@ -25,6 +25,8 @@ def test_simulate_then_reconstruct(tmp_path):
     recon = read_result(tmp_path / "scan_recon.cxi")
     assert recon.iterations == 5 and recon.settings["algorithm"] == "lsqml"
     assert recon.settings["position_search_every"] == 7
+    # refinement is on by default, with a quarter step (docs/imperfect-scans.md: decided on the grid)
+    assert recon.settings["position_correction"] and recon.settings["position_step"] == 0.25
     assert (tmp_path / "scan_recon.png").read_bytes()[:4] == b"\x89PNG"
 
 
