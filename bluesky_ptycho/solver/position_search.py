@@ -28,6 +28,8 @@ OUTLIER_DEVIATIONS = 3.0
 # visibly better than one further off (porous and star samples, 128² frames), so the grid
 # lands in the right basin
 COARSE_SPACING = 4
+# the fine grid's radius: the coarse grid's cell around its best point, and a pixel more
+FINE_RADIUS = np.sqrt(2) * (COARSE_SPACING // 2 + 1)
 # the MAD of a normal distribution times this is its standard deviation
 MAD_TO_STANDARD_DEVIATION = 1.4826
 
@@ -112,10 +114,11 @@ def search_stuck_frames(
     spread = MAD_TO_STANDARD_DEVIATION * np.median(np.abs(everyone - median))
     stuck = current > median + OUTLIER_DEVIATIONS * spread
     coarse = disk_offsets(offset_bound(state.frame_shape), COARSE_SPACING)
-    fine = disk_offsets(np.sqrt(2) * (COARSE_SPACING // 2 + 1), 1)
+    fine = disk_offsets(FINE_RADIUS, 1)
+    searched = frames[stuck]
+    starts = state.pixels(state.start_positions[searched])
     positions, moved = state.positions.copy(), []
-    for frame, misfit in zip(frames[stuck], current[stuck], strict=True):
-        start = state.pixels(state.start_positions[frame : frame + 1])[0]
+    for frame, start, misfit in zip(searched, starts, current[stuck], strict=True):
         best, _ = best_fit(state, frame, start + coarse, parts)
         best, fit = best_fit(state, frame, best + fine, parts)
         if fit < misfit and np.hypot(*(best - positions[frame])) > COARSE_SPACING:
@@ -124,5 +127,5 @@ def search_stuck_frames(
     moved = np.array(moved, dtype=np.int64)
     if len(moved):
         state.set_positions(within_bound(state, positions, moved))
-    searched, n_moved = state.comm.totals(int(stuck.sum()), len(moved))
-    return moved, {"searched": int(searched), "moved": int(n_moved)}
+    n_searched, n_moved = state.comm.totals(len(searched), len(moved))
+    return moved, {"searched": int(n_searched), "moved": int(n_moved)}
