@@ -7,7 +7,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bluesky_ptycho.solver import ReconstructionSettings, Reconstructor, StageErrors, position_error
+from bluesky_ptycho.solver import (
+    ProbeDrift,
+    ReconstructionSettings,
+    Reconstructor,
+    StageErrors,
+    position_error,
+    simulate,
+)
 from bluesky_ptycho.solver.data import ELECTRON_VOLT
 from bluesky_ptycho.solver.forward import exit_waves_at
 from bluesky_ptycho.solver.position_search import search_stuck_frames
@@ -17,13 +24,12 @@ STUCK = np.array([17, 60, 111, 150])
 OFF_BY = np.array([9.0, -7.0])  # pixels (rows, columns): further than gradient refinement reaches
 
 
-@pytest.fixture
-def stuck_scan(noisy_sim, wrong_probe):
-    """A reconstruction (40 iterations, no refinement) whose ``STUCK`` frames were recorded ``OFF_BY`` off."""
-    data = noisy_sim.data
+def stuck(sim, settings: ReconstructionSettings, probe=None) -> Reconstructor:
+    """A reconstruction (40 iterations, no refinement) of ``sim`` whose ``STUCK`` frames were recorded ``OFF_BY`` off."""
+    data = sim.data
     recorded = data.positions.copy()
     recorded[STUCK] += OFF_BY[::-1] * data.geometry.sample_pixel_size[::-1]
-    reconstructor = Reconstructor(data.geometry, ReconstructionSettings(), probe=wrong_probe)
+    reconstructor = Reconstructor(data.geometry, settings, probe=probe)
     return reconstructor.add_frames(data.frames, recorded).iterate(40)
 
 
@@ -31,18 +37,53 @@ def pixel_errors(positions, true_positions, pixel_size) -> np.ndarray:
     return np.hypot(*((positions - true_positions) / pixel_size[::-1]).T)
 
 
-def test_the_stuck_frames_alone_are_searched_and_moved_back(stuck_scan, noisy_sim):
-    state = stuck_scan.state
+def assert_the_stuck_frames_alone_are_moved_back(reconstructor: Reconstructor, sim) -> None:
+    state = reconstructor.state
     before = state.positions.copy()
     moved, record = search_stuck_frames(state, np.arange(state.n_frames), lambda part: [part])
-    pixel = noisy_sim.data.geometry.sample_pixel_size
-    errors = pixel_errors(state.metres(state.positions), noisy_sim.true_positions, pixel)
+    pixel = sim.data.geometry.sample_pixel_size
+    errors = pixel_errors(state.metres(state.positions), sim.true_positions, pixel)
     assert np.all(errors[STUCK] < 1.5), errors[STUCK]
     others = np.setdiff1d(np.arange(state.n_frames), STUCK)
     assert np.array_equal(state.positions[others], before[others])
     assert np.array_equal(np.sort(moved), STUCK)
     assert record == {"searched": record["searched"], "moved": len(STUCK)}
     assert len(STUCK) <= record["searched"] <= 2 * len(STUCK)
+
+
+def test_the_stuck_frames_alone_are_searched_and_moved_back(noisy_sim, wrong_probe):
+    assert_the_stuck_frames_alone_are_moved_back(
+        stuck(noisy_sim, ReconstructionSettings(), wrong_probe), noisy_sim
+    )
+
+
+@pytest.fixture(scope="module")
+def drifting_beam():
+    """``noisy_sim``'s scan under a beam whose power wanders by up to 50 % through it."""
+    return simulate(
+        n_frames=200, frame_size=64, overlap=0.7, photons=1e6, seed=2, probe_drift=ProbeDrift(intensity=0.5)
+    )
+
+
+@pytest.mark.parametrize(
+    "fitted",
+    [
+        {"intensity_correction": True},
+        {"algorithm": "lsqml", "variable_probe_modes": 1},
+        {"algorithm": "lsqml", "variable_probe_modes": 1, "intensity_correction": True},
+    ],
+    ids=["scales", "variable-probe", "both"],
+)
+def test_stuck_frames_are_found_where_each_frame_has_its_own_scale_or_probe(drifting_beam, fitted):
+    """Both were fitted to the stuck frames where they were stuck, and would hold them there."""
+    settings = ReconstructionSettings(**fitted, intensity_correction_start=10, variable_probe_start=10)
+    reconstructor = stuck(drifting_beam, settings)
+    variable = reconstructor.state.variable_probe
+    if variable is not None:
+        assert np.all(np.abs(variable.weights[STUCK]) > 0)
+    assert_the_stuck_frames_alone_are_moved_back(reconstructor, drifting_beam)
+    if variable is not None:
+        assert not variable.weights[STUCK].any()
 
 
 def test_half_a_step_of_random_error_is_refined_to_a_quarter_of_it_only_with_the_search():

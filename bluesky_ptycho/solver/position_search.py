@@ -8,6 +8,14 @@ coarse grid within the refinement's bound of where the scan recorded it,
 against the current object, then on a fine grid around the best point, and
 moved there where that fits better and lies beyond the fine grid (nearer
 moves are the gradient's to make).
+
+A frame's misfit is taken with its photons matched to the model's where it
+is tried (its own scale, :mod:`.intensity`, was fitted where it was stuck).
+The search tries every point, the frame's current one among them, with the
+shared probe: where the probe varies through the scan (:mod:`.variable_probe`)
+a stuck frame's variation was fitted to make up for the wrong position, and
+lit by it the frame fits its true position worse; a frame moved starts
+again without a variation.
 """
 
 from __future__ import annotations
@@ -18,7 +26,6 @@ import numpy as np
 
 from .backend import to_numpy
 from .forward import exit_waves_at, model_amplitude
-from .intensity import corrected_amplitudes
 from .positions import offset_bound, within_bound
 from .state import SolverState
 
@@ -34,8 +41,12 @@ FINE_RADIUS = np.sqrt(2) * (COARSE_SPACING // 2 + 1)
 MAD_TO_STANDARD_DEVIATION = 1.4826
 
 
-def frame_misfits(state: SolverState, frames: np.ndarray, corners: np.ndarray) -> np.ndarray:
-    """Each frame's amplitude R-factor, ``sum |a_model - a| / sum a`` over good pixels, at ``corners``.
+def frame_misfits(
+    state: SolverState, frames: np.ndarray, corners: np.ndarray, own_probe: bool = True
+) -> np.ndarray:
+    """Each frame's amplitude R-factor, ``sum |s a_model - a| / sum a`` over good pixels, at ``corners``.
+
+    ``s`` matches the model's photons in the good pixels to the frame's.
 
     Parameters
     ----------
@@ -45,24 +56,27 @@ def frame_misfits(state: SolverState, frames: np.ndarray, corners: np.ndarray) -
         (B,) frame indices, or (1,): one frame at every one of ``corners`` (its candidates).
     corners
         (B, 2) integer host array of patch corners on the canvas.
+    own_probe
+        Light each frame with its own probe (the shared one plus its
+        variation, where the probe varies), or with the shared probe.
 
     Returns
     -------
     (B,) host array.
     """
     xp = state.xp
-    amplitude = corrected_amplitudes(state, frames, state.intensity is not None)
-    variable = state.variable_probe
+    measured = state.measured.gather(frames)
+    variable = state.variable_probe if own_probe else None
     variation = None if variable is None else variable.variation(np.broadcast_to(frames, len(corners)))
     waves = exit_waves_at(
         state.object, xp.asarray(corners), state.probe, kernels=state.backend.kernels, variation=variation
     )
     model = model_amplitude(state.backend.fft2(waves, overwrite_x=True))
-    misfit = xp.abs(model - amplitude)
-    measured = amplitude
     if state.mask is not None:
-        misfit, measured = misfit * state.mask, amplitude * state.mask
-    return to_numpy(xp.sum(misfit, axis=(1, 2))) / np.maximum(to_numpy(xp.sum(measured, axis=(1, 2))), 1e-30)
+        model, measured = model * state.mask, measured * state.mask
+    scale = xp.sqrt(xp.sum(measured**2, axis=(1, 2)) / xp.maximum(xp.sum(model**2, axis=(1, 2)), 1e-30))
+    misfit = xp.sum(xp.abs(scale[:, None, None] * model - measured), axis=(1, 2))
+    return to_numpy(misfit) / np.maximum(to_numpy(xp.sum(measured, axis=(1, 2))), 1e-30)
 
 
 def disk_offsets(radius: float, spacing: int) -> np.ndarray:
@@ -74,8 +88,10 @@ def disk_offsets(radius: float, spacing: int) -> np.ndarray:
 
 def best_fit(
     state: SolverState, frame: int, candidates: np.ndarray, parts: Callable[[np.ndarray], list[np.ndarray]]
-) -> tuple[np.ndarray, float]:
-    """The candidate position (2,) of ``candidates`` (K, 2) at which ``frame`` fits best, and its misfit.
+) -> np.ndarray:
+    """The candidate position (2,) of ``candidates`` (K, 2) at which ``frame`` fits best.
+
+    Every candidate is lit by the shared probe (:func:`frame_misfits`).
 
     Candidates whose patch would leave the canvas (or its one-pixel rim) are
     not tried; ``parts`` splits the candidates into groups computed at once.
@@ -86,12 +102,14 @@ def best_fit(
     )
     candidates, corners = candidates[inside], corners[inside]
     if not len(candidates):
-        return state.positions[frame], np.inf
+        return state.positions[frame]
     misfits = np.concatenate(
-        [frame_misfits(state, np.array([frame]), corners[part]) for part in parts(np.arange(len(corners)))]
+        [
+            frame_misfits(state, np.array([frame]), corners[part], own_probe=False)
+            for part in parts(np.arange(len(corners)))
+        ]
     )
-    best = int(np.argmin(misfits))
-    return candidates[best], float(misfits[best])
+    return candidates[int(np.argmin(misfits))]
 
 
 def search_stuck_frames(
@@ -118,14 +136,16 @@ def search_stuck_frames(
     searched = frames[stuck]
     starts = state.pixels(state.start_positions[searched])
     positions, moved = state.positions.copy(), []
-    for frame, start, misfit in zip(searched, starts, current[stuck], strict=True):
-        best, _ = best_fit(state, frame, start + coarse, parts)
-        best, fit = best_fit(state, frame, best + fine, parts)
-        if fit < misfit and np.hypot(*(best - positions[frame])) > COARSE_SPACING:
+    for frame, start in zip(searched, starts, strict=True):
+        best = best_fit(state, frame, start + coarse, parts)
+        best = best_fit(state, frame, np.vstack([best + fine, positions[frame]]), parts)
+        if np.hypot(*(best - positions[frame])) > COARSE_SPACING:
             positions[frame] = best
             moved.append(frame)
     moved = np.array(moved, dtype=np.int64)
     if len(moved):
         state.set_positions(within_bound(state, positions, moved))
+        if state.variable_probe is not None:
+            state.variable_probe.weights[moved] = 0
     n_searched, n_moved = state.comm.totals(len(searched), len(moved))
     return moved, {"searched": int(n_searched), "moved": int(n_moved)}
