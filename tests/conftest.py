@@ -15,9 +15,10 @@ import pytest
 
 from bluesky_ptycho.catalog.table_storage import serialize_duckdb_connections
 from bluesky_ptycho.service.testing import free_port
-from bluesky_ptycho.solver import ProbeDrift, simulate
+from bluesky_ptycho.solver import ProbeDrift, StageErrors, simulate
 from bluesky_ptycho.solver.backend import FFTW_INSTALLED, STRICT_DEVICE, gpu_available
-from bluesky_ptycho.solver.simulate import aperture_probe
+from bluesky_ptycho.solver.data import ELECTRON_VOLT
+from bluesky_ptycho.solver.simulate import aperture_probe, realistic
 
 serialize_duckdb_connections()  # the catalog servers started in this process, as the embedded one
 
@@ -76,6 +77,21 @@ def clean_sim():
 def noisy_sim():
     """200 frames of 64 x 64, 70 % overlap, 1e6 photons per frame with Poisson noise."""
     return simulate(n_frames=200, frame_size=64, overlap=0.7, photons=1e6, seed=2)
+
+
+@pytest.fixture(scope="session")
+def half_a_step_off():
+    """Issue 26's case: a porous sample, 128² frames defocused 1 mm, positions recorded half a scan step rms off."""
+    return realistic(
+        -1e-3,
+        photons=1e5,
+        seed=11,
+        object_kind="porous",
+        stage=StageErrors(random=0.5),
+        energy=8.8e3 * ELECTRON_VOLT,
+        detector_distance=2.0,
+        detector_pixel_size=75e-6,
+    )
 
 
 @pytest.fixture(scope="session")

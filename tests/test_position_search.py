@@ -11,14 +11,11 @@ from bluesky_ptycho.solver import (
     ProbeDrift,
     ReconstructionSettings,
     Reconstructor,
-    StageErrors,
     position_error,
     simulate,
 )
-from bluesky_ptycho.solver.data import ELECTRON_VOLT
 from bluesky_ptycho.solver.forward import exit_waves_at
 from bluesky_ptycho.solver.position_search import search_stuck_frames
-from bluesky_ptycho.solver.simulate import realistic
 
 STUCK = np.array([17, 60, 111, 150])
 OFF_BY = np.array([9.0, -7.0])  # pixels (rows, columns): further than gradient refinement reaches
@@ -99,18 +96,9 @@ def test_stuck_frames_are_found_where_each_frame_has_its_own_scale_or_probe(drif
         assert not variable.weights[STUCK].any()
 
 
-def test_half_a_step_of_random_error_is_refined_to_a_quarter_of_it_only_with_the_search():
-    """The issue's case: a porous sample, positions off by half a step rms, the defocus given (previews' settings)."""
-    sim = realistic(
-        -1e-3,
-        photons=1e5,
-        seed=11,
-        object_kind="porous",
-        stage=StageErrors(random=0.5),
-        energy=8.8e3 * ELECTRON_VOLT,
-        detector_distance=2.0,
-        detector_pixel_size=75e-6,
-    )
+def test_half_a_step_of_random_error_is_refined_to_a_quarter_of_it_only_with_the_search(half_a_step_off):
+    """The issue's case, the defocus given, previews' settings with the whole least-squares step."""
+    sim = half_a_step_off
     pixel = sim.data.geometry.sample_pixel_size
     recorded = position_error(sim.data.positions, sim.true_positions, pixel)
     settings = ReconstructionSettings(position_correction=True, probe_defocus=-1e-3)

@@ -47,7 +47,7 @@ from .forward import (
 )
 from .intensity import corrected_amplitudes
 from .options import AlgorithmOptions, option
-from .positions import bounded_shifts, gradient_shifts, within_bound
+from .positions import gradient_shifts, stepped_shifts, within_bound
 from .probe import rotate_modes, shift_ramp
 from .regions import spatial_order
 from .state import SolverState
@@ -207,9 +207,8 @@ class DifferenceMap(Engine):
             chi = backend.ifft2(waves, overwrite_x=True)
             chi -= exit_waves_at(state.object, corners, state.probe, kernels=backend.kernels)
             shifts.append(gradient_shifts(state, corners, chi))
-        s = self.settings
         moves = np.empty_like(state.positions)
-        moves[self.order] = bounded_shifts(np.concatenate(shifts), s.position_step, s.max_position_step)
+        moves[self.order] = stepped_shifts(state, self.order, np.concatenate(shifts), self.settings)
         state.set_positions(within_bound(state, state.positions + moves))
 
     def orthogonalizes(self, iteration: int) -> bool:

@@ -163,7 +163,7 @@ class LSQML(Engine):
                     step_object = r1 / (a11 * (1 + STEP_REGULARISATION) + 1e-30)
                 if self.refines_positions(iteration):
                     moves = [
-                        (chunk, position_shifts(state, corners, chi, s.position_step, s.max_position_step))
+                        (chunk, position_shifts(state, chunk, corners, chi, s))
                         for chunk, corners, chi in parts
                     ]
                 add_scaled_in(

@@ -145,6 +145,7 @@ def search_stuck_frames(
     moved = np.array(moved, dtype=np.int64)
     if len(moved):
         state.set_positions(within_bound(state, positions, moved))
+        state.position_gains.restart(moved)
         if state.variable_probe is not None:
             state.variable_probe.weights[moved] = 0
     n_searched, n_moved = state.comm.totals(len(searched), len(moved))

@@ -8,11 +8,16 @@ axis is that projection over the derivative's squared norm (as in LSQ-ML).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .backend import to_numpy
 from .forward import gather_patches
 from .state import SolverState
+
+if TYPE_CHECKING:
+    from .settings import ReconstructionSettings
 
 # a refined position stays within this share of the frame's smaller edge of where the reconstruction took it
 MAX_OFFSET_SHARE = 0.25
@@ -33,28 +38,40 @@ def patch_gradients(obj, corners, shape: tuple[int, int]):
     )
 
 
-def position_shifts(state: SolverState, corners, chi, step: float, max_step: float) -> np.ndarray:
-    """The moves (rows, columns) in pixels of a batch's patches: ``step`` times their least-squares shifts.
+def position_shifts(
+    state: SolverState, frames: np.ndarray, corners, chi, settings: ReconstructionSettings
+) -> np.ndarray:
+    """The moves (rows, columns) in pixels of a batch's patches: their steps times their least-squares shifts.
 
     Parameters
     ----------
     state
         The current reconstruction.
+    frames
+        (B,) the batch's frames.
     corners
         (B, 2) integer corners of the batch.
     chi
         (B, modes, h, w) exit-wave change asked for by the data.
-    step
-        The share of each least-squares shift taken (``ReconstructionSettings.position_step``).
-    max_step
-        Largest shift returned along each axis, in pixels.
+    settings
+        Its ``position_step``: the share of each least-squares shift taken, grown frame by
+        frame while a frame is on its way (:mod:`.position_gains`); its ``max_position_step``:
+        the largest shift returned along each axis, in pixels.
 
     Returns
     -------
     (B, 2) host array of shifts, with the batch's mean shift removed (a common
     translation of every position is not determined by the data).
     """
-    return bounded_shifts(gradient_shifts(state, corners, chi), step, max_step)
+    return stepped_shifts(state, frames, gradient_shifts(state, corners, chi), settings)
+
+
+def stepped_shifts(
+    state: SolverState, frames: np.ndarray, shifts: np.ndarray, settings: ReconstructionSettings
+) -> np.ndarray:
+    """The moves of ``frames`` for their least-squares ``shifts`` (B, 2): each its step times its shift, bounded."""
+    steps = state.position_gains.follow(frames, shifts, settings.position_step)
+    return bounded_shifts(shifts, steps[:, None], settings.max_position_step)
 
 
 def gradient_shifts(state: SolverState, corners, chi) -> np.ndarray:
@@ -79,8 +96,8 @@ def gradient_sums(state: SolverState, corners, chi) -> tuple[np.ndarray, np.ndar
     return sums[:, 0::2], sums[:, 1::2]
 
 
-def bounded_shifts(shifts: np.ndarray, step: float, max_step: float) -> np.ndarray:
-    """``step`` times ``shifts`` (B, 2) without their mean, each within ``max_step`` pixels."""
+def bounded_shifts(shifts: np.ndarray, step: float | np.ndarray, max_step: float) -> np.ndarray:
+    """``step`` (a number or (B, 1)) times ``shifts`` (B, 2) without their mean, each within ``max_step`` pixels."""
     moves = step * shifts
     return np.clip(moves - moves.mean(axis=0), -max_step, max_step)
 

@@ -73,9 +73,7 @@ class RPIE(Engine):
                 cost += chunk_cost
                 terms = update_terms(state, corners, diff, for_probe=update_probe, terms=terms)
                 if self.refines_positions(iteration):
-                    moves.append(
-                        (chunk, position_shifts(state, corners, diff, s.position_step, s.max_position_step))
-                    )
+                    moves.append((chunk, position_shifts(state, chunk, corners, diff, s)))
             if update_probe:
                 probe_terms_of_every_rank(state, terms)
                 add_regularised_step(

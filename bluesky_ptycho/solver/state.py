@@ -12,6 +12,7 @@ from .backend import ArrayBackend
 from .communicator import Communicator
 from .frames import MeasuredAmplitudes
 from .intensity import FrameIntensity
+from .position_gains import PositionGains
 
 if TYPE_CHECKING:
     from .variable_probe import VariableProbe
@@ -66,6 +67,8 @@ class SolverState:
         refinement is bounded by and measured from (:mod:`.positions`).
     at_bound
         (N,) True for frames whose refined position was held at that bound.
+    position_gains
+        Each frame's refinement step, grown while its moves keep their direction (:mod:`.position_gains`).
     intensity
         Each frame's share of the beam, where it is corrected (:mod:`.intensity`), else None.
     variable_probe
@@ -89,6 +92,7 @@ class SolverState:
     comm: Communicator = field(default_factory=Communicator)
     start_positions: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     at_bound: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    position_gains: PositionGains = field(default_factory=PositionGains)
     intensity: FrameIntensity | None = None
     variable_probe: VariableProbe | None = None
     _object_sums: tuple | None = field(default=None, repr=False)
@@ -131,6 +135,7 @@ class SolverState:
         if len(positions) > known:  # frames new to the state start where they are first set
             self.start_positions = np.concatenate([self.start_positions, self.metres(self.positions[known:])])
             self.at_bound = np.concatenate([self.at_bound, np.zeros(len(positions) - known, bool)])
+            self.position_gains.take(len(positions))
 
     def pad_canvas(self, before: np.ndarray, after: np.ndarray) -> None:
         """Add ``before`` (rows, columns) pixels before the canvas and ``after`` after it; the object stays where it is in metres."""
