@@ -147,6 +147,6 @@ def search_stuck_frames(
         state.set_positions(within_bound(state, positions, moved))
         state.position_gains.restart(moved)
         if state.variable_probe is not None:
-            state.variable_probe.weights[moved] = 0
+            state.variable_probe.restart(moved)
     n_searched, n_moved = state.comm.totals(len(searched), len(moved))
     return moved, {"searched": int(n_searched), "moved": int(n_moved)}

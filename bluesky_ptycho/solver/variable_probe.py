@@ -86,6 +86,10 @@ class VariableProbe:
         self.weights = np.concatenate([self.weights, new])
         self.at_bound = np.concatenate([self.at_bound, np.zeros(len(new), bool)])
 
+    def restart(self, frames: np.ndarray) -> None:
+        """``frames`` moved far (:mod:`.position_search`): their variations, fitted where they were, start again at 0."""
+        self.weights[frames] = 0
+
     def variation(self, frames) -> ProbeVariation | None:
         """``V_j = sum_k w_jk U_k`` of ``frames``, or None while their weights are all 0."""
         weights = self.weights[frames]
