@@ -63,7 +63,9 @@ class ReconstructionSettings:
         Share of each frame's least-squares shift applied in one iteration,
         (0, 1]. A full step (default) corrects real errors fastest; a
         smaller one lets less of each iteration's noise into positions that
-        are nearly right (docs/imperfect-scans.md: 0.25 measured).
+        are nearly right (docs/imperfect-scans.md: 0.25 measured). A
+        frame's step grows towards the full one while it is on its way
+        somewhere (:mod:`.position_gains`).
     max_position_step
         Largest position change in one iteration, in object pixels.
     position_search_every
