@@ -14,8 +14,10 @@ from bluesky_ptycho.solver import (
     position_error,
     simulate,
 )
+from bluesky_ptycho.solver.data import ELECTRON_VOLT
 from bluesky_ptycho.solver.forward import exit_waves_at
 from bluesky_ptycho.solver.position_search import search_stuck_frames
+from bluesky_ptycho.solver.simulate import realistic
 
 STUCK = np.array([17, 60, 111, 150])
 OFF_BY = np.array([9.0, -7.0])  # pixels (rows, columns): further than gradient refinement reaches
@@ -65,6 +67,23 @@ def test_frames_recorded_with_a_quarter_of_the_beam_are_not_searched(noisy_sim):
     _, record = search_stuck_frames(state, np.arange(state.n_frames), lambda part: [part])
     assert record["moved"] == 0
     assert record["searched"] < len(glitched)  # a 3-sigma outlier or so by chance, not them
+
+
+def test_at_a_low_dose_no_frame_is_moved_for_a_better_fit_by_chance():
+    """1e4 photons a frame: some frames stand out by chance, and fit some point of some 300 tried a little better."""
+    sim = realistic(
+        -3e-3,
+        photons=1e4,
+        seed=11,
+        energy=8.8e3 * ELECTRON_VOLT,
+        detector_distance=2.0,
+        detector_pixel_size=75e-6,
+    )
+    settings = replace(ReconstructionSettings.final().for_preview(), probe_defocus=-3e-3)
+    result = Reconstructor.from_data(sim.data, settings).iterate().result()
+    searches = result.extra["position_searches"]
+    assert sum(search["searched"] for search in searches) > 0
+    assert sum(search["moved"] for search in searches) == 0, searches
 
 
 @pytest.fixture(scope="module")
