@@ -39,6 +39,7 @@ def pixel_errors(positions, true_positions, pixel_size) -> np.ndarray:
 def assert_the_stuck_frames_alone_are_moved_back(reconstructor: Reconstructor, sim) -> None:
     state = reconstructor.state
     before = state.positions.copy()
+    state.position_gains.gains[:] = 2.0  # as if every frame had been on its way
     moved, record = search_stuck_frames(state, np.arange(state.n_frames), lambda part: [part])
     pixel = sim.data.geometry.sample_pixel_size
     errors = pixel_errors(state.metres(state.positions), sim.true_positions, pixel)
@@ -48,6 +49,10 @@ def assert_the_stuck_frames_alone_are_moved_back(reconstructor: Reconstructor, s
     assert np.array_equal(np.sort(moved), STUCK)
     assert record == {"searched": record["searched"], "moved": len(STUCK)}
     assert len(STUCK) <= record["searched"] <= 2 * len(STUCK)
+    # the frames moved start their steps again from the settings' share
+    assert np.all(state.position_gains.gains[STUCK] == 1.0) and np.all(
+        state.position_gains.gains[others] == 2.0
+    )
 
 
 def test_the_stuck_frames_alone_are_searched_and_moved_back(noisy_sim, wrong_probe):
