@@ -107,7 +107,8 @@ def settings_options(function):
             default=final.position_step,
             show_default=True,
             help="Share of each frame's least-squares shift taken per iteration, (0, 1]; "
-            "0.25 keeps nearly right positions from wandering at low dose.",
+            "0.25 keeps nearly right positions from wandering at low dose; a frame's step "
+            "grows towards the whole shift while it is on its way.",
         ),
         click.option(
             "--position-search-every",

@@ -41,8 +41,9 @@ from bluesky_ptycho.solver import DetectorSettings, ReconstructionSettings
 ptycho = PtychoCallback(
     tiled_writer,  # noqa: F821 (00-base.py)
     runner=LocalRunner(process=True),  # the solver in a worker process at lower priority
-    # LSQ-ML, 3 modes, 200 iterations, positions refined (a quarter step): measured best;
-    # position_step=1.0 for a stage known to be off by half a scan step or more
+    # LSQ-ML, 3 modes, 200 iterations, positions refined (a quarter step, growing while a
+    # frame is on its way): measured best; for a stage that may be off by half a scan step
+    # or more, give the probe's defocus (probe_defocus=...)
     settings=ReconstructionSettings.final(),
     preview_every=50,
     # where a scan's frames and positions are, for plans that do not record start["ptycho"]
