@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import NANOPROBE
 
 from bluesky_ptycho.catalog.table_storage import serialize_duckdb_connections
 from bluesky_ptycho.service.testing import free_port
 from bluesky_ptycho.solver import ProbeDrift, StageErrors, simulate
 from bluesky_ptycho.solver.backend import FFTW_INSTALLED, STRICT_DEVICE, gpu_available
-from bluesky_ptycho.solver.data import ELECTRON_VOLT
 from bluesky_ptycho.solver.simulate import aperture_probe, realistic
 
 serialize_duckdb_connections()  # the catalog servers started in this process, as the embedded one
@@ -88,9 +88,7 @@ def half_a_step_off():
         seed=11,
         object_kind="porous",
         stage=StageErrors(random=0.5),
-        energy=8.8e3 * ELECTRON_VOLT,
-        detector_distance=2.0,
-        detector_pixel_size=75e-6,
+        **NANOPROBE,
     )
 
 

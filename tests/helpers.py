@@ -21,7 +21,11 @@ from bluesky_ptycho.solver import (
     ReconstructionSettings,
     Reconstructor,
 )
+from bluesky_ptycho.solver.data import ELECTRON_VOLT
 from bluesky_ptycho.solver.imperfections import stage_of_frames
+
+# the robustness benchmark's geometry A (benchmarks/robustness.py): a hard X-ray nanoprobe
+NANOPROBE = {"energy": 8.8e3 * ELECTRON_VOLT, "detector_distance": 2.0, "detector_pixel_size": 75e-6}
 
 
 class Documents(list):

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers import NANOPROBE
 
 from bluesky_ptycho.solver import (
     ProbeDrift,
@@ -14,7 +15,6 @@ from bluesky_ptycho.solver import (
     position_error,
     simulate,
 )
-from bluesky_ptycho.solver.data import ELECTRON_VOLT
 from bluesky_ptycho.solver.forward import exit_waves_at
 from bluesky_ptycho.solver.position_search import search_stuck_frames
 from bluesky_ptycho.solver.simulate import realistic
@@ -76,14 +76,7 @@ def test_frames_recorded_with_a_quarter_of_the_beam_are_not_searched(noisy_sim):
 
 def test_at_a_low_dose_no_frame_is_moved_for_a_better_fit_by_chance():
     """1e4 photons a frame: some frames stand out by chance, and fit some point of some 300 tried a little better."""
-    sim = realistic(
-        -3e-3,
-        photons=1e4,
-        seed=11,
-        energy=8.8e3 * ELECTRON_VOLT,
-        detector_distance=2.0,
-        detector_pixel_size=75e-6,
-    )
+    sim = realistic(-3e-3, photons=1e4, seed=11, **NANOPROBE)
     settings = replace(ReconstructionSettings.final().for_preview(), probe_defocus=-3e-3)
     result = Reconstructor.from_data(sim.data, settings).iterate().result()
     searches = result.extra["position_searches"]
