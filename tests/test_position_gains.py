@@ -1,4 +1,4 @@
-"""Each frame's position step grows while its moves keep their direction (solver.position_gains)."""
+"""Each frame's position step grows while the frame is on its way somewhere (solver.position_gains)."""
 
 from __future__ import annotations
 

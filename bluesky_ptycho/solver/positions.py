@@ -69,9 +69,13 @@ def position_shifts(
 def stepped_shifts(
     state: SolverState, frames: np.ndarray, shifts: np.ndarray, settings: ReconstructionSettings
 ) -> np.ndarray:
-    """The moves of ``frames`` for their least-squares ``shifts`` (B, 2): each its step times its shift, bounded."""
-    steps = state.position_gains.follow(frames, shifts, settings.position_step)
-    return bounded_shifts(shifts, steps[:, None], settings.max_position_step)
+    """The moves of ``frames`` for their least-squares ``shifts`` (B, 2): each its step times its shift, bounded.
+
+    The batch's mean move is taken out, and each move is clipped to
+    ``settings.max_position_step`` pixels along each axis.
+    """
+    moves = state.position_gains.follow(frames, shifts, settings.position_step)[:, None] * shifts
+    return np.clip(moves - moves.mean(axis=0), -settings.max_position_step, settings.max_position_step)
 
 
 def gradient_shifts(state: SolverState, corners, chi) -> np.ndarray:
@@ -94,12 +98,6 @@ def gradient_sums(state: SolverState, corners, chi) -> tuple[np.ndarray, np.ndar
         sums.append(xp.sum(derivative.real**2 + derivative.imag**2, axis=(1, 2, 3)))
     sums = to_numpy(xp.stack(sums, axis=1)).astype(np.float64)
     return sums[:, 0::2], sums[:, 1::2]
-
-
-def bounded_shifts(shifts: np.ndarray, step: float | np.ndarray, max_step: float) -> np.ndarray:
-    """``step`` (a number or (B, 1)) times ``shifts`` (B, 2) without their mean, each within ``max_step`` pixels."""
-    moves = step * shifts
-    return np.clip(moves - moves.mean(axis=0), -max_step, max_step)
 
 
 def move_positions(state: SolverState, moves: list[tuple[np.ndarray, np.ndarray]]) -> None:

@@ -68,7 +68,7 @@ class SolverState:
     at_bound
         (N,) True for frames whose refined position was held at that bound.
     position_gains
-        Each frame's refinement step, grown while its moves keep their direction (:mod:`.position_gains`).
+        Each frame's refinement step, grown while the frame is on its way somewhere (:mod:`.position_gains`).
     intensity
         Each frame's share of the beam, where it is corrected (:mod:`.intensity`), else None.
     variable_probe
