@@ -3,7 +3,9 @@
 For each frame the exit-wave change ``chi`` that the data ask for is projected
 onto the derivative of the exit wave with respect to a shift of the object
 patch, ``P * dO/drow`` and ``P * dO/dcol``; the least-squares shift along each
-axis is that projection over the derivative's squared norm (as in LSQ-ML).
+axis is that projection over the derivative's squared norm (as in LSQ-ML),
+damped by :data:`SHIFT_DAMPING` where the frame's photons say little about
+its position (:data:`SHIFT_NOISE`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,16 @@ if TYPE_CHECKING:
 
 # a refined position stays within this share of the frame's smaller edge of where the reconstruction took it
 MAX_OFFSET_SHARE = 0.25
+#: pixels: a frame whose shift's photon noise may be this large along an axis takes half its shift.
+#: The FFTs are unitary, so the exit waves are in square-root photons, whose noise is at most 1/2,
+#: and a frame's shift has at most ``1 / (2 sqrt(denominator))`` pixels of it, ``sum |P dO|^2``
+#: the denominator. Without the damping, frames of weakly scattering samples at 1e4 photons
+#: (denominators of 1-10) drifted off with the object, 2.6-4.5 px from 0.75-0.83 px recorded; at
+#: 0.2 px 1.1-1.3 px, at 0.1 px 0.7-0.8 px but frames half a step off came in too slowly for the
+#: previews (docs/imperfect-scans.md)
+SHIFT_NOISE = 0.2
+#: in photons per pixel²: added to every least-squares shift's denominator
+SHIFT_DAMPING = 1 / (4 * SHIFT_NOISE**2)
 
 
 def patch_gradients(obj, corners, shape: tuple[int, int]):
@@ -79,9 +91,9 @@ def stepped_shifts(
 
 
 def gradient_shifts(state: SolverState, corners, chi) -> np.ndarray:
-    """The least-squares shifts of :func:`position_shifts`, as they are: (B, 2) host array."""
+    """The least-squares shifts of :func:`position_shifts`, damped by :data:`SHIFT_DAMPING`: (B, 2) host array."""
     numerator, denominator = gradient_sums(state, corners, chi)
-    return numerator / (denominator + 1e-6 * denominator.max(axis=0) + 1e-30)
+    return numerator / (denominator + SHIFT_DAMPING)
 
 
 def gradient_sums(state: SolverState, corners, chi) -> tuple[np.ndarray, np.ndarray]:
