@@ -24,12 +24,12 @@ if TYPE_CHECKING:
 # a refined position stays within this share of the frame's smaller edge of where the reconstruction took it
 MAX_OFFSET_SHARE = 0.25
 #: pixels: a frame whose shift's photon noise may be this large along an axis takes half its shift.
-#: The FFTs are unitary, so the exit waves are in square-root photons, whose noise is at most 1/2,
-#: and a frame's shift has at most ``1 / (2 sqrt(denominator))`` pixels of it, ``sum |P dO|^2``
-#: the denominator. Without the damping, frames of weakly scattering samples at 1e4 photons
-#: (denominators of 1-10) drifted off with the object, 2.6-4.5 px from 0.75-0.83 px recorded; at
-#: 0.2 px 1.1-1.3 px, at 0.1 px 0.7-0.8 px but frames half a step off came in too slowly for the
-#: previews (docs/imperfect-scans.md)
+#: The frames are photon counts and the FFTs unitary, so the exit waves are in square-root photons,
+#: whose noise is at most 1/2, and a frame's shift has at most ``1 / (2 sqrt(denominator))``
+#: pixels of it, ``sum |P dO|^2`` the denominator. Without the damping, frames of weakly
+#: scattering samples at 1e4 photons (denominators of 1-10) drifted off with the object, up to
+#: 4.5 px from 0.3-0.8 px recorded; at 0.2 px up to 2.3 px; at 0.1 px they stayed nearer, but
+#: frames half a step off came in too slowly for the previews (docs/imperfect-scans.md)
 SHIFT_NOISE = 0.2
 #: in photons per pixel²: added to every least-squares shift's denominator
 SHIFT_DAMPING = 1 / (4 * SHIFT_NOISE**2)
