@@ -157,7 +157,7 @@ def test_dm_visits_a_large_scan_block_by_block_and_each_frame_keeps_its_own_resu
         intensity_correction=True,
         intensity_correction_start=2,
     )
-    results = []
+    results, canvas = [], []
     for order in (np.arange(len(shuffled)), shuffled):
         reconstructor = Reconstructor(data.geometry, settings)
         reconstructor.add_frames(data.frames[order[:1500]], data.positions[order[:1500]])
@@ -169,11 +169,18 @@ def test_dm_visits_a_large_scan_block_by_block_and_each_frame_keeps_its_own_resu
         first = spatial_blocks(data.positions[order[:1500]])
         assert np.array_equal(stored[: len(first[0])], first[0]), "block by block"
         results.append(reconstructor.result())
+        canvas.append(reconstructor.state.positions)
     natural, permuted = results
     back = np.argsort(shuffled)
     np.testing.assert_allclose(
         permuted.positions[back], natural.positions, rtol=0, atol=1e-3 * min(natural.pixel_size)
     )
-    np.testing.assert_allclose(permuted.frame_scales[back], natural.frame_scales, rtol=1e-4)
+    # a frame resting on a half pixel, where refinement holds many (the patches start at whole pixels),
+    # is patched from either neighbour as the rounding falls
+    on_edge = np.any(np.abs(canvas[0] % 1 - 0.5) < 1e-3, axis=1)
+    assert on_edge.mean() < 0.01  # 11 of 2400
+    np.testing.assert_allclose(
+        permuted.frame_scales[back][~on_edge], natural.frame_scales[~on_edge], rtol=1e-4
+    )
     np.testing.assert_allclose(permuted.cost_history, natural.cost_history, rtol=1e-4)
     assert np.abs(natural.positions - data.positions).max() > 0.1 * min(natural.pixel_size), "refined"
