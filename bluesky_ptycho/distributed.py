@@ -254,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     except Exception as error:  # any rank's error ends every rank: the others would wait forever
-        print(rank_error_line(comm, error), file=sys.stderr, flush=True)
+        line = rank_error_line(comm, error)
+        print(line, file=sys.stderr, flush=True)
+        keep_rank_error(args.output, comm.rank, line)
         comm.abort(1)
     return 0
 
@@ -262,6 +264,35 @@ def main(argv: list[str] | None = None) -> int:
 def rank_error_line(comm: Communicator, error: Exception) -> str:
     """The line a rank prints as it stops on ``error`` (read back with ``RANK_ERROR``)."""
     return f"error on rank {comm.rank} of {comm.size}: {type(error).__name__}: {error}"
+
+
+def rank_error_path(output: Path, rank: int | str) -> Path:
+    """The file beside the result file ``output`` where ``rank`` leaves the line it stopped on (``"*"``: every rank's).
+
+    The abort that ends every rank may end the launcher before it has passed
+    on the ranks' last stderr lines (one launch in twenty on a busy machine);
+    a file stays.
+    """
+    return output.with_name(f".{output.name}.rank{rank}.error")
+
+
+def keep_rank_error(output: Path, rank: int, line: str) -> None:
+    """Write ``line`` to :func:`rank_error_path`; where that cannot be written, stderr has it alone."""
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        rank_error_path(output, rank).write_text(line + "\n")
+    except OSError:
+        pass
+
+
+def take_rank_errors(output: Path) -> list[str]:
+    """The lines every rank left beside ``output`` (:func:`keep_rank_error`), in rank order, their files removed."""
+    found = output.parent.glob(rank_error_path(output, "*").name)
+    lines = []
+    for path in sorted(found, key=lambda path: int(path.name.rsplit(".rank", 1)[1].removesuffix(".error"))):
+        lines.append(path.read_text().strip())
+        path.unlink()
+    return lines
 
 
 def _idle(ranks: int) -> str:

@@ -338,6 +338,18 @@ def test_more_ranks_than_frames_is_one_clear_error(tmp_path, sim):
     assert isinstance(raised.value, NOT_RETRIED)
 
 
+def test_a_ranks_error_comes_back_when_the_launcher_loses_its_stderr(tmp_path, sim):
+    """The abort may end mpiexec before it passes the ranks' last lines on: each rank's is kept in a file too."""
+    few = replace(sim.data, frames=sim.data.frames[:5], positions=sim.data.positions[:5])
+    path = tmp_path / "few.cxi"
+    write_cxi(path, few)
+    silenced = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:], stderr=subprocess.DEVNULL))"
+    launcher = [sys.executable, "-c", silenced, mpiexec_path(), "-n", "3"]
+    with pytest.raises(RankDataError, match="error on rank 0 of 3: ValueError: 3 ranks for 5 frames"):
+        run_ranks(launcher, [path], tmp_path / "out.cxi", ReconstructionSettings(), timeout=TIMEOUT)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["few.cxi"], "the ranks' files are taken"
+
+
 def test_without_mpi4py_the_rank_program_says_what_to_install(tmp_path):
     blocker = tmp_path / "mpi4py"
     blocker.mkdir()

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from ..distributed import RANK_ERROR
+from ..distributed import RANK_ERROR, take_rank_errors
 from ..io import read_result
 from ..solver import ReconstructionResult, ReconstructionSettings
 from ..solver.communicator import MPI_MISSING
@@ -142,6 +142,7 @@ def run_ranks(
     ]
     name = " ".join(launcher)
     errors: deque[str] = deque(maxlen=ERROR_LINES)
+    take_rank_errors(output_path)  # a launch stopped before it read its own
     # the ranks share the cores out among their FFT threads (distributed.py): no OpenMP threads beside them
     environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with subprocess.Popen(
@@ -157,7 +158,8 @@ def run_ranks(
             for reader in readers:
                 reader.join(timeout=10)
     if process.returncode != 0:
-        reasons = [line for line in errors if line.startswith("error")] or list(errors)
+        errors = list(dict.fromkeys([*take_rank_errors(output_path), *errors]))
+        reasons = [line for line in errors if line.startswith("error")] or errors
         message = f"{name} failed (exit status {process.returncode}): " + " | ".join(reasons)
         raised = {found["kind"] for found in map(RANK_ERROR.match, reasons) if found}
         if raised and raised <= {kind.__name__ for kind in NOT_RETRIED}:
