@@ -7,6 +7,7 @@ import scipy.fft
 from scipy.ndimage import gaussian_filter, shift
 
 from bluesky_ptycho.solver.backend import make_backend
+from bluesky_ptycho.solver.forward import exit_waves_at
 from bluesky_ptycho.solver.positions import SHIFT_DAMPING, gradient_shifts, gradient_sums
 from bluesky_ptycho.solver.state import SolverState
 
@@ -30,10 +31,10 @@ def frames_at_one_place(rng, photons: float) -> SolverState:
 
 def exit_wave(state: SolverState, offset: float = 0.0) -> np.ndarray:
     """The one frame's exit wave, off a patch ``offset`` px further down the object."""
-    patch = state.object[CORNER : CORNER + FRAME, CORNER : CORNER + FRAME]
+    obj = state.object
     if offset:
-        patch = shift(patch.real, (offset, 0), order=3) + 1j * shift(patch.imag, (offset, 0), order=3)
-    return state.probe[0] * patch
+        obj = shift(obj.real, (-offset, 0), order=3) + 1j * shift(obj.imag, (-offset, 0), order=3)
+    return exit_waves_at(obj, state.corners[:1], state.probe)[0, 0]
 
 
 def noisy_changes(state: SolverState, rng) -> np.ndarray:
@@ -72,5 +73,5 @@ def test_the_damping_stills_a_dim_frames_noise_and_leaves_a_bright_frames_shift(
     state = frames_at_one_place(rng, photons=1e7)
     chi = np.stack([exit_wave(state, offset=0.3) - exit_wave(state)] * 2)[:, None].astype(np.complex64)
     shifts = gradient_shifts(state, state.corners[:2], chi)
-    np.testing.assert_allclose(np.abs(shifts[:, 0]), 0.3, rtol=0.1)
+    np.testing.assert_allclose(shifts[:, 0], 0.3, rtol=0.1)
     np.testing.assert_allclose(shifts[:, 1], 0, atol=0.03)
