@@ -17,7 +17,7 @@ from bluesky_ptycho.solver.data import ProbeVariation
 from bluesky_ptycho.solver.dm import fourier_update
 from bluesky_ptycho.solver.forward import exit_waves_at, fourier_change
 from bluesky_ptycho.solver.lsqml import step_products
-from bluesky_ptycho.solver.positions import gradient_sums
+from bluesky_ptycho.solver.positions import gradient_sums, subpixel_exit_waves
 from bluesky_ptycho.solver.state import SolverState
 from bluesky_ptycho.solver.updates import add_regularised_step, patch_overlap, update_terms
 from bluesky_ptycho.solver.variable_probe import probe_change_sums
@@ -132,6 +132,31 @@ def test_position_gradient_sums(problem, modes):
     assert numerator.shape == denominator.shape == (9, 2)
     assert_close(numerator, expected_numerator, rtol=1e-5)
     assert_close(denominator, expected_denominator, rtol=1e-5)
+
+
+@pytest.mark.parametrize("modes", [1, 3])
+@pytest.mark.parametrize("varies", [False, True])
+def test_subpixel_exit_waves(problem, modes, varies):
+    rng, obj, probe, corners, _, _ = problem
+    corners = np.clip(corners, 1, 12)  # a pixel of canvas around each patch, as the canvas keeps
+    state = SolverState(
+        COMPILED, obj, probe[:modes], None, None, corners.astype(float), corners, np.zeros(2), (1, 1)
+    )
+    offsets = rng.uniform(-0.5, 0.5, (9, 2))
+    variation = ProbeVariation(
+        rng.standard_normal((9, 2)).astype(np.float32), random_complex(rng, (2, *SHAPE))
+    )
+
+    def waves(state, corners, offsets, kernels):
+        backend = COMPILED if kernels is not None else ARRAYS
+        return subpixel_exit_waves(
+            replace(state, backend=backend), corners, offsets, variation if varies else None
+        )
+
+    (compiled, _), (arrays, _) = both_ways(waves, state, corners, offsets)
+    assert_close(compiled, arrays)
+    still = subpixel_exit_waves(state, corners, np.zeros((9, 2)), variation if varies else None)
+    assert_close(still, exit_waves_at(obj, corners, probe[:modes], variation=variation if varies else None))
 
 
 def test_patch_overlap(problem):

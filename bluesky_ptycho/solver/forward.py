@@ -207,6 +207,16 @@ def exit_wave_update(
         The amplitude misfit of the modelled exit waves.
     """
     waves = exit_waves_at(obj, corners, probe, kernels=backend.kernels, variation=variation)
+    return fourier_step(backend, waves, amplitude, mask, noise_model, model_photons)
+
+
+def fourier_step(
+    backend: ArrayBackend, waves, amplitude, mask=None, noise_model: str = "gaussian", model_photons=None
+):
+    """The change (B, modes, h, w) the measured ``amplitude`` asks of the exit ``waves``, and their misfit.
+
+    ``waves`` is overwritten; the other parameters as for :func:`exit_wave_update`.
+    """
     farfield = backend.fft2(waves, overwrite_x=True)
     cost = fourier_change(farfield, amplitude, mask, noise_model, model_photons, backend.kernels)
     return backend.ifft2(farfield, overwrite_x=True), cost

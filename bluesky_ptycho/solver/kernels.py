@@ -126,6 +126,43 @@ def exit_waves(obj, corners, probe, weights, eigen_probes, out):
 
 
 @_compile
+def subpixel_exit_waves(obj, corners, offsets, probe, weights, eigen_probes, out):
+    """:func:`exit_waves` of patches moved by ``offsets`` (B, 2 px) to first order (:func:`.positions.subpixel_exit_waves`).
+
+    Each patch pixel is ``obj + offsets[j, 0] dO/drow + offsets[j, 1] dO/dcolumn``,
+    the object's central differences read around each patch.
+    """
+    n_modes, h, w = probe.shape
+    varies = eigen_probes.shape[0] > 0
+    first = np.empty(w, dtype=probe.dtype)
+    patch_row = np.empty(w, dtype=obj.dtype)
+    half = obj.real.dtype.type(0.5)
+    for j in range(corners.shape[0]):
+        r, c = corners[j, 0], corners[j, 1]
+        along_rows, along_cols = offsets[j, 0] * half, offsets[j, 1] * half
+        for y in range(h):
+            above, here, below = (
+                obj[r + y - 1, c : c + w],
+                obj[r + y, c - 1 : c + w + 1],
+                obj[r + y + 1, c : c + w],
+            )
+            for x in range(w):
+                patch_row[x] = (
+                    here[x + 1] + along_rows * (below[x] - above[x]) + along_cols * (here[x + 2] - here[x])
+                )
+            for m in range(n_modes):
+                probe_row = probe[m, y]
+                out_row = out[j, m, y]
+                if m == 0 and varies:
+                    _first_mode_row(probe_row, weights, eigen_probes, j, y, first)
+                    for x in range(w):
+                        out_row[x] = first[x] * patch_row[x]
+                else:
+                    for x in range(w):
+                        out_row[x] = probe_row[x] * patch_row[x]
+
+
+@_compile
 def rotate_modes(waves, rotation):
     """``waves[:, k] = sum_m rotation[m, k] waves[:, m]`` for (B, M, h, w) waves, in place."""
     n_frames, n_modes, h, w = waves.shape

@@ -119,7 +119,7 @@ class LSQML(Engine):
         variable = state.variable_probe
         for batch in self.batches(state, rng, frames):
             numerator, illumination = state.object_sums()
-            terms, parts = UpdateTerms(numerator, illumination), []
+            terms, parts, variations = UpdateTerms(numerator, illumination), [], []
             region = CanvasRegion.covering(state.host_corners[batch], state.frame_shape, state.object.shape)
             for chunk in self.chunks(batch, state):
                 index = xp.asarray(chunk)
@@ -133,6 +133,7 @@ class LSQML(Engine):
                     state, corners, chi, for_probe=update_probe, terms=terms, variation=variation
                 )
                 parts.append((chunk, corners, chi))
+                variations.append(variation)
             probe_direction = step_probe = None
             if update_probe:
                 probe_terms_of_every_rank(state, terms)
@@ -162,9 +163,15 @@ class LSQML(Engine):
                 else:
                     step_object = r1 / (a11 * (1 + STEP_REGULARISATION) + 1e-30)
                 if self.refines_positions(iteration):
+                    correct = self.corrects_intensity(iteration)
                     moves = [
-                        (chunk, position_shifts(state, chunk, corners, chi, s))
-                        for chunk, corners, chi in parts
+                        (
+                            chunk,
+                            position_shifts(
+                                state, chunk, corners, chi, s, options.noise_model, correct, variation
+                            ),
+                        )
+                        for (chunk, corners, chi), variation in zip(parts, variations, strict=True)
                     ]
                 add_scaled_in(
                     region, state.object, object_direction, s.object_step * mean_step(step_object), kernels

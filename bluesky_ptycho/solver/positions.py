@@ -6,6 +6,14 @@ patch, ``P * dO/drow`` and ``P * dO/dcol``; the least-squares shift along each
 axis is that projection over the derivative's squared norm (as in LSQ-ML),
 damped by :data:`SHIFT_DAMPING` where the frame's photons say little about
 its position (:data:`SHIFT_NOISE`).
+
+A patch starts at its position's nearest pixel, so that shift is measured
+from the pixel, not from the position: added to the position, it stopped
+frames as they came into the right pixel, half a pixel from where they
+belong (docs/imperfect-scans.md). A frame on its way somewhere
+(:mod:`.position_gains`) still takes it, as it says which way; any other
+takes the shift measured at its own position, from the exit-wave change
+asked of the patch moved there to first order (:func:`subpixel_exit_waves`).
 """
 
 from __future__ import annotations
@@ -14,8 +22,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .backend import to_numpy
-from .forward import gather_patches
+from .backend import empty_aligned, to_numpy
+from .data import ProbeVariation, kernel_variation
+from .forward import exit_waves, fourier_step, gather_patches
+from .intensity import corrected_amplitudes
 from .state import SolverState
 
 if TYPE_CHECKING:
@@ -51,7 +61,14 @@ def patch_gradients(obj, corners, shape: tuple[int, int]):
 
 
 def position_shifts(
-    state: SolverState, frames: np.ndarray, corners, chi, settings: ReconstructionSettings
+    state: SolverState,
+    frames: np.ndarray,
+    corners,
+    chi,
+    settings: ReconstructionSettings,
+    noise_model: str = "gaussian",
+    correct: bool = False,
+    variation: ProbeVariation | None = None,
 ) -> np.ndarray:
     """The moves (rows, columns) in pixels of a batch's patches: their steps times their least-squares shifts.
 
@@ -69,29 +86,94 @@ def position_shifts(
         Its ``position_step``: the share of each least-squares shift taken, grown frame by
         frame while a frame is on its way (:mod:`.position_gains`); its ``max_position_step``:
         the largest shift returned along each axis, in pixels.
+    noise_model, correct, variation
+        As the algorithm's Fourier step took them (:func:`.intensity.corrected_exit_wave_update`),
+        for :func:`shifts_from_positions`.
 
     Returns
     -------
     (B, 2) host array of shifts, with the batch's mean shift removed (a common
     translation of every position is not determined by the data).
     """
-    return stepped_shifts(state, frames, gradient_shifts(state, corners, chi), settings)
+    amplitude = corrected_amplitudes(state, frames, correct)
+    from_position = shifts_from_positions(state, frames, corners, amplitude, noise_model, variation)
+    return stepped_shifts(state, frames, gradient_shifts(state, corners, chi), from_position, settings)
 
 
 def stepped_shifts(
-    state: SolverState, frames: np.ndarray, shifts: np.ndarray, settings: ReconstructionSettings
+    state: SolverState,
+    frames: np.ndarray,
+    from_patch: np.ndarray,
+    from_position: np.ndarray | None,
+    settings: ReconstructionSettings,
 ) -> np.ndarray:
-    """The moves of ``frames`` for their least-squares ``shifts`` (B, 2): each its step times its shift, bounded.
+    """The moves of ``frames`` (B, 2): each its step times its least-squares shift, bounded.
 
-    The batch's mean move is taken out, and each move is clipped to
-    ``settings.max_position_step`` pixels along each axis.
+    The shift from the patch (:func:`gradient_shifts`) while the frame is on
+    its way, else from its position (:func:`shifts_from_positions`; None:
+    from the patch too). The batch's mean move is taken out, and each move
+    is clipped to ``settings.max_position_step`` pixels along each axis.
     """
-    moves = state.position_gains.follow(frames, shifts, settings.position_step)[:, None] * shifts
+    gains = state.position_gains
+    steps = gains.follow(frames, from_patch, settings.position_step)
+    shifts = from_patch
+    if from_position is not None:
+        shifts = np.where(gains.on_its_way(frames)[:, None], from_patch, from_position)
+    moves = steps[:, None] * shifts
     return np.clip(moves - moves.mean(axis=0), -settings.max_position_step, settings.max_position_step)
 
 
+def subpixel_exit_waves(
+    state: SolverState, corners, offsets: np.ndarray, variation: ProbeVariation | None = None
+):
+    """Exit waves (B, modes, h, w) of the patches at ``corners`` moved by ``offsets`` (B, 2 px), to first order.
+
+    Each patch is ``O + offset_row dO/drow + offset_col dO/dcol`` with the
+    central differences of :func:`patch_gradients`; offsets are at most
+    half a pixel, from a position to its nearest pixel. With the backend's
+    compiled kernels, in one pass.
+    """
+    kernels = state.backend.kernels
+    if kernels is not None:
+        out = empty_aligned((len(offsets), *state.probe.shape), state.probe.dtype)
+        variation_arrays = kernel_variation(variation, len(offsets), state.probe)
+        offsets = offsets.astype(state.object.real.dtype)
+        kernels.subpixel_exit_waves(state.object, corners, offsets, state.probe, *variation_arrays, out)
+        return out
+    row, column = patch_gradients(state.object, corners, state.frame_shape)
+    offsets = state.xp.asarray(offsets, dtype=row.real.dtype)
+    patches = gather_patches(state.object, corners, state.frame_shape)
+    patches = patches + offsets[:, 0, None, None] * row + offsets[:, 1, None, None] * column
+    waves = exit_waves(state.probe, patches)
+    if variation is not None:
+        waves[:, 0] += variation.frames() * patches
+    return waves
+
+
+def shifts_from_positions(
+    state: SolverState,
+    frames: np.ndarray,
+    corners,
+    amplitude,
+    noise_model: str = "gaussian",
+    variation: ProbeVariation | None = None,
+) -> np.ndarray:
+    """The least-squares shifts (B, 2) of ``frames``, measured at their own positions; host array.
+
+    Their patches are at ``corners``, ``amplitude`` their measured amplitudes
+    (as :func:`.forward.exit_wave_update` takes them). The exit-wave change
+    that the data ask of each patch moved to its position
+    (:func:`subpixel_exit_waves`), projected as in :func:`gradient_shifts`.
+    """
+    offsets = state.positions[frames] - to_numpy(corners)
+    waves = subpixel_exit_waves(state, corners, offsets, variation)
+    chi, _ = fourier_step(state.backend, waves, amplitude, state.mask, noise_model)
+    numerator, denominator = gradient_sums(state, corners, chi)
+    return numerator / (denominator + SHIFT_DAMPING)
+
+
 def gradient_shifts(state: SolverState, corners, chi) -> np.ndarray:
-    """The least-squares shifts of :func:`position_shifts`, damped by :data:`SHIFT_DAMPING`: (B, 2) host array."""
+    """The least-squares shifts of the patches at ``corners`` for the change ``chi``, damped by :data:`SHIFT_DAMPING`: (B, 2) host array."""
     numerator, denominator = gradient_sums(state, corners, chi)
     return numerator / (denominator + SHIFT_DAMPING)
 

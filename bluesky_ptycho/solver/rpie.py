@@ -67,13 +67,12 @@ class RPIE(Engine):
             for chunk in self.chunks(batch, state):
                 index = state.xp.asarray(chunk)
                 corners = state.corners[index]
-                diff, chunk_cost = corrected_exit_wave_update(
-                    state, chunk, corners, correct=self.corrects_intensity(iteration)
-                )
+                correct = self.corrects_intensity(iteration)
+                diff, chunk_cost = corrected_exit_wave_update(state, chunk, corners, correct=correct)
                 cost += chunk_cost
                 terms = update_terms(state, corners, diff, for_probe=update_probe, terms=terms)
                 if self.refines_positions(iteration):
-                    moves.append((chunk, position_shifts(state, chunk, corners, diff, s)))
+                    moves.append((chunk, position_shifts(state, chunk, corners, diff, s, correct=correct)))
             if update_probe:
                 probe_terms_of_every_rank(state, terms)
                 add_regularised_step(
