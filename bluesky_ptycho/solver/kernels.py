@@ -97,6 +97,23 @@ def _first_mode_row(probe_row, weights, eigen_probes, j, y, out):
             out[x] += weight * eigen_row[x]
 
 
+@_inline
+def _exit_wave_rows(patch_row, probe, weights, eigen_probes, j, y, first, out):
+    """Row ``y`` of frame ``j``'s exit waves, every mode: ``out[j, m, y] = P_jm[y] * patch_row``.
+
+    ``first``: a row's room for the first mode plus the frame's variation
+    (:func:`exit_waves`), formed where there are eigen-probes.
+    """
+    for m in range(probe.shape[0]):
+        probe_row = probe[m, y]
+        out_row = out[j, m, y]
+        if m == 0 and eigen_probes.shape[0] > 0:
+            _first_mode_row(probe_row, weights, eigen_probes, j, y, first)
+            probe_row = first
+        for x in range(patch_row.shape[0]):
+            out_row[x] = probe_row[x] * patch_row[x]
+
+
 @_compile
 def exit_waves(obj, corners, probe, weights, eigen_probes, out):
     """``out[j, m] = P_jm * obj[patch_j]``: exit waves, (B, M, h, w).
@@ -106,23 +123,12 @@ def exit_waves(obj, corners, probe, weights, eigen_probes, out):
     (K, h, w) ``eigen_probes``; K = 0: none), formed row by row by
     :func:`_first_mode_row`.
     """
-    n_modes, h, w = probe.shape
-    varies = eigen_probes.shape[0] > 0
+    h, w = probe.shape[1:]
     first = np.empty(w, dtype=probe.dtype)
     for j in range(corners.shape[0]):
         r, c = corners[j, 0], corners[j, 1]
-        for m in range(n_modes):
-            for y in range(h):
-                patch_row = obj[r + y, c : c + w]
-                probe_row = probe[m, y]
-                out_row = out[j, m, y]
-                if m == 0 and varies:
-                    _first_mode_row(probe_row, weights, eigen_probes, j, y, first)
-                    for x in range(w):
-                        out_row[x] = first[x] * patch_row[x]
-                else:
-                    for x in range(w):
-                        out_row[x] = probe_row[x] * patch_row[x]
+        for y in range(h):
+            _exit_wave_rows(obj[r + y, c : c + w], probe, weights, eigen_probes, j, y, first, out)
 
 
 @_compile
@@ -132,8 +138,7 @@ def subpixel_exit_waves(obj, corners, offsets, probe, weights, eigen_probes, out
     Each patch pixel is ``obj + offsets[j, 0] dO/drow + offsets[j, 1] dO/dcolumn``,
     the object's central differences read around each patch.
     """
-    n_modes, h, w = probe.shape
-    varies = eigen_probes.shape[0] > 0
+    h, w = probe.shape[1:]
     first = np.empty(w, dtype=probe.dtype)
     patch_row = np.empty(w, dtype=obj.dtype)
     half = obj.real.dtype.type(0.5)
@@ -150,16 +155,7 @@ def subpixel_exit_waves(obj, corners, offsets, probe, weights, eigen_probes, out
                 patch_row[x] = (
                     here[x + 1] + along_rows * (below[x] - above[x]) + along_cols * (here[x + 2] - here[x])
                 )
-            for m in range(n_modes):
-                probe_row = probe[m, y]
-                out_row = out[j, m, y]
-                if m == 0 and varies:
-                    _first_mode_row(probe_row, weights, eigen_probes, j, y, first)
-                    for x in range(w):
-                        out_row[x] = first[x] * patch_row[x]
-                else:
-                    for x in range(w):
-                        out_row[x] = probe_row[x] * patch_row[x]
+            _exit_wave_rows(patch_row, probe, weights, eigen_probes, j, y, first, out)
 
 
 @_compile
