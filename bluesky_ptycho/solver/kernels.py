@@ -105,13 +105,15 @@ def _exit_wave_rows(patch_row, probe, weights, eigen_probes, j, y, first, out):
     (:func:`exit_waves`), formed where there are eigen-probes.
     """
     for m in range(probe.shape[0]):
-        probe_row = probe[m, y]
         out_row = out[j, m, y]
         if m == 0 and eigen_probes.shape[0] > 0:
-            _first_mode_row(probe_row, weights, eigen_probes, j, y, first)
-            probe_row = first
-        for x in range(patch_row.shape[0]):
-            out_row[x] = probe_row[x] * patch_row[x]
+            _first_mode_row(probe[m, y], weights, eigen_probes, j, y, first)
+            for x in range(out_row.shape[0]):
+                out_row[x] = first[x] * patch_row[x]
+        else:
+            probe_row = probe[m, y]
+            for x in range(out_row.shape[0]):
+                out_row[x] = probe_row[x] * patch_row[x]
 
 
 @_compile
