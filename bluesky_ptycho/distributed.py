@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     except Exception as error:  # any rank's error ends every rank: the others would wait forever
         line = rank_error_line(comm, error)
-        print(line, file=sys.stderr, flush=True)
         keep_rank_error(args.output, comm.rank, line)
+        print(line, file=sys.stderr, flush=True)
         comm.abort(1)
     return 0
 

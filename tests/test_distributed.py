@@ -345,7 +345,8 @@ def test_a_ranks_error_comes_back_when_the_launcher_loses_its_stderr(tmp_path, s
     write_cxi(path, few)
     silenced = "import subprocess, sys; sys.exit(subprocess.call(sys.argv[1:], stderr=subprocess.DEVNULL))"
     launcher = [sys.executable, "-c", silenced, mpiexec_path(), "-n", "3"]
-    with pytest.raises(RankDataError, match="error on rank 0 of 3: ValueError: 3 ranks for 5 frames"):
+    # every rank stops on it, and the first to abort ends the others, maybe before they wrote theirs
+    with pytest.raises(RankDataError, match=r"error on rank \d of 3: ValueError: 3 ranks for 5 frames"):
         run_ranks(launcher, [path], tmp_path / "out.cxi", ReconstructionSettings(), timeout=TIMEOUT)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["few.cxi"], "the ranks' files are taken"
 
