@@ -67,9 +67,12 @@ def stamp_patch(patch, corners, canvas_shape: tuple[int, int]):
     return xp.ascontiguousarray(stamped, dtype=patch.dtype)
 
 
-def exit_waves(probe, patches):
-    """Exit waves (B, modes, h, w) of every probe mode on every patch."""
-    return probe[None, :, :, :] * patches[:, None, :, :]
+def exit_waves(probe, patches, variation: ProbeVariation | None = None):
+    """Exit waves (B, modes, h, w) of every probe mode on every patch; the first mode changed by ``variation``, if given."""
+    waves = probe[None, :, :, :] * patches[:, None, :, :]
+    if variation is not None:
+        waves[:, 0] += variation.frames() * patches
+    return waves
 
 
 def exit_waves_at(obj, corners, probe, out=None, kernels=None, variation: ProbeVariation | None = None):
@@ -87,9 +90,7 @@ def exit_waves_at(obj, corners, probe, out=None, kernels=None, variation: ProbeV
         kernels.exit_waves(obj, corners, probe, *kernel_variation(variation, len(corners), probe), out)
         return out
     patches = gather_patches(obj, corners, probe.shape[-2:])
-    waves = exit_waves(probe, patches)
-    if variation is not None:
-        waves[:, 0] += variation.frames() * patches
+    waves = exit_waves(probe, patches, variation)
     if out is None:
         return waves
     out[...] = waves

@@ -144,10 +144,7 @@ def subpixel_exit_waves(
     offsets = state.xp.asarray(offsets, dtype=row.real.dtype)
     patches = gather_patches(state.object, corners, state.frame_shape)
     patches = patches + offsets[:, 0, None, None] * row + offsets[:, 1, None, None] * column
-    waves = exit_waves(state.probe, patches)
-    if variation is not None:
-        waves[:, 0] += variation.frames() * patches
-    return waves
+    return exit_waves(state.probe, patches, variation)
 
 
 def shifts_from_positions(
