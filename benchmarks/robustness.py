@@ -50,7 +50,7 @@ from bluesky_ptycho.solver import (
     position_error,
 )
 from bluesky_ptycho.solver.data import ELECTRON_VOLT
-from bluesky_ptycho.solver.simulate import blurred_intensity, realistic
+from bluesky_ptycho.solver.simulate import blurred_intensity, grid_places, realistic
 
 GEOMETRIES = {
     "A": {"energy": 8.8e3 * ELECTRON_VOLT, "detector_distance": 2.0, "detector_pixel_size": 75e-6},
@@ -297,10 +297,9 @@ def refinement_on_accurate_scans(cases: list[Case], n_frames: int, settings: Rec
 def truth_r_factor(sim) -> float:
     """R-factor of the model that made the frames: true object, probes and positions (a fly scan's path); noise and detector aside."""
     path = sim.true_positions[None] if sim.fly_path is None else sim.fly_path
-    py, px = sim.data.geometry.sample_pixel_size
-    corners = np.rint((path - np.asarray(sim.object_origin))[..., ::-1] / (py, px)).astype(np.int64)
+    corners, offsets = grid_places(path, sim.object_origin, sim.data.geometry.sample_pixel_size)
     probes = sim.true_probe[None] if sim.true_probes is None else sim.true_probes
-    model = np.sqrt(blurred_intensity(sim.true_object, corners, probes))
+    model = np.sqrt(blurred_intensity(sim.true_object, corners, probes, offsets))
     measured = np.sqrt(sim.data.frames.astype(np.float32))
     good = 1.0 if sim.data.mask is None else sim.data.mask
     return float(np.sum(np.abs(model - measured) * good) / np.sum(measured * good))

@@ -7,7 +7,14 @@ import pytest
 
 from bluesky_ptycho.solver import ProbeDrift, StageErrors, position_error, simulate
 from bluesky_ptycho.solver.imperfections import PROBE_DRIFT_STAGES, fly_path, stage_of_frames
-from bluesky_ptycho.solver.simulate import far_field_intensity, fermat_spiral, probe_diameter
+from bluesky_ptycho.solver.simulate import (
+    aperture_probe,
+    far_field_intensity,
+    fermat_spiral,
+    grid_places,
+    porous_object,
+    probe_diameter,
+)
 
 
 def scan_step(sim) -> float:
@@ -58,6 +65,35 @@ def test_a_scan_with_stage_errors_records_the_clean_spiral_and_keeps_the_truth()
     assert not np.array_equal(sim.data.frames, clean.data.frames)  # the frames come from the true positions
 
 
+def test_true_positions_are_between_pixels_where_the_stage_errs_and_on_them_where_it_does_not():
+    def fractions(sim):
+        return np.abs(
+            grid_places(sim.true_positions, sim.object_origin, sim.data.geometry.sample_pixel_size)[1]
+        )
+
+    assert fractions(simulate(n_frames=60, frame_size=32, seed=2)).max() < 1e-6
+    between = fractions(simulate(n_frames=60, frame_size=32, seed=2, stage=StageErrors(random=0.5)))
+    assert np.median(between) > 0.1
+
+
+def test_a_frame_between_pixels_is_the_probe_moved_there():
+    obj = porous_object((96, 96), np.random.default_rng(0))
+    probe = aperture_probe((32, 32), 12.0)[None]
+    corner = np.array([[30, 30]])
+
+    def frame(row: int, offset: float) -> np.ndarray:
+        return far_field_intensity(
+            obj, corner + np.array([row, 0]), probe, offsets=np.array([[offset, 0.0]])
+        )[0]
+
+    at, below = frame(0, 0.0), frame(1, 0.0)
+    scale = np.abs(below - at).max()
+    np.testing.assert_allclose(frame(0, 1.0), below, atol=1e-3 * scale)  # one pixel: the next patch down
+    between = frame(0, 0.5)
+    assert np.abs(between - at).max() > 0.2 * scale and np.abs(between - below).max() > 0.2 * scale
+    np.testing.assert_allclose(between, (at + below) / 2, atol=0.5 * scale)
+
+
 def test_a_fly_scan_blurs_each_frame_along_the_scan_and_records_the_middle():
     step_scan = simulate(n_frames=40, frame_size=32, photons=None, seed=1)
     fly = simulate(n_frames=40, frame_size=32, photons=None, seed=1, fly_motion=0.6)
@@ -68,8 +104,14 @@ def test_a_fly_scan_blurs_each_frame_along_the_scan_and_records_the_middle():
     assert np.median(travelled) == pytest.approx(0.6 * scan_step(fly), abs=1.5)
     np.testing.assert_allclose(path.mean(axis=0), fly.true_positions, atol=pixel[0])
     # each frame is the mean of the frames at the samples of its motion, on the true object
-    corners = np.rint((path - fly.object_origin)[..., ::-1] / pixel).astype(int)
-    expected = np.mean([far_field_intensity(fly.true_object, at, fly.true_probe) for at in corners], axis=0)
+    corners, offsets = grid_places(path, fly.object_origin, pixel)
+    expected = np.mean(
+        [
+            far_field_intensity(fly.true_object, at, fly.true_probe, offsets=off)
+            for at, off in zip(corners, offsets, strict=True)
+        ],
+        axis=0,
+    )
     np.testing.assert_allclose(fly.data.frames, expected, rtol=1e-4, atol=1e-3 * expected.max())
 
     def contrast(frames):

@@ -12,7 +12,7 @@ from .data import Geometry, PtychoData
 from .defocus import magnification_scale
 from .forward import exit_waves, gather_patches, model_amplitude
 from .imperfections import ProbeDrift, StageErrors, fly_path, stage_of_frames
-from .probe import add_modes, normalize_power, orthogonalize_modes, propagate, shift_ramp
+from .probe import add_modes, moved_probes, normalize_power, orthogonalize_modes, propagate, shift_ramp
 
 DEFAULT_ENERGY_J = 8000 * 1.602176634e-19
 DEFAULT_DISTANCE = 2.0
@@ -20,6 +20,8 @@ DEFAULT_PIXEL = 75e-6
 OBJECT_KINDS = ("star", "weak_phase", "porous")
 # exit waves simulated at a time: a scan of any length needs memory for its frames only
 SIMULATION_CHUNK_BYTES = 2**30
+# pixels: true positions this close to the object's grid are on it
+SUBPIXEL_TOLERANCE = 1e-6
 
 
 def siemens_star(shape: tuple[int, int], spokes: int = 24, low: float = 0.3) -> np.ndarray:
@@ -260,9 +262,20 @@ class SimulatedData:
 
 def true_corners(sim: SimulatedData) -> np.ndarray:
     """Integer (row, column) corners of the true positions on the true object."""
-    py, px = sim.data.geometry.sample_pixel_size
-    offset = (sim.true_positions - np.asarray(sim.object_origin))[:, ::-1] / (py, px)
-    return np.rint(offset).astype(np.int64)
+    return grid_places(sim.true_positions, sim.object_origin, sim.data.geometry.sample_pixel_size)[0]
+
+
+def grid_places(
+    positions: np.ndarray, origin, pixel_size: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where ``positions`` (..., 2: x, y metres) are on an object whose first pixel is at ``origin`` (x, y).
+
+    Returns their nearest pixels (..., 2: row, column; integers) and how
+    far each position is from its pixel (..., 2 pixels, within a half).
+    """
+    exact = (positions - np.asarray(origin))[..., ::-1] / np.asarray(pixel_size)
+    corners = np.rint(exact).astype(np.int64)
+    return corners, exact - corners
 
 
 def counts_type(largest: float) -> type:
@@ -289,6 +302,7 @@ def far_field_intensity(
     corners: np.ndarray,
     probe: np.ndarray,
     record: Callable[[np.ndarray], np.ndarray] | None = None,
+    offsets: np.ndarray | None = None,
 ) -> np.ndarray:
     """Detector intensities (N, h, w), zero frequency centred, of ``probe`` on the patches at ``corners``.
 
@@ -296,14 +310,24 @@ def far_field_intensity(
     precision of ``obj`` and ``probe``. ``record`` (expected photons of some
     frames -> what the detector records of them) turns each chunk into
     counts as it comes: a scan of any length then needs memory for its
-    counts only. None: the noise-free intensities.
+    counts only. None: the noise-free intensities. ``offsets`` (N, 2):
+    how far (rows, columns; within half a pixel) each frame's sample was
+    from its corner, None: nowhere. The exit wave of the patch at
+    ``corner + offset`` is that of the probe moved by ``offset`` (a Fourier
+    shift) on the patch at ``corner``, moved by ``-offset``: the same
+    intensity.
     """
     shape = probe.shape[-2:]
     per_chunk = max(1, SIMULATION_CHUNK_BYTES // (probe.size * np.result_type(obj, probe).itemsize))
     frames = None
     for first in range(0, len(corners), per_chunk):
-        patches = gather_patches(obj, corners[first : first + per_chunk], shape)
-        amplitude = model_amplitude(fft2(exit_waves(probe, patches)))
+        part = slice(first, first + per_chunk)
+        patches = gather_patches(obj, corners[part], shape)
+        if offsets is None:
+            waves = exit_waves(probe, patches)
+        else:
+            waves = moved_probes(probe, offsets[part]) * patches[:, None]
+        amplitude = model_amplitude(fft2(waves))
         chunk = np.fft.fftshift(amplitude**2, axes=(-2, -1))
         if record is not None:
             chunk = record(chunk)
@@ -311,7 +335,7 @@ def far_field_intensity(
             frames = np.empty((len(corners), *shape), chunk.dtype)
         elif frames.dtype != np.result_type(frames, chunk):  # 16-bit counts that need 32 bits now
             frames = frames.astype(np.result_type(frames, chunk))
-        frames[first : first + per_chunk] = chunk
+        frames[part] = chunk
     return frames
 
 
@@ -399,8 +423,12 @@ def simulate(
     Returns
     -------
     SimulatedData
-        The positions of the true scan lie on the object's pixel grid, so the
-        simulated frames are exactly what the forward model predicts.
+        A clean scan's true positions lie on the object's pixel grid, so its
+        frames are exactly what the forward model predicts; a ``stage``'s
+        errors and a fly scan's motion put them between pixels, as a real
+        stage does (each frame simulated with the probe moved by the
+        fraction, :func:`far_field_intensity`): no reconstruction on the
+        grid fits those frames exactly.
     """
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be within [0, 1), got {overlap}")
@@ -426,14 +454,13 @@ def simulate(
     recorded = np.round(fermat_spiral(n_frames, step) / on_grid) * on_grid
     imperfect = np.random.default_rng([seed, 1])  # the noise's draws stay those of a perfect scan
     positions = recorded if stage is None else stage.true_positions(recorded, step, imperfect)
-    positions = np.round(positions / on_grid) * on_grid
-    path = (
-        np.round(fly_path(positions, fly_motion * step, (py, px)) / on_grid) * on_grid if fly_motion else None
-    )
+    path = fly_path(positions, fly_motion * step, (py, px)) if fly_motion else None
     visited = positions[None] if path is None else path
     margin = 4
-    origin = visited.reshape(-1, 2).min(axis=0) - margin * on_grid
-    corners = np.rint((visited - origin)[..., ::-1] / (py, px)).astype(np.int64)
+    origin = np.round(visited.reshape(-1, 2).min(axis=0) / on_grid) * on_grid - margin * on_grid
+    corners, offsets = grid_places(visited, origin, (py, px))
+    if np.abs(offsets).max() < SUBPIXEL_TOLERANCE:  # a scan on the grid: the frames are the forward model's
+        offsets = None
     extent = tuple(int(e) for e in corners.reshape(-1, 2).max(axis=0) + shape + margin)
     if object_kind == "star":
         obj = test_object(extent)
@@ -446,9 +473,12 @@ def simulate(
     mask = None
     if photons is not None and detector is None and path is None and probes is None:
         # counted chunk by chunk: a scan of any length needs memory for its counts only
-        frames = far_field_intensity(obj, corners[0], probe, lambda expected: poisson_counts(expected, rng))
+        moved = None if offsets is None else offsets[0]
+        frames = far_field_intensity(
+            obj, corners[0], probe, lambda expected: poisson_counts(expected, rng), moved
+        )
     else:
-        intensity = blurred_intensity(obj, corners, probe[None] if probes is None else probes)
+        intensity = blurred_intensity(obj, corners, probe[None] if probes is None else probes, offsets)
         if photons is None:
             frames = intensity
         elif detector is None:
@@ -468,21 +498,25 @@ def simulate(
     )
 
 
-def blurred_intensity(obj: np.ndarray, corners: np.ndarray, probes: np.ndarray) -> np.ndarray:
+def blurred_intensity(
+    obj: np.ndarray, corners: np.ndarray, probes: np.ndarray, offsets: np.ndarray | None = None
+) -> np.ndarray:
     """Noise-free intensities (N, h, w) of frames whose sample may have moved and whose probe may have drifted.
 
     ``corners`` (samples, N, 2): where each frame's patch was at each sample
-    of its exposure, the frame the mean over them; ``probes`` (stages, modes,
-    h, w): the probes that lit successive equal shares of the scan. One
-    sample and one probe: :func:`far_field_intensity`'s frames.
+    of its exposure, the frame the mean over them, and ``offsets`` (the same
+    shape, or None) how far the sample was from them (:func:`far_field_intensity`);
+    ``probes`` (stages, modes, h, w): the probes that lit successive equal
+    shares of the scan. One sample and one probe: :func:`far_field_intensity`'s frames.
     """
     samples, n_frames = corners.shape[:2]
     stages = stage_of_frames(n_frames, len(probes))
     intensity = np.zeros((n_frames, *probes.shape[-2:]), np.float32)
-    for at_sample in corners:
+    for sample, at_sample in enumerate(corners):
         for stage, probe in enumerate(probes):
             lit = stages == stage
-            intensity[lit] += far_field_intensity(obj, at_sample[lit], probe) / samples
+            moved = None if offsets is None else offsets[sample, lit]
+            intensity[lit] += far_field_intensity(obj, at_sample[lit], probe, offsets=moved) / samples
     return intensity
 
 
