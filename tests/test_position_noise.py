@@ -129,7 +129,16 @@ def test_a_frame_on_its_way_takes_the_patchs_shift_and_a_frame_come_near_the_one
     from_patch = np.array([[0.25, 0.0], [0.25, 0.0]])
     from_position = np.array([[-0.15, 0.0], [-0.15, 0.0]])
     state.position_gains.last[0] = from_patch[0]  # frame 0 asked for the same last time: on its way
-    moves = stepped_shifts(state, np.arange(2), from_patch, from_position, settings)
+    asked = []
+
+    def at_positions(settled: np.ndarray) -> np.ndarray:
+        asked.append(settled.copy())
+        return from_position[settled]
+
+    moves = stepped_shifts(state, np.arange(2), from_patch, settings, at_positions)
+    np.testing.assert_array_equal(asked, [[False, True]])  # measured for the frame come near alone
     steps = 0.5 * np.array([GROWTH, 1.0])
     expected = steps[:, None] * np.array([from_patch[0], from_position[1]])
     np.testing.assert_allclose(moves, expected - expected.mean(axis=0))
+    stepped_shifts(state, np.arange(2), from_patch, settings, at_positions)  # both kept on: on their way
+    assert len(asked) == 1  # nothing measured at the positions

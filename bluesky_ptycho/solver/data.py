@@ -63,6 +63,10 @@ class ProbeVariation:
         """Every ``V_j``, (B, h, w)."""
         return combined(self.weights, self.eigen_probes)
 
+    def of(self, index) -> ProbeVariation:
+        """The changes of the frames at ``index`` (an index array of the weights' array module) alone."""
+        return ProbeVariation(self.weights[index], self.eigen_probes)
+
 
 def kernel_variation(variation: ProbeVariation | None, n_frames: int, probe) -> tuple[Any, Any]:
     """``(weights, eigen_probes)`` of ``variation`` as the compiled kernels take them: (B, K) and (K, h, w), K = 0 for None."""

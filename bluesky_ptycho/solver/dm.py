@@ -212,7 +212,7 @@ class DifferenceMap(Engine):
             chi -= exit_waves_at(state.object, corners, state.probe, kernels=backend.kernels)
             shifts.append(gradient_shifts(state, corners, chi))
         moves = np.empty_like(state.positions)
-        moves[self.order] = stepped_shifts(state, self.order, np.concatenate(shifts), None, self.settings)
+        moves[self.order] = stepped_shifts(state, self.order, np.concatenate(shifts), self.settings)
         state.set_positions(within_bound(state, state.positions + moves))
 
     def orthogonalizes(self, iteration: int) -> bool:

@@ -75,17 +75,18 @@ def corrected_exit_wave_update(
     state: SolverState,
     chunk: np.ndarray,
     corners,
+    amplitude,
     noise_model: str = "gaussian",
     correct: bool = False,
     variation=None,
 ):
-    """:func:`.forward.exit_wave_update` of the frames ``chunk`` at ``corners`` against their measured amplitudes.
+    """:func:`.forward.exit_wave_update` of the frames ``chunk`` at ``corners`` against their ``amplitude``.
 
-    With ``correct`` each frame's amplitudes are divided by its scale, and
-    the scales of ``chunk`` are observed from this model. ``variation``: the
-    frames' change of the first probe mode (:mod:`.variable_probe`), or None.
+    ``amplitude``: :func:`corrected_amplitudes` of ``chunk`` with the same
+    ``correct``; with it the scales of ``chunk`` are observed from this model.
+    ``variation``: the frames' change of the first probe mode
+    (:mod:`.variable_probe`), or None.
     """
-    amplitude = corrected_amplitudes(state, chunk, correct)
     model_photons = state.xp.empty(len(chunk), np.float64) if correct else None
     update = exit_wave_update(
         state.backend,

@@ -23,7 +23,7 @@ from .communicator import Communicator
 from .decomposition import merge_ranks
 from .engine import Engine
 from .forward import gather_patches
-from .intensity import corrected_exit_wave_update
+from .intensity import corrected_amplitudes, corrected_exit_wave_update
 from .options import NOISE_MODELS, MinibatchOptions, check_alpha, option
 from .positions import move_positions, position_shifts
 from .regions import CanvasRegion
@@ -119,20 +119,23 @@ class LSQML(Engine):
         variable = state.variable_probe
         for batch in self.batches(state, rng, frames):
             numerator, illumination = state.object_sums()
-            terms, parts, variations = UpdateTerms(numerator, illumination), [], []
+            terms, parts, amplitudes, variations = UpdateTerms(numerator, illumination), [], [], []
             region = CanvasRegion.covering(state.host_corners[batch], state.frame_shape, state.object.shape)
             for chunk in self.chunks(batch, state):
                 index = xp.asarray(chunk)
                 corners = state.corners[index]
                 variation = None if variable is None else variable.variation(chunk)
+                correct = self.corrects_intensity(iteration)
+                amplitude = corrected_amplitudes(state, chunk, correct)
                 chi, chunk_cost = corrected_exit_wave_update(
-                    state, chunk, corners, options.noise_model, self.corrects_intensity(iteration), variation
+                    state, chunk, corners, amplitude, options.noise_model, correct, variation
                 )
                 cost += chunk_cost
                 terms = update_terms(
                     state, corners, chi, for_probe=update_probe, terms=terms, variation=variation
                 )
                 parts.append((chunk, corners, chi))
+                amplitudes.append(amplitude)
                 variations.append(variation)
             probe_direction = step_probe = None
             if update_probe:
@@ -163,15 +166,16 @@ class LSQML(Engine):
                 else:
                     step_object = r1 / (a11 * (1 + STEP_REGULARISATION) + 1e-30)
                 if self.refines_positions(iteration):
-                    correct = self.corrects_intensity(iteration)
                     moves = [
                         (
                             chunk,
                             position_shifts(
-                                state, chunk, corners, chi, s, options.noise_model, correct, variation
+                                state, chunk, corners, chi, amplitude, s, options.noise_model, variation
                             ),
                         )
-                        for (chunk, corners, chi), variation in zip(parts, variations, strict=True)
+                        for (chunk, corners, chi), amplitude, variation in zip(
+                            parts, amplitudes, variations, strict=True
+                        )
                     ]
                 add_scaled_in(
                     region, state.object, object_direction, s.object_step * mean_step(step_object), kernels

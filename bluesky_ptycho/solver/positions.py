@@ -18,6 +18,7 @@ asked of the patch moved there to first order (:func:`subpixel_exit_waves`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -25,7 +26,6 @@ import numpy as np
 from .backend import empty_aligned, to_numpy
 from .data import ProbeVariation, kernel_variation
 from .forward import exit_waves, fourier_step, gather_patches
-from .intensity import corrected_amplitudes
 from .state import SolverState
 
 if TYPE_CHECKING:
@@ -65,9 +65,9 @@ def position_shifts(
     frames: np.ndarray,
     corners,
     chi,
+    amplitude,
     settings: ReconstructionSettings,
     noise_model: str = "gaussian",
-    correct: bool = False,
     variation: ProbeVariation | None = None,
 ) -> np.ndarray:
     """The moves (rows, columns) in pixels of a batch's patches: their steps times their least-squares shifts.
@@ -82,11 +82,13 @@ def position_shifts(
         (B, 2) integer corners of the batch.
     chi
         (B, modes, h, w) exit-wave change asked for by the data.
+    amplitude
+        (B, h, w) the measured amplitudes it was asked for against.
     settings
         Its ``position_step``: the share of each least-squares shift taken, grown frame by
         frame while a frame is on its way (:mod:`.position_gains`); its ``max_position_step``:
         the largest shift returned along each axis, in pixels.
-    noise_model, correct, variation
+    noise_model, variation
         As the algorithm's Fourier step took them (:func:`.intensity.corrected_exit_wave_update`),
         for :func:`shifts_from_positions`.
 
@@ -95,30 +97,45 @@ def position_shifts(
     (B, 2) host array of shifts, with the batch's mean shift removed (a common
     translation of every position is not determined by the data).
     """
-    amplitude = corrected_amplitudes(state, frames, correct)
-    from_position = shifts_from_positions(state, frames, corners, amplitude, noise_model, variation)
-    return stepped_shifts(state, frames, gradient_shifts(state, corners, chi), from_position, settings)
+
+    def at_positions(settled: np.ndarray) -> np.ndarray:
+        index = state.xp.asarray(np.flatnonzero(settled))
+        return shifts_from_positions(
+            state,
+            frames[settled],
+            corners[index],
+            amplitude[index],
+            noise_model,
+            None if variation is None else variation.of(index),
+        )
+
+    return stepped_shifts(state, frames, gradient_shifts(state, corners, chi), settings, at_positions)
 
 
 def stepped_shifts(
     state: SolverState,
     frames: np.ndarray,
     from_patch: np.ndarray,
-    from_position: np.ndarray | None,
     settings: ReconstructionSettings,
+    at_positions: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """The moves of ``frames`` (B, 2): each its step times its least-squares shift, bounded.
 
     The shift from the patch (:func:`gradient_shifts`) while the frame is on
-    its way, else from its position (:func:`shifts_from_positions`; None:
-    from the patch too). The batch's mean move is taken out, and each move
-    is clipped to ``settings.max_position_step`` pixels along each axis.
+    its way, else ``at_positions(settled)``: the shifts (S, 2) of the S
+    frames that ``settled`` (B,) marks, measured at their positions
+    (:func:`shifts_from_positions`; asked only for those, and not when
+    there are none). None: from the patch too. The batch's mean move is
+    taken out, and each move is clipped to ``settings.max_position_step``
+    pixels along each axis.
     """
     gains = state.position_gains
     steps = gains.follow(frames, from_patch, settings.position_step)
     shifts = from_patch
-    if from_position is not None:
-        shifts = np.where(gains.on_its_way(frames)[:, None], from_patch, from_position)
+    settled = ~gains.on_its_way(frames)
+    if at_positions is not None and settled.any():
+        shifts = from_patch.copy()
+        shifts[settled] = at_positions(settled)
     moves = steps[:, None] * shifts
     return np.clip(moves - moves.mean(axis=0), -settings.max_position_step, settings.max_position_step)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from .decomposition import merge_ranks
 from .engine import Engine
-from .intensity import corrected_exit_wave_update
+from .intensity import corrected_amplitudes, corrected_exit_wave_update
 from .options import MinibatchOptions, check_alpha, option
 from .positions import move_positions, position_shifts
 from .regions import CanvasRegion
@@ -68,11 +68,14 @@ class RPIE(Engine):
                 index = state.xp.asarray(chunk)
                 corners = state.corners[index]
                 correct = self.corrects_intensity(iteration)
-                diff, chunk_cost = corrected_exit_wave_update(state, chunk, corners, correct=correct)
+                amplitude = corrected_amplitudes(state, chunk, correct)
+                diff, chunk_cost = corrected_exit_wave_update(
+                    state, chunk, corners, amplitude, correct=correct
+                )
                 cost += chunk_cost
                 terms = update_terms(state, corners, diff, for_probe=update_probe, terms=terms)
                 if self.refines_positions(iteration):
-                    moves.append((chunk, position_shifts(state, chunk, corners, diff, s, correct=correct)))
+                    moves.append((chunk, position_shifts(state, chunk, corners, diff, amplitude, s)))
             if update_probe:
                 probe_terms_of_every_rank(state, terms)
                 add_regularised_step(
