@@ -76,6 +76,17 @@ def test_true_positions_are_between_pixels_where_the_stage_errs_and_on_them_wher
     assert np.median(between) > 0.1
 
 
+def test_a_stage_error_scans_frames_are_made_at_the_true_positions_between_pixels():
+    sim = simulate(n_frames=30, frame_size=32, photons=None, seed=3, stage=StageErrors(random=0.5))
+    corners, offsets = grid_places(sim.true_positions, sim.object_origin, sim.data.geometry.sample_pixel_size)
+    expected = far_field_intensity(sim.true_object, corners, sim.true_probe, offsets=offsets)
+    tolerance = {"rtol": 1e-4, "atol": 1e-5 * expected.max()}
+    np.testing.assert_allclose(sim.data.frames, expected, **tolerance)
+    assert not np.allclose(
+        sim.data.frames, far_field_intensity(sim.true_object, corners, sim.true_probe), **tolerance
+    )
+
+
 def test_a_frame_between_pixels_is_the_probe_moved_there():
     obj = porous_object((96, 96), np.random.default_rng(0))
     probe = aperture_probe((32, 32), 12.0)[None]
