@@ -120,6 +120,7 @@ class LSQML(Engine):
         for batch in self.batches(state, rng, frames):
             numerator, illumination = state.object_sums()
             terms, parts, amplitudes, variations = UpdateTerms(numerator, illumination), [], [], []
+            refines = self.refines_positions(iteration)
             region = CanvasRegion.covering(state.host_corners[batch], state.frame_shape, state.object.shape)
             for chunk in self.chunks(batch, state):
                 index = xp.asarray(chunk)
@@ -135,7 +136,7 @@ class LSQML(Engine):
                     state, corners, chi, for_probe=update_probe, terms=terms, variation=variation
                 )
                 parts.append((chunk, corners, chi))
-                amplitudes.append(amplitude)
+                amplitudes.append(amplitude if refines else None)  # kept for the positions' shifts alone
                 variations.append(variation)
             probe_direction = step_probe = None
             if update_probe:
@@ -165,7 +166,7 @@ class LSQML(Engine):
                     step_object, step_probe = solve_steps(a11, a22, a12, r1, r2)
                 else:
                     step_object = r1 / (a11 * (1 + STEP_REGULARISATION) + 1e-30)
-                if self.refines_positions(iteration):
+                if refines:
                     moves = [
                         (
                             chunk,

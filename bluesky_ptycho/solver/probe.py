@@ -29,7 +29,7 @@ def shift_ramp(shape: tuple[int, int], shift, xp=np):
 def moved_probes(probe: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """The ``probe`` (modes, h, w) moved by each of ``offsets`` (B, 2 pixels, rows and columns), a Fourier shift: (B, modes, h, w)."""
     ramps = shift_ramp(probe.shape[-2:], (offsets[:, 0, None, None], offsets[:, 1, None, None]))
-    return np.fft.ifft2(np.fft.fft2(probe)[None] * ramps[:, None]).astype(probe.dtype)
+    return ifft2(fft2(probe)[None] * ramps[:, None].astype(probe.dtype), overwrite_x=True)
 
 
 def fresnel_transfer(geometry: Geometry, distance: float) -> np.ndarray:
