@@ -182,8 +182,7 @@ def shifts_from_positions(
     offsets = state.positions[frames] - to_numpy(corners)
     waves = subpixel_exit_waves(state, corners, offsets, variation)
     chi, _ = fourier_step(state.backend, waves, amplitude, state.mask, noise_model)
-    numerator, denominator = gradient_sums(state, corners, chi)
-    return numerator / (denominator + SHIFT_DAMPING)
+    return gradient_shifts(state, corners, chi)
 
 
 def gradient_shifts(state: SolverState, corners, chi) -> np.ndarray:
