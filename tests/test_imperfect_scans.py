@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from bluesky_ptycho.sim import SimulatedSample
 from bluesky_ptycho.solver import ProbeDrift, StageErrors, position_error, simulate
 from bluesky_ptycho.solver.imperfections import PROBE_DRIFT_STAGES, fly_path, stage_of_frames
 from bluesky_ptycho.solver.simulate import (
@@ -103,6 +104,18 @@ def test_a_frame_between_pixels_is_the_probe_moved_there():
     between = frame(0, 0.5)
     assert np.abs(between - at).max() > 0.2 * scale and np.abs(between - below).max() > 0.2 * scale
     np.testing.assert_allclose(between, (at + below) / 2, atol=0.5 * scale)
+
+
+def test_the_simulated_beamline_images_its_sample_where_the_stage_is_between_pixels():
+    sample = SimulatedSample.create(frame_size=32)
+    pixel_y, pixel_x = sample.geometry.sample_pixel_size
+    x, y = 3.2 * pixel_x, -1.0 * pixel_y  # stage 0 is a pixel's centre: (3.2, -1) px is 0.2 px past one
+    at, across = sample.intensity(x, y), sample.intensity(x + pixel_x, y)
+    scale = np.abs(across - at).max()
+    np.testing.assert_allclose(sample.intensity(x + 0.8 * pixel_x, y), across, atol=0.3 * scale)
+    between = sample.intensity(x + 0.3 * pixel_x, y)  # 0.5 px: rounding would make it ``at`` or ``across``
+    assert np.abs(between - at).max() > 0.2 * scale and np.abs(between - across).max() > 0.2 * scale
+    assert np.abs(sample.intensity(x - 0.1 * pixel_x, y) - at).max() > 0.05 * scale
 
 
 def test_a_fly_scan_blurs_each_frame_along_the_scan_and_records_the_middle():

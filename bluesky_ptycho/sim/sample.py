@@ -6,9 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..solver.backend import fft2
 from ..solver.data import Geometry, PtychoData
-from ..solver.forward import exit_waves, gather_patches, model_amplitude
 from ..solver.probe import add_modes, normalize_power
 from ..solver.simulate import (
     DEFAULT_DISTANCE,
@@ -16,7 +14,9 @@ from ..solver.simulate import (
     DEFAULT_PIXEL,
     SimulatedData,
     aperture_probe,
+    far_field_intensity,
     focused_probe,
+    grid_places,
     test_object,
 )
 
@@ -64,33 +64,32 @@ class SimulatedSample:
         probe = normalize_power(add_modes(probe, probe_modes, weight=0.5), photons)
         return cls(geometry=geometry, object=test_object((object_size, object_size)), probe=probe)
 
-    def pixel_of(self, x: float, y: float) -> tuple[int, int]:
-        """Top-left (row, column) of the patch seen at stage position (x, y) in metres."""
+    @property
+    def origin(self) -> tuple[float, float]:
+        """Stage position (x, y) in metres of the object's first pixel: stage (0, 0) is at its centre."""
         py, px = self.geometry.sample_pixel_size
         h, w = self.geometry.frame_shape
-        row = int(np.rint(y / py + (self.object.shape[0] - h) / 2))
-        col = int(np.rint(x / px + (self.object.shape[1] - w) / 2))
-        if not (0 <= row <= self.object.shape[0] - h and 0 <= col <= self.object.shape[1] - w):
-            raise ValueError(f"stage position ({x:.3g}, {y:.3g}) m puts the beam outside the sample")
-        return row, col
+        return (-(self.object.shape[1] - w) / 2 * px, -(self.object.shape[0] - h) / 2 * py)
 
     def truth(self, positions: np.ndarray) -> SimulatedData:
         """The truth for a scan of ``positions`` ((N, 2) x, y metres), for quality metrics."""
-        py, px = self.geometry.sample_pixel_size
-        h, w = self.geometry.frame_shape
-        origin = (-(self.object.shape[1] - w) / 2 * px, -(self.object.shape[0] - h) / 2 * py)
-        frames = np.zeros((len(positions), h, w), np.float32)
+        frames = np.zeros((len(positions), *self.geometry.frame_shape), np.float32)
         return SimulatedData(
             data=PtychoData(frames=frames, positions=positions, geometry=self.geometry),
             true_object=self.object,
             true_probe=self.probe,
             true_positions=np.asarray(positions, dtype=float),
-            object_origin=origin,
+            object_origin=self.origin,
         )
 
     def intensity(self, x: float, y: float) -> np.ndarray:
-        """Noise-free diffraction intensity (H, W) at stage position (x, y) in metres, centred."""
-        corners = np.array([self.pixel_of(x, y)])
-        patches = gather_patches(self.object, corners, self.geometry.frame_shape)
-        amplitude = model_amplitude(fft2(exit_waves(self.probe, patches)))[0]
-        return np.fft.fftshift(amplitude**2)
+        """Noise-free diffraction intensity (H, W) at stage position (x, y) in metres, centred.
+
+        Where the stage puts the beam, between the object's pixels as a
+        real stage does (:func:`.simulate.far_field_intensity`'s moved probe).
+        """
+        corner, offset = grid_places(np.array([x, y], float), self.origin, self.geometry.sample_pixel_size)
+        h, w = self.geometry.frame_shape
+        if not (0 <= corner[0] <= self.object.shape[0] - h and 0 <= corner[1] <= self.object.shape[1] - w):
+            raise ValueError(f"stage position ({x:.3g}, {y:.3g}) m puts the beam outside the sample")
+        return far_field_intensity(self.object, corner[None], self.probe, offsets=offset[None])[0]
