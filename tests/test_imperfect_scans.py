@@ -15,6 +15,7 @@ from bluesky_ptycho.solver.simulate import (
     grid_places,
     porous_object,
     probe_diameter,
+    realistic,
 )
 
 
@@ -66,7 +67,7 @@ def test_a_scan_with_stage_errors_records_the_clean_spiral_and_keeps_the_truth()
     assert not np.array_equal(sim.data.frames, clean.data.frames)  # the frames come from the true positions
 
 
-def test_true_positions_are_between_pixels_where_the_stage_errs_and_on_them_where_it_does_not():
+def test_true_positions_are_between_pixels_where_the_stage_errs_or_off_the_grid_and_on_them_where_not():
     def fractions(sim):
         return np.abs(
             grid_places(sim.true_positions, sim.object_origin, sim.data.geometry.sample_pixel_size)[1]
@@ -75,6 +76,8 @@ def test_true_positions_are_between_pixels_where_the_stage_errs_and_on_them_wher
     assert fractions(simulate(n_frames=60, frame_size=32, seed=2)).max() < 1e-6
     between = fractions(simulate(n_frames=60, frame_size=32, seed=2, stage=StageErrors(random=0.5)))
     assert np.median(between) > 0.1
+    assert np.median(fractions(simulate(n_frames=60, frame_size=32, seed=2, on_grid=False))) > 0.1
+    assert np.median(fractions(realistic(-1e-3, n_frames=60, frame_size=32))) > 0.1
 
 
 def test_a_stage_error_scans_frames_are_made_at_the_true_positions_between_pixels():

@@ -362,6 +362,7 @@ def simulate(
     stage: StageErrors | None = None,
     fly_motion: float = 0.0,
     probe_drift: ProbeDrift | None = None,
+    on_grid: bool = True,
 ) -> SimulatedData:
     """Simulate a far-field ptychography scan on a Fermat spiral.
 
@@ -419,12 +420,16 @@ def simulate(
         its middle); 0: a step scan.
     probe_drift
         A probe that changes slowly through the scan (:class:`.ProbeDrift`).
+    on_grid
+        The spiral's positions rounded to the object's pixels; False: where
+        the spiral puts them, between pixels, as a real stage does.
 
     Returns
     -------
     SimulatedData
-        A clean scan's true positions lie on the object's pixel grid, so its
-        frames are exactly what the forward model predicts; a ``stage``'s
+        A clean scan on the grid has its true positions on the object's
+        pixels, so its frames are exactly what the forward model predicts; a
+        clean scan off the grid, a ``stage``'s
         errors and a fly scan's motion put them between pixels, as a real
         stage does (each frame simulated with the probe moved by the
         fraction, :func:`far_field_intensity`): no reconstruction on the
@@ -450,14 +455,16 @@ def simulate(
     else:
         raise ValueError(f"probe_kind must be 'aperture' or 'focused', got {probe_kind!r}")
     step = probe_diameter(probe) * (1 - overlap) * px
-    on_grid = np.array([px, py])
-    recorded = np.round(fermat_spiral(n_frames, step) / on_grid) * on_grid
+    pixel = np.array([px, py])
+    recorded = fermat_spiral(n_frames, step)
+    if on_grid:
+        recorded = np.round(recorded / pixel) * pixel
     imperfect = np.random.default_rng([seed, 1])  # the noise's draws stay those of a perfect scan
     positions = recorded if stage is None else stage.true_positions(recorded, step, imperfect)
     path = fly_path(positions, fly_motion * step, (py, px)) if fly_motion else None
     visited = positions[None] if path is None else path
     margin = 4
-    origin = np.round(visited.reshape(-1, 2).min(axis=0) / on_grid) * on_grid - margin * on_grid
+    origin = np.round(visited.reshape(-1, 2).min(axis=0) / pixel) * pixel - margin * pixel
     corners, offsets = grid_places(visited, origin, (py, px))
     if np.abs(offsets).max() < SUBPIXEL_TOLERANCE:  # a scan on the grid: the frames are the forward model's
         offsets = None
@@ -541,8 +548,9 @@ def realistic(
     partially coherent beam (three modes, the first carrying about 70-80 %);
     a weak-phase Siemens star (``object_kind="porous"``: a porous sample as
     thin, :func:`porous_object`); Poisson noise with background, dead and hot
-    pixels and a beamstop (masked); position errors of 3 % of the step, or
-    the ``stage``'s errors where given; a fly scan's ``fly_motion`` and a
+    pixels and a beamstop (masked); the spiral's true positions where it puts
+    them, between the object's pixels, as a real stage's are; position
+    errors of 3 % of the step, or the ``stage``'s errors where given; a fly scan's ``fly_motion`` and a
     ``probe_drift`` as :func:`simulate` takes them. ``geometry`` takes
     ``energy``, ``detector_distance`` and ``detector_pixel_size`` (default:
     those of :func:`simulate`).
@@ -581,6 +589,7 @@ def realistic(
         stage=stage,
         fly_motion=fly_motion,
         probe_drift=probe_drift,
+        on_grid=False,
     )
     if stage is not None:
         return sim
