@@ -166,3 +166,10 @@ def test_dm_starts_the_far_fields_of_the_frames_it_moved_from_the_model_there(no
     )
     moved = np.isin(dm.order[rows], STUCK)
     assert np.all(apart[moved] < 1e-3) and np.all(apart[~moved] > 1e-2), apart
+
+
+def test_a_candidate_is_tried_only_where_its_patch_keeps_the_canvas_rim(noisy_sim):
+    state = Reconstructor.from_data(noisy_sim.data, ReconstructionSettings(iterations=1)).state
+    last = np.array(state.object.shape) - state.frame_shape
+    corners = np.array([[0, 5], [5, 0], [1, 1], last - 1, [last[0], 5], [5, last[1]]])
+    assert state.within_rim(corners).tolist() == [False, False, True, True, False, False]

@@ -99,13 +99,12 @@ def best_fit(
     Every candidate is lit by the shared probe (:func:`frame_misfits`); no
     candidate on the canvas: the frame's position, at an infinite misfit.
 
-    Candidates whose patch would leave the canvas (or its one-pixel rim) are
-    not tried; ``parts`` splits the candidates into groups computed at once.
+    Candidates whose patch would leave the canvas (or its rim,
+    :meth:`.SolverState.within_rim`) are not tried; ``parts`` splits the
+    candidates into groups computed at once.
     """
     corners = np.rint(candidates).astype(np.int64)
-    inside = np.all(
-        (corners >= 1) & (corners <= np.array(state.object.shape) - state.frame_shape - 1), axis=1
-    )
+    inside = state.within_rim(corners)
     candidates, corners = candidates[inside], corners[inside]
     if not len(candidates):
         return state.positions[frame], np.inf

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 # come a few hundred at a time then copies its canvas (hundreds of MB at 50,000 frames) a few dozen
 # times, not with every job
 CANVAS_GROWTH = 1 / 8
+#: pixels of canvas every patch keeps on each side: the central differences of :mod:`.positions` read them
+CANVAS_RIM = 1
 
 
 def canvas_margin(frame_shape: tuple[int, int]) -> np.ndarray:
@@ -114,16 +116,16 @@ class SolverState:
         """Store new positions (pixels), growing the canvas so every patch fits.
 
         Padding before the canvas moves ``origin`` so that the object stays
-        where it is in metres. Every patch keeps at least one pixel of canvas
-        on each side (the central differences of :mod:`.positions` read it).
+        where it is in metres. Every patch keeps :data:`CANVAS_RIM` pixels of
+        canvas on each side.
         A side that grows grows by at least ``CANVAS_GROWTH`` of the canvas
         (:meth:`covered` is what the patches use of it).
         """
         h, w = self.frame_shape
         margin = canvas_margin(self.frame_shape)
         low = np.floor(positions.min(axis=0))
-        before = np.where(low < 1, margin - low, 0).astype(int)
-        high = np.ceil(positions.max(axis=0)) + (h, w) + 1 - self.object.shape
+        before = np.where(low < CANVAS_RIM, margin - low, 0).astype(int)
+        high = np.ceil(positions.max(axis=0)) + CANVAS_RIM + (h, w) - self.object.shape
         after = np.where(high > 0, high + margin, 0).astype(int)
         if before.any() or after.any():
             slack = (np.array(self.object.shape) * CANVAS_GROWTH).astype(int)
@@ -136,6 +138,11 @@ class SolverState:
             self.start_positions = np.concatenate([self.start_positions, self.metres(self.positions[known:])])
             self.at_bound = np.concatenate([self.at_bound, np.zeros(len(positions) - known, bool)])
             self.position_gains.take(len(positions))
+
+    def within_rim(self, corners: np.ndarray) -> np.ndarray:
+        """(K,) True where the patch at each of ``corners`` (K, 2 host integers) keeps :data:`CANVAS_RIM` pixels of canvas on each side."""
+        last = np.array(self.object.shape) - self.frame_shape - CANVAS_RIM
+        return np.all((corners >= CANVAS_RIM) & (corners <= last), axis=1)
 
     def pad_canvas(self, before: np.ndarray, after: np.ndarray) -> None:
         """Add ``before`` (rows, columns) pixels before the canvas and ``after`` after it; the object stays where it is in metres."""
