@@ -120,13 +120,11 @@ def test_binned_frames_are_reconstructed_with_the_binned_pixel(RE, tmp_path):
 def test_saturated_pixels_are_masked_then_counted(RE, tmp_path):
     saturating = DetectorLayout(**{**LAYOUT.__dict__, "saturation": 2500})
     _, _, raw, _ = recorded_scan(RE, tmp_path / "frames", layout=saturating)
-    centre = (
-        saturating.beam_centre
-    )  # the same region either way: masking saturated pixels moves a measured centre
+    # the same region either way: masking the saturated pixels moves a measured beam centre
+    centre = saturating.beam_centre
     plain = replayed(raw, DetectorSettings(frame_size=64, beam_centre=centre, saturation=1e9), iterations=3)
-    recon = replayed(
-        raw, DetectorSettings(frame_size=64, beam_centre=centre), iterations=3
-    )  # the file's own cutoff
+    # the file's own cutoff
+    recon = replayed(raw, DetectorSettings(frame_size=64, beam_centre=centre), iterations=3)
     masked = recon.named("start")[0]["ptycho_detector_region"]["masked_pixels"]
     assert masked > plain.named("start")[0]["ptycho_detector_region"]["masked_pixels"]
     stop = recon.named("stop")[0]

@@ -66,7 +66,7 @@ class SimulatedSample:
 
     @property
     def origin(self) -> tuple[float, float]:
-        """Stage position (x, y) in metres of the object's first pixel: stage (0, 0) is at its centre."""
+        """The stage position (x, y) in metres whose patch starts at the object's first pixel (stage (0, 0): the centre patch)."""
         py, px = self.geometry.sample_pixel_size
         h, w = self.geometry.frame_shape
         return (-(self.object.shape[1] - w) / 2 * px, -(self.object.shape[0] - h) / 2 * py)

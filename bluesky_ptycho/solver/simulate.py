@@ -550,8 +550,8 @@ def realistic(
     thin, :func:`porous_object`); Poisson noise with background, dead and hot
     pixels and a beamstop (masked); the spiral's true positions where it puts
     them, between the object's pixels, as a real stage's are; position
-    errors of 3 % of the step, or the ``stage``'s errors where given; a fly scan's ``fly_motion`` and a
-    ``probe_drift`` as :func:`simulate` takes them. ``geometry`` takes
+    errors of 3 % of the step, or the ``stage``'s errors where given; a fly
+    scan's ``fly_motion`` and a ``probe_drift`` as :func:`simulate` takes them. ``geometry`` takes
     ``energy``, ``detector_distance`` and ``detector_pixel_size`` (default:
     those of :func:`simulate`).
     """
